@@ -1,0 +1,91 @@
+"""Typed events the service delivers to session sinks (``sink.deliver(event)``).
+
+An event is shared by every recipient, so a protocol renders it once per wire variant with
+``render_once`` and writes the same bytes to each of its sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from chatserv.model import Message, Room, User
+
+
+@attrs.define(eq=False)
+class Event:
+    _rendered: dict = attrs.field(factory=dict, init=False, repr=False)
+
+    def render_once(self, key, render: Callable[[], bytes]) -> bytes:
+        """Return ``render()``, computed once per ``key`` for all recipients of this event."""
+        try:
+            return self._rendered[key]
+        except KeyError:
+            data = self._rendered[key] = render()
+            return data
+
+
+@attrs.define(eq=False)
+class DirectMessage(Event):
+    message: Message
+    sender: User
+    recipient: User
+
+
+@attrs.define(eq=False)
+class RoomMessage(Event):
+    message: Message
+    sender: User
+    room: Room
+
+
+@attrs.define(eq=False)
+class PresenceChanged(Event):
+    user: User
+    online: bool
+    protocol: str
+
+
+@attrs.define(eq=False)
+class Typing(Event):
+    user: User
+    active: bool
+    room: Room | None = None
+    recipient: User | None = None
+
+
+@attrs.define(eq=False)
+class ContactChanged(Event):
+    owner: User
+    contact: User
+    status: str | None  # None: the contact was removed
+
+
+@attrs.define(eq=False)
+class MembershipChanged(Event):
+    """Someone joined or left a room (``by`` set and ``joined`` false: a kick)."""
+
+    room: Room
+    user: User
+    joined: bool
+    by: User | None = None
+    reason: str = ""
+
+
+@attrs.define(eq=False)
+class TopicChanged(Event):
+    room: Room
+    by: User
+
+
+@attrs.define(eq=False)
+class Kicked(Event):
+    """The service ends this session (a second login where the protocol forbids two)."""
+
+    reason: str
+
+
+@attrs.define(eq=False)
+class ServerShutdown(Event):
+    reason: str = "server shutting down"

@@ -1,0 +1,41 @@
+"""Limits every port enforces (DESIGN.md, "Limits"), and the token bucket behind rates."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define
+class Limits:
+    max_line: int = 8192  # bytes in one line or frame
+    prelogin_timeout: float = 60.0  # seconds a connection may stay without logging in
+    idle_timeout: float = 600.0  # seconds without a request before a session is closed
+    login_attempts: int = 5  # failed logins before the connection is closed
+    messages_per_second: float = 10.0  # sustained message rate per session (0: unlimited)
+    message_burst: int = 20  # messages a session may send at once before the rate applies
+    send_queue: int = 1 << 20  # bytes queued for a slow reader before it is disconnected
+    max_pending_requests: int = 64  # parsed requests waiting their turn before reading pauses
+    max_body: int = 4096  # characters in one message body
+    history: int = 50  # messages replayed or returned by default
+
+
+class TokenBucket:
+    """Allows ``burst`` events at once and ``rate`` per second after; rate 0 allows all."""
+
+    def __init__(self, clock, rate: float, burst: int):
+        self._clock = clock
+        self._rate = rate
+        self._burst = float(max(burst, 1))
+        self._tokens = self._burst
+        self._stamp = clock.seconds()
+
+    def allow(self) -> bool:
+        if not self._rate:
+            return True
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,73 @@
+"""The shared model: one of each, used by every protocol (DESIGN.md, "The shared model")."""
+
+from __future__ import annotations
+
+import attrs
+
+CONTACT_STATUSES = frozenset({"friend", "new", "blocked", "last_words", "timeout"})
+LOBBY = "lobby"
+
+
+def fold(name: str) -> str:
+    """The key under which user and room names are unique: case-insensitive, as IRC needs."""
+    return name.casefold()
+
+
+@attrs.define(eq=False)
+class User:
+    """An account. Guests (temporary names) have negative ids and are never stored."""
+
+    id: int
+    username: str
+    salt: str
+    verifier: str | None
+    created_at: float
+    public_key: str | None = None
+
+    @property
+    def guest(self) -> bool:
+        return self.id < 0
+
+
+@attrs.define(eq=False)
+class Room:
+    """A named room: seed 003 rooms, seed 004 groups and IRC channels are all rooms."""
+
+    id: int
+    name: str
+    created_by: int | None
+    created_at: float
+    topic: str = ""
+    members: set[int] = attrs.field(factory=set)
+
+
+@attrs.frozen
+class Message:
+    """A stored message to one user (``recipient_id``) or to one room (``room_id``)."""
+
+    id: int
+    sender_id: int
+    sender_name: str
+    body: str
+    sent_at: float
+    kind: str = "text"
+    recipient_id: int | None = None
+    room_id: int | None = None
+    delivered: bool = False
+
+    @property
+    def is_direct(self) -> bool:
+        return self.recipient_id is not None
+
+
+@attrs.frozen
+class Snapshot:
+    """What a store hands the service at start: the small tables, held in memory."""
+
+    users: list[User]
+    rooms: list[Room]
+    contacts: list[tuple[int, int, str]]
+    bans: list[str]
+    next_user_id: int
+    next_room_id: int
+    next_message_id: int

@@ -1,0 +1,1 @@
+"""Wire protocols: one module per protocol, thin adapters over ChatService."""

@@ -1,0 +1,364 @@
+"""What every connection-oriented protocol shares: framing, request order, limits, delivery.
+
+A protocol module subclasses ``ChatConnection`` and supplies: a framer, ``handle(frame)``
+(bytes in, one service call, reply bytes out), ``render(event)`` for live events, its one
+``ErrorTable``, and its goodbye. Everything here is wire-agnostic.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatserv import errors, events
+from chatserv.limits import Limits, TokenBucket
+from chatserv.protocols.framing import FrameError
+from chatserv.service import ChatService, ISink, Session
+
+log = Logger()
+
+
+class BadRequest(errors.ChatError):
+    """The request could not be parsed: wrong shape, missing or mistyped fields."""
+
+
+class ErrorTable:
+    """One protocol's mapping from domain failures to its replies.
+
+    ``reply(exc)`` walks the exception's class hierarchy, so a table can name ``ChatError``
+    as the catch-all; an exception the table does not know is a bug and is re-raised.
+    """
+
+    def __init__(self, replies: dict):
+        self._replies = replies
+
+    def reply(self, exc: BaseException):
+        for cls in type(exc).__mro__:
+            if cls in self._replies:
+                found = self._replies[cls]
+                return found(exc) if callable(found) else found
+        raise exc
+
+
+@implementer(ISink, IPushProducer, IHalfCloseableProtocol)
+class ChatConnection(protocol.Protocol):
+    """One client connection. Requests are answered strictly in order, one at a time."""
+
+    protocol_name = "base"
+    error_table: ErrorTable
+    accepts_direct = True
+    watches_presence = False
+
+    def __init__(self):
+        self.session: Session | None = None
+        self._pending: collections.deque = collections.deque()
+        self._busy = False
+        self._draining = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._closing = False
+        self._input_ended = False
+        self._timeout = None
+        self.failed_logins = 0
+
+    # set up by the factory
+
+    @property
+    def service(self) -> ChatService:
+        return self.factory.service
+
+    @property
+    def limits(self) -> Limits:
+        return self.factory.limits
+
+    @property
+    def clock(self):
+        return self.factory.clock
+
+    def make_framer(self):
+        raise NotImplementedError
+
+    # connection life
+
+    def connectionMade(self):
+        self.framer = self.make_framer()
+        self.peer_host = getattr(self.transport.getPeer(), "host", "")
+        self.rate = TokenBucket(self.clock, self.limits.messages_per_second, self.limits.message_burst)
+        self.transport.registerProducer(self, True)
+        self.factory.tracker.add(self)
+        self._arm_timeout(self.limits.prelogin_timeout)
+        self.greet()
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self._closing = True
+        self._cancel_timeout()
+        self._pending.clear()
+        self.factory.tracker.discard(self)
+        self.logout()
+
+    def greet(self):
+        """Called once on connect: protocols whose server speaks first override it."""
+
+    def close(self):
+        """Flush what was written, then close; nothing more is read or answered."""
+        if self._closing:
+            return
+        self._closing = True
+        self._pending.clear()
+        self._cancel_timeout()
+        self._write_paused = False
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    # reading: frames are queued and handled one after another, in order
+
+    def dataReceived(self, data: bytes):
+        if self._closing:
+            return
+        self._pending.extend(self.framer.feed(data))
+        if len(self._pending) > self.limits.max_pending_requests and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        self._next()
+
+    def _next(self):
+        if self._draining:
+            return  # the loop below is already running further up the stack
+        self._draining = True
+        try:
+            self._drain()
+        finally:
+            self._draining = False
+
+    def _drain(self):
+        while self._pending and not self._busy and not self._closing:
+            frame = self._pending.popleft()
+            self._rearm_timeout()
+            if isinstance(frame, FrameError):
+                self.write(self.frame_error(frame))
+                if frame.fatal:
+                    self.close()
+                continue
+            self._busy = True
+            d = defer.maybeDeferred(self.handle, frame)
+            d.addCallback(self._reply)
+            d.addErrback(self._failed)
+            d.addBoth(self._done)
+        if self._reading_paused and len(self._pending) < self.limits.max_pending_requests // 2:
+            self._reading_paused = False
+            if not self._closing:
+                self.transport.resumeProducing()
+        self._close_if_answered()
+
+    def readConnectionLost(self):
+        """The client sent its last byte (``printf ... | nc``): answer what came, then close."""
+        self._input_ended = True
+        self._close_if_answered()
+
+    def writeConnectionLost(self):
+        self.close()
+
+    def _close_if_answered(self):
+        if self._input_ended and not self._pending and not self._busy:
+            self.close()
+
+    def _reply(self, reply):
+        if reply is not None and not self._closing:
+            self.write(reply)
+
+    def _failed(self, failure):
+        try:
+            self._reply(self.error_table.reply(failure.value))
+        except Exception:
+            log.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
+            self._reply(self.internal_error())
+
+    def _done(self, _):
+        self._busy = False
+        if not self._closing:
+            self._next()
+
+    def handle(self, frame: bytes):
+        """Answer one frame: returns reply bytes, None, or a Deferred (or coroutine) of them."""
+        raise NotImplementedError
+
+    def frame_error(self, error: FrameError) -> bytes:
+        """The reply to a frame the framer rejected."""
+        raise NotImplementedError
+
+    def internal_error(self) -> bytes | None:
+        """The reply when a request fails unexpectedly (the failure is logged)."""
+        return None
+
+    # writing: bounded by the send queue, so a reader that never reads is let go
+
+    def write(self, payload: bytes):
+        """Frame and send one payload."""
+        self.write_raw(self.framer.encode(payload))
+
+    def write_raw(self, data: bytes):
+        if self._closing:
+            return
+        if not self._write_paused:
+            self.transport.write(data)
+            return
+        self._queued.append(data)
+        self._queued_bytes += len(data)
+        if self._queued_bytes > self.limits.send_queue:
+            log.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
+                     peer=self.peer_host)
+            self._queued.clear()
+            self._closing = True
+            self.transport.unregisterProducer()
+            self.transport.abortConnection()
+
+    def pauseProducing(self):
+        self._write_paused = True
+
+    def resumeProducing(self):
+        self._write_paused = False
+        queued, self._queued, self._queued_bytes = self._queued, [], 0
+        if queued and not self._closing:
+            self.transport.writeSequence(queued)
+
+    def stopProducing(self):
+        self._queued.clear()
+
+    # timeouts: a shorter one before login, the idle one after
+
+    def _arm_timeout(self, seconds):
+        self._cancel_timeout()
+        self._timeout_seconds = seconds
+        if seconds and seconds > 0:
+            self._timeout = self.clock.callLater(seconds, self._timed_out)
+
+    def _rearm_timeout(self):
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.reset(self._timeout_seconds)
+
+    def _cancel_timeout(self):
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def _timed_out(self):
+        self._timeout = None
+        self.timed_out()
+
+    def timed_out(self):
+        """Say goodbye in the protocol's own words; the default just closes."""
+        self.close()
+
+    # sessions
+
+    def login(self, user, **options) -> Session:
+        """Attach this connection to the service as ``user`` (replacing any earlier login)."""
+        self.logout()
+        self.failed_logins = 0
+        self.session = self.service.attach(
+            user, self, self.protocol_name, self.peer_host,
+            accepts_direct=options.get("accepts_direct", self.accepts_direct),
+            watches_presence=options.get("watches_presence", self.watches_presence),
+        )
+        self._arm_timeout(self.limits.idle_timeout)
+        return self.session
+
+    def logout(self):
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.service.detach(session)
+
+    def login_failed(self) -> bool:
+        """Count a failed login; True when the connection has used up its attempts."""
+        self.failed_logins += 1
+        return self.failed_logins >= self.limits.login_attempts
+
+    @property
+    def user(self):
+        if self.session is None:
+            raise errors.NotLoggedIn("please login")
+        return self.session.user
+
+    def check_rate(self):
+        if not self.rate.allow():
+            raise errors.RateLimited("slow down")
+
+    # events
+
+    def deliver(self, event):
+        """ISink: render a live event on this wire; shutdown and kicks end the connection."""
+        if self._closing:
+            return
+        try:
+            data = self.render(event)
+        except Exception:
+            log.failure("cannot render {event!r}", event=event)
+            return
+        if data:
+            self.write_raw(data)
+        if isinstance(event, (events.ServerShutdown, events.Kicked)):
+            self.logout()
+            self.close()
+
+    def render(self, event) -> bytes | None:
+        """Bytes for ``event`` on this wire (framed), or None to ignore it."""
+        return None
+
+
+class ConnectionTracker(service.Service):
+    """Knows every open connection, so a stopping daemon can say goodbye on each wire."""
+
+    def __init__(self, clock, grace: float = 2.0):
+        self.clock = clock
+        self.grace = grace
+        self.connections: set = set()
+        self._emptied: list[defer.Deferred] = []
+
+    def add(self, connection):
+        self.connections.add(connection)
+
+    def discard(self, connection):
+        self.connections.discard(connection)
+        if not self.connections:
+            waiting, self._emptied = self._emptied, []
+            for d in waiting:
+                d.callback(None)
+
+    def count(self, protocol_name: str) -> int:
+        return sum(1 for c in self.connections if c.protocol_name == protocol_name)
+
+    def stopService(self):
+        super().stopService()
+        if not self.connections:
+            return None
+        emptied = defer.Deferred()
+        self._emptied.append(emptied)
+        shutdown = events.ServerShutdown()
+        for connection in list(self.connections):
+            connection.deliver(shutdown)
+        timer = self.clock.callLater(self.grace, self._force_close)
+        emptied.addBoth(lambda r: timer.cancel() if timer.active() else None)
+        return emptied
+
+    def _force_close(self):
+        for connection in list(self.connections):
+            connection.transport.abortConnection()
+
+
+class ChatFactory(protocol.Factory):
+    """Builds one protocol's connections and hands them the shared service and limits."""
+
+    def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock,
+                 options=None):
+        self.service = service
+        self.tracker = tracker
+        self.limits = limits
+        self.clock = clock
+        self.options = options or {}

@@ -1,0 +1,587 @@
+"""ChatService: the domain. Accounts, sessions and presence, contacts, blocks, rooms, messages.
+
+It knows no wire format. Protocols call it with a logged-in ``Session`` (or a ``User``) and
+get Deferreds back; live events reach sessions through ``sink.deliver(event)``. The small
+tables live in memory here and are written through to the store; every change is durable
+before the Deferred that reports it fires, and a message is stored before anyone sees it.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import itertools
+import re
+import secrets
+from collections.abc import Iterable
+
+import attrs
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from chatserv import errors, events
+from chatserv.credentials import Hasher, new_salt, password_digest
+from chatserv.limits import Limits
+from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
+
+log = Logger()
+
+# A name every protocol can carry: IRC nick rules, which the other wires accept too.
+_USERNAME = re.compile(r"[A-Za-z_\[\]\\`^{|}][A-Za-z0-9_\-\[\]\\`^{|}]{0,31}\Z")
+_ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
+RESERVED_NAMES = frozenset({"nickserv", "chanserv", "server", "system"})
+
+
+class ISink(Interface):
+    def deliver(event):
+        """Render ``event`` on this session's wire (must not raise)."""
+
+
+def deferred(method):
+    """Run an ``async def`` service method as a Deferred, the currency of Twisted callers."""
+
+    def wrapper(*args, **kwargs):
+        return Deferred.fromCoroutine(method(*args, **kwargs))
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+@attrs.define(eq=False)
+class Session:
+    """One live connection (or REST session) of a user on one protocol."""
+
+    id: int
+    user: User
+    protocol: str
+    address: str
+    sink: object
+    accepts_direct: bool = True
+    watches_presence: bool = False
+
+
+class ChatService(service.Service):
+    def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None):
+        self.store = store
+        self.hasher = hasher
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.stats = collections.Counter()
+        self._secret = secrets.token_bytes(32)
+        self._ready: Deferred | None = None
+        self._waiting: list[Deferred] = []
+        self._users: dict[int, User] = {}
+        self._user_keys: dict[str, User] = {}
+        self._guests: dict[str, User] = {}
+        self._rooms: dict[str, Room] = {}
+        self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
+        self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
+        self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
+        self._sessions: dict[int, list[Session]] = {}
+        self._watchers: set[Session] = set()
+        self._last_address: dict[int, str] = {}
+        self.bans: set[str] = set()
+        self._session_ids = itertools.count(1)
+        self._guest_ids = itertools.count(-1, -1)
+
+    # life cycle
+
+    def startService(self):
+        super().startService()
+        opening = self._ready = self.store.open()
+        opening.addCallback(self._load)
+        opening.addErrback(self._failed_open)
+
+    def _load(self, snapshot):
+        for user in snapshot.users:
+            self._users[user.id] = user
+            self._user_keys[fold(user.username)] = user
+        for room in snapshot.rooms:
+            self._rooms[fold(room.name)] = room
+        for owner, contact, status in snapshot.contacts:
+            self._index_contact(owner, contact, status)
+        self.bans = set(snapshot.bans)
+        self._next_user = itertools.count(snapshot.next_user_id)
+        self._next_room = itertools.count(snapshot.next_room_id)
+        self._next_message = itertools.count(snapshot.next_message_id)
+        d = succeed(None)
+        if fold(LOBBY) not in self._rooms:
+            d = Deferred.fromCoroutine(self._new_room(LOBBY, None))
+        d.addCallback(self._release_waiters, None)
+        return d
+
+    def _failed_open(self, failure):
+        log.failure("cannot open the store", failure)
+        self._release_waiters(None, failure)
+
+    def _release_waiters(self, _, failure):
+        self._ready = failure or True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(failure) if failure else d.callback(self)
+
+    def when_ready(self) -> Deferred:
+        """A Deferred firing with the service once the store is loaded."""
+        if self._ready is True:
+            return succeed(self)
+        d = Deferred()
+        if self._ready is None or isinstance(self._ready, Deferred):
+            self._waiting.append(d)
+        else:
+            d.errback(self._ready)
+        return d
+
+    def stopService(self):
+        super().stopService()
+        return self.store.close()
+
+    # accounts
+
+    def validate_username(self, name) -> str:
+        if not isinstance(name, str) or not _USERNAME.match(name):
+            raise errors.Invalid("invalid username")
+        if fold(name) in RESERVED_NAMES:
+            raise errors.Invalid("reserved username")
+        return name
+
+    def _check_free(self, name):
+        if fold(name) in self._user_keys or fold(name) in self._guests:
+            raise errors.AlreadyExists("username taken")
+
+    def user(self, name) -> User:
+        """The registered user of that name (case-insensitive), else NotFound."""
+        user = self._user_keys.get(fold(name)) if isinstance(name, str) else None
+        if user is None:
+            raise errors.NotFound("no such user")
+        return user
+
+    def user_or_guest(self, name) -> User:
+        """A registered user or an online guest of that name, else NotFound."""
+        guest = self._guests.get(fold(name)) if isinstance(name, str) else None
+        return guest or self.user(name)
+
+    def user_by_id(self, user_id) -> User:
+        user = self._users.get(user_id)
+        if user is None:
+            raise errors.NotFound("no such user")
+        return user
+
+    def users(self) -> list[User]:
+        return sorted(self._users.values(), key=lambda u: fold(u.username))
+
+    def is_registered(self, name) -> bool:
+        return isinstance(name, str) and fold(name) in self._user_keys
+
+    def salt_for(self, name: str) -> str:
+        """A user's salt; an unknown name gets a stable fake one, so salts reveal no accounts."""
+        user = self._user_keys.get(fold(name))
+        if user is not None:
+            return user.salt
+        mac = hmac.new(self._secret, fold(name).encode(), hashlib.sha256).digest()
+        return str(10**31 + int.from_bytes(mac, "big") % (9 * 10**31))
+
+    @deferred
+    async def register(self, username, password) -> User:
+        """Create an account from a plain password."""
+        self.validate_username(username)
+        if not isinstance(password, str) or not password:
+            raise errors.Invalid("empty password")
+        self._check_free(username)
+        salt = new_salt()
+        return await self.register_digest(username, salt, password_digest(salt, password))
+
+    @deferred
+    async def register_digest(self, username, salt, digest) -> User:
+        """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
+        self.validate_username(username)
+        if not isinstance(digest, str) or not digest:
+            raise errors.Invalid("empty password")
+        self._check_free(username)
+        verifier = await self.hasher.make_verifier(digest)
+        self._check_free(username)  # another registration may have won while we hashed
+        user = User(next(self._next_user), username, salt, verifier, self.clock.seconds())
+        self._users[user.id] = user
+        self._user_keys[fold(username)] = user
+        await self.store.add_user(user)
+        self.stats["registrations"] += 1
+        return user
+
+    @deferred
+    async def authenticate(self, username, password) -> User:
+        """The user, if the plain password is theirs; else BadCredentials."""
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise errors.BadCredentials("bad credentials")
+        user = self._user_keys.get(fold(username))
+        salt = user.salt if user else self.salt_for(username)
+        return await self.authenticate_digest(username, password_digest(salt, password))
+
+    @deferred
+    async def authenticate_digest(self, username, digest) -> User:
+        """The user, if ``digest`` is their ``sha256_hex(salt + password)``; else BadCredentials."""
+        if not isinstance(username, str) or not isinstance(digest, str):
+            raise errors.BadCredentials("bad credentials")
+        user = self._user_keys.get(fold(username))
+        ok = await self.hasher.check(user.verifier if user else None, digest)
+        if not ok:
+            self.stats["login_failures"] += 1
+            raise errors.BadCredentials("bad credentials")
+        self.stats["logins"] += 1
+        return user
+
+    @deferred
+    async def set_public_key(self, user: User, key: str | None) -> None:
+        user.public_key = key
+        await self.store.update_user(user)
+
+    def guest(self, name) -> User:
+        """A temporary user for this name; it lives while it has sessions and is never stored."""
+        self.validate_username(name)
+        self._check_free(name)
+        user = User(next(self._guest_ids), name, "", None, self.clock.seconds())
+        self._guests[fold(name)] = user
+        return user
+
+    # sessions and presence
+
+    def attach(self, user: User, sink, protocol: str, address: str = "", *,
+               accepts_direct: bool = True, watches_presence: bool = False) -> Session:
+        """Register a live session; the first one of a user brings them online."""
+        session = Session(next(self._session_ids), user, protocol, address, sink,
+                          accepts_direct, watches_presence)
+        sessions = self._sessions.setdefault(user.id, [])
+        sessions.append(session)
+        if address:
+            self._last_address[user.id] = address
+        if watches_presence:
+            self._watchers.add(session)
+        self.stats["sessions"] += 1
+        if len(sessions) == 1:
+            self._presence(user, True, protocol, origin=session)
+        return session
+
+    def detach(self, session: Session) -> None:
+        """Unregister a session; the last one of a user takes them offline."""
+        sessions = self._sessions.get(session.user.id)
+        if not sessions or session not in sessions:
+            return
+        sessions.remove(session)
+        self._watchers.discard(session)
+        if not sessions:
+            del self._sessions[session.user.id]
+            if session.user.guest:
+                self._forget_guest(session.user)
+            self._presence(session.user, False, session.protocol, origin=session)
+
+    def _forget_guest(self, user):
+        self._guests.pop(fold(user.username), None)
+        for room in self._rooms.values():
+            room.members.discard(user.id)
+
+    def _presence(self, user, online, protocol, origin):
+        event = events.PresenceChanged(user, online, protocol)
+        targets = set(self._watchers)
+        for owner in self._contact_of.get(user.id, ()):
+            targets.update(self._sessions.get(owner, ()))
+        targets.discard(origin)
+        for session in targets:
+            session.sink.deliver(event)
+
+    def sessions_of(self, user: User) -> list[Session]:
+        return list(self._sessions.get(user.id, ()))
+
+    def is_online(self, user: User) -> bool:
+        return user.id in self._sessions
+
+    def online_users(self) -> list[User]:
+        return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
+
+    def last_address(self, user: User) -> str:
+        return self._last_address.get(user.id, "")
+
+    def kick_others(self, session: Session, reason: str) -> None:
+        """End the user's other sessions on the same protocol (a second login kicks the first)."""
+        for other in self.sessions_of(session.user):
+            if other is not session and other.protocol == session.protocol:
+                other.sink.deliver(events.Kicked(reason))
+
+    # contacts and blocks
+
+    def _index_contact(self, owner, contact, status):
+        self._contacts[owner][contact] = status
+        self._contact_of[contact].add(owner)
+        if status == "blocked":
+            self._blocked_by[contact].add(owner)
+        else:
+            self._blocked_by[contact].discard(owner)
+
+    def _unindex_contact(self, owner, contact):
+        self._contacts[owner].pop(contact, None)
+        self._contact_of[contact].discard(owner)
+        self._blocked_by[contact].discard(owner)
+
+    def contacts(self, owner: User) -> list[tuple[User, str]]:
+        """The owner's contact list with each status, by name."""
+        found = [(self._users[cid], status) for cid, status in self._contacts.get(owner.id, {}).items()]
+        return sorted(found, key=lambda pair: fold(pair[0].username))
+
+    def contact_status(self, owner: User, contact: User) -> str | None:
+        return self._contacts.get(owner.id, {}).get(contact.id)
+
+    def has_blocked(self, owner: User, other: User) -> bool:
+        return owner.id in self._blocked_by.get(other.id, ())
+
+    def _registered_other(self, owner: User, name) -> User:
+        if owner.guest:
+            raise errors.Denied("guests have no contacts")
+        other = self.user(name)
+        if other.id == owner.id:
+            raise errors.Invalid("that is you")
+        return other
+
+    @deferred
+    async def set_contact(self, owner: User, name, status="friend", *, keep_existing=False) -> User:
+        """Create or change a contact relation; ``keep_existing`` leaves a present one as it is."""
+        if status not in CONTACT_STATUSES:
+            raise errors.Invalid("unknown contact status")
+        other = self._registered_other(owner, name)
+        current = self.contact_status(owner, other)
+        if current == status or (keep_existing and current is not None):
+            return other
+        self._index_contact(owner.id, other.id, status)
+        await self.store.set_contact(owner.id, other.id, status)
+        event = events.ContactChanged(owner, other, status)
+        self._deliver_to_users(event, (owner.id, other.id))
+        return other
+
+    def add_contact(self, owner: User, name, status="friend"):
+        return self.set_contact(owner, name, status, keep_existing=True)
+
+    @deferred
+    async def remove_contact(self, owner: User, name) -> User:
+        other = self._registered_other(owner, name)
+        if self.contact_status(owner, other) is None:
+            raise errors.NotFound("not a contact")
+        self._unindex_contact(owner.id, other.id)
+        await self.store.remove_contact(owner.id, other.id)
+        self._deliver_to_users(events.ContactChanged(owner, other, None), (owner.id, other.id))
+        return other
+
+    def block(self, owner: User, name):
+        """Block ``name`` everywhere: the same relation as contact status ``blocked``."""
+        return self.set_contact(owner, name, "blocked")
+
+    @deferred
+    async def unblock(self, owner: User, name) -> User:
+        """Lift a block; the relation goes away with it."""
+        other = self._registered_other(owner, name)
+        if self.contact_status(owner, other) == "blocked":
+            await self.remove_contact(owner, name)
+        return other
+
+    # rooms
+
+    def room(self, name) -> Room:
+        room = self._rooms.get(fold(name)) if isinstance(name, str) else None
+        if room is None:
+            raise errors.NotFound("no such room")
+        return room
+
+    def rooms(self) -> list[Room]:
+        return sorted(self._rooms.values(), key=lambda r: fold(r.name))
+
+    def rooms_of(self, user: User) -> list[Room]:
+        return [r for r in self.rooms() if user.id in r.members]
+
+    def members(self, room: Room) -> list[User]:
+        found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
+        return sorted((u for u in found if u), key=lambda u: fold(u.username))
+
+    def _guest_by_id(self, user_id):
+        sessions = self._sessions.get(user_id)
+        return sessions[0].user if sessions else None
+
+    def validate_room_name(self, name) -> str:
+        if not isinstance(name, str) or not _ROOM.match(name):
+            raise errors.Invalid("invalid room name")
+        return name
+
+    async def _new_room(self, name, creator: User | None) -> Room:
+        room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
+                    self.clock.seconds())
+        self._rooms[fold(name)] = room
+        await self.store.add_room(room)
+        return room
+
+    @deferred
+    async def create_room(self, user: User, name) -> Room:
+        """Create a room with ``user`` as its creator and first member."""
+        self.validate_room_name(name)
+        if fold(name) in self._rooms:
+            raise errors.AlreadyExists("room exists")
+        room = await self._new_room(name, user)
+        await self._add_member(room, user, origin=None)
+        return room
+
+    @deferred
+    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None) -> Room:
+        """Join (and with ``create``, first create) a room; members hear of it."""
+        if create and fold(self.validate_room_name(name)) not in self._rooms:
+            room = await self._new_room(name, user)
+        else:
+            room = self.room(name)
+        if user.id not in room.members:
+            await self._add_member(room, user, origin)
+        return room
+
+    async def _add_member(self, room, user, origin):
+        room.members.add(user.id)
+        if not user.guest:
+            await self.store.add_member(room.id, user.id)
+        self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
+
+    @deferred
+    async def leave_room(self, user: User, name, *, origin: Session | None = None,
+                         by: User | None = None, reason: str = "") -> Room:
+        """End a membership; members, and the one leaving, hear of it."""
+        room = self.room(name)
+        if user.id not in room.members:
+            raise errors.Denied("not a member")
+        event = events.MembershipChanged(room, user, False, by, reason)
+        self._deliver_to_users(event, room.members, origin)
+        room.members.discard(user.id)
+        if not user.guest:
+            await self.store.remove_member(room.id, user.id)
+        return room
+
+    def is_operator(self, user: User, room: Room) -> bool:
+        return room.created_by is not None and room.created_by == user.id
+
+    @deferred
+    async def set_topic(self, user: User, name, topic: str, *, origin: Session | None = None) -> Room:
+        room = self.room(name)
+        if user.id not in room.members:
+            raise errors.Denied("not a member")
+        room.topic = str(topic)[: self.limits.max_body]
+        await self.store.update_room(room)
+        self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
+        return room
+
+    # messages
+
+    def _check_body(self, body) -> str:
+        if not isinstance(body, str) or not body:
+            raise errors.Invalid("empty message")
+        if len(body) > self.limits.max_body:
+            raise errors.Invalid("message too long")
+        return body
+
+    def _new_message(self, sender: User, body, kind, **target) -> Message:
+        return Message(next(self._next_message), sender.id, sender.username, body,
+                       self.clock.seconds(), str(kind or "text"), **target)
+
+    @deferred
+    async def send_direct(self, sender: User, to, body, kind="text", *,
+                          origin: Session | None = None) -> Message:
+        """Store a direct message, then hand it to the recipient's live sessions (or inbox)."""
+        self._check_body(body)
+        recipient = to if isinstance(to, User) else self.user_or_guest(to)
+        if self.has_blocked(recipient, sender):
+            raise errors.Blocked("blocked")
+        live = [s for s in self._sessions.get(recipient.id, ()) if s.accepts_direct]
+        message = self._new_message(sender, body, kind, recipient_id=recipient.id,
+                                    delivered=bool(live))
+        await self.store.add_message(message)
+        self.stats["messages"] += 1
+        event = events.DirectMessage(message, sender, recipient)
+        for session in live:
+            session.sink.deliver(event)
+        if recipient.id != sender.id:
+            for session in self._sessions.get(sender.id, ()):
+                if session is not origin:
+                    session.sink.deliver(event)
+        return message
+
+    @deferred
+    async def send_room(self, sender: User, name, body, kind="text", *,
+                        origin: Session | None = None) -> Message:
+        """Store a room message, then hand it to every member's sessions but ``origin``."""
+        self._check_body(body)
+        room = name if isinstance(name, Room) else self.room(name)
+        if sender.id not in room.members:
+            raise errors.Denied("not a member")
+        message = self._new_message(sender, body, kind, room_id=room.id)
+        await self.store.add_message(message)
+        self.stats["messages"] += 1
+        event = events.RoomMessage(message, sender, room)
+        blockers = self._blocked_by.get(sender.id) or ()
+        sessions = self._sessions
+        for uid in room.members:
+            if uid in blockers:
+                continue
+            for session in sessions.get(uid, ()):
+                if session is not origin:
+                    session.sink.deliver(event)
+        self.stats["deliveries"] += len(room.members)
+        return message
+
+    def typing(self, user: User, active: bool, *, room=None, to=None,
+               origin: Session | None = None) -> None:
+        """Tell a room's members, or one user, that ``user`` is typing."""
+        if room is not None:
+            room = self.room(room)
+            if user.id not in room.members:
+                raise errors.Denied("not a member")
+            self._deliver_to_users(events.Typing(user, bool(active), room=room), room.members, origin)
+        elif to is not None:
+            recipient = self.user_or_guest(to)
+            if not self.has_blocked(recipient, user):
+                self._deliver_to_users(events.Typing(user, bool(active), recipient=recipient),
+                                       (recipient.id,), origin)
+
+    def room_history(self, user: User, name, limit=None, before_id=None) -> Deferred:
+        """Deferred[list[Message]] of a room the user is in, oldest first."""
+        room = self.room(name)
+        if user.id not in room.members:
+            raise errors.Denied("not a member")
+        return self.store.room_history(room.id, limit or self.limits.history, before_id)
+
+    def direct_history(self, user: User, other, limit=None, before_id=None) -> Deferred:
+        """Deferred[list[Message]] between the user and ``other``, oldest first."""
+        other = other if isinstance(other, User) else self.user(other)
+        return self.store.direct_history(user.id, other.id, limit or self.limits.history, before_id)
+
+    def inbox(self, user: User, limit=None) -> Deferred:
+        """Deferred[list[Message]]: direct messages the user received, oldest first."""
+        return self.store.inbox(user.id, limit or self.limits.history)
+
+    @deferred
+    async def take_undelivered(self, user: User, limit=1000) -> list[Message]:
+        """Direct messages that waited for the user, now marked delivered (oldest first)."""
+        waiting = await self.store.inbox(user.id, limit, undelivered_only=True)
+        if waiting:
+            await self.store.mark_delivered([m.id for m in waiting])
+        return waiting
+
+    # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
+
+    @deferred
+    async def ban(self, address: str) -> None:
+        self.bans.add(address)
+        await self.store.add_ban(address)
+
+    @deferred
+    async def unban(self, address: str) -> None:
+        self.bans.discard(address)
+        await self.store.remove_ban(address)
+
+    # delivery
+
+    def _deliver_to_users(self, event, user_ids: Iterable[int], origin: Session | None = None):
+        for uid in list(user_ids):
+            for session in self._sessions.get(uid, ()):
+                if session is not origin:
+                    session.sink.deliver(event)

@@ -1,0 +1,61 @@
+"""The store interface. Only a store touches the database.
+
+The small tables (users, contacts, rooms, members, bans) are handed to the service once, at
+``open``, and kept in memory there; every write returns a Deferred that fires once the
+change is durable. Message history is read back on demand.
+"""
+
+from zope.interface import Interface
+
+
+class IStore(Interface):
+    def open():
+        """Apply migrations and load the small tables: Deferred[Snapshot]."""
+
+    def close():
+        """Finish every queued write and release the database: Deferred[None]."""
+
+    def add_user(user):
+        """Persist a new User."""
+
+    def update_user(user):
+        """Persist a changed verifier or public key."""
+
+    def set_contact(owner_id, contact_id, status):
+        """Create or change the contact relation (status ``blocked`` is a block)."""
+
+    def remove_contact(owner_id, contact_id):
+        """Delete the contact relation."""
+
+    def add_room(room):
+        """Persist a new Room."""
+
+    def update_room(room):
+        """Persist a changed topic."""
+
+    def add_member(room_id, user_id):
+        """Make a user a member of a room."""
+
+    def remove_member(room_id, user_id):
+        """End a membership."""
+
+    def add_message(message):
+        """Persist a Message (its id is assigned by the service)."""
+
+    def mark_delivered(message_ids):
+        """Flag direct messages as handed to a live session."""
+
+    def room_history(room_id, limit, before_id=None):
+        """Deferred[list[Message]]: the newest ``limit`` room messages, oldest first."""
+
+    def direct_history(user_id, other_id, limit, before_id=None):
+        """Deferred[list[Message]]: direct messages between two users, oldest first."""
+
+    def inbox(user_id, limit, undelivered_only=False):
+        """Deferred[list[Message]]: direct messages received by a user, oldest first."""
+
+    def add_ban(address):
+        """Persist an IP ban."""
+
+    def remove_ban(address):
+        """Lift an IP ban."""

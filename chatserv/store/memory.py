@@ -1,0 +1,109 @@
+"""The in-memory store: ``--db memory``, and the reference the SQLite store is tested against."""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import succeed
+from zope.interface import implementer
+
+from chatserv.model import Message, Room, Snapshot, User
+from chatserv.store.base import IStore
+
+
+def _newest(messages, limit, before_id):
+    chosen = [m for m in messages if before_id is None or m.id < before_id]
+    return chosen[-limit:] if limit > 0 else []
+
+
+@implementer(IStore)
+class MemoryStore:
+    def __init__(self):
+        self._users: dict[int, User] = {}
+        self._rooms: dict[int, Room] = {}
+        self._members: set[tuple[int, int]] = set()
+        self._contacts: dict[tuple[int, int], str] = {}
+        self._messages: dict[int, Message] = {}
+        self._bans: set[str] = set()
+
+    def open(self):
+        rooms = []
+        for room in self._rooms.values():
+            members = {uid for rid, uid in self._members if rid == room.id}
+            rooms.append(attrs.evolve(room, members=members))
+        return succeed(
+            Snapshot(
+                users=[attrs.evolve(u) for u in self._users.values()],
+                rooms=rooms,
+                contacts=[(o, c, s) for (o, c), s in self._contacts.items()],
+                bans=sorted(self._bans),
+                next_user_id=max(self._users, default=0) + 1,
+                next_room_id=max(self._rooms, default=0) + 1,
+                next_message_id=max(self._messages, default=0) + 1,
+            )
+        )
+
+    def close(self):
+        return succeed(None)
+
+    def add_user(self, user):
+        self._users[user.id] = attrs.evolve(user)
+        return succeed(None)
+
+    update_user = add_user
+
+    def set_contact(self, owner_id, contact_id, status):
+        self._contacts[owner_id, contact_id] = status
+        return succeed(None)
+
+    def remove_contact(self, owner_id, contact_id):
+        self._contacts.pop((owner_id, contact_id), None)
+        return succeed(None)
+
+    def add_room(self, room):
+        self._rooms[room.id] = attrs.evolve(room, members=set())
+        return succeed(None)
+
+    update_room = add_room
+
+    def add_member(self, room_id, user_id):
+        self._members.add((room_id, user_id))
+        return succeed(None)
+
+    def remove_member(self, room_id, user_id):
+        self._members.discard((room_id, user_id))
+        return succeed(None)
+
+    def add_message(self, message):
+        self._messages[message.id] = message
+        return succeed(None)
+
+    def mark_delivered(self, message_ids):
+        for mid in message_ids:
+            if mid in self._messages:
+                self._messages[mid] = attrs.evolve(self._messages[mid], delivered=True)
+        return succeed(None)
+
+    def room_history(self, room_id, limit, before_id=None):
+        found = [m for m in self._messages.values() if m.room_id == room_id]
+        return succeed(_newest(found, limit, before_id))
+
+    def direct_history(self, user_id, other_id, limit, before_id=None):
+        pair = {(user_id, other_id), (other_id, user_id)}
+        found = [m for m in self._messages.values() if (m.sender_id, m.recipient_id) in pair]
+        return succeed(_newest(found, limit, before_id))
+
+    def inbox(self, user_id, limit, undelivered_only=False):
+        found = [
+            m
+            for m in self._messages.values()
+            if m.recipient_id == user_id and not (undelivered_only and m.delivered)
+        ]
+        return succeed(_newest(found, limit, None))
+
+    def add_ban(self, address):
+        self._bans.add(address)
+        return succeed(None)
+
+    def remove_ban(self, address):
+        self._bans.discard(address)
+        return succeed(None)

@@ -1,0 +1,63 @@
+"""Versioned schema migrations, applied in order at start; ``PRAGMA user_version`` is the version.
+
+Never edit a released step: append a new one.
+"""
+
+MIGRATIONS = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL UNIQUE,
+        salt TEXT NOT NULL,
+        verifier TEXT,
+        created_at REAL NOT NULL,
+        public_key TEXT
+    );
+    CREATE TABLE contacts (
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        contact_id INTEGER NOT NULL REFERENCES users(id),
+        status TEXT NOT NULL,
+        PRIMARY KEY (owner_id, contact_id)
+    );
+    CREATE TABLE rooms (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        name_key TEXT NOT NULL UNIQUE,
+        topic TEXT NOT NULL DEFAULT '',
+        created_by INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE room_members (
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        PRIMARY KEY (room_id, user_id)
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        sender_id INTEGER NOT NULL,
+        sender_name TEXT NOT NULL,
+        recipient_id INTEGER,
+        room_id INTEGER,
+        body TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX messages_room ON messages(room_id, id) WHERE room_id IS NOT NULL;
+    CREATE INDEX messages_direct ON messages(recipient_id, sender_id, id)
+        WHERE recipient_id IS NOT NULL;
+    CREATE TABLE bans (
+        address TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    """,
+]
+
+
+def migrate(conn) -> int:
+    """Bring ``conn``'s schema up to date; returns the version it ends at."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return len(MIGRATIONS)

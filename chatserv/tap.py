@@ -1,0 +1,133 @@
+"""``twistd chatserv``: options, and the service tree they build.
+
+Every port is a Twisted endpoint string (``tcp:5001``, ``ssl:6697:privateKey=key.pem``) or
+``none``. The tree stops in reverse order: ports stop listening, every connection says
+goodbye on its own wire, then the service closes the store after its last write.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.reflect import namedAny
+
+from chatserv.credentials import HashCost, Hasher
+from chatserv.limits import Limits
+from chatserv.protocols.base import ConnectionTracker
+from chatserv.service import ChatService
+from chatserv.store import open_store
+
+log = Logger()
+
+
+@attrs.frozen
+class Port:
+    option: str
+    default: str
+    factory: str  # dotted name of a callable (service, tracker, limits, clock, options) -> Factory
+    description: str
+
+
+PORTS = [
+    Port("skype", "tcp:5001", "chatserv.protocols.skype.SkypeFactory", "seed 000, line form"),
+    Port("skype-framed", "tcp:4000", "chatserv.protocols.skype.FramedSkypeFactory",
+         "seed 000, 10-digit length-prefixed form (the C++ client)"),
+]
+
+
+def _option_name(field: str) -> str:
+    return field.replace("_", "-")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "chatserv: one daemon serving several chat protocols over one service and one store."
+
+    optParameters = (
+        [[p.option, None, p.default, f"{p.description}: endpoint, or 'none'"] for p in PORTS]
+        + [
+            ["db", None, "chatserv.sqlite3", "SQLite file path, or 'memory' for an in-memory store"],
+            ["argon2-time-cost", None, HashCost().time_cost, "argon2id passes", int],
+            ["argon2-memory-cost", None, HashCost().memory_cost, "argon2id memory (KiB)", int],
+            ["argon2-parallelism", None, HashCost().parallelism, "argon2id lanes", int],
+            ["shutdown-grace", None, 2.0, "seconds connections get to close at shutdown", float],
+        ]
+        + [
+            [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]
+            for f in attrs.fields(Limits)
+        ]
+    )
+
+    def limits(self) -> Limits:
+        return Limits(**{f.name: self[_option_name(f.name)] for f in attrs.fields(Limits)})
+
+    def hash_cost(self) -> HashCost:
+        return HashCost(self["argon2-time-cost"], self["argon2-memory-cost"], self["argon2-parallelism"])
+
+
+class PortService(service.Service):
+    """Listens on one endpoint once the chat service has loaded its store."""
+
+    def __init__(self, chat: ChatService, spec: Port, endpoint_text: str, factory, reactor):
+        self.chat = chat
+        self.spec = spec
+        self.endpoint = endpoints.serverFromString(reactor, endpoint_text)
+        self.factory = factory
+        self.reactor = reactor
+        self.port = None
+        self.listening = None
+
+    def startService(self):
+        super().startService()
+        self.listening = self.chat.when_ready()
+        self.listening.addCallback(lambda _: self.endpoint.listen(self.factory))
+        self.listening.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port):
+        self.port = port
+        return port
+
+    def _failed(self, failure):
+        log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
+                     why=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def build(options: Options, reactor) -> tuple[service.MultiService, ChatService, dict]:
+    """The whole daemon as a service tree; also returns the chat service and port services."""
+    root = service.MultiService()
+    limits = options.limits()
+    store = open_store(options["db"], reactor)
+    hasher = Hasher(reactor, reactor.getThreadPool(), options.hash_cost())
+    chat = ChatService(store, hasher, reactor, limits)
+    chat.setServiceParent(root)
+    tracker = ConnectionTracker(reactor, options["shutdown-grace"])
+    tracker.setServiceParent(root)
+    ports = {}
+    for spec in PORTS:
+        if options[spec.option] == "none":
+            continue
+        factory = namedAny(spec.factory)(chat, tracker, limits, reactor, options)
+        factory.noisy = False
+        # The listening port logs "<prefix> starting on <port>": make that the one line per port.
+        factory.logPrefix = lambda spec=spec: f"chatserv {spec.option} ({spec.description})"
+        ports[spec.option] = PortService(chat, spec, options[spec.option], factory, reactor)
+        ports[spec.option].setServiceParent(root)
+    return root, chat, ports
+
+
+def makeService(options: Options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    return build(options, reactor)[0]

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+chatserv = ServiceMaker("chatserv", "chatserv.tap", "One daemon serving several chat protocols.", "chatserv")
