@@ -14,9 +14,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 
+from chatserv.bans import BanFile
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
+from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
 from chatserv.store import open_store
 
@@ -35,6 +37,7 @@ PORTS = [
     Port("skype", "tcp:5001", "chatserv.protocols.skype.SkypeFactory", "seed 000, line form"),
     Port("skype-framed", "tcp:4000", "chatserv.protocols.skype.FramedSkypeFactory",
          "seed 000, 10-digit length-prefixed form (the C++ client)"),
+    Port("salted", "tcp:5050", "chatserv.protocols.salted.SaltedFactory", "seed 002, salted JSON chat"),
 ]
 
 
@@ -54,6 +57,12 @@ class Options(usage.Options):
             ["argon2-memory-cost", None, HashCost().memory_cost, "argon2id memory (KiB)", int],
             ["argon2-parallelism", None, HashCost().parallelism, "argon2id lanes", int],
             ["shutdown-grace", None, 2.0, "seconds connections get to close at shutdown", float],
+            ["ban-file", None, None, "IP ban list, one address a line, applied while running"],
+            ["ban-file-interval", None, 2.0, "seconds between looks at --ban-file", float],
+            ["salted-min-version", None, "", "seed 002: lowest client version served (empty: any)",
+             check_version],
+            ["salted-login-attempts", None, DEFAULT_LOGIN_ATTEMPTS, "seed 002: failed logins before close",
+             int],
         ]
         + [
             [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]
@@ -114,6 +123,8 @@ def build(options: Options, reactor) -> tuple[service.MultiService, ChatService,
     chat.setServiceParent(root)
     tracker = ConnectionTracker(reactor, options["shutdown-grace"])
     tracker.setServiceParent(root)
+    if options["ban-file"]:
+        BanFile(chat, options["ban-file"], reactor, options["ban-file-interval"]).setServiceParent(root)
     ports = {}
     for spec in PORTS:
         if options[spec.option] == "none":

@@ -1,0 +1,106 @@
+"""The IP ban list a person edits while the daemon runs: a text file, one address a line.
+
+The daemon keeps bans in memory (``ChatService.bans``), so a second process writing the
+database would go unnoticed. Instead the file named by ``--ban-file`` *is* the ban list:
+the daemon re-reads it every few seconds and, when it changed, bans the addresses it lists
+and lifts the bans it no longer lists, writing both through to the store so they outlive the
+file. A missing file is first written from the stored list, so nothing is lifted by
+pointing at a new path. ``python -m chatserv.admin`` edits the file for you.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+log = Logger()
+
+HEADER = "# chatserv IP bans: one address per line; '#' starts a comment. Applied while running.\n"
+
+
+def normalise(address: str) -> str:
+    """The form a peer address takes (``::0001`` -> ``::1``); ValueError when it is none."""
+    return str(ipaddress.ip_address(address.strip()))
+
+
+def parse_addresses(text: str) -> tuple[set[str], list[str]]:
+    """The addresses a ban file lists, and the lines that are no address."""
+    addresses, bad = set(), []
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        try:
+            addresses.add(normalise(entry))
+        except ValueError:
+            bad.append(entry)
+    return addresses, bad
+
+
+def write_addresses(path: str, addresses) -> None:
+    """Replace the file atomically, so the daemon never reads half of it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".bans-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(HEADER + "".join(f"{a}\n" for a in sorted(addresses)))
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+class BanFile(service.Service):
+    """Keeps ``chat.bans`` (and the store) equal to the addresses in ``path``."""
+
+    def __init__(self, chat, path: str, clock, interval: float = 2.0):
+        self.chat = chat
+        self.path = path
+        self.interval = interval
+        self._seen: bytes | None = None
+        self._loop = task.LoopingCall(self.check)
+        self._loop.clock = clock
+
+    def startService(self):
+        super().startService()
+        self.chat.when_ready().addCallback(lambda _: self._loop.start(self.interval, now=True))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> defer.Deferred:
+        """Apply the file if it changed since the last look; never stops the loop on failure."""
+        d = defer.maybeDeferred(self._apply)
+        d.addErrback(lambda f: log.failure("cannot apply the ban file {path}", f, path=self.path))
+        return d
+
+    @defer.inlineCallbacks
+    def _apply(self):
+        try:
+            with open(self.path, "rb") as source:
+                content = source.read()
+        except FileNotFoundError:
+            write_addresses(self.path, self.chat.bans)
+            log.info("wrote the current bans to the new ban file {path}", path=self.path)
+            return
+        if content == self._seen:
+            return
+        listed, bad = parse_addresses(content.decode("utf-8", "replace"))
+        for entry in bad:
+            log.warn("ban file {path}: not an IP address: {entry!r}", path=self.path, entry=entry)
+        added, lifted = listed - self.chat.bans, self.chat.bans - listed
+        for address in sorted(added):
+            yield self.chat.ban(address)
+        for address in sorted(lifted):
+            yield self.chat.unban(address)
+        self._seen = content
+        if added or lifted:
+            log.info("ban file {path}: {added} banned, {lifted} lifted", path=self.path,
+                     added=len(added), lifted=len(lifted))
