@@ -102,8 +102,11 @@ class PortService(service.Service):
     def _failed(self, failure):
         log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
                      why=failure.getErrorMessage())
+        # A daemon missing one of its ports is not what was asked for: stop it.
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self):
         super().stopService()

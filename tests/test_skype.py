@@ -1,17 +1,173 @@
-"""Seed 000 over real loopback sockets, both framings, both stores."""
+"""Seed 000 over real loopback sockets: every command and reply code, both framings, both stores."""
 
+import pytest
 import pytest_twisted
 
 from chatserv.protocols.framing import LengthPrefixFramer
-from tests.support import connect
+from tests.support import Daemon, connect
+
+
+@pytest.fixture(params=["line", "framed"])
+def framing(request):
+    return request.param
+
+
+async def client_for(daemon, framing):
+    """A connected client; on the framed port the server's greeting is read first."""
+    if framing == "line":
+        return await connect(daemon.port("skype"))
+    client = await connect(daemon.port("skype-framed"), LengthPrefixFramer(1 << 20))
+    assert await client.receive() == b"200 OK"
+    return client
+
+
+async def logged_in(daemon, framing, name):
+    client = await client_for(daemon, framing)
+    assert await client.request(b"CREATE %s %s-pw" % (name.encode(), name.encode())) == b"200 OK"
+    return client
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_readme_session(daemon):
     client = await connect(daemon.port("skype"))
-    assert await client.request(b"CREATE alice pw") == b"200 OK"
-    assert await client.request(b"LOGIN alice pw") == b"200 OK"
-    found = await client.request(b"SEARCH alice")
-    assert found.startswith(b"201 id:1,username:alice,password:,online:true,address:127.0.0.1")
-    assert await client.request(b"EXIT") == b"201 Goodbye"
+    client.send(b"CREATE alice pw", b"LOGIN alice pw", b"SEARCH alice", b"EXIT")
+    assert [await client.receive() for _ in range(3)] == [
+        b"200 OK", b"200 OK", b"201 id:1,username:alice,password:,online:true,address:127.0.0.1"]
+    assert await client.receive() == b"201 Goodbye"
     await client.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_command(daemon, framing):
+    alice = await logged_in(daemon, framing, "alice")
+    bob = await logged_in(daemon, framing, "bob")
+    assert await alice.request(b"CREATE bob again") == b"300 Not OK"
+    assert await alice.request(b"PING") == b"200 OK"
+    assert await alice.request(b"LIST") == b"301 Not found"
+    assert await alice.request(b"ADD bob") == b"200 OK"
+    assert await alice.request(b"ADD nobody") == b"301 Not found"
+    assert await alice.request(b"ADD alice") == b"300 Not OK"
+    assert await alice.request(b"LIST") == (
+        b"201 id:2,username:bob,password:,online:true,address:127.0.0.1")
+    assert await alice.request(b"AVAILABLE bob") == (
+        b"201 id:2,username:bob,password:,online:true,address:127.0.0.1")
+    assert await alice.request(b"AVAILABLE nobody") == b"301 Not found"
+    assert await alice.request(b"SEARCH nobody") == b"301 Not found"
+
+    assert await bob.request(b"EXIT") == b"201 Goodbye"
+    await bob.wait_closed()
+    assert await alice.request(b"AVAILABLE bob") == b"300 Not OK"
+    assert await alice.request(b"SEARCH bob") == (
+        b"201 id:2,username:bob,password:,online:false,address:127.0.0.1")
+    assert await alice.request(b"REMOVE bob") == b"200 OK"
+    assert await alice.request(b"REMOVE bob") == b"301 Not found"
+    assert await alice.request(b"LIST") == b"301 Not found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_joins_records_with_spaces(daemon, framing):
+    alice = await logged_in(daemon, framing, "alice")
+    for name in ["bob", "carol"]:
+        other = await logged_in(daemon, framing, name)
+        assert await alice.request(b"ADD " + name.encode()) == b"200 OK"
+        assert await other.request(b"EXIT") == b"201 Goodbye"
+    listing = await alice.request(b"LIST")
+    assert listing == (b"201 id:2,username:bob,password:,online:false,address:127.0.0.1 "
+                       b"id:3,username:carol,password:,online:false,address:127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_rules(daemon, framing):
+    client = await client_for(daemon, framing)
+    for command in [b"SEARCH alice", b"ADD alice", b"REMOVE alice", b"AVAILABLE alice", b"LIST"]:
+        assert await client.request(command) == b"202 Please login"
+    assert await client.request(b"LOGIN alice pw") == b"300 Not OK"
+    assert await client.request(b"CREATE alice pass word") == b"200 OK"
+    assert await client.request(b"LOGIN alice pass") == b"300 Not OK"
+    assert await client.request(b"LOGIN alice pass word") == b"200 OK"
+    assert await client.request(b"CREATE 9lives pw") == b"300 Not OK"
+    assert await client.request(b"login alice pass word") == b"200 OK"
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_users_on_one_host_are_two_sessions(daemon):
+    alice = await logged_in(daemon, "line", "alice")
+    bob = await logged_in(daemon, "line", "bob")
+    assert await alice.request(b"ADD bob") == b"200 OK"
+    assert await bob.request(b"LIST") == b"301 Not found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_of_one_framing_logs_in_on_the_other(daemon):
+    line = await logged_in(daemon, "line", "alice")
+    assert await line.request(b"EXIT") == b"201 Goodbye"
+    framed = await client_for(daemon, "framed")
+    assert await framed.request(b"LOGIN alice alice-pw") == b"200 OK"
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_survives_a_restart(tmp_path):
+    daemon = await Daemon(str(tmp_path / "chat.sqlite3")).start()
+    try:
+        alice = await logged_in(daemon, "line", "alice")
+        await logged_in(daemon, "framed", "bob")
+        assert await alice.request(b"ADD bob") == b"200 OK"
+        await daemon.chat.send_direct(daemon.chat.user("bob"), "alice", "kept")
+        await daemon.restart()
+        alice = await client_for(daemon, "framed")
+        assert await alice.request(b"LOGIN alice alice-pw") == b"200 OK"
+        assert await alice.request(b"LIST") == b"201 id:2,username:bob,password:,online:false,address:"
+        kept = await daemon.chat.inbox(daemon.chat.user("alice"))
+        assert [m.body for m in kept] == ["kept"]
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_says_goodbye_on_both_framings(daemon):
+    line = await logged_in(daemon, "line", "alice")
+    framed = await client_for(daemon, "framed")
+    await daemon.stop()
+    assert await line.receive() == b"201 Goodbye"
+    assert await framed.receive() == b"201 Goodbye"
+    await line.wait_closed()
+    await framed.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_line_port_bad_input(daemon):
+    client = await logged_in(daemon, "line", "alice")
+    bystander = await logged_in(daemon, "line", "bob")
+    client.send_raw(b"x" * 9000 + b"\n")
+    assert await client.receive() == b"501 Invalid command"
+    for bad in [b"", b"FOO", b"SEARCH", b"SEARCH two words", b"\xff\xfeSEARCH", b"CREATE onlyname",
+                b"do_PING", b"PING\x00"]:
+        assert await client.request(bad) == b"501 Invalid command", bad
+    assert await client.request(b"PING") == b"200 OK"
+    assert await bystander.request(b"SEARCH alice") == (
+        b"201 id:1,username:alice,password:,online:true,address:127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_framed_port_bad_headers_close_cleanly(daemon):
+    for garbage in [b"00000000xxLOGIN", b"9999999999", b"-000000001"]:
+        client = await client_for(daemon, "framed")
+        client.send_raw(garbage)
+        assert await client.receive() == b"501 Invalid command"
+        await client.wait_closed()
+    client = await client_for(daemon, "framed")
+    client.send(b"")
+    assert await client.receive() == b"501 Invalid command"
+    client.send_raw(b"0000000010PIN")  # a client that disconnects mid-frame
+    client.transport.loseConnection()
+    await client.wait_closed()
+    survivor = await client_for(daemon, "framed")
+    assert await survivor.request(b"PING") == b"200 OK"
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_keep_request_order_under_pipelining(daemon):
+    client = await connect(daemon.port("skype"))
+    client.send(b"CREATE alice pw", b"SEARCH alice", b"PING", b"LOGIN alice bad", b"LOGIN alice pw", b"LIST")
+    replies = [await client.receive() for _ in range(6)]
+    assert [r[:3] for r in replies] == [b"200", b"201", b"200", b"300", b"200", b"301"]

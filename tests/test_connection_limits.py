@@ -1,0 +1,94 @@
+"""The shared connection limits, driven by a fake clock and an in-memory transport."""
+
+import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from chatserv.credentials import HashCost, Hasher
+from chatserv.limits import Limits, TokenBucket
+from chatserv.protocols.base import ConnectionTracker
+from chatserv.protocols.skype import SkypeFactory
+from chatserv.service import ChatService
+from chatserv.store.memory import MemoryStore
+
+
+async def make_connection(**limits):
+    clock = MemoryReactorClock()
+    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
+                       clock, Limits(**limits))
+    chat.startService()
+    await chat.when_ready()
+    factory = SkypeFactory(chat, ConnectionTracker(clock), Limits(**limits), clock)
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    return clock, connection, transport, chat
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_connection_is_closed_at_the_prelogin_timeout():
+    clock, connection, transport, _ = await make_connection(prelogin_timeout=30)
+    clock.advance(29)
+    connection.dataReceived(b"PING\n")
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logged_in_session_gets_the_idle_timeout():
+    clock, connection, transport, chat = await make_connection(prelogin_timeout=30, idle_timeout=300)
+    connection.dataReceived(b"CREATE alice pw\n")
+    await chat.when_ready()
+    while connection.session is None:  # registration hashes in a thread
+        await _turn()
+    clock.advance(299)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting
+    connection.connectionLost()
+    assert not chat.is_online(chat.user("alice"))
+
+
+def _turn():
+    return task.deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_never_reads_is_let_go():
+    _, connection, transport, _ = await make_connection(send_queue=1000)
+    connection.pauseProducing()  # what the transport does when its buffer is full
+    for _ in range(142):  # 142 replies of 7 bytes: 994 bytes queued, still within the bound
+        connection.dataReceived(b"PING\n")
+    assert not transport.disconnected
+    connection.dataReceived(b"PING\n")
+    assert transport.disconnected  # aborted once the queue passed 1000 bytes
+    assert len(connection._queued) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_replies_flow_again_when_the_reader_catches_up():
+    _, connection, transport, _ = await make_connection(send_queue=1000)
+    connection.pauseProducing()
+    connection.dataReceived(b"PING\nPING\n")
+    assert transport.value() == b""
+    connection.resumeProducing()
+    assert transport.value() == b"200 OK\n200 OK\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_requests_pauses_reading_until_answered():
+    _, connection, transport, _ = await make_connection(max_pending_requests=4)
+    connection.dataReceived(b"PING\n" * 10000)  # answered synchronously, no recursion
+    assert transport.value() == b"200 OK\n" * 10000
+    assert transport.producerState == "producing"
+
+
+def test_token_bucket_allows_a_burst_then_the_rate():
+    clock = MemoryReactorClock()
+    bucket = TokenBucket(clock, rate=2, burst=3)
+    assert [bucket.allow() for _ in range(4)] == [True, True, True, False]
+    clock.advance(0.5)
+    assert [bucket.allow() for _ in range(2)] == [True, False]
+    assert all(TokenBucket(clock, rate=0, burst=1).allow() for _ in range(100))

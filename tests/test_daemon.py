@@ -1,0 +1,125 @@
+"""The real ``twistd -n chatserv`` process: defaults, one log line per port, restart, SIGTERM."""
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+from chatserv.tap import PORTS, Options
+from tests.support import FAST_HASH, TIMEOUT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_documented_ones():
+    options = Options()
+    options.parseOptions([])
+    assert options["db"] == "chatserv.sqlite3"
+    assert options["skype"] == "tcp:5001" and options["skype-framed"] == "tcp:4000"
+    assert options.limits().max_line == 8192
+
+
+class Twistd:
+    """``twistd -n chatserv`` in a directory, every port on 127.0.0.1:0, read through its log."""
+
+    def __init__(self, cwd, *extra):
+        args = [f"--{p.option}=tcp:0:interface=127.0.0.1" for p in PORTS]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "chatserv", *FAST_HASH, *args, *extra],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.log = ""
+        self.ports = {}
+        while len(self.ports) < len(PORTS):
+            line = self.readline()
+            found = re.search(r"chatserv (\S+) \(.*\) starting on (\d+)", line)
+            if found:
+                self.ports[found.group(1)] = int(found.group(2))
+
+    def readline(self) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        line = b""
+        while not line.endswith(b"\n"):
+            ready, _, _ = select.select([self.process.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                raise AssertionError(f"twistd said nothing more; log so far:\n{self.log}")
+            chunk = os.read(self.process.stdout.fileno(), 1)
+            if not chunk:
+                raise AssertionError(f"twistd exited; log:\n{self.log}")
+            line += chunk
+        self.log += line.decode()
+        return line.decode()
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        rest, _ = self.process.communicate(timeout=TIMEOUT)
+        self.log += rest.decode()
+        # twistd ends itself with the signal it got once shut down cleanly
+        assert self.process.returncode in (0, -signal.SIGTERM), self.log
+        return self.log
+
+
+def talk(port, *lines: bytes) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"".join(line + b"\n" for line in lines))
+        sock.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: sock.recv(4096), b"")).splitlines()
+
+
+def test_twistd_serves_logs_one_line_per_port_and_keeps_data(tmp_path):
+    daemon = Twistd(tmp_path)
+    try:
+        assert talk(daemon.ports["skype"], b"CREATE alice pw", b"SEARCH alice", b"EXIT") == [
+            b"200 OK", b"201 id:1,username:alice,password:,online:true,address:127.0.0.1", b"201 Goodbye"]
+        waiting = socket.create_connection(("127.0.0.1", daemon.ports["skype"]), timeout=TIMEOUT)
+        waiting.sendall(b"PING\n")
+        assert waiting.recv(100) == b"200 OK\n"
+    finally:
+        log = daemon.stop()
+    assert waiting.recv(100) == b"201 Goodbye\n" and waiting.recv(100) == b""
+    assert len(re.findall(r"starting on \d+", log)) == len(PORTS)
+    assert "Traceback" not in log and "pw" not in log.replace("--pidfile", "")
+    assert (tmp_path / "chatserv.sqlite3").exists()
+
+    daemon = Twistd(tmp_path)
+    try:
+        assert talk(daemon.ports["skype"], b"LOGIN alice pw", b"EXIT") == [b"200 OK", b"201 Goodbye"]
+    finally:
+        daemon.stop()
+
+
+def test_a_busy_port_is_reported_not_ignored(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        done = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "chatserv", "--db", "memory", *[f"--{p.option}=none" for p in PORTS],
+             f"--skype=tcp:{port}:interface=127.0.0.1"],
+            cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT, text=True,
+        )
+    assert "cannot listen" in done.stdout and "Address already in use" in done.stdout
+
+
+def test_the_installed_plugin_is_found_without_warnings(tmp_path):
+    installed = Path(sysconfig.get_paths()["purelib"]) / "twisted" / "plugins" / "chatserv_plugin.py"
+    if not installed.exists():
+        pytest.skip("chatserv is not installed in this environment (make test installs it)")
+    twistd = Path(sys.executable).with_name("twistd")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(twistd), "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=TIMEOUT, text=True)
+    assert "chatserv" in done.stdout
+    assert "Unable to write to plugin cache" not in done.stdout + done.stderr

@@ -1,0 +1,219 @@
+"""ChatService over both stores: accounts, presence, contacts, rooms, messages."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from chatserv import errors, events
+from chatserv.credentials import HashCost, Hasher, password_digest
+from chatserv.model import LOBBY
+from chatserv.service import ChatService
+from chatserv.store import open_store
+
+
+class Sink:
+    def __init__(self):
+        self.events = []
+
+    def deliver(self, event):
+        self.events.append(event)
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def start(db):
+    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    chat = ChatService(open_store(db, reactor), hasher, reactor)
+    chat.startService()
+    return await chat.when_ready()
+
+
+@pytest_twisted.async_yield_fixture
+async def chat(db):
+    service = await start(db)
+    yield service
+    await service.stopService()
+
+
+async def users(chat, *names):
+    return [await chat.register(name, f"{name}-pw") for name in names]
+
+
+@pytest_twisted.ensureDeferred
+async def test_register_then_authenticate(chat):
+    alice = await chat.register("alice", "secret")
+    assert len(alice.salt) == 32 and alice.salt.isdigit()
+    assert "secret" not in alice.verifier and alice.verifier.startswith("$argon2id$")
+    assert (await chat.authenticate("ALICE", "secret")) is alice
+    assert (await chat.authenticate_digest("alice", password_digest(alice.salt, "secret"))) is alice
+    for name, password in [("alice", "wrong"), ("nobody", "secret"), (None, "x")]:
+        with pytest.raises(errors.BadCredentials):
+            await chat.authenticate(name, password)
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_are_unique_case_insensitively_and_must_be_valid(chat):
+    await chat.register("alice", "pw")
+    with pytest.raises(errors.AlreadyExists):
+        await chat.register("Alice", "pw")
+    for bad in ["", "1abc", "has space", "x" * 33, "NickServ", 42]:
+        with pytest.raises(errors.Invalid):
+            await chat.register(bad, "pw")
+    with pytest.raises(errors.Invalid):
+        await chat.register("bob", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_salts_reveal_no_accounts(chat):
+    alice = await chat.register("alice", "pw")
+    assert chat.salt_for("alice") == alice.salt
+    fake = chat.salt_for("ghost")
+    assert fake == chat.salt_for("GHOST") and len(fake) == 32 and fake.isdigit()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_contacts_and_rooms_survive_a_restart(db):
+    if db == "memory":
+        pytest.skip("an in-memory store forgets by design")
+    chat = await start(db)
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.add_contact(alice, "bob")
+    await chat.create_room(alice, "games")
+    await chat.send_direct(alice, "bob", "hello")
+    await chat.stopService()
+
+    chat = await start(db)
+    alice = await chat.authenticate("alice", "alice-pw")
+    assert [(u.username, s) for u, s in chat.contacts(alice)] == [("bob", "friend")]
+    assert [m.body for m in await chat.direct_history(alice, "bob")] == ["hello"]
+    assert chat.rooms_of(alice)[0].name == "games"
+    assert [r.name for r in chat.rooms()] == ["games", LOBBY]
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_reaches_contacts_and_watchers_once(chat):
+    alice, bob, carol = await users(chat, "alice", "bob", "carol")
+    await chat.add_contact(bob, "alice")
+    bob_sink, carol_sink, watcher = Sink(), Sink(), Sink()
+    chat.attach(bob, bob_sink, "test")
+    chat.attach(carol, carol_sink, "test")
+    chat.attach(carol, watcher, "test", watches_presence=True)
+    first = chat.attach(alice, Sink(), "test", "10.1.1.1")
+    second = chat.attach(alice, Sink(), "other")
+    assert [(e.user.username, e.online) for e in bob_sink.of(events.PresenceChanged)] == [("alice", True)]
+    assert carol_sink.of(events.PresenceChanged) == []
+    assert [e.user.username for e in watcher.of(events.PresenceChanged)] == ["alice"]
+    assert chat.is_online(alice) and chat.last_address(alice) == "10.1.1.1"
+    chat.detach(first)
+    assert chat.is_online(alice)
+    chat.detach(second)
+    assert not chat.is_online(alice)
+    assert [e.online for e in bob_sink.of(events.PresenceChanged)] == [True, False]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contacts_and_blocks(chat):
+    alice, bob = await users(chat, "alice", "bob")
+    bob_sink = Sink()
+    chat.attach(bob, bob_sink, "test")
+    await chat.add_contact(alice, "bob")
+    await chat.add_contact(alice, "bob")  # idempotent
+    assert [e.status for e in bob_sink.of(events.ContactChanged)] == ["friend"]
+    with pytest.raises(errors.NotFound):
+        await chat.add_contact(alice, "nobody")
+    with pytest.raises(errors.Invalid):
+        await chat.add_contact(alice, "alice")
+    with pytest.raises(errors.Invalid):
+        await chat.set_contact(alice, "bob", "enemy")
+
+    await chat.block(bob, "alice")
+    assert chat.has_blocked(bob, alice) and not chat.has_blocked(alice, bob)
+    with pytest.raises(errors.Blocked):
+        await chat.send_direct(alice, "bob", "hi")
+    await chat.unblock(bob, "alice")
+    await chat.send_direct(alice, "bob", "hi")
+    assert [e.message.body for e in bob_sink.of(events.DirectMessage)] == ["hi"]
+
+    await chat.remove_contact(alice, "bob")
+    assert chat.contacts(alice) == []
+    with pytest.raises(errors.NotFound):
+        await chat.remove_contact(alice, "bob")
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_messages_fan_out_to_members_but_not_origin_or_blockers(chat):
+    alice, bob, carol, dave = await users(chat, "alice", "bob", "carol", "dave")
+    sinks = {name: Sink() for name in ["alice", "alice2", "bob", "carol", "dave"]}
+    origin = chat.attach(alice, sinks["alice"], "test")
+    chat.attach(alice, sinks["alice2"], "test")
+    chat.attach(bob, sinks["bob"], "test")
+    chat.attach(carol, sinks["carol"], "test")
+    chat.attach(dave, sinks["dave"], "test")
+    room = await chat.create_room(alice, "games")
+    await chat.join_room(bob, "GAMES")
+    await chat.join_room(carol, "games")
+    await chat.block(carol, "alice")
+    with pytest.raises(errors.AlreadyExists):
+        await chat.create_room(bob, "Games")
+    with pytest.raises(errors.Denied):
+        await chat.send_room(dave, "games", "let me in")
+
+    sent = await chat.send_room(alice, "games", "hello all", origin=origin)
+    got = {name: [e.message.body for e in s.of(events.RoomMessage)] for name, s in sinks.items()}
+    assert got == {"alice": [], "alice2": ["hello all"], "bob": ["hello all"], "carol": [], "dave": []}
+    assert [m.id for m in await chat.room_history(bob, "games")] == [sent.id]
+    with pytest.raises(errors.Denied):
+        chat.room_history(dave, "games")
+    joined = [(e.user.username, e.joined) for e in sinks["alice2"].of(events.MembershipChanged)]
+    assert joined == [("alice", True), ("bob", True), ("carol", True)]
+
+    await chat.leave_room(bob, "games")
+    assert [u.username for u in chat.members(room)] == ["alice", "carol"]
+    with pytest.raises(errors.Denied):
+        await chat.leave_room(bob, "games")
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_messages_wait_in_the_inbox_until_taken(chat):
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.send_direct(alice, "bob", "while you were out")
+    skype_like = chat.attach(bob, Sink(), "test", accepts_direct=False)
+    await chat.send_direct(alice, "bob", "you cannot see this here")
+    chat.detach(skype_like)
+    waiting = await chat.take_undelivered(bob)
+    assert [m.body for m in waiting] == ["while you were out", "you cannot see this here"]
+    assert await chat.take_undelivered(bob) == []
+    assert [m.body for m in await chat.inbox(bob)] == [m.body for m in waiting]
+    with pytest.raises(errors.Invalid):
+        await chat.send_direct(alice, "bob", "")
+    with pytest.raises(errors.Invalid):
+        await chat.send_direct(alice, "bob", "x" * (chat.limits.max_body + 1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_guests_hold_their_name_only_while_online(chat):
+    await users(chat, "alice")
+    with pytest.raises(errors.AlreadyExists):
+        chat.guest("alice")
+    guest = chat.guest("visitor")
+    assert guest.guest
+    with pytest.raises(errors.AlreadyExists):
+        await chat.register("visitor", "pw")
+    session = chat.attach(guest, Sink(), "test")
+    await chat.join_room(guest, LOBBY)
+    chat.detach(session)
+    assert guest.id not in chat.room(LOBBY).members
+    assert (await chat.register("visitor", "pw")).username == "visitor"
+
+
+@pytest_twisted.ensureDeferred
+async def test_kick_others_ends_only_same_protocol_sessions(chat):
+    (alice,) = await users(chat, "alice")
+    old, other_protocol, new = Sink(), Sink(), Sink()
+    chat.attach(alice, old, "chatroom")
+    chat.attach(alice, other_protocol, "irc")
+    chat.kick_others(chat.attach(alice, new, "chatroom"), "logged in elsewhere")
+    assert [e.reason for e in old.of(events.Kicked)] == ["logged in elsewhere"]
+    assert other_protocol.of(events.Kicked) == new.of(events.Kicked) == []
