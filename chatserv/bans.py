@@ -96,10 +96,9 @@ class BanFile(service.Service):
         for entry in bad:
             log.warn("ban file {path}: not an IP address: {entry!r}", path=self.path, entry=entry)
         added, lifted = listed - self.chat.bans, self.chat.bans - listed
-        for address in sorted(added):
-            yield self.chat.ban(address)
-        for address in sorted(lifted):
-            yield self.chat.unban(address)
+        # All at once: the daemon honours them at this instant, the store commits them together.
+        yield defer.gatherResults([self.chat.ban(a) for a in added] + [self.chat.unban(a) for a in lifted],
+                                  consumeErrors=True)
         self._seen = content
         if added or lifted:
             log.info("ban file {path}: {added} banned, {lifted} lifted", path=self.path,
