@@ -17,6 +17,8 @@ class Limits:
     max_pending_requests: int = 64  # parsed requests waiting their turn before reading pauses
     max_body: int = 4096  # characters in one message body
     history: int = 50  # messages replayed or returned by default
+    max_connections: int = 20000  # open connections on all ports together (0: unlimited)
+    connections_per_ip: int = 100  # open connections from one address (0: unlimited)
 
 
 class TokenBucket:

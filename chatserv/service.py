@@ -84,6 +84,8 @@ class ChatService(service.Service):
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
         self._last_address: dict[int, str] = {}
+        self._operators: dict[int, set[int]] = {}
+        self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
         self._guest_ids = itertools.count(-1, -1)
@@ -148,8 +150,9 @@ class ChatService(service.Service):
             raise errors.Invalid("reserved username")
         return name
 
-    def _check_free(self, name):
-        if fold(name) in self._user_keys or fold(name) in self._guests:
+    def _check_free(self, name, guest: User | None = None):
+        holder = self._guests.get(fold(name))
+        if fold(name) in self._user_keys or (holder is not None and holder is not guest):
             raise errors.AlreadyExists("username taken")
 
     def user(self, name) -> User:
@@ -185,24 +188,28 @@ class ChatService(service.Service):
         return str(10**31 + int.from_bytes(mac, "big") % (9 * 10**31))
 
     @deferred
-    async def register(self, username, password) -> User:
-        """Create an account from a plain password."""
+    async def register(self, username, password, *, guest: User | None = None) -> User:
+        """Create an account from a plain password.
+
+        ``guest``: the caller's own guest user, whose name may become the account's (the guest
+        keeps its sessions until the caller moves them to the account).
+        """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.Invalid("empty password")
-        self._check_free(username)
+        self._check_free(username, guest)
         salt = new_salt()
-        return await self.register_digest(username, salt, password_digest(salt, password))
+        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest)
 
     @deferred
-    async def register_digest(self, username, salt, digest) -> User:
+    async def register_digest(self, username, salt, digest, *, guest: User | None = None) -> User:
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.Invalid("empty password")
-        self._check_free(username)
+        self._check_free(username, guest)
         verifier = await self.hasher.make_verifier(digest)
-        self._check_free(username)  # another registration may have won while we hashed
+        self._check_free(username, guest)  # another registration may have won while we hashed
         user = User(next(self._next_user), username, salt, verifier, self.clock.seconds())
         self._users[user.id] = user
         self._user_keys[fold(username)] = user
@@ -211,26 +218,48 @@ class ChatService(service.Service):
         return user
 
     @deferred
-    async def authenticate(self, username, password) -> User:
+    async def authenticate(self, username, password, address: str = "") -> User:
         """The user, if the plain password is theirs; else BadCredentials."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise errors.BadCredentials("bad credentials")
         user = self._user_keys.get(fold(username))
         salt = user.salt if user else self.salt_for(username)
-        return await self.authenticate_digest(username, password_digest(salt, password))
+        return await self.authenticate_digest(username, password_digest(salt, password), address)
 
     @deferred
-    async def authenticate_digest(self, username, digest) -> User:
-        """The user, if ``digest`` is their ``sha256_hex(salt + password)``; else BadCredentials."""
+    async def authenticate_digest(self, username, digest, address: str = "") -> User:
+        """The user, if ``digest`` is their ``sha256_hex(salt + password)``; else BadCredentials.
+
+        Failures from one address against one name lock that pair out for a doubling time,
+        across reconnects (RateLimited), without locking the account for anyone else.
+        """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
+        key = (fold(username), address)
+        self._check_throttle(key)
         user = self._user_keys.get(fold(username))
         ok = await self.hasher.check(user.verifier if user else None, digest)
         if not ok:
             self.stats["login_failures"] += 1
+            self._note_failure(key)
             raise errors.BadCredentials("bad credentials")
+        self._login_failures.pop(key, None)
         self.stats["logins"] += 1
         return user
+
+    def _check_throttle(self, key):
+        failures, until = self._login_failures.get(key, (0, 0.0))
+        if until > self.clock.seconds():
+            raise errors.RateLimited("too many failed logins: try again later")
+
+    def _note_failure(self, key):
+        failures, _ = self._login_failures.pop(key, (0, 0.0))
+        failures += 1
+        excess = failures - self.limits.login_attempts
+        until = self.clock.seconds() + min(2.0**excess, 300.0) if excess >= 0 else 0.0
+        self._login_failures[key] = (failures, until)
+        while len(self._login_failures) > 100_000:  # bounded: the oldest entry goes first
+            del self._login_failures[next(iter(self._login_failures))]
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
@@ -272,9 +301,10 @@ class ChatService(service.Service):
         self._watchers.discard(session)
         if not sessions:
             del self._sessions[session.user.id]
+            # Watchers hear of it while a leaving guest's rooms still name it (IRC's QUIT needs them).
+            self._presence(session.user, False, session.protocol, origin=session)
             if session.user.guest:
                 self._forget_guest(session.user)
-            self._presence(session.user, False, session.protocol, origin=session)
 
     def _forget_guest(self, user):
         self._guests.pop(fold(user.username), None)
@@ -390,6 +420,13 @@ class ChatService(service.Service):
             raise errors.NotFound("no such room")
         return room
 
+    def room_by_id(self, room_id) -> Room:
+        """The room with that id (seed 004 names groups by id), else NotFound."""
+        for room in self._rooms.values():
+            if room.id == room_id:
+                return room
+        raise errors.NotFound("no such room")
+
     def rooms(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
@@ -458,7 +495,25 @@ class ChatService(service.Service):
         return room
 
     def is_operator(self, user: User, room: Room) -> bool:
-        return room.created_by is not None and room.created_by == user.id
+        """The room's creator, or someone an operator made one (grants live in memory only)."""
+        if room.created_by is not None and room.created_by == user.id:
+            return True
+        return user.id in self._operators.get(room.id, ())
+
+    def set_operator(self, by: User, name, user: User, granted: bool) -> Room:
+        """An operator grants (or takes back) operator rights; the room's members hear of it.
+
+        The creator stays an operator whatever is taken back.
+        """
+        room = self.room(name)
+        if not self.is_operator(by, room):
+            raise errors.Denied("not an operator")
+        if user.id not in room.members:
+            raise errors.NotFound("not a member")
+        grants = self._operators.setdefault(room.id, set())
+        grants.add(user.id) if granted else grants.discard(user.id)
+        self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
+        return room
 
     @deferred
     async def set_topic(self, user: User, name, topic: str, *, origin: Session | None = None) -> Room:

@@ -7,9 +7,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits, TokenBucket
 from chatserv.protocols.base import ConnectionTracker
+from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.protocols.skype import SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from tests.support import Daemon, connect
 
 
 async def make_connection(**limits):
@@ -92,3 +94,21 @@ def test_token_bucket_allows_a_burst_then_the_rate():
     clock.advance(0.5)
     assert [bucket.allow() for _ in range(2)] == [True, False]
     assert all(TokenBucket(clock, rate=0, burst=1).allow() for _ in range(100))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_per_address_are_bounded_across_ports():
+    daemon = await Daemon(extra=["--connections-per-ip", "2"]).start()
+    try:
+        first = await connect(daemon.port("skype"))
+        second = await connect(daemon.port("skype-framed"), LengthPrefixFramer(100))
+        assert await first.request(b"PING") == b"200 OK"
+        refused = await connect(daemon.port("skype"))
+        await refused.wait_closed()
+        assert await first.request(b"EXIT") == b"201 Goodbye"  # the server closes, then we see it
+        await first.wait_closed()
+        again = await connect(daemon.port("skype"))
+        assert await again.request(b"PING") == b"200 OK"
+        assert second.transport.connected
+    finally:
+        await daemon.stop()

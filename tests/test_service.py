@@ -217,3 +217,31 @@ async def test_kick_others_ends_only_same_protocol_sessions(chat):
     chat.kick_others(chat.attach(alice, new, "chatroom"), "logged in elsewhere")
     assert [e.reason for e in old.of(events.Kicked)] == ["logged in elsewhere"]
     assert other_protocol.of(events.Kicked) == new.of(events.Kicked) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_lock_out_that_address_for_a_doubling_time():
+    from twisted.internet.testing import MemoryReactorClock
+
+    clock = MemoryReactorClock()
+    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    chat = ChatService(open_store("memory", reactor), hasher, clock)
+    chat.startService()
+    await chat.when_ready()
+    await chat.register("alice", "right")
+    for _ in range(chat.limits.login_attempts):
+        with pytest.raises(errors.BadCredentials):
+            await chat.authenticate("alice", "wrong", "10.0.0.1")
+    with pytest.raises(errors.RateLimited):
+        await chat.authenticate("alice", "right", "10.0.0.1")  # even the right password waits
+    assert (await chat.authenticate("alice", "right", "10.0.0.2")).username == "alice"
+    clock.advance(1.5)
+    with pytest.raises(errors.BadCredentials):
+        await chat.authenticate("alice", "wrong", "10.0.0.1")
+    with pytest.raises(errors.RateLimited):
+        await chat.authenticate("alice", "right", "10.0.0.1")
+    clock.advance(1.5)  # the second lock lasts two seconds
+    with pytest.raises(errors.RateLimited):
+        await chat.authenticate("alice", "right", "10.0.0.1")
+    clock.advance(1)
+    assert (await chat.authenticate("alice", "right", "10.0.0.1")).username == "alice"

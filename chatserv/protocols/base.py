@@ -157,6 +157,12 @@ class ChatConnection(protocol.Protocol):
                 self.transport.resumeProducing()
         self._close_if_answered()
 
+    def queue_frame(self, frame):
+        """Answer, in order, a frame found outside the framer (an unterminated last request)."""
+        if not self._closing:
+            self._pending.append(frame)
+            self._next()
+
     def readConnectionLost(self):
         """The client sent its last byte (``printf ... | nc``): answer what came, then close."""
         self._input_ended = True
@@ -319,13 +325,29 @@ class ConnectionTracker(service.Service):
         self.clock = clock
         self.grace = grace
         self.connections: set = set()
+        self.per_host: collections.Counter = collections.Counter()
+        self.refused = 0
         self._emptied: list[defer.Deferred] = []
+
+    def admits(self, host: str, limits: Limits) -> bool:
+        """May one more connection from ``host`` open, within the total and per-address limits?"""
+        if (limits.max_connections and len(self.connections) >= limits.max_connections) or (
+                limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip):
+            self.refused += 1
+            return False
+        return True
 
     def add(self, connection):
         self.connections.add(connection)
+        self.per_host[connection.peer_host] += 1
 
     def discard(self, connection):
+        if connection not in self.connections:
+            return
         self.connections.discard(connection)
+        self.per_host[connection.peer_host] -= 1
+        if not self.per_host[connection.peer_host]:
+            del self.per_host[connection.peer_host]
         if not self.connections:
             waiting, self._emptied = self._emptied, []
             for d in waiting:
@@ -362,3 +384,9 @@ class ChatFactory(protocol.Factory):
         self.limits = limits
         self.clock = clock
         self.options = options or {}
+
+    def buildProtocol(self, addr):
+        """Refuse (close at once) a connection over the total or per-address limit."""
+        if not self.tracker.admits(getattr(addr, "host", ""), self.limits):
+            return None
+        return super().buildProtocol(addr)

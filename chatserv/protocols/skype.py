@@ -91,8 +91,8 @@ class SkypeConnection(ChatConnection):
     async def do_LOGIN(self, argument):
         username, password = self._credentials(argument)
         try:
-            user = await self.service.authenticate(username, password)
-        except errors.BadCredentials:
+            user = await self.service.authenticate(username, password, self.peer_host)
+        except (errors.BadCredentials, errors.RateLimited):
             if self.login_failed():
                 self.write(NOT_OK)
                 self.close()
