@@ -1,0 +1,301 @@
+"""Fan-out load generator: R rooms x N members over IRC, one sender per room.
+
+Every room has one sender connection plus N member connections, all registered as
+guests and joined to ``#benchN``; a message therefore makes N deliveries. Two phases run
+on the same connections:
+
+- ``max``: each sender stays at most ``--window`` messages ahead of its slowest member
+  (closed loop), so the figure is what the server sustains.
+- ``rate``: the senders send at a fixed total of ``--rate`` deliveries/s (open loop, with
+  a backlog bound), each message stamped with the time it was *due*, so client lag counts
+  against latency rather than hiding it.
+
+Latency: each received chunk contributes one sample, the age of its first (oldest)
+message, weighted by the number of messages in the chunk: an upper bound per chunk.
+The result is one JSON object on stdout. Loopback only; every wait has a time bound.
+
+    python -m bench.fanout --port 6667 --rooms 4 --members 50 --duration 8 --rate 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+from bench.ircload import PRIVMSG, IrcConnection, close_all, now_ns, open_many
+
+
+class Stats:
+    """Counters of one phase; ``active`` says whether arrivals are counted now."""
+
+    def __init__(self):
+        self.active = False
+        self.deliveries = 0
+        self.latencies: list[int] = []
+        self.weights: list[int] = []
+
+    def reset(self):
+        self.deliveries = 0
+        self.latencies = []
+        self.weights = []
+
+
+def _body(buf: bytes, start: int, end: int):
+    """(seq, stamp_ns) from the PRIVMSG line ``buf[start:end]``, or None."""
+    line = buf[start:end]
+    at = line.find(PRIVMSG)
+    if at < 0:
+        return None
+    colon = line.find(b" :", at)
+    if colon < 0:
+        return None
+    fields = line[colon + 2:].split(b" ", 2)
+    try:
+        return int(fields[0]), int(fields[1])
+    except (ValueError, IndexError):
+        return None
+
+
+class Member(IrcConnection):
+    room: Room
+    index: int
+    _tail = b""
+
+    def on_chunk(self, data: bytes):
+        buf = self._tail + data if self._tail else data
+        end = buf.rfind(b"\n")
+        if end < 0:
+            self._tail = buf
+            return
+        self._tail = buf[end + 1:]
+        if buf.startswith(b"PING") or b"\nPING" in buf:
+            self._answer_pings(buf[:end])
+        count = buf.count(PRIVMSG, 0, end)
+        if not count:
+            return
+        room = self.room
+        stats = room.stats
+        if stats.active:
+            stats.deliveries += count
+            first = _body(buf, 0, buf.find(b"\n"))
+            if first is not None:
+                stats.latencies.append(now_ns() - first[1])
+                stats.weights.append(count)
+        last = _body(buf, buf.rfind(b"\n", 0, end) + 1, end)
+        if last is not None:
+            room.acked[self.index] = last[0]
+            if room.closed_loop:
+                room.pump()
+
+
+class Room:
+    def __init__(self, channel: str, sender: IrcConnection, members: list[Member], stats: Stats,
+                 window: int, pad: bytes):
+        self.channel = channel.encode()
+        self.sender = sender
+        self.members = members
+        self.stats = stats
+        self.window = window
+        self.refill = max(1, window // 4)
+        self.pad = pad
+        self.acked = [0] * len(members)
+        self.sent = 0
+        self.closed_loop = False
+        self.shed = 0  # messages the open-loop phase did not send because the backlog was full
+        for index, member in enumerate(members):
+            member.room = self
+            member.index = index
+
+    def backlog(self) -> int:
+        return self.sent - min(self.acked)
+
+    def pump(self):
+        """Closed loop: top the window up once a quarter of it is free."""
+        free = self.window - self.backlog()
+        if free >= self.refill:
+            self.send(free, now_ns(), 0)
+
+    def send(self, count: int, first_stamp: int, step_ns: int):
+        channel, pad, seq = self.channel, self.pad, self.sent
+        self.sender.transport.write(b"".join(
+            b"PRIVMSG %s :%d %d %s\r\n" % (channel, seq + i, first_stamp + i * step_ns, pad)
+            for i in range(1, count + 1)
+        ))
+        self.sent += count
+
+    def drained(self) -> bool:
+        return min(self.acked) >= self.sent
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds of a process (this one when ``pid`` is None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[int], weights: list[int], q: float) -> float | None:
+    """Weighted percentile of nanosecond values, in milliseconds."""
+    if not values:
+        return None
+    pairs = sorted(zip(values, weights, strict=True))
+    goal = q * sum(weights)
+    seen = 0
+    for value, weight in pairs:
+        seen += weight
+        if seen >= goal:
+            return value / 1e6
+    return pairs[-1][0] / 1e6
+
+
+async def measure(rooms: list[Room], stats: Stats, warmup: float, duration: float,
+                  server_pid: int | None, ticker=None) -> dict:
+    """Run (warmup, then duration) seconds and return that phase's figures."""
+    await asyncio.sleep(warmup)
+    stats.reset()
+    stats.active = True
+    sent0 = sum(r.sent for r in rooms)
+    cpu0, server0, t0 = cpu_seconds(None), cpu_seconds(server_pid) if server_pid else 0.0, time.monotonic()
+    await asyncio.sleep(duration)
+    stats.active = False
+    elapsed = time.monotonic() - t0
+    result = {
+        "seconds": round(elapsed, 2),
+        "deliveries": stats.deliveries,
+        "deliveries_per_s": round(stats.deliveries / elapsed),
+        "messages_per_s": round((sum(r.sent for r in rooms) - sent0) / elapsed),
+        "p50_ms": percentile(stats.latencies, stats.weights, 0.50),
+        "p99_ms": percentile(stats.latencies, stats.weights, 0.99),
+        "samples": len(stats.latencies),
+        "client_cpu": round((cpu_seconds(None) - cpu0) / elapsed, 2),
+    }
+    if server_pid:
+        server_cpu = cpu_seconds(server_pid) - server0
+        result["server_cpu"] = round(server_cpu / elapsed, 2)
+        result["server_us_per_delivery"] = (
+            round(server_cpu * 1e6 / stats.deliveries, 2) if stats.deliveries else None)
+    return result
+
+
+async def drain(rooms: list[Room], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(r.drained() for r in rooms):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def open_loop(rooms: list[Room], per_room_rate: float, max_backlog: int, stop: asyncio.Event):
+    """Send on schedule: message k of a room is due at start + k / rate and stamped so."""
+    step_ns = int(1e9 / per_room_rate)
+    start_ns = now_ns()
+    issued = [0] * len(rooms)  # messages due so far: sent, or shed because the backlog was full
+    while not stop.is_set():
+        due = (now_ns() - start_ns) // step_ns
+        for k, room in enumerate(rooms):
+            count = due - issued[k]
+            if count <= 0:
+                continue
+            allowed = max(0, min(count, max_backlog - room.backlog()))
+            if allowed:
+                room.send(allowed, start_ns + issued[k] * step_ns, step_ns)
+            room.shed += count - allowed
+            issued[k] += count
+        next_due_ns = start_ns + (min(issued) + 1) * step_ns
+        await asyncio.sleep(min(0.005, max(0.0, (next_due_ns - now_ns()) / 1e9)))
+
+
+async def run(args) -> dict:
+    stats = Stats()
+    pad = b"x" * max(0, args.body - 40)
+    prefix = args.nick_prefix
+    report: dict = {"rooms": args.rooms, "members": args.members, "window": args.window}
+    started = time.monotonic()
+    senders = await open_many(args.host, args.port, [f"{prefix}{r}s" for r in range(args.rooms)],
+                              args.password, timeout=args.timeout)
+    member_nicks = [f"{prefix}{r}m{m}" for r in range(args.rooms) for m in range(args.members)]
+    members = await open_many(args.host, args.port, member_nicks, args.password, timeout=args.timeout,
+                              factory=Member)
+    everyone = senders + members
+    try:
+        rooms = []
+        joins = []
+        for r, sender in enumerate(senders):
+            channel = f"#{prefix}room{r}"
+            mine = members[r * args.members:(r + 1) * args.members]
+            rooms.append(Room(channel, sender, mine, stats, args.window, pad))
+            joins += [c.join(channel) for c in [sender, *mine]]
+        await asyncio.wait_for(asyncio.gather(*joins), args.timeout)
+        await asyncio.sleep(0.5)  # let the JOIN notices of the last joiners arrive
+        for conn in everyone:
+            conn._tail = conn._buffer
+            conn.measuring = True
+        report["setup_s"] = round(time.monotonic() - started, 2)
+        report["connections"] = len(everyone)
+
+        for room in rooms:
+            room.closed_loop = True
+            room.pump()
+        report["max"] = await measure(rooms, stats, args.warmup, args.duration, args.server_pid)
+        for room in rooms:
+            room.closed_loop = False
+        report["max"]["drained"] = await drain(rooms, args.timeout)
+
+        if args.rate:
+            stop = asyncio.Event()
+            sending = asyncio.ensure_future(open_loop(
+                rooms, args.rate / (args.rooms * args.members), args.max_backlog, stop))
+            try:
+                report["rate"] = await measure(rooms, stats, args.warmup, args.duration, args.server_pid)
+            finally:
+                stop.set()
+                await sending
+            report["rate"]["target_deliveries_per_s"] = args.rate
+            report["rate"]["shed_messages"] = sum(r.shed for r in rooms)
+            report["rate"]["drained"] = await drain(rooms, args.timeout)
+    finally:
+        await close_all(everyone)
+    return report
+
+
+def options(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--password", default=None, help="send PASS first (twisted.words needs one)")
+    parser.add_argument("--rooms", type=int, default=4)
+    parser.add_argument("--members", type=int, default=50, help="receiving members per room")
+    parser.add_argument("--window", type=int, default=64, help="messages a sender may be ahead")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per phase")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each phase counts")
+    parser.add_argument("--rate", type=int, default=20000, help="open-loop deliveries/s (0: skip)")
+    parser.add_argument("--max-backlog", type=int, default=2000, help="open loop: unanswered per room")
+    parser.add_argument("--body", type=int, default=80, help="bytes of message text")
+    parser.add_argument("--nick-prefix", default="b")
+    parser.add_argument("--server-pid", type=int, default=None, help="report this process's CPU use")
+    parser.add_argument("--timeout", type=float, default=30.0, help="bound on connecting, joining, draining")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("loopback only")
+    return args
+
+
+def main(argv=None):
+    args = options(argv)
+    budget = args.timeout * 4 + 2 * (args.warmup + args.duration) + 30
+    report = asyncio.run(asyncio.wait_for(run(args), budget))
+    json.dump(report, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""``make bench``: every benchmark in one run, one table, and bench/RESULTS.md.
+
+1. storage: SQLiteStore.add_message throughput with bounded outstanding writes (group commit);
+2. fan-out: the same IRC load (R rooms x N members, closed loop then a fixed rate) against
+   chatserv (SQLite file), twisted.words and ngIRCd, then chatserv with ``--db memory``;
+3. a profile of chatserv under the closed-loop load (py-spy, top functions);
+4. connections: N concurrent registered IRC clients per server process, RSS per connection.
+
+Every server is a real process on a free loopback port, started and stopped here; chatserv
+is ``twistd -n chatserv`` from this source tree with flood control off. The machine's two
+cores are shared by server and client, so ``server CPU/delivery`` (microseconds of server
+CPU per delivered message) is printed beside the rates: it does not depend on who won the
+cores.
+
+    python -m bench.run_all [--quick] [--connections 10000] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import servers
+
+ROOT = servers.ROOT
+PYTHON = servers.PYTHON
+
+
+def machine() -> dict:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def run_json(argv: list[str], timeout: float) -> dict:
+    """Run a bench client module; its last stdout line is its JSON report."""
+    done = subprocess.run([PYTHON, "-m", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:1])} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args, workdir: Path):
+        self.args = args
+        self.workdir = workdir
+        self.results: dict = {"fanout": {}, "connections": {}, "notes": []}
+        self.irc_ready = "irc" in servers.chatserv_ports()
+
+    # servers
+
+    def server(self, kind: str, *, db: str = "sqlite", profile_to: Path | None = None) -> servers.Server:
+        port = servers.free_port()
+        if kind == "chatserv":
+            path = "memory" if db == "memory" else str(self.workdir / f"chatserv-{port}.sqlite3")
+            return servers.chatserv(self.workdir, {"irc": port}, path, profile_to=profile_to)
+        if kind == "twisted.words":
+            return servers.twisted_words(self.workdir, port)
+        return servers.ngircd(self.workdir, port)
+
+    @staticmethod
+    def password(kind: str) -> list[str]:
+        return ["--password", "bench"] if kind == "twisted.words" else []
+
+    def with_server(self, label: str, server: servers.Server, work):
+        progress(f"{label}: starting {server.name} on port {server.port}")
+        try:
+            server.start()
+        except Exception as e:
+            self.results["notes"].append(f"{label}: {server.name} did not start: {e}\n{server.tail()}")
+            progress(f"{label}: {server.name} did not start: {e}")
+            return None
+        try:
+            return work(server)
+        except Exception as e:
+            self.results["notes"].append(f"{label}: {e}".strip()[:3000])
+            progress(f"{label}: failed: {e}")
+            return None
+        finally:
+            server.stop()
+
+    # the runs
+
+    def storage(self):
+        a = self.args
+        progress("storage: SQLiteStore.add_message")
+        try:
+            self.results["storage"] = run_json(
+                ["bench.store", "--seconds", str(a.duration), "--outstanding", str(a.outstanding)],
+                timeout=a.duration + 90)
+        except Exception as e:
+            self.results["notes"].append(f"storage: {e}")
+
+    def fanout_timeout(self) -> float:
+        return 4 * (self.args.duration + self.args.warmup) + 150
+
+    def fanout_argv(self, server: servers.Server, kind: str, rate: int) -> list[str]:
+        a = self.args
+        return ["bench.fanout", "--port", str(server.port), "--server-pid", str(server.pid),
+                "--rooms", str(a.rooms), "--members", str(a.members), "--window", str(a.window),
+                "--duration", str(a.duration), "--warmup", str(a.warmup), "--rate", str(rate),
+                *self.password(kind)]
+
+    def fanout(self, label: str, kind: str, db: str = "sqlite"):
+        a = self.args
+
+        def work(server):
+            report = run_json(self.fanout_argv(server, kind, a.rate), timeout=self.fanout_timeout())
+            report["rss_kib"] = server.rss_kib()
+            return report
+
+        result = self.with_server(label, self.server(kind, db=db), work)
+        if result is not None:
+            self.results["fanout"][label] = result
+            progress(f"{label}: {result['max']['deliveries_per_s']} deliveries/s")
+
+    def profile(self):
+        a = self.args
+        out = self.workdir / "chatserv-profile.txt"
+        server = self.server("chatserv", profile_to=out)
+
+        def work(server):
+            return run_json(self.fanout_argv(server, "chatserv", 0), timeout=self.fanout_timeout())
+
+        if self.with_server("profile", server, work) is None:
+            return
+        if out.exists():
+            self.results["profile"] = top_functions(out.read_text(), a.top)
+        else:
+            self.results["notes"].append(f"profile: py-spy wrote nothing\n{server.tail()}")
+
+    def connections(self, label: str, kind: str):
+        a = self.args
+
+        def work(server):
+            return run_json(["bench.connections", "--port", str(server.port), "--server-pid", str(server.pid),
+                             "--count", str(a.connections), *self.password(kind)], timeout=400)
+
+        result = self.with_server(f"connections {label}", self.server(kind), work)
+        if result is not None:
+            self.results["connections"][label] = result
+            progress(f"connections {label}: {result['kib_per_connection']} KiB each")
+
+    def run(self):
+        a = self.args
+        self.storage()
+        peers = [("twisted.words", "twisted.words"), ("ngIRCd", "ngircd")]
+        targets = ([("chatserv", "chatserv")] if self.irc_ready else []) + peers
+        if not self.irc_ready:
+            self.results["notes"].append("chatserv has no --irc port yet: only the peers were measured")
+        for label, kind in targets:
+            self.fanout(label, kind)
+        if self.irc_ready:
+            self.fanout("chatserv --db memory", "chatserv", db="memory")
+            if a.profile:
+                self.profile()
+        if a.connections:
+            for label, kind in targets:
+                self.connections(label, kind)
+
+
+# the profile
+
+
+def _short(frame: str) -> str:
+    """``func (path:line)`` with the path cut to the project or the package."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", str(ROOT) + "/", "lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker == "lib/python3.":
+                path = "stdlib/" + path.split("/", 1)[-1]
+            break
+    return f"{name} ({path})"
+
+
+def top_functions(raw: str, count: int) -> dict:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    own = collections.Counter()
+    inclusive = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        n = int(samples)
+        total += n
+        frames = [_short(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+
+    def share(counter):
+        return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(count)]
+
+    return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
+
+
+# the report
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _ratio(a, b) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def table(results: dict, args) -> str:
+    fan = results["fanout"]
+    lines = [
+        f"Fan-out: {args.rooms} rooms x {args.members} members over IRC, window {args.window}, "
+        f"{args.duration:g} s per phase",
+        "",
+        "| server | closed loop deliveries/s | p50 ms | p99 ms | server CPU/delivery | "
+        f"at {args.rate}/s: got/s | p50 ms | p99 ms | server RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, r in fan.items():
+        m, f = r["max"], r.get("rate", {})
+        lines.append(
+            f"| {label} | {m['deliveries_per_s']:,} | {_ms(m['p50_ms'])} | {_ms(m['p99_ms'])} | "
+            f"{m.get('server_us_per_delivery', '-')} us | {f.get('deliveries_per_s', 0):,} | "
+            f"{_ms(f.get('p50_ms'))} | {_ms(f.get('p99_ms'))} | {r['rss_kib'] / 1024:.0f} |")
+    ours = fan.get("chatserv")
+    if ours:
+        lines += ["", "| ratio chatserv / peer | deliveries/s | server CPU per delivery (lower is better) |",
+                  "| --- | ---: | ---: |"]
+        for label in ("twisted.words", "ngIRCd", "chatserv --db memory"):
+            peer = fan.get(label)
+            if peer:
+                mine, theirs = ours["max"], peer["max"]
+                rate = _ratio(mine["deliveries_per_s"], theirs["deliveries_per_s"])
+                cpu = _ratio(mine.get("server_us_per_delivery"), theirs.get("server_us_per_delivery"))
+                lines.append(f"| chatserv / {label} | {rate} | {cpu} |")
+    store = results.get("storage")
+    if store:
+        lines += ["", f"Storage (SQLiteStore.add_message, {store['outstanding']} in flight): "
+                      f"{store['stored_per_s']:,} stored messages/s, commit p50 {store['commit_p50_ms']} ms, "
+                      f"p99 {store['commit_p99_ms']} ms"]
+    conns = results["connections"]
+    if conns:
+        lines += ["", "| connections | registered | connects/s | RSS before MiB | RSS held MiB | "
+                      "KiB per connection |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for label, c in conns.items():
+            lines.append(f"| {label} | {c['alive']:,}/{c['connections']:,} | {c['connects_per_s']:,} | "
+                         f"{c['rss_before_kib'] / 1024:.0f} | {c['rss_held_kib'] / 1024:.0f} | "
+                         f"{c['kib_per_connection']} |")
+    return "\n".join(lines)
+
+
+def targets(results: dict, args) -> str:
+    fan, lines = results["fanout"], []
+    ours = fan.get("chatserv")
+    if ours and fan.get("twisted.words"):
+        got = ours["max"]["deliveries_per_s"] / fan["twisted.words"]["max"]["deliveries_per_s"]
+        lines.append(f"- fan-out >= 2.5x twisted.words: {got:.2f}x: {'met' if got >= 2.5 else 'NOT met'}")
+    if ours and ours.get("rate"):
+        p99 = ours["rate"]["p99_ms"]
+        ok = p99 is not None and p99 < 10 and ours["rate"]["deliveries_per_s"] >= 0.98 * args.rate
+        lines.append(f"- p99 < 10 ms at {args.rate:,} deliveries/s: {_ms(p99)} ms at "
+                     f"{ours['rate']['deliveries_per_s']:,}/s: {'met' if ok else 'NOT met'}")
+    c = results["connections"].get("chatserv")
+    if c:
+        ok = c["alive"] >= 10000 and c["kib_per_connection"] < 8
+        lines.append(f"- 10,000 connections under 8 KiB each: {c['alive']:,} at "
+                     f"{c['kib_per_connection']} KiB: {'met' if ok else 'NOT met'}")
+    s = results.get("storage")
+    if s:
+        lines.append(f"- >= 20,000 stored messages/s: {s['stored_per_s']:,}: "
+                     f"{'met' if s['stored_per_s'] >= 20000 else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def profile_text(profile: dict) -> str:
+    lines = [f"py-spy, {profile['samples']} samples of chatserv under the closed-loop load "
+             "(share of samples: self = in that function itself, inclusive = anywhere on the stack)", "",
+             "| self % | function |", "| ---: | --- |"]
+    lines += [f"| {pct} | `{name}` |" for name, pct in profile["self"]]
+    lines += ["", "| inclusive % | function |", "| ---: | --- |"]
+    lines += [f"| {pct} | `{name}` |" for name, pct in profile["inclusive"]]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, results: dict, args, command: str, took: float) -> None:
+    m = results["machine"]
+    parts = [
+        "# chatserv benchmark results",
+        "",
+        f"- date: {results['date']}",
+        f"- command: `{command}` ({took:.0f} s)",
+        f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}; server and load generator share the CPUs",
+        "",
+        table(results, args),
+        "",
+        "## Against the targets",
+        "",
+        targets(results, args) or "- (no chatserv figures)",
+    ]
+    if results.get("profile"):
+        parts += ["", "## Profile", "", profile_text(results["profile"])]
+    parts += [
+        "",
+        "## How to read it",
+        "",
+        "- A room is one sender plus N members; a message makes N deliveries. Closed loop: each sender "
+        f"stays at most {args.window} messages ahead of its slowest member. Fixed rate: senders send on "
+        "schedule and stamp each message with the time it was due (client lag counts as latency).",
+        "- Latency: the age of the oldest message of every received chunk, weighted by the messages in "
+        "that chunk (an upper bound). Closed-loop latency is mostly the window's queue.",
+        "- One Python load-generator process drives every server; when it saturates a core "
+        "(client_cpu near 1.0 in the JSON) the server's figure is a lower bound. ngIRCd usually gets "
+        "there first, so compare CPU per delivery too.",
+        "",
+        "## Raw figures",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in results.items() if k != "profile"}, indent=1),
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(parts))
+
+
+def options(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rooms", type=int, default=4)
+    parser.add_argument("--members", type=int, default=50)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=20000, help="fixed-rate phase, deliveries/s")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per phase")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--outstanding", type=int, default=2000, help="storage: writes in flight")
+    parser.add_argument("--connections", type=int, default=10000, help="0 skips the connections run")
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--top", type=int, default=15, help="profile: functions listed")
+    parser.add_argument("--quick", action="store_true", help="short phases, 2,000 connections")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.connections = 3.0, 0.5, min(args.connections, 2000)
+    return args
+
+
+def main(argv=None):
+    args = options(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and clients
+    if args.connections + 200 > hard:
+        progress(f"open-file hard limit {hard}: connections run lowered to {hard - 200}")
+        args.connections = max(0, hard - 200)
+    started = time.monotonic()
+    command = " ".join(["python -m bench.run_all", *map(shlex.quote, sys.argv[1:])])
+    with tempfile.TemporaryDirectory(prefix="chatserv-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        bench.results["machine"] = machine()
+        bench.results["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        bench.results["settings"] = {k: v for k, v in vars(args).items() if k != "output"}
+        bench.run()
+    took = time.monotonic() - started
+    print(table(bench.results, args))
+    print()
+    print(targets(bench.results, args))
+    if bench.results.get("profile"):
+        print()
+        print(profile_text(bench.results["profile"]))
+    for note in bench.results["notes"]:
+        print(f"\nnote: {note}")
+    write_results(Path(args.output), bench.results, args, command, took)
+    print(f"\nwrote {args.output} ({took:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
