@@ -43,12 +43,34 @@ def parse_addresses(text: str) -> tuple[set[str], list[str]]:
 
 
 def write_addresses(path: str, addresses) -> None:
+    _replace(path, HEADER + "".join(f"{a}\n" for a in sorted(addresses)))
+
+
+def edit_ban_file(path: str, address: str, banned: bool) -> bool:
+    """Add or remove one address, keeping the other lines and comments; True if it changed.
+
+    The file must exist: the daemon writes the stored bans into a new one, and a file made
+    before that would lift every stored ban it does not list.
+    """
+    address = normalise(address)
+    with open(path, encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    kept = [line for line in lines if parse_addresses(line)[0] != {address}]
+    if banned:
+        kept.append(address)
+    if kept == lines:
+        return False
+    _replace(path, "".join(f"{line}\n" for line in kept))
+    return True
+
+
+def _replace(path: str, text: str) -> None:
     """Replace the file atomically, so the daemon never reads half of it."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".bans-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(HEADER + "".join(f"{a}\n" for a in sorted(addresses)))
+            out.write(text)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

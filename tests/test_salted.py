@@ -11,6 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
+from chatserv import admin
 from chatserv.bans import BanFile
 from chatserv.credentials import password_digest
 from chatserv.limits import Limits
@@ -359,7 +360,7 @@ async def test_the_ban_file_is_applied_while_running(daemon, tmp_path):
         client = await salted(daemon, OTHER_HOST)
         assert await client.request(type="salt", user="x") == {"type": "banned"}
 
-        path.write_text(f"{OTHER_HOST}\n")
+        assert admin.main(["unban", "10.0.0.1", "--ban-file", str(path)]) == 0
         clock.advance(2)
         assert daemon.chat.bans == {OTHER_HOST}
     finally:
@@ -391,3 +392,21 @@ def test_a_silent_connection_is_told_it_timed_out():
     assert transport.value() == b'{"type":"error","message":"timed out"}\n'
     assert transport.disconnecting
     assert factory.limits.login_attempts == 3
+
+
+def test_the_admin_command_edits_the_ban_file_and_keeps_comments(tmp_path, capsys):
+    path = tmp_path / "bans.txt"
+    with pytest.raises(SystemExit):
+        admin.main(["ban", "10.0.0.1", "--ban-file", str(path)])  # the daemon creates it
+    assert "start the daemon with --ban-file first" in capsys.readouterr().err
+    path.write_text("# the office\n10.0.0.1  # printer\n")
+    assert admin.main(["ban", "::0001", "10.0.0.2", "--ban-file", str(path)]) == 0
+    assert admin.main(["ban", "10.0.0.2", "--ban-file", str(path)]) == 0
+    assert admin.main(["unban", "10.0.0.1", "--ban-file", str(path)]) == 0
+    assert path.read_text() == "# the office\n::1\n10.0.0.2\n"
+    assert admin.main(["list", "--ban-file", str(path)]) == 0
+    assert capsys.readouterr().out == (
+        "banned ::1\nbanned 10.0.0.2\n10.0.0.2 was banned already\nunbanned 10.0.0.1\n10.0.0.2\n::1\n")
+    for wrong in (["ban", "nobody", "--ban-file", str(path)], ["list", "1.2.3.4", "--ban-file", str(path)]):
+        with pytest.raises(SystemExit):
+            admin.main(wrong)
