@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from twisted.internet import defer, endpoints, protocol, reactor
 
 from chatserv.protocols.framing import LineFramer
 from chatserv.tap import PORTS, Options, build
 
+ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10  # seconds a test waits for an answer before it fails (never a measurement)
 FAST_HASH = ["--argon2-time-cost", "1", "--argon2-memory-cost", "1024", "--argon2-parallelism", "1"]
 
@@ -81,3 +91,50 @@ async def connect(port: int, framer=None) -> FrameClient:
     framer = framer or LineFramer(1 << 20)
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     return await endpoints.connectProtocol(endpoint, FrameClient(framer))
+
+
+class Twistd:
+    """``twistd -n chatserv`` in a directory, every port on 127.0.0.1:0, read through its log."""
+
+    def __init__(self, cwd, *extra):
+        args = [f"--{p.option}=tcp:0:interface=127.0.0.1" for p in PORTS]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "chatserv", *FAST_HASH, *args, *extra],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.log = ""
+        self.ports = {}
+        while len(self.ports) < len(PORTS):
+            line = self.readline()
+            found = re.search(r"chatserv (\S+) \(.*\) starting on (\d+)", line)
+            if found:
+                self.ports[found.group(1)] = int(found.group(2))
+
+    def readline(self) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        line = b""
+        while not line.endswith(b"\n"):
+            ready, _, _ = select.select([self.process.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                raise AssertionError(f"twistd said nothing more; log so far:\n{self.log}")
+            chunk = os.read(self.process.stdout.fileno(), 1)
+            if not chunk:
+                raise AssertionError(f"twistd exited; log:\n{self.log}")
+            line += chunk
+        self.log += line.decode()
+        return line.decode()
+
+    def kill(self):
+        """SIGKILL: no goodbye, no flush, as in a crash."""
+        self.process.kill()
+        self.process.wait(timeout=TIMEOUT)
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        rest, _ = self.process.communicate(timeout=TIMEOUT)
+        self.log += rest.decode()
+        # twistd ends itself with the signal it got once shut down cleanly
+        assert self.process.returncode in (0, -signal.SIGTERM), self.log
+        return self.log

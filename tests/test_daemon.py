@@ -2,21 +2,16 @@
 
 import os
 import re
-import select
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 
 from chatserv.tap import PORTS, Options
-from tests.support import FAST_HASH, TIMEOUT
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, TIMEOUT, Twistd
 
 
 def test_defaults_are_the_documented_ones():
@@ -25,48 +20,6 @@ def test_defaults_are_the_documented_ones():
     assert options["db"] == "chatserv.sqlite3"
     assert options["skype"] == "tcp:5001" and options["skype-framed"] == "tcp:4000"
     assert options.limits().max_line == 8192
-
-
-class Twistd:
-    """``twistd -n chatserv`` in a directory, every port on 127.0.0.1:0, read through its log."""
-
-    def __init__(self, cwd, *extra):
-        args = [f"--{p.option}=tcp:0:interface=127.0.0.1" for p in PORTS]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "chatserv", *FAST_HASH, *args, *extra],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        self.log = ""
-        self.ports = {}
-        while len(self.ports) < len(PORTS):
-            line = self.readline()
-            found = re.search(r"chatserv (\S+) \(.*\) starting on (\d+)", line)
-            if found:
-                self.ports[found.group(1)] = int(found.group(2))
-
-    def readline(self) -> str:
-        deadline = time.monotonic() + TIMEOUT
-        line = b""
-        while not line.endswith(b"\n"):
-            ready, _, _ = select.select([self.process.stdout], [], [], deadline - time.monotonic())
-            if not ready:
-                raise AssertionError(f"twistd said nothing more; log so far:\n{self.log}")
-            chunk = os.read(self.process.stdout.fileno(), 1)
-            if not chunk:
-                raise AssertionError(f"twistd exited; log:\n{self.log}")
-            line += chunk
-        self.log += line.decode()
-        return line.decode()
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
-        rest, _ = self.process.communicate(timeout=TIMEOUT)
-        self.log += rest.decode()
-        # twistd ends itself with the signal it got once shut down cleanly
-        assert self.process.returncode in (0, -signal.SIGTERM), self.log
-        return self.log
 
 
 def talk(port, *lines: bytes) -> list[bytes]:
