@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test peers lint bench clean
 
 $(STAMP): pyproject.toml $(shell find chatserv twisted -name '*.py' 2>/dev/null)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,17 @@ $(STAMP): pyproject.toml $(shell find chatserv twisted -name '*.py' 2>/dev/null)
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= chatserv
 
-test: $(STAMP)
+test: $(STAMP) peers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Real peers the end-to-end tests drive: Debian's Chromium (installed when missing and we
+# are root with apt). Node modules are installed by the tests themselves.
+peers:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
