@@ -38,6 +38,8 @@ PORTS = [
     Port("skype-framed", "tcp:4000", "chatserv.protocols.skype.FramedSkypeFactory",
          "seed 000, 10-digit length-prefixed form (the C++ client)"),
     Port("salted", "tcp:5050", "chatserv.protocols.salted.SaltedFactory", "seed 002, salted JSON chat"),
+    Port("chatroom", "tcp:6789", "chatserv.protocols.chatroom.ChatroomFactory",
+         "seed 001 chat-room, JSON lines and key:value lines"),
 ]
 
 
@@ -63,6 +65,13 @@ class Options(usage.Options):
              check_version],
             ["salted-login-attempts", None, DEFAULT_LOGIN_ATTEMPTS, "seed 002: failed logins before close",
              int],
+            ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
+            ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
+             float],
+            ["chatroom-push-limit", None, 32, "seed 001: outbound pushes at once", int],
+            ["chatroom-push-backlog", None, 1000, "seed 001: pushes waiting before more are dropped", int],
+            ["chatroom-consent-timeout", None, 30.0, "seed 001: seconds a user has to consent to `address`",
+             float],
         ]
         + [
             [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]

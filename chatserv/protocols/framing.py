@@ -57,6 +57,16 @@ class LineFramer:
         self._buffer = rest
         return frames
 
+    @property
+    def partial(self) -> bytes:
+        """The bytes received after the last newline."""
+        return self._buffer
+
+    def take_rest(self) -> bytes:
+        """Remove and return the unterminated rest (a client that never ends its line)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
 
 class LengthPrefixFramer:
     """Frames led by a fixed-width, zero-padded decimal length (seed 000's C++ client).

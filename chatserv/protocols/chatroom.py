@@ -1,0 +1,649 @@
+"""Seed 001, the chat-room: JSON lines for the documented clients and ``key:value`` lines for
+the real Java client, on one port. A line starting with ``{`` is JSON, any other is key:value,
+and each is answered in its own encoding.
+
+There are two kinds of login:
+
+- a *connection login* (``auth`` without ``port``): the connection is the session and pushes
+  are lines written on it;
+- a *callback login* (``auth`` with ``port``, the real client): that client makes one TCP
+  connection per request, so its login lives here beyond the connection, until ``logout`` or
+  the alive timeout, and pushes reach it by connecting to its IP and that port (``Pusher``).
+  A later request belongs to it when the user named in ``from`` has a callback login made
+  from the same peer IP; nothing else can speak as that user.
+
+The real client never ends its request with a newline and reads its reply until a short read,
+so a request still unterminated when the client falls quiet (or half-closes) is answered
+without a newline, and the connection is closed; that client's pushes are unterminated too.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import attrs
+from twisted.internet import defer, endpoints, protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatserv import errors, events
+from chatserv.limits import TokenBucket
+from chatserv.model import LOBBY, Message, User, fold
+from chatserv.protocols import keyvalue
+from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
+from chatserv.protocols.framing import LineFramer
+from chatserv.service import ISink, Session
+
+log = Logger()
+
+PROTOCOL = "chatroom"
+KILL_REASON = "you have logged in at another place."
+OFFLINE_NOTE = "{} is offline now. Msg will be delivered when online."
+INVALID = "invalid request!"
+OK = {"result": "ok"}
+FAIL = {"result": "fail"}
+NO_ADDRESS = {"ip": "null", "port": "null"}
+
+# How long an unterminated request may sit before it is taken as complete (the real client
+# writes its whole request at once and then waits for the reply).
+UNTERMINATED_SETTLE = 0.2
+# Pushes waiting for one callback login before further ones are dropped (and logged).
+LOGIN_PUSH_BACKLOG = 256
+# Messages kept for a user whose pushes failed, until their next chat-room login.
+REQUEUE_LIMIT = 1000
+
+ERRORS = ErrorTable({
+    BadRequest: lambda exc: exc.message,
+    errors.BadCredentials: "fail",
+    errors.NotLoggedIn: "please login first",
+    errors.NotFound: "user does not exist!",
+    errors.Blocked: "you are blocked!",
+    errors.RateLimited: "slow down",
+    errors.Denied: lambda exc: exc.message,
+    errors.Invalid: lambda exc: exc.message,
+    errors.Offline: lambda exc: exc.message,
+    errors.ChatError: "fail",
+})
+
+
+class JsonWire:
+    """The documented form: one JSON object per line."""
+
+    name = "json"
+
+    @staticmethod
+    def decode(line: bytes) -> dict:
+        try:
+            fields = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise BadRequest(INVALID) from None
+        if not isinstance(fields, dict):
+            raise BadRequest(INVALID)
+        return fields
+
+    @staticmethod
+    def encode(fields: dict) -> bytes:
+        return json.dumps(fields, ensure_ascii=False).encode("utf-8")
+
+    @staticmethod
+    def extend(encoded: bytes, key: str, value: str) -> bytes:
+        """``encoded`` (an object) with one more field, without encoding it again."""
+        return encoded[:-1] + b", " + JsonWire.encode({key: value})[1:]
+
+    @staticmethod
+    def invalid() -> bytes:
+        return JsonWire.encode({"result": INVALID})
+
+
+class KeyValueWire:
+    """The real client's form: ``key:value`` pairs with ``\\`` escapes."""
+
+    name = "kv"
+
+    @staticmethod
+    def decode(line: bytes) -> dict:
+        try:
+            return keyvalue.parse(line.decode("utf-8"))
+        except ValueError:  # bad UTF-8, or a dangling escape
+            raise BadRequest(INVALID) from None
+
+    @staticmethod
+    def encode(fields: dict) -> bytes:
+        return keyvalue.serialise(fields).encode("utf-8")
+
+    @staticmethod
+    def extend(encoded: bytes, key: str, value: str) -> bytes:
+        return encoded + b":" + KeyValueWire.encode({key: value})
+
+    @staticmethod
+    def invalid() -> bytes:
+        return INVALID.encode()  # the original answers this one in plain text
+
+
+def wire_of(line: bytes):
+    return JsonWire if line.lstrip().startswith(b"{") else KeyValueWire
+
+
+def message_push(wire, message: Message) -> bytes:
+    return wire.encode({"type": "message", "from": message.sender_name, "msg": message.body})
+
+
+def render_push(event, wire, user: User, is_peer) -> bytes | None:
+    """The push for ``event`` to ``user``, unterminated; None when this user is not told."""
+    key = f"{PROTOCOL}-{wire.name}"
+    if isinstance(event, events.DirectMessage):
+        if event.recipient.id != user.id:
+            return None  # the sender's own copy: the seed has no echo
+        return event.render_once(key, lambda: message_push(wire, event.message))
+    if isinstance(event, events.RoomMessage):
+        if fold(event.room.name) != fold(LOBBY):
+            return None
+        # A broadcast names its recipient in ``to``: render once, append the name per recipient.
+        return wire.extend(event.render_once(key, lambda: message_push(wire, event.message)),
+                           "to", user.username)
+    if isinstance(event, events.PresenceChanged):
+        if event.online or not is_peer(user, event.user):
+            return None
+        return event.render_once(key, lambda: wire.encode({"type": "offline", "from": event.user.username}))
+    if isinstance(event, (events.Kicked, events.ServerShutdown)):
+        return wire.encode({"type": "kill", "reason": event.reason})
+    return None
+
+
+# outbound pushes
+
+
+class PushFailed(Exception):
+    """A push was dropped, refused, or got no answer in time."""
+
+
+class PushClient(protocol.Protocol):
+    """Writes one push and takes the client's answer: a line, or (``first_chunk``) the first
+    bytes the real client writes, or whatever came before the client closed."""
+
+    def __init__(self, payload: bytes, first_chunk: bool, max_answer: int):
+        self.payload = payload
+        self.first_chunk = first_chunk
+        self.max_answer = max_answer
+        self.answer = defer.Deferred()
+        self._buffer = b""
+
+    def connectionMade(self):
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data):
+        self._buffer += data
+        line, newline, _ = self._buffer.partition(b"\n")
+        if newline or self.first_chunk or len(self._buffer) > self.max_answer:
+            self._answered(line[: self.max_answer].rstrip(b"\r"))
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self._answered(self._buffer[: self.max_answer])
+
+    def _answered(self, answer):
+        if not self.answer.called:
+            self.answer.callback(answer)
+
+
+class Pusher:
+    """Outbound pushes, bounded in time (connect and answer timeouts) and in number (at most
+    ``limit`` at once, ``backlog`` waiting; beyond that a push is dropped with a log line)."""
+
+    def __init__(self, reactor, limit: int, backlog: int, timeout: float, max_answer: int):
+        self.reactor = reactor
+        self.timeout = timeout
+        self.backlog = backlog
+        self.max_answer = max_answer
+        self._slots = defer.DeferredSemaphore(max(1, limit))
+
+    def push(self, host: str, port: int, payload: bytes, *, first_chunk=False, wait=None) -> defer.Deferred:
+        """Deferred[bytes]: the client's answer; PushFailed if none came in time."""
+        if len(self._slots.waiting) >= self.backlog:
+            log.warn("chat-room: push to {host}:{port} dropped, {n} pushes waiting", host=host, port=port,
+                     n=len(self._slots.waiting))
+            return defer.fail(PushFailed("too many pushes waiting"))
+        return self._slots.run(lambda: defer.Deferred.fromCoroutine(
+            self._push(host, port, payload, first_chunk, wait or self.timeout)))
+
+    async def _push(self, host, port, payload, first_chunk, wait):
+        endpoint_type = endpoints.TCP6ClientEndpoint if ":" in host else endpoints.TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, host, port, timeout=self.timeout)
+        client = PushClient(payload, first_chunk, self.max_answer)
+        try:
+            await endpoints.connectProtocol(endpoint, client).addTimeout(self.timeout, self.reactor)
+        except Exception as exc:  # refused, unreachable, timed out: all the same to the caller
+            raise PushFailed(f"cannot connect ({exc.__class__.__name__})") from None
+        try:
+            answer = await client.answer.addTimeout(wait, self.reactor)
+        except defer.TimeoutError:
+            client.transport.abortConnection()
+            raise PushFailed("no answer in time") from None
+        client.transport.loseConnection()
+        return answer
+
+
+@attrs.define
+class QueuedPush:
+    payload: bytes
+    message: Message | None = None  # a message to keep for later if this push fails
+    answered: defer.Deferred | None = None  # fires with the answer (or None) for a consent request
+    wait: float | None = None
+
+
+@implementer(ISink)
+class CallbackLogin:
+    """A user logged in by the real client: lives until logout or the alive timeout; the
+    service delivers to it, and its pushes go out one at a time, in order."""
+
+    def __init__(self, factory: ChatroomFactory, user: User, host: str, port: int, wire, terminator: bytes):
+        self.factory = factory
+        self.host = host
+        self.port = port
+        self.wire = wire
+        self.terminator = terminator
+        limits = factory.limits
+        self.rate = TokenBucket(factory.clock, limits.messages_per_second, limits.message_burst)
+        self._queue: collections.deque[QueuedPush] = collections.deque()
+        self._sending = False
+        self.session: Session = factory.service.attach(user, self, PROTOCOL, host, watches_presence=True)
+        self._alive = factory.clock.callLater(factory.alive_timeout, self._expired)
+
+    @property
+    def user(self) -> User:
+        return self.session.user
+
+    def deliver(self, event):
+        payload = render_push(event, self.wire, self.user, self.factory.is_peer)
+        if payload is not None:
+            message = event.message if isinstance(event, events.DirectMessage) else None
+            self.enqueue(QueuedPush(payload, message))
+        if isinstance(event, events.Kicked):
+            self.end()
+
+    def touch(self):
+        if self._alive.active():
+            self._alive.reset(self.factory.alive_timeout)
+
+    def _expired(self):
+        log.info("chat-room: {user} sent nothing for {s} s, logged out", user=self.user.username,
+                 s=self.factory.alive_timeout)
+        self.end()
+
+    def end(self):
+        """Log out (pushes already queued, such as a kill, still go out)."""
+        if self._alive.active():
+            self._alive.cancel()
+        self.factory.forget(self)
+
+    def ask_consent(self, asker: User) -> defer.Deferred:
+        """Deferred[bool | None]: whether the user agrees to give ``asker`` their address
+        (None: no answer in time)."""
+        answered = defer.Deferred()
+        payload = self.wire.encode({"type": "ip", "from": asker.username})
+        self.enqueue(QueuedPush(payload, answered=answered, wait=self.factory.consent_timeout))
+        answered.addCallback(lambda answer: None if answer is None else self._says_ok(answer))
+        return answered
+
+    def _says_ok(self, answer: bytes) -> bool:
+        try:
+            return wire_of(answer).decode(answer).get("result") == "ok"
+        except BadRequest:
+            return False
+
+    def enqueue(self, push: QueuedPush):
+        if len(self._queue) >= LOGIN_PUSH_BACKLOG:
+            log.warn("chat-room: push to {user} dropped, {n} waiting", user=self.user.username,
+                     n=len(self._queue))
+            self._failed(push)
+            return
+        self._queue.append(push)
+        if not self._sending:
+            self._send_next()
+
+    def _send_next(self, _=None):
+        if not self._queue:
+            self._sending = False
+            return
+        self._sending = True
+        push = self._queue.popleft()
+        d = self.factory.pusher.push(self.host, self.port, push.payload + self.terminator,
+                                     first_chunk=not self.terminator, wait=push.wait)
+        d.addCallbacks(self._sent, self._push_failed, callbackArgs=(push,), errbackArgs=(push,))
+        d.addBoth(self._send_next)
+
+    def _sent(self, answer, push):
+        if push.answered is not None:
+            push.answered.callback(answer)
+
+    def _push_failed(self, failure, push):
+        failure.trap(PushFailed)
+        log.info("chat-room: push to {user} at {host}:{port} failed: {why}", user=self.user.username,
+                 host=self.host, port=self.port, why=failure.getErrorMessage())
+        self._failed(push)
+
+    def _failed(self, push):
+        if push.message is not None:
+            self.factory.requeue(self.user, push.message)
+        if push.answered is not None:
+            push.answered.callback(None)
+
+
+# the connection
+
+
+class UnterminatedRequest(bytes):
+    """A request the client never ended with a newline: answered without one, then closed."""
+
+
+class ChatroomConnection(ChatConnection):
+    protocol_name = PROTOCOL
+    error_table = ERRORS
+    watches_presence = True  # filtered in render: only peers' and contacts' offline is pushed
+
+    def __init__(self):
+        super().__init__()
+        self.wire = JsonWire  # of the request being answered, and of frame errors
+        self.login_wire = JsonWire  # of this connection's login: its pushes
+        self._seen_newline = False
+        self._settle = None
+        self._alive = None
+        self._after_reply: list[bytes] = []
+        self._close_after_reply = False
+        self._unterminated = False
+
+    def make_framer(self):
+        return LineFramer(self.limits.max_line)
+
+    def frame_error(self, error):
+        return self.wire.encode({"result": error.reason})
+
+    def internal_error(self):
+        return self.wire.encode(FAIL)
+
+    def render(self, event):
+        if self.session is None:
+            return None
+        payload = render_push(event, self.login_wire, self.session.user, self.factory.is_peer)
+        return None if payload is None else self.framer.encode(payload)
+
+    # unterminated requests (the real client)
+
+    def dataReceived(self, data: bytes):
+        self._seen_newline = self._seen_newline or b"\n" in data
+        super().dataReceived(data)
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        if not self._seen_newline and not self._closing and self.framer.partial.strip():
+            self._settle = self.clock.callLater(UNTERMINATED_SETTLE, self._take_unterminated)
+
+    def _take_unterminated(self):
+        partial = self.framer.partial
+        if wire_of(partial) is JsonWire:
+            try:
+                JsonWire.decode(partial)
+            except BadRequest:
+                return  # an object still arriving: wait for the rest or the newline
+        self.queue_frame(UnterminatedRequest(self.framer.take_rest()))
+
+    def readConnectionLost(self):
+        if self.framer.partial.strip():
+            self.queue_frame(UnterminatedRequest(self.framer.take_rest()))
+        super().readConnectionLost()
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        super().connectionLost(reason)
+
+    # answering
+
+    def handle(self, frame: bytes):
+        self._unterminated = isinstance(frame, UnterminatedRequest)
+        d = defer.Deferred.fromCoroutine(self._answer(frame))
+        d.addCallback(self._send_answer, self._unterminated)
+        return d
+
+    def _send_answer(self, payload: bytes, unterminated: bool):
+        if unterminated:
+            self.write_raw(payload)
+        else:
+            self.write(payload)
+        after, self._after_reply = self._after_reply, []
+        for push in after:
+            self.write(push)
+        if unterminated or self._close_after_reply:
+            self.close()
+
+    async def _answer(self, frame: bytes) -> bytes:
+        self.wire = wire = wire_of(frame)
+        kind = None
+        try:
+            fields = wire.decode(frame)
+            kind = fields.get("type")
+            if not isinstance(kind, str) or kind not in REQUESTS:
+                return wire.invalid()
+            reply = await getattr(self, f"do_{kind}")(wire, fields)
+        except errors.ChatError as exc:
+            if isinstance(exc, BadRequest) and exc.message == INVALID:
+                return wire.invalid()
+            reply = {"result": ERRORS.reply(exc)}
+            if kind == "address":
+                reply.update(NO_ADDRESS)
+        return wire.encode(reply)
+
+    @staticmethod
+    def _field(fields: dict, name: str) -> str:
+        value = fields.get(name)
+        if value is None:
+            raise BadRequest(f"missing {name}")
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string")
+        return value
+
+    @staticmethod
+    def _port(fields: dict) -> int | None:
+        value = fields.get("port")
+        if value is None:
+            return None
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        if type(value) is not int or not 0 < value < 65536:
+            raise BadRequest("port must be a number from 1 to 65535")
+        return value
+
+    def _caller(self, fields: dict) -> tuple[Session, TokenBucket, CallbackLogin | None]:
+        """The session that may speak as ``from``: this connection's login, or the callback
+        login of that user made from this peer's IP; anything else is refused."""
+        name = self._field(fields, "from")
+        if self.session is not None:
+            if fold(name) != fold(self.session.user.username):
+                raise errors.Denied(f"you are logged in as {self.session.user.username}")
+            self._touch_alive()
+            return self.session, self.rate, None
+        login = self.factory.callback_login(name, self.peer_host)
+        if login is None:
+            raise errors.NotLoggedIn()
+        login.touch()
+        return login.session, login.rate, login
+
+    # the alive timeout of a connection login
+
+    def _touch_alive(self):
+        if self._alive is not None and self._alive.active():
+            self._alive.reset(self.factory.alive_timeout)
+
+    def _alive_expired(self):
+        self._alive = None
+        self.write(self.login_wire.encode({"type": "kill", "reason": "no alive request in time"}))
+        self.logout()
+        self.close()
+
+    def logout(self):
+        if self._alive is not None and self._alive.active():
+            self._alive.cancel()
+        self._alive = None
+        user = self.session.user if self.session is not None else None
+        super().logout()
+        if user is not None:
+            self.factory.forget_peers(user)
+
+    # requests
+
+    async def do_auth(self, wire, fields):
+        username = self._field(fields, "username")
+        password = self._field(fields, "password")
+        port = self._port(fields)
+        try:
+            user = await self.service.authenticate(username, password)
+        except errors.BadCredentials:
+            self._close_after_reply = self.login_failed()
+            return FAIL
+        pending = await self.factory.take_pending(user)
+        if port is None:
+            session = self.login(user)
+            self.login_wire = wire
+            self._alive = self.clock.callLater(self.factory.alive_timeout, self._alive_expired)
+            self._after_reply = [message_push(wire, m) for m in pending]
+        else:
+            self.logout()
+            terminator = b"" if self._unterminated else b"\n"
+            login = self.factory.open_callback(user, self.peer_host, port, wire, terminator)
+            session = login.session
+            for message in pending:
+                login.enqueue(QueuedPush(message_push(wire, message), message))
+        self.service.kick_others(session, KILL_REASON)
+        await self.service.join_room(user, LOBBY)
+        return OK
+
+    async def do_message(self, wire, fields):
+        session, rate, _ = self._caller(fields)
+        to = self._field(fields, "to")
+        body = self._field(fields, "msg")
+        if not rate.allow():
+            raise errors.RateLimited()
+        recipient = self.service.user_or_guest(to)
+        message = await self.service.send_direct(session.user, recipient, body, origin=session)
+        return OK if message.delivered else {"result": OFFLINE_NOTE.format(recipient.username)}
+
+    async def do_broadcast(self, wire, fields):
+        session, rate, _ = self._caller(fields)
+        body = self._field(fields, "msg")
+        if not rate.allow():
+            raise errors.RateLimited()
+        await self.service.join_room(session.user, LOBBY)  # a no-op unless it was left elsewhere
+        await self.service.send_room(session.user, LOBBY, body, origin=session)
+        return OK
+
+    async def do_online(self, wire, fields):
+        return {user.username: user.username for user in self.service.online_users()}
+
+    async def do_block(self, wire, fields):
+        session, _, _ = self._caller(fields)
+        await self.service.block(session.user, self._field(fields, "target"))
+        return OK
+
+    async def do_unblock(self, wire, fields):
+        session, _, _ = self._caller(fields)
+        await self.service.unblock(session.user, self._field(fields, "target"))
+        return OK
+
+    async def do_logout(self, wire, fields):
+        _, _, callback = self._caller(fields)
+        if callback is None:
+            self.logout()
+        else:
+            callback.end()
+        return OK
+
+    async def do_alive(self, wire, fields):
+        self._caller(fields)
+        return OK
+
+    async def do_address(self, wire, fields):
+        session, _, _ = self._caller(fields)
+        target = self.service.user(self._field(fields, "target"))
+        if self.service.has_blocked(target, session.user):
+            raise errors.Blocked()
+        login = self.factory.callbacks.get(target.id)
+        if login is None:
+            online = self.service.is_online(target)
+            raise errors.Offline("the user has no address" if online else "the user is offline")
+        agreed = await login.ask_consent(session.user)
+        if agreed is None:
+            return {**FAIL, **NO_ADDRESS}
+        if not agreed:
+            return {"result": "the user denied your request.", **NO_ADDRESS}
+        self.factory.pair(session.user, target)
+        return {"result": "ok", "ip": login.host, "port": str(login.port)}
+
+
+
+REQUESTS = frozenset({"auth", "message", "broadcast", "online", "block", "unblock", "logout", "address",
+                      "alive"})
+
+
+class ChatroomFactory(ChatFactory):
+    protocol = ChatroomConnection
+
+    def __init__(self, service, tracker, limits, clock, options=None):
+        super().__init__(service, tracker, limits, clock, options)
+        option = self.options.get
+        self.alive_timeout = float(option("alive-timeout", 60.0))
+        self.consent_timeout = float(option("chatroom-consent-timeout", 30.0))
+        self.pusher = Pusher(clock, int(option("chatroom-push-limit", 32)),
+                             int(option("chatroom-push-backlog", 1000)),
+                             float(option("chatroom-push-timeout", 5.0)), limits.max_line)
+        self.callbacks: dict[int, CallbackLogin] = {}
+        self._peers: dict[int, set[int]] = collections.defaultdict(set)
+        self._requeued: dict[int, list[Message]] = {}
+
+    def open_callback(self, user, host, port, wire, terminator) -> CallbackLogin:
+        old = self.callbacks.get(user.id)
+        if old is not None and (old.host, old.port) == (host, port):
+            old.end()  # the same client logging in again: nobody to kill
+        login = self.callbacks[user.id] = CallbackLogin(self, user, host, port, wire, terminator)
+        return login
+
+    def callback_login(self, name, host) -> CallbackLogin | None:
+        for login in self.callbacks.values():
+            if fold(login.user.username) == fold(name) and login.host == host:
+                return login
+        return None
+
+    def forget(self, login: CallbackLogin):
+        if self.callbacks.get(login.user.id) is login:
+            del self.callbacks[login.user.id]
+        self.service.detach(login.session)
+        self.forget_peers(login.user)
+
+    # address exchanges: who hears that whom went offline
+
+    def pair(self, one: User, other: User):
+        self._peers[one.id].add(other.id)
+        self._peers[other.id].add(one.id)
+
+    def is_peer(self, user: User, other: User) -> bool:
+        paired = other.id in self._peers.get(user.id, ())
+        return paired or self.service.contact_status(user, other) is not None
+
+    def forget_peers(self, user: User):
+        if self.service.is_online(user):
+            return
+        for other in self._peers.pop(user.id, ()):
+            self._peers.get(other, set()).discard(user.id)
+
+    # messages whose push failed wait here for the user's next chat-room login
+
+    def requeue(self, user: User, message: Message):
+        kept = self._requeued.setdefault(user.id, [])
+        if len(kept) >= REQUEUE_LIMIT:
+            log.warn("chat-room: too many undelivered pushes for {user}, message {id} dropped",
+                     user=user.username, id=message.id)
+            return
+        kept.append(message)
+
+    async def take_pending(self, user: User) -> list[Message]:
+        kept = self._requeued.pop(user.id, [])
+        waiting = await self.service.take_undelivered(user)
+        return sorted(kept + waiting, key=lambda m: m.id)

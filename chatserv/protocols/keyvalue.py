@@ -1,0 +1,49 @@
+"""Seed 001's ``key:value`` codec, as the real Java chat-room client writes it.
+
+Keys and values alternate, joined by ``:``; a ``\\`` makes the next character literal, so
+``msg:hi\\: there:type:broadcast`` is ``{"msg": "hi: there", "type": "broadcast"}``. Keys come
+in any order. Decoding follows the client's own decoder: a repeated key keeps its last value,
+and a trailing key without a value is dropped. A dangling ``\\`` at the end, which that decoder
+would crash on, is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+DELIMITER = ":"
+ESCAPE = "\\"
+
+
+class DecodeError(ValueError):
+    """The text is not key:value (a dangling escape at the end)."""
+
+
+def escape(text: str) -> str:
+    return text.replace(ESCAPE, ESCAPE * 2).replace(DELIMITER, ESCAPE + DELIMITER)
+
+
+def serialise(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+    """``key:value:key:value`` with both sides escaped, in the order given."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    return DELIMITER.join(escape(key) + DELIMITER + escape(value) for key, value in items)
+
+
+def parse(text: str) -> dict[str, str]:
+    """The pairs of one line."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == ESCAPE:
+            literal = next(chars, None)
+            if literal is None:
+                raise DecodeError("dangling escape")
+            current.append(literal)
+        elif char == DELIMITER:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return dict(zip(parts[0::2], parts[1::2], strict=False))
