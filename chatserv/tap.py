@@ -38,6 +38,7 @@ PORTS = [
     Port("skype-framed", "tcp:4000", "chatserv.protocols.skype.FramedSkypeFactory",
          "seed 000, 10-digit length-prefixed form (the C++ client)"),
     Port("salted", "tcp:5050", "chatserv.protocols.salted.SaltedFactory", "seed 002, salted JSON chat"),
+    Port("web", "tcp:5000", "chatserv.web.WebSite", "seed 004, REST and Socket.IO"),
     Port("chatroom", "tcp:6789", "chatserv.protocols.chatroom.ChatroomFactory",
          "seed 001 chat-room, JSON lines and key:value lines"),
 ]
@@ -65,6 +66,10 @@ class Options(usage.Options):
              check_version],
             ["salted-login-attempts", None, DEFAULT_LOGIN_ATTEMPTS, "seed 002: failed logins before close",
              int],
+            ["web-session-ttl", None, 3600.0, "seed 004: seconds a REST session ID lives unused", float],
+            ["web-max-body", None, 65536, "seed 004: bytes in one HTTP body or WebSocket message", int],
+            ["web-ping-interval", None, 25.0, "seed 004: seconds between Engine.IO pings", float],
+            ["web-ping-timeout", None, 20.0, "seed 004: seconds a client has to answer a ping", float],
             ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
             ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
              float],

@@ -1,0 +1,109 @@
+"""The web port (seed 004): REST + Socket.IO over the shared service, as one twisted.web Site.
+
+``WebSite`` is the PORTS factory. It owns the port's REST sessions, its Engine.IO sessions
+and its counters; ``rest.WebAPI`` routes requests to them.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+
+from twisted.web import server
+
+from chatserv.limits import Limits
+from chatserv.protocols.base import ConnectionTracker
+from chatserv.service import ChatService
+from chatserv.web import rest
+from chatserv.web.engineio import EngineServer
+from chatserv.web.sessions import WebSessions
+from chatserv.web.socketio import SocketIOConnection
+
+TOO_LARGE = b'{"error":"request body too large"}'
+LINGER = 5.0  # seconds a refused upload may go on being sent (and dropped) before we cut it
+
+
+class BoundedRequest(server.Request):
+    """A request whose body may not exceed the site's ``max_body``: 413 and close, unread."""
+
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.channel.site.max_body:
+            # Sent before the body: no "100 Continue" may follow it.
+            self.requestHeaders.removeHeader(b"expect")
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def _refuse(self):
+        """Answer 413 and stop writing, but keep reading (and dropping) the rest for a while:
+        closing with unread input would reset the connection and lose the answer."""
+        self._refused = True
+        self.content = io.BytesIO()
+        site, transport = self.channel.site, self.channel.transport
+        site.counters["errors"] += 1
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(TOO_LARGE), TOO_LARGE))
+        transport.loseWriteConnection()
+        linger = site.clock.callLater(LINGER, transport.abortConnection)
+        self.notifyFinish().addBoth(lambda _: linger.cancel() if linger.active() else None)
+
+    def requestReceived(self, command, path, version):
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+
+class WebSite(server.Site):
+    requestFactory = BoundedRequest
+
+    def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock, options):
+        self.service = service
+        self.tracker = tracker
+        self.limits = limits
+        self.clock = clock
+        self.max_body = options["web-max-body"]
+        self.counters = collections.Counter()
+        self.web_sessions = WebSessions(service, clock, options["web-session-ttl"])
+        self.engine = EngineServer(
+            clock, self._socket_opened, ping_interval=options["web-ping-interval"],
+            ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,
+            send_queue=limits.send_queue)
+        super().__init__(rest.WebAPI(self).app.resource(), timeout=limits.prelogin_timeout)
+        self.displayTracebacks = False
+
+    def _socket_opened(self, engine_socket, query, address):
+        return SocketIOConnection(engine_socket, query, address, self)
+
+    def log(self, request):
+        """No access log: query strings carry session IDs."""
+
+    def stopFactory(self):
+        self.web_sessions.end_all()
+        super().stopFactory()
+
+    def metrics(self) -> str:
+        """Prometheus text format: connections by protocol, web sessions, service counters."""
+        lines = ["# TYPE chatserv_connections gauge"]
+        names = {c.protocol_name for c in self.tracker.connections} | {SocketIOConnection.protocol_name}
+        lines += [f'chatserv_connections{{protocol="{name}"}} {self.tracker.count(name)}'
+                  for name in sorted(names)]
+        lines += ["# TYPE chatserv_rest_sessions gauge", f"chatserv_rest_sessions {len(self.web_sessions)}",
+                  "# TYPE chatserv_engineio_sessions gauge",
+                  f"chatserv_engineio_sessions {len(self.engine.sessions)}"]
+        counters = dict(self.service.stats)
+        counters.update({f"web_{name}": n for name, n in self.counters.items()})
+        for name in sorted(counters):
+            lines += [f"# TYPE chatserv_{name}_total counter", f"chatserv_{name}_total {counters[name]}"]
+        return "\n".join(lines) + "\n"

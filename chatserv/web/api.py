@@ -1,0 +1,71 @@
+"""What the REST and Socket.IO halves of seed 004 share: the error table, the JSON shapes.
+
+Both halves speak JSON and say ``{"error": ...}`` (REST, status 400) or ``error {message}``
+(Socket.IO); ``ERRORS.reply(exc)`` gives ``(status, text)`` for either.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from chatserv import errors
+from chatserv.model import Message, User
+from chatserv.protocols.base import BadRequest, ErrorTable
+from chatserv.service import ChatService
+
+
+class TooLarge(BadRequest):
+    """A body or frame over the port's bound."""
+
+
+_NOT_FOUND = {"no such user": "User not found", "no such room": "Group not found"}
+
+ERRORS = ErrorTable({
+    TooLarge: lambda e: (413, e.message),
+    BadRequest: lambda e: (400, e.message),
+    errors.BadCredentials: (400, "Invalid username or password"),
+    errors.NotFound: lambda e: (400, _NOT_FOUND.get(e.message, e.message)),
+    errors.AlreadyExists: lambda e: (400, "Username already exists" if e.message == "username taken"
+                                     else e.message),
+    errors.Blocked: (400, "You are blocked by this user"),
+    errors.ChatError: lambda e: (400, e.message),
+})
+
+
+def iso_time(seconds: float) -> str:
+    """ISO 8601 in UTC, as the front end parses it."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def user_reference(service: ChatService, value) -> User:
+    """A user named by id (an integer, or its digits) or by username: ``contactID`` is either."""
+    if isinstance(value, bool):
+        raise BadRequest("contact must be a user id or a username")
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and len(value) < 19):
+        return service.user_by_id(int(value))
+    if isinstance(value, str) and value:
+        return service.user(value)
+    raise BadRequest("contact must be a user id or a username")
+
+
+def contact_entry(user: User, status: str) -> dict:
+    return {"contact_id": user.id, "name": user.username, "url": "", "status": status}
+
+
+def history_entry(message: Message) -> dict:
+    return {"message_id": message.id, "content": message.body, "sender_user_id": message.sender_id,
+            "send_at": iso_time(message.sent_at)}
+
+
+def new_message(message: Message) -> dict:
+    """The ``new_message`` event's payload; ``recipient_id`` names the conversation."""
+    return {
+        "message_id": message.id,
+        "sender_id": message.sender_id,
+        "sender_username": message.sender_name,
+        "content": message.body,
+        "type": message.kind,
+        "timestamp": iso_time(message.sent_at),
+        "is_group": not message.is_direct,
+        "recipient_id": message.recipient_id if message.is_direct else message.room_id,
+    }

@@ -1,0 +1,391 @@
+"""Engine.IO v4 over HTTP long-polling and WebSocket: the Twisted transport glue.
+
+The packet codec is python-engineio's; this module only moves packets. A session starts
+with a polling handshake (``GET /socket.io/?EIO=4&transport=polling``) or directly on a
+WebSocket, may upgrade from polling to WebSocket (probe ping/pong, a NOOP to release the
+pending poll, then UPGRADE), and is kept alive by server pings the client must answer
+within ``ping_timeout``. What rides on it (Socket.IO) is the handler's business: the
+handler gets ``message(text)`` and ``lost(reason)`` calls and sends with ``send``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import secrets
+from collections.abc import Callable
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from engineio import packet as eio
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+log = Logger()
+
+SEPARATOR = "\x1e"  # between packets of one polling payload
+CLOSE_PACKET = eio.Packet(eio.CLOSE).encode()
+NOOP_PACKET = eio.Packet(eio.NOOP).encode()
+PING_PACKET = eio.Packet(eio.PING).encode()
+
+# Engine.IO's own HTTP error codes (the body is {"code": n, "message": "..."}).
+UNKNOWN_TRANSPORT = (0, "Transport unknown")
+UNKNOWN_SID = (1, "Session ID unknown")
+BAD_METHOD = (2, "Bad handshake method")
+BAD_REQUEST = (3, "Bad request")
+BAD_VERSION = (5, "Unsupported protocol version")
+
+
+class BrokenPacket(Exception):
+    """A packet that does not decode: the session it came on is closed."""
+
+
+def decode_packet(text: str) -> eio.Packet:
+    """One Engine.IO packet from text, or BrokenPacket (binary payloads are not served)."""
+    try:
+        packet = eio.Packet(encoded_packet=text)
+    except (ValueError, IndexError, TypeError, binascii.Error, RecursionError) as e:
+        raise BrokenPacket(str(e)) from None
+    if packet.binary or packet.packet_type not in (eio.CLOSE, eio.PING, eio.PONG, eio.MESSAGE,
+                                                   eio.UPGRADE, eio.NOOP):
+        raise BrokenPacket("unexpected packet")
+    return packet
+
+
+class EngineSocket:
+    """One Engine.IO session, on whichever transport it currently uses."""
+
+    def __init__(self, server: EngineServer, sid: str):
+        self.server = server
+        self.sid = sid
+        self.handler = None
+        self.websocket: EngineWebSocket | None = None  # set once on WebSocket
+        self.probe: EngineWebSocket | None = None  # a WebSocket asking to take over
+        self.closed = False
+        self._outbox: list[str] = []
+        self._outbox_size = 0
+        self._poll: server.Request | None = None
+        self._ping_call = None
+        self._pong_deadline = None
+
+    @property
+    def transport_name(self) -> str:
+        return "websocket" if self.websocket is not None else "polling"
+
+    def open_packet(self, upgrades: list[str]) -> str:
+        server = self.server
+        return eio.Packet(eio.OPEN, {
+            "sid": self.sid, "upgrades": upgrades, "pingInterval": int(server.ping_interval * 1000),
+            "pingTimeout": int(server.ping_timeout * 1000), "maxPayload": server.max_payload,
+        }).encode()
+
+    def start(self, handler):
+        self.handler = handler
+        self._schedule_ping()
+
+    # sending
+
+    def send(self, text: str):
+        """Send one Engine.IO MESSAGE carrying ``text``."""
+        self.send_packet(eio.Packet(eio.MESSAGE, text).encode())
+
+    def send_packet(self, encoded: str):
+        if self.closed:
+            return
+        if self.websocket is not None:
+            self.websocket.sendMessage(encoded.encode("utf-8"))
+            return
+        self._outbox.append(encoded)
+        self._outbox_size += len(encoded)
+        if self._outbox_size > self.server.send_queue:
+            log.info("engine.io: closing {sid}, a slow reader", sid=self.sid)
+            self._outbox.clear()
+            self.close("slow reader", say_goodbye=False)
+            return
+        self._flush_poll()
+
+    def _flush_poll(self):
+        if self._poll is None or not self._outbox:
+            return
+        request, self._poll = self._poll, None
+        payload, self._outbox, self._outbox_size = SEPARATOR.join(self._outbox), [], 0
+        write_text(request, payload)
+        if self.closed:
+            self.server.forget(self)
+
+    # receiving
+
+    def receive(self, text: str):
+        """Handle one packet from the client; a broken one closes the session."""
+        if self.closed:
+            return
+        try:
+            packet = decode_packet(text)
+        except BrokenPacket:
+            self.close("parse error", say_goodbye=False)
+            return
+        if packet.packet_type == eio.PONG:
+            self._pong_received()
+        elif packet.packet_type == eio.MESSAGE:
+            if not isinstance(packet.data, str):
+                self.close("parse error", say_goodbye=False)
+                return
+            self.handler.message(packet.data)
+        elif packet.packet_type == eio.CLOSE:
+            self.close("client close", say_goodbye=False)
+        elif packet.packet_type in (eio.PING, eio.UPGRADE):
+            self.close("parse error", say_goodbye=False)  # only a probe WebSocket sends these
+
+    # long-polling
+
+    def poll(self, request: server.Request):
+        """A GET: answer now if something waits, else hold the request until something does."""
+        if self.closed and not self._outbox:
+            write_text(request, CLOSE_PACKET)
+            return server.NOT_DONE_YET
+        if self._poll is not None:
+            write_text(request, CLOSE_PACKET)  # overlapping polls: the client is confused
+            self.close("overlapping polls", say_goodbye=False)
+            return server.NOT_DONE_YET
+        self._poll = request
+        request.notifyFinish().addErrback(self._poll_gone, request)
+        self._flush_poll()
+        return server.NOT_DONE_YET
+
+    def _poll_gone(self, _, request):
+        if self._poll is request:
+            self._poll = None
+
+    def post(self, request: server.Request, body: bytes) -> bytes:
+        try:
+            texts = body.decode("utf-8").split(SEPARATOR)
+        except UnicodeDecodeError:
+            texts = None
+        if not texts or not all(texts):
+            self.close("parse error", say_goodbye=False)
+            return error_body(request, BAD_REQUEST)
+        for text in texts:
+            if self.closed:
+                break
+            self.receive(text)
+        request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+        return b"ok"
+
+    # upgrade to WebSocket
+
+    def probe_received(self, websocket: EngineWebSocket, text: str):
+        """The upgrade dance on a probing WebSocket: 2probe -> 3probe (+NOOP on the poll), then 5."""
+        if text == eio.Packet(eio.PING, "probe").encode():
+            websocket.sendMessage(eio.Packet(eio.PONG, "probe").encode().encode("utf-8"))
+            self._outbox.append(NOOP_PACKET)
+            self._flush_poll()
+        elif text == eio.Packet(eio.UPGRADE).encode():
+            self.probe = None
+            self.websocket = websocket
+            websocket.engine_socket = self
+            if self._poll is not None:
+                self._outbox.append(NOOP_PACKET)
+                self._flush_poll()
+            queued, self._outbox, self._outbox_size = self._outbox, [], 0
+            for encoded in queued:
+                if encoded != NOOP_PACKET:
+                    websocket.sendMessage(encoded.encode("utf-8"))
+        else:
+            websocket.dropConnection(abort=True)
+
+    # heartbeat: the server pings, the client answers within ping_timeout
+
+    def _schedule_ping(self):
+        self._ping_call = self.server.clock.callLater(self.server.ping_interval, self._ping)
+
+    def _ping(self):
+        self._ping_call = None
+        self.send_packet(PING_PACKET)
+        self._pong_deadline = self.server.clock.callLater(self.server.ping_timeout, self._pong_missed)
+
+    def _pong_received(self):
+        if self._pong_deadline is not None and self._pong_deadline.active():
+            self._pong_deadline.cancel()
+            self._pong_deadline = None
+            self._schedule_ping()
+
+    def _pong_missed(self):
+        self._pong_deadline = None
+        self.close("ping timeout", say_goodbye=False)
+
+    # closing
+
+    def close(self, reason: str, say_goodbye: bool = True):
+        """End the session; ``say_goodbye`` sends a CLOSE packet first (a poll may collect it)."""
+        if self.closed:
+            return
+        if say_goodbye:
+            self.send_packet(CLOSE_PACKET)
+        self.closed = True
+        for call in (self._ping_call, self._pong_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping_call = self._pong_deadline = None
+        for websocket in (self.websocket, self.probe):
+            if websocket is not None:
+                websocket.sendClose(1000)
+        if self._poll is not None and not say_goodbye:
+            request, self._poll = self._poll, None
+            write_text(request, CLOSE_PACKET)
+        if not self._outbox or self.websocket is not None:
+            self.server.forget(self)
+        else:
+            # A last poll may still collect the goodbye; after that the sid is gone.
+            self.server.clock.callLater(self.server.ping_timeout, self.server.forget, self)
+        if self.handler is not None:
+            handler, self.handler = self.handler, None
+            handler.lost(reason)
+
+    def abortConnection(self):
+        """Drop the session now (what a stopping daemon does to those that did not leave)."""
+        for websocket in (self.websocket, self.probe):
+            if websocket is not None:
+                websocket.dropConnection(abort=True)
+        self.close("aborted", say_goodbye=False)
+
+
+class EngineWebSocket(WebSocketServerProtocol):
+    """A WebSocket that carries (or asks to carry) one Engine.IO session."""
+
+    engine_socket: EngineSocket | None = None
+    _probing: EngineSocket | None = None
+
+    def onConnect(self, request):
+        params = request.params
+        if params.get("EIO") != ["4"]:
+            raise ConnectionDeny(400, BAD_VERSION[1])
+        sid = params.get("sid", [None])[0]
+        if sid is None:
+            return None
+        socket = self.factory.engine.sessions.get(sid)
+        if socket is None or socket.closed or socket.websocket is not None or socket.probe is not None:
+            raise ConnectionDeny(400, UNKNOWN_SID[1])
+        socket.probe = self
+        self._probing = socket
+        return None
+
+    def onOpen(self):
+        if self._probing is None:
+            self.engine_socket = self.factory.engine.open(self, self.http_request_params,
+                                                          getattr(self.transport.getPeer(), "host", ""))
+
+    def onMessage(self, payload, isBinary):
+        if isBinary:
+            self.dropConnection(abort=True)
+            return
+        text = payload.decode("utf-8")  # autobahn has checked it is UTF-8
+        if self.engine_socket is not None:
+            self.engine_socket.receive(text)
+        elif self._probing is not None:
+            self._probing.probe_received(self, text)
+
+    def onClose(self, wasClean, code, reason):
+        if self.engine_socket is not None:
+            self.engine_socket.close("transport close", say_goodbye=False)
+        elif self._probing is not None and self._probing.probe is self:
+            self._probing.probe = None
+
+
+class EngineServer:
+    """The Engine.IO sessions of one web port, and the resource that serves them.
+
+    ``on_open(socket, query, address)`` makes the handler of each new session; ``query`` is
+    the handshake's query string as a dict of str to str (first value of each name).
+    """
+
+    def __init__(self, clock, on_open: Callable, *, ping_interval: float, ping_timeout: float,
+                 max_payload: int, send_queue: int):
+        self.clock = clock
+        self.on_open = on_open
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_payload = max_payload
+        self.send_queue = send_queue
+        self.sessions: dict[str, EngineSocket] = {}
+        factory = WebSocketServerFactory()
+        factory.protocol = EngineWebSocket
+        factory.engine = self
+        factory.setProtocolOptions(maxFramePayloadSize=max_payload, maxMessagePayloadSize=max_payload,
+                                   openHandshakeTimeout=ping_timeout, closeHandshakeTimeout=5)
+        self.resource = EngineResource(self, WebSocketResource(factory))
+
+    def _new_socket(self) -> EngineSocket:
+        socket = EngineSocket(self, secrets.token_urlsafe(15))
+        self.sessions[socket.sid] = socket
+        return socket
+
+    def open(self, websocket: EngineWebSocket | None, query: dict, address: str) -> EngineSocket:
+        """A new session: on ``websocket`` directly, or (None) by a polling handshake."""
+        socket = self._new_socket()
+        query = {k: v[0] for k, v in query.items() if v}
+        if websocket is not None:
+            socket.websocket = websocket
+            websocket.sendMessage(socket.open_packet([]).encode("utf-8"))
+        else:
+            socket.send_packet(socket.open_packet(["websocket"]))
+        socket.start(self.on_open(socket, query, address))
+        return socket
+
+    def forget(self, socket: EngineSocket):
+        if self.sessions.get(socket.sid) is socket:
+            del self.sessions[socket.sid]
+
+
+class EngineResource(resource.Resource):
+    """``/socket.io/``: the polling transport itself, and the door to the WebSocket one."""
+
+    isLeaf = True
+
+    def __init__(self, engine: EngineServer, websocket: WebSocketResource):
+        super().__init__()
+        self.engine = engine
+        self.websocket = websocket
+
+    def render(self, request):
+        args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
+        if args.get("EIO") != "4":
+            return error_body(request, BAD_VERSION)
+        transport = args.get("transport")
+        if transport == "websocket":
+            if request.method != b"GET":
+                return error_body(request, BAD_METHOD)
+            return self.websocket.render(request)
+        if transport != "polling":
+            return error_body(request, UNKNOWN_TRANSPORT)
+        sid = args.get("sid")
+        if sid is None:
+            if request.method != b"GET":
+                return error_body(request, BAD_METHOD)
+            query = {k.decode("latin-1"): [v.decode("utf-8", "replace") for v in vs]
+                     for k, vs in request.args.items()}
+            socket = self.engine.open(None, query, getattr(request.getClientAddress(), "host", ""))
+            return socket.poll(request)
+        socket = self.engine.sessions.get(sid)
+        if socket is None or socket.websocket is not None:
+            return error_body(request, UNKNOWN_SID)
+        if request.method == b"GET":
+            return socket.poll(request)
+        if request.method == b"POST":
+            if socket.closed:
+                return error_body(request, UNKNOWN_SID)
+            return socket.post(request, request.content.read())
+        return error_body(request, BAD_METHOD)
+
+
+def write_text(request: server.Request, text: str):
+    request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+    request.write(text.encode("utf-8"))
+    request.finish()
+
+
+def error_body(request: server.Request, error: tuple[int, str]) -> bytes:
+    code, message = error
+    request.setResponseCode(400)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"code": code, "message": message}).encode()

@@ -1,0 +1,211 @@
+"""Seed 004's REST half (klein), plus ``/metrics``, ``/healthz``, ``/static/`` and ``/socket.io/``.
+
+Parameters come from the query string, form fields or a JSON object body, whichever the
+client used (the seed's clients used all three); ``contact`` and ``contactID`` are the
+same parameter and name a user by id or by username. Replies are JSON; every failure is
+``{"error": "..."}`` with status 400 (413 for an oversized body), mapped in ``api.ERRORS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web import static
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from chatserv.protocols.base import BadRequest
+from chatserv.web import api
+
+log = Logger()
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+BOTH = ["GET", "POST"]
+JSON = b"application/json"
+
+
+def dumps(payload) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def read_params(request) -> dict:
+    """Query string and form fields, overlaid by a JSON object body when there is one."""
+    params = {}
+    try:
+        for name, values in request.args.items():
+            if values:
+                params[name.decode("utf-8")] = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("parameters must be UTF-8") from None
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
+        return params
+    body = request.content.read() if request.content is not None else b""
+    if content_type == JSON or body.lstrip().startswith(b"{"):
+        try:
+            found = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest("malformed JSON body") from None
+        if not isinstance(found, dict):
+            raise BadRequest("the JSON body must be an object")
+        params.update(found)
+    return params
+
+
+def text(params: dict, name: str, *aliases: str) -> str:
+    for key in (name, *aliases):
+        value = params.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise BadRequest(f"{key} must be a non-empty string")
+            return value
+    raise BadRequest(f"missing parameter: {name}")
+
+
+def reference(params: dict, *names: str):
+    """The first of ``names`` present (a str, or an int from JSON); BadRequest if none is."""
+    for key in names:
+        if params.get(key) is not None:
+            return params[key]
+    raise BadRequest(f"missing parameter: {names[0]}")
+
+
+def endpoint(method):
+    """A JSON endpoint: parse the parameters, call, reply; failures through the error table."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request):
+        request.setHeader(b"content-type", JSON)
+        request.setHeader(b"access-control-allow-origin", b"*")
+        try:
+            result = await method(self, request, read_params(request))
+        except Exception as e:
+            try:
+                status, message = api.ERRORS.reply(e)
+            except Exception:
+                log.failure("unexpected failure in {path}", path=request.path)
+                status, message = 500, "Internal server error"
+            self.counters["errors"] += 1
+            request.setResponseCode(status)
+            return dumps({"error": message})
+        return dumps(result)
+
+    return wrapper
+
+
+class WebAPI:
+    app = Klein()
+
+    def __init__(self, port):
+        self.port = port
+        self.service = port.service
+        self.sessions = port.web_sessions
+        self.counters = port.counters
+
+    def _user(self, params):
+        return self.sessions.get(params.get("sessionID")).user
+
+    @app.route("/", methods=["GET"])
+    def hello(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Hello World"
+
+    @app.route("/register", methods=BOTH)
+    @endpoint
+    async def register(self, request, params):
+        username, password = text(params, "username"), text(params, "password")
+        public_key = params.get("public_key")
+        if public_key is not None and not isinstance(public_key, str):
+            raise BadRequest("public_key must be a string")
+        user = await self.service.register(username, password)
+        if public_key:
+            await self.service.set_public_key(user, public_key)
+        return {"message": "User registered successfully", "user_id": user.id}
+
+    @app.route("/login", methods=BOTH)
+    @endpoint
+    async def login(self, request, params):
+        username, password = text(params, "username"), text(params, "password")
+        user = await self.service.authenticate(username, password)
+        session = self.sessions.start(user, getattr(request.getClientAddress(), "host", ""))
+        return {"sessionID": session.token, "user_id": user.id, "username": user.username}
+
+    @app.route("/logout", methods=BOTH)
+    @endpoint
+    async def logout(self, request, params):
+        self.sessions.end(self.sessions.get(params.get("sessionID")))
+        return {"message": "Logged out"}
+
+    @app.route("/addContact", methods=BOTH)
+    @endpoint
+    async def add_contact(self, request, params):
+        user = self._user(params)
+        other = api.user_reference(self.service, reference(params, "contact", "contactID"))
+        await self.service.add_contact(user, other.username)
+        return {"message": "Contact added", "contact_id": other.id}
+
+    @app.route("/changeContact", methods=BOTH)
+    @endpoint
+    async def change_contact(self, request, params):
+        user = self._user(params)
+        other = api.user_reference(self.service, reference(params, "contact", "contactID"))
+        status = text(params, "status")
+        await self.service.set_contact(user, other.username, status)
+        return {"message": "Contact changed", "contact_id": other.id, "status": status}
+
+    @app.route("/getContacts", methods=BOTH)
+    @endpoint
+    async def get_contacts(self, request, params):
+        return [api.contact_entry(u, status) for u, status in self.service.contacts(self._user(params))]
+
+    @app.route("/getContactMessages", methods=BOTH)
+    @endpoint
+    async def get_contact_messages(self, request, params):
+        user = self._user(params)
+        other = api.user_reference(self.service, reference(params, "contact", "contactID"))
+        return [api.history_entry(m) for m in await self.service.direct_history(user, other)]
+
+    @app.route("/saveMessage", methods=BOTH)
+    @endpoint
+    async def save_message(self, request, params):
+        user = self._user(params)
+        recipient = api.user_reference(self.service, reference(params, "recipientID", "recipient_id"))
+        content = text(params, "content")
+        kind = params.get("type", "text")
+        if not isinstance(kind, str):
+            raise BadRequest("type must be a string")
+        message = await self.service.send_direct(user, recipient, content, kind)
+        return {"message_id": message.id}
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ok"
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.port.metrics().encode()
+
+    @app.route("/socket.io/", branch=True, methods=BOTH)
+    def socket_io(self, request):
+        return self.port.engine.resource
+
+    @app.route("/static/", branch=True, methods=["GET"])
+    def static_files(self, request):
+        return static.File(STATIC)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request, failure):
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", JSON)
+        return dumps({"error": "Not found"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request, failure):
+        request.setResponseCode(405)
+        request.setHeader(b"content-type", JSON)
+        return dumps({"error": "Method not allowed"})

@@ -1,0 +1,252 @@
+"""Seed 004's real-time half: Socket.IO v5 on an Engine.IO session, over the shared service.
+
+The packet codec is python-socketio's. One connection serves the default namespace. It is
+refused (CONNECT_ERROR) unless the handshake's query string (or the CONNECT auth payload)
+names a live REST session ID; then it is a service session of its own, so it receives
+messages from every port as ``new_message``. Events are handled strictly in order.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from socketio import packet as sio
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatserv import errors, events
+from chatserv.limits import TokenBucket
+from chatserv.protocols.base import BadRequest
+from chatserv.service import ISink
+from chatserv.web import api
+from chatserv.web.engineio import EngineSocket
+from chatserv.web.sessions import PROTOCOL, InvalidSession, WebSessions
+
+log = Logger()
+
+NAMESPACE = "/"
+RENDER_KEY = "socket.io"
+
+
+def encode(packet_type, data=None, namespace=None, id=None) -> str:
+    return sio.Packet(packet_type, data, namespace=namespace, id=id, binary=False).encode()
+
+
+def event_packet(name: str, payload) -> str:
+    return encode(sio.EVENT, [name, payload])
+
+
+def _field(data: dict, name: str, kind, required=True, default=None):
+    value = data.get(name, default)
+    if value is None and not required:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BadRequest(f"{name} is required" if value is None else f"{name} has the wrong type")
+    return value
+
+
+@implementer(ISink)
+class SocketIOConnection:
+    """One Socket.IO client; the tracker sees it as a connection of the web port."""
+
+    protocol_name = "socket.io"
+
+    def __init__(self, engine: EngineSocket, query: dict, address: str, factory):
+        self.engine = engine
+        self.query = query
+        self.peer_host = address
+        self.factory = factory
+        self.service = factory.service
+        self.web_sessions: WebSessions = factory.web_sessions
+        self.limits = factory.limits
+        self.web_session = None
+        self.session = None
+        self.rate = TokenBucket(factory.clock, self.limits.messages_per_second, self.limits.message_burst)
+        self._pending: collections.deque = collections.deque()
+        self._busy = False
+        self.closed = False
+        factory.tracker.add(self)
+        self._prelogin = factory.clock.callLater(self.limits.prelogin_timeout, self._prelogin_expired)
+
+    @property
+    def transport(self):
+        """What the tracker aborts when a stopping daemon's grace runs out."""
+        return self.engine
+
+    # from Engine.IO
+
+    def message(self, text: str):
+        if self.closed:
+            return
+        try:
+            packet = sio.Packet(encoded_packet=text)
+        except (ValueError, TypeError, IndexError, RecursionError):
+            self.close()
+            return
+        if packet.packet_type == sio.CONNECT:
+            self._connect(packet)
+        elif packet.namespace not in (None, NAMESPACE) or self.session is None:
+            return  # the client may send for a namespace it was refused; Socket.IO ignores those
+        elif packet.packet_type == sio.DISCONNECT:
+            self.close(say_goodbye=False)
+        elif packet.packet_type == sio.EVENT and self._is_event(packet.data):
+            self._pending.append(packet)
+            if len(self._pending) > self.limits.max_pending_requests:
+                self.close()
+                return
+            self._next()
+        else:
+            self.close()  # binary events and acks are not part of this API
+
+    @staticmethod
+    def _is_event(data) -> bool:
+        return isinstance(data, list) and len(data) >= 1 and isinstance(data[0], str)
+
+    def lost(self, reason: str):
+        """Engine.IO: the session ended (closed by either side, timed out or aborted)."""
+        self.closed = True
+        if self._prelogin is not None and self._prelogin.active():
+            self._prelogin.cancel()
+        self._pending.clear()
+        self.factory.tracker.discard(self)
+        if self.web_session is not None:
+            self.web_session.sockets.discard(self)
+            self.web_session.touch()
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.service.detach(session)
+
+    def _connect(self, packet):
+        namespace = packet.namespace or NAMESPACE
+        if namespace != NAMESPACE:
+            self.send(encode(sio.CONNECT_ERROR, {"message": "Invalid namespace"}, namespace=namespace))
+            return
+        if self.session is not None:
+            return
+        auth = packet.data if isinstance(packet.data, dict) else {}
+        try:
+            web_session = self.web_sessions.get(auth.get("sessionID", self.query.get("sessionID")))
+        except InvalidSession as e:
+            self.send(encode(sio.CONNECT_ERROR, {"message": e.message}))
+            return
+        self._prelogin.cancel()
+        self._prelogin = None
+        self.web_session = web_session
+        web_session.sockets.add(self)
+        self.session = self.service.attach(web_session.user, self, PROTOCOL, self.peer_host)
+        self.send(encode(sio.CONNECT, {"sid": self.engine.sid}))
+
+    def _prelogin_expired(self):
+        self._prelogin = None
+        self.close()
+
+    # events, one at a time and in order
+
+    def _next(self):
+        if self._busy or not self._pending or self.closed:
+            return
+        packet = self._pending.popleft()
+        self._busy = True
+        name, args = packet.data[0], packet.data[1:]
+        d = defer.maybeDeferred(self._handle, name, args[0] if args else None)
+        d.addErrback(self._failed, name)
+        d.addCallback(self._answer, packet.id)
+        d.addBoth(self._done)
+
+    def _handle(self, name, data):
+        handler = {"send_message": self.on_send_message, "add_contact": self.on_add_contact}.get(name)
+        if handler is None:
+            raise BadRequest("Unknown event")
+        if not isinstance(data, dict):
+            raise BadRequest("event data must be an object")
+        if "sessionID" in data and self.web_sessions.get(data["sessionID"]).user is not self.user:
+            raise InvalidSession("Invalid session")
+        return defer.ensureDeferred(handler(data))
+
+    def _failed(self, failure, name):
+        try:
+            _, text = api.ERRORS.reply(failure.value)
+        except Exception:
+            log.failure("unexpected failure in socket.io event {name}", failure, name=name)
+            text = "Internal server error"
+        self.emit("error", {"message": text})
+        return {"error": text}
+
+    def _answer(self, reply, ack_id):
+        if ack_id is not None:
+            self.send(encode(sio.ACK, [reply], id=ack_id))
+
+    def _done(self, _):
+        self._busy = False
+        self._next()
+
+    @property
+    def user(self):
+        return self.session.user
+
+    async def on_send_message(self, data):
+        recipient_id = data.get("recipient_id")
+        if isinstance(recipient_id, str) and recipient_id.isdigit():
+            recipient_id = int(recipient_id)
+        if not isinstance(recipient_id, int) or isinstance(recipient_id, bool):
+            raise BadRequest("recipient_id must be an integer")
+        content = _field(data, "content", str)
+        kind = _field(data, "type", str, required=False, default="text")
+        is_group = data.get("is_group") in (True, "true", 1)
+        if not self.rate.allow():
+            raise errors.RateLimited("slow down")
+        if is_group:
+            room = self.service.room_by_id(recipient_id)
+            message = await self.service.send_room(self.user, room, content, kind)
+        else:
+            recipient = self.service.user_by_id(recipient_id)
+            message = await self.service.send_direct(self.user, recipient, content, kind)
+        return {"message_id": message.id}
+
+    async def on_add_contact(self, data):
+        name = _field(data, "contact_username", str)
+        known = self.service.contact_status(self.user, self.service.user(name))
+        contact = await self.service.add_contact(self.user, name)
+        if known is not None:  # nothing changed, so no event: answer this socket alone
+            self.emit("contact_added", api.contact_entry(contact, known))
+        return {"contact_id": contact.id}
+
+    # to the client
+
+    def send(self, text: str):
+        self.engine.send(text)
+
+    def emit(self, name: str, payload):
+        self.send(event_packet(name, payload))
+
+    def deliver(self, event):
+        """ISink: render a live event as a Socket.IO event (messages rendered once for all)."""
+        if self.closed:
+            return
+        if isinstance(event, (events.DirectMessage, events.RoomMessage)):
+            self.send(event.render_once(RENDER_KEY, lambda: event_packet(
+                "new_message", api.new_message(event.message))))
+        elif isinstance(event, events.PresenceChanged):
+            self.emit("user_status", {"user_id": event.user.id, "username": event.user.username,
+                                      "status": "online" if event.online else "offline"})
+        elif isinstance(event, events.ContactChanged):
+            self._contact_changed(event)
+        elif isinstance(event, (events.ServerShutdown, events.Kicked)):
+            self.close()
+
+    def _contact_changed(self, event):
+        if self.session is None or event.status is None:
+            return
+        if event.owner.id == self.user.id:
+            self.emit("contact_added", api.contact_entry(event.contact, event.status))
+        elif event.status in ("friend", "new"):
+            self.emit("contact_request", {"user_id": event.owner.id, "username": event.owner.username})
+
+    def close(self, say_goodbye: bool = True):
+        """Leave the namespace (the client will not reconnect by itself), then end the session."""
+        if self.closed:
+            return
+        if say_goodbye and self.session is not None:
+            self.send(encode(sio.DISCONNECT))
+        self.engine.close("server close")

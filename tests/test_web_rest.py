@@ -1,0 +1,239 @@
+"""Seed 004's REST endpoints over a real loopback port, with treq, both stores."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+
+from chatserv.web.sessions import InvalidSession, WebSessions
+from tests.support import connect
+from tests.web_support import call, register_and_login
+
+# The three ways the seed's clients sent parameters.
+FORMS = ["query", "form", "json"]
+
+
+def send(daemon, path, form, method="POST", **params):
+    if form == "query":
+        return call(daemon, path, method, params=params)
+    if form == "form":
+        return call(daemon, path, "POST", data=params)  # form bodies come with POST
+    return call(daemon, path, method, json_body=params)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hello_world_healthz_and_unknown_paths(daemon):
+    assert await call(daemon, "/") == (200, "Hello World")
+    assert await call(daemon, "/healthz") == (200, "ok")
+    assert await call(daemon, "/nope") == (404, {"error": "Not found"})
+    assert await call(daemon, "/", "DELETE") == (405, {"error": "Method not allowed"})
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest_twisted.ensureDeferred
+async def test_register_login_logout_in_every_parameter_form(daemon, form):
+    code, reply = await send(daemon, "/register", form, username="alice", password="pw", public_key="k")
+    assert code == 200 and reply["user_id"] == 1
+    assert daemon.chat.user("alice").public_key == "k"
+    code, login = await send(daemon, "/login", form, "GET" if form == "query" else "POST",
+                             username="alice", password="pw")
+    assert code == 200 and set(login) == {"sessionID", "user_id", "username"}
+    assert len(login["sessionID"]) >= 40
+    assert await send(daemon, "/getContacts", form, sessionID=login["sessionID"]) == (200, [])
+    assert await send(daemon, "/logout", form, sessionID=login["sessionID"]) == (
+        200, {"message": "Logged out"})
+    assert await send(daemon, "/getContacts", form, sessionID=login["sessionID"]) == (
+        400, {"error": "Invalid session"})
+    assert not daemon.chat.is_online(daemon.chat.user("alice"))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest_twisted.ensureDeferred
+async def test_contacts_by_name_or_id_under_contact_or_contact_id(daemon, form):
+    alice = await register_and_login(daemon, "alice")
+    for name in ("bob", "carol", "dave"):
+        await register_and_login(daemon, name)
+    sid = alice["sessionID"]
+    bob_id = daemon.chat.user("bob").id
+    assert await send(daemon, "/addContact", form, sessionID=sid, contact="bob") == (
+        200, {"message": "Contact added", "contact_id": bob_id})
+    assert (await send(daemon, "/addContact", form, sessionID=sid, contactID="carol"))[0] == 200
+    dave_id = str(daemon.chat.user("dave").id)
+    assert (await send(daemon, "/addContact", form, sessionID=sid, contactID=dave_id))[0] == 200
+    code, reply = await send(daemon, "/changeContact", form, sessionID=sid, contactID=bob_id,
+                             status="blocked")
+    assert code == 200 and reply["status"] == "blocked"
+    code, contacts = await send(daemon, "/getContacts", form, "GET", sessionID=sid)
+    assert contacts == [
+        {"contact_id": bob_id, "name": "bob", "url": "", "status": "blocked"},
+        {"contact_id": daemon.chat.user("carol").id, "name": "carol", "url": "", "status": "friend"},
+        {"contact_id": daemon.chat.user("dave").id, "name": "dave", "url": "", "status": "friend"},
+    ]
+    # The block is the shared one: bob cannot message alice on any port.
+    assert daemon.chat.has_blocked(daemon.chat.user("alice"), daemon.chat.user("bob"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_contact_status_of_the_original(daemon):
+    alice = await register_and_login(daemon, "alice")
+    await register_and_login(daemon, "bob")
+    for status in ("friend", "new", "blocked", "last_words", "timeout"):
+        code, _ = await call(daemon, "/changeContact", "POST",
+                             data={"sessionID": alice["sessionID"], "contact": "bob", "status": status})
+        assert code == 200
+        assert daemon.chat.contact_status(daemon.chat.user("alice"), daemon.chat.user("bob")) == status
+    assert await call(daemon, "/changeContact", "POST", data={
+        "sessionID": alice["sessionID"], "contact": "bob", "status": "enemy"}) == (
+        400, {"error": "unknown contact status"})
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest_twisted.ensureDeferred
+async def test_save_message_and_get_contact_messages(daemon, form):
+    alice = await register_and_login(daemon, "alice")
+    bob = await register_and_login(daemon, "bob")
+    code, saved = await call(daemon, "/saveMessage", "POST", json_body={
+        "sessionID": alice["sessionID"], "recipientID": bob["user_id"], "content": "hi bob"})
+    assert code == 200
+    await send(daemon, "/saveMessage", form, sessionID=bob["sessionID"], recipientID="alice",
+               content="hi alice")
+    code, messages = await send(daemon, "/getContactMessages", form, "GET",
+                                sessionID=alice["sessionID"], contactID=bob["user_id"])
+    assert code == 200
+    assert [(m["content"], m["sender_user_id"]) for m in messages] == [
+        ("hi bob", alice["user_id"]), ("hi alice", bob["user_id"])]
+    assert messages[0]["message_id"] == saved["message_id"]
+    assert messages[0]["send_at"].endswith("Z") and "T" in messages[0]["send_at"]
+    code, seen_by_bob = await send(daemon, "/getContactMessages", form, sessionID=bob["sessionID"],
+                                   contact="alice")
+    assert seen_by_bob == messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_400(daemon):
+    alice = await register_and_login(daemon, "alice")
+    sid = alice["sessionID"]
+    bad = [
+        ("/register", {"password": "pw"}, "missing parameter: username"),
+        ("/register", {"username": "bob"}, "missing parameter: password"),
+        ("/register", {"username": "alice", "password": "pw"}, "Username already exists"),
+        ("/register", {"username": "1bob", "password": "pw"}, "invalid username"),
+        ("/login", {"username": "alice"}, "missing parameter: password"),
+        ("/login", {"password": "pw"}, "missing parameter: username"),
+        ("/login", {"username": "alice", "password": "wrong"}, "Invalid username or password"),
+        ("/login", {"username": "nobody", "password": "pw"}, "Invalid username or password"),
+        ("/logout", {}, "Invalid session"),
+        ("/addContact", {"sessionID": sid}, "missing parameter: contact"),
+        ("/addContact", {"contact": "alice"}, "Invalid session"),
+        ("/addContact", {"sessionID": sid, "contact": "nobody"}, "User not found"),
+        ("/addContact", {"sessionID": sid, "contactID": "999"}, "User not found"),
+        ("/addContact", {"sessionID": sid, "contact": "alice"}, "that is you"),
+        ("/changeContact", {"sessionID": sid, "contact": "alice"}, "missing parameter: status"),
+        ("/changeContact", {"sessionID": sid, "status": "friend"}, "missing parameter: contact"),
+        ("/getContacts", {}, "Invalid session"),
+        ("/getContacts", {"sessionID": "forged"}, "Invalid session"),
+        ("/getContactMessages", {"sessionID": sid}, "missing parameter: contact"),
+        ("/getContactMessages", {"sessionID": sid, "contact": "nobody"}, "User not found"),
+        ("/saveMessage", {"sessionID": sid, "content": "x"}, "missing parameter: recipientID"),
+        ("/saveMessage", {"sessionID": sid, "recipientID": "alice"}, "missing parameter: content"),
+    ]
+    for path, params, error in bad:
+        assert await call(daemon, path, "POST", data=params) == (400, {"error": error}), path
+    # Wrong JSON types, and JSON that is not an object, or not JSON at all.
+    assert await call(daemon, "/register", "POST", json_body={"username": 5, "password": "pw"}) == (
+        400, {"error": "username must be a non-empty string"})
+    assert await call(daemon, "/addContact", "POST", json_body={"sessionID": sid, "contact": True}) == (
+        400, {"error": "contact must be a user id or a username"})
+    assert await call(daemon, "/saveMessage", "POST", json_body={
+        "sessionID": sid, "recipientID": 1, "content": "x", "type": 3}) == (
+        400, {"error": "type must be a string"})
+    json_type = {"Content-Type": ["application/json"]}
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b"[" * 50000):
+        assert await call(daemon, "/login", "POST", raw=raw, headers=json_type) in (
+            (400, {"error": "malformed JSON body"}), (400, {"error": "the JSON body must be an object"}))
+    assert await call(daemon, "/login", "POST", raw=b'{"username": "alice", ') == (
+        400, {"error": "malformed JSON body"})
+    # Unknown parameters are ignored, as the original did.
+    assert (await call(daemon, "/getContacts", params={"sessionID": sid, "colour": "red"}))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_bodies_are_refused_and_the_port_goes_on(daemon):
+    code, reply = await call(daemon, "/login", "POST", raw=b"x" * 70000)
+    assert (code, reply) == (413, {"error": "request body too large"})
+    # A chunked body (no Content-Length) is counted as it arrives.
+    client = await connect(daemon.port("web"))
+    client.send_raw(b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(20):
+        client.send_raw(b"1000\r\n" + b"y" * 4096 + b"\r\n")
+    assert await client.receive() == b"HTTP/1.1 413 Payload Too Large"
+    client.transport.loseConnection()
+    await client.wait_closed()
+    assert await call(daemon, "/") == (200, "Hello World")
+
+
+class FakeService:
+    def __init__(self):
+        self.attached = []
+
+    def attach(self, user, sink, protocol, address, accepts_direct):
+        self.attached.append(sink)
+        return sink
+
+    def detach(self, session):
+        self.attached.remove(session)
+
+
+def test_session_ids_expire_unused_but_not_while_a_socket_uses_them():
+    clock, service = task.Clock(), FakeService()
+    sessions = WebSessions(service, clock, ttl=60)
+    first, second = sessions.start("alice", "127.0.0.1"), sessions.start("alice", "127.0.0.1")
+    assert first.token != second.token and len(service.attached) == 2
+    clock.advance(50)
+    assert sessions.get(first.token) is first  # a use pushes the expiry back
+    second.sockets.add(object())
+    clock.advance(50)
+    assert sessions.get(first.token) is first
+    assert sessions.get(second.token) is second  # a socket keeps it alive
+    clock.advance(61)
+    with pytest.raises(InvalidSession):
+        sessions.get(first.token)
+    assert len(sessions) == 1 and service.attached == [second]
+    second.sockets.clear()
+    clock.advance(61)
+    assert len(sessions) == 0 and service.attached == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_in_prometheus_text_format(daemon):
+    await register_and_login(daemon, "alice")
+    await call(daemon, "/login", params={"username": "alice", "password": "wrong"})
+    skype = await connect(daemon.port("skype"))
+    await skype.request(b"PING")
+    code, text = await call(daemon, "/metrics")
+    assert code == 200
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert lines['chatserv_connections{protocol="skype"}'] == "1"
+    assert lines["chatserv_rest_sessions"] == "1"
+    assert lines["chatserv_logins_total"] == "1"
+    assert lines["chatserv_login_failures_total"] == "1"
+    assert lines["chatserv_web_errors_total"] == "1"
+    skype.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_created_on_the_skype_port_logs_in_here(daemon):
+    skype = await connect(daemon.port("skype"))
+    assert await skype.request(b"CREATE carol secret") == b"200 OK"
+    assert await skype.request(b"ADD alice") == b"301 Not found"
+    alice = await register_and_login(daemon, "alice")
+    assert await skype.request(b"ADD alice") == b"200 OK"
+    code, reply = await call(daemon, "/login", "POST", json_body={"username": "carol", "password": "secret"})
+    assert code == 200
+    code, contacts = await call(daemon, "/getContacts", params={"sessionID": reply["sessionID"]})
+    assert contacts == [{"contact_id": alice["user_id"], "name": "alice", "url": "", "status": "friend"}]
+    # A message saved here waits in the inbox of the Skype user (seed 000 has no messages).
+    await call(daemon, "/saveMessage", "POST", json_body={
+        "sessionID": alice["sessionID"], "recipientID": "carol", "content": "hello carol"})
+    inbox = await daemon.chat.inbox(daemon.chat.user("carol"))
+    assert [m.body for m in inbox] == ["hello carol"]
+    assert await skype.request(b"EXIT") == b"201 Goodbye"
