@@ -58,19 +58,25 @@ class PushReceiver(protocol.Protocol):
             return
         self.recorded = True
         self.listener.pushes.put(push)
-        answer = self.listener.answer
-        if isinstance(answer, defer.Deferred):  # answered when the test says so
-            answer.addCallback(self.transport.write)
-        elif answer is not None:  # None: a client that hangs
+        consent = self.listener.consent
+        if consent is not None and keyvalue.parse(push.decode()).get("type") == "ip":
+            consent.addCallback(self._answer)  # the user answers when the test says so
+        else:
+            self._answer(self.listener.answer)
+
+    def _answer(self, answer):
+        if answer is not None:  # None: a client that hangs
             self.transport.write(answer)
+        return answer
 
 
 class PushListener(protocol.Factory):
     """The port a chat-room client listens on: records every push the daemon makes to it."""
 
-    def __init__(self, answer=b"result:ok\n", java=False):
+    def __init__(self, answer=b"result:ok\n", java=False, consent=None):
         self.answer = answer
         self.java = java
+        self.consent = consent
         self.pushes = defer.DeferredQueue()
         self.port = None
 
@@ -337,7 +343,7 @@ async def test_address_needs_the_targets_consent(daemon):
 async def test_waiting_for_consent_blocks_nobody_else(daemon):
     await users(daemon, "alice", "bob", "carol")
     consent = defer.Deferred()
-    bob_port = await listener(answer=consent)
+    bob_port = await listener(consent=consent)
     await kv_login(daemon, "bob", bob_port.port)
     alice = await json_login(daemon, "alice")
     carol = await json_login(daemon, "carol")
@@ -346,11 +352,11 @@ async def test_waiting_for_consent_blocks_nobody_else(daemon):
     assert await bob_port.next() == {"type": "ip", "from": "alice"}
     assert await carol.request(type="message", **{"from": "carol"}, to="bob", msg="meanwhile") == {
         "result": "ok"}
+    assert await bob_port.next() == {"type": "message", "from": "carol", "msg": "meanwhile"}
     assert await kv(daemon, "type:online") == {"alice": "alice", "bob": "bob", "carol": "carol"}
     assert not asking.called
     consent.callback(b"result:ok\n")
     assert await asking == {"result": "ok", "ip": "127.0.0.1", "port": str(bob_port.port)}
-    assert await bob_port.next() == {"type": "message", "from": "carol", "msg": "meanwhile"}
 
     # peers that exchanged addresses hear when the other goes offline
     assert await kv(daemon, "type:logout:from:bob") == {"result": "ok"}

@@ -59,12 +59,16 @@ ERRORS = ErrorTable({
     errors.NotLoggedIn: "please login first",
     errors.NotFound: "user does not exist!",
     errors.Blocked: "you are blocked!",
-    errors.RateLimited: "slow down",
+    errors.RateLimited: lambda exc: exc.message,
     errors.Denied: lambda exc: exc.message,
     errors.Invalid: lambda exc: exc.message,
     errors.Offline: lambda exc: exc.message,
     errors.ChatError: "fail",
 })
+
+
+class NotARequest(BadRequest):
+    """A line that does not decode at all: answered with the seed's ``invalid request!``."""
 
 
 class JsonWire:
@@ -77,9 +81,9 @@ class JsonWire:
         try:
             fields = json.loads(line.decode("utf-8"))
         except (ValueError, RecursionError):
-            raise BadRequest(INVALID) from None
+            raise NotARequest() from None
         if not isinstance(fields, dict):
-            raise BadRequest(INVALID)
+            raise NotARequest()
         return fields
 
     @staticmethod
@@ -106,7 +110,7 @@ class KeyValueWire:
         try:
             return keyvalue.parse(line.decode("utf-8"))
         except ValueError:  # bad UTF-8, or a dangling escape
-            raise BadRequest(INVALID) from None
+            raise NotARequest() from None
 
     @staticmethod
     def encode(fields: dict) -> bytes:
@@ -227,8 +231,6 @@ class Pusher:
 class QueuedPush:
     payload: bytes
     message: Message | None = None  # a message to keep for later if this push fails
-    answered: defer.Deferred | None = None  # fires with the answer (or None) for a consent request
-    wait: float | None = None
 
 
 @implementer(ISink)
@@ -246,6 +248,7 @@ class CallbackLogin:
         self.rate = TokenBucket(factory.clock, limits.messages_per_second, limits.message_burst)
         self._queue: collections.deque[QueuedPush] = collections.deque()
         self._sending = False
+        self._stopped = False
         self.session: Session = factory.service.attach(user, self, PROTOCOL, host, watches_presence=True)
         self._alive = factory.clock.callLater(factory.alive_timeout, self._expired)
 
@@ -254,6 +257,8 @@ class CallbackLogin:
         return self.session.user
 
     def deliver(self, event):
+        if self._stopped:
+            return
         payload = render_push(event, self.wire, self.user, self.factory.is_peer)
         if payload is not None:
             message = event.message if isinstance(event, events.DirectMessage) else None
@@ -276,57 +281,64 @@ class CallbackLogin:
             self._alive.cancel()
         self.factory.forget(self)
 
+    def stop(self):
+        """The daemon stops: no timer and no push outlives it."""
+        self._stopped = True
+        self._queue.clear()
+        if self._alive.active():
+            self._alive.cancel()
+
     def ask_consent(self, asker: User) -> defer.Deferred:
         """Deferred[bool | None]: whether the user agrees to give ``asker`` their address
-        (None: no answer in time)."""
-        answered = defer.Deferred()
-        payload = self.wire.encode({"type": "ip", "from": asker.username})
-        self.enqueue(QueuedPush(payload, answered=answered, wait=self.factory.consent_timeout))
-        answered.addCallback(lambda answer: None if answer is None else self._says_ok(answer))
-        return answered
+        (None: no answer in time). It goes out beside the queue: messages do not wait for it."""
+        payload = self.wire.encode({"type": "ip", "from": asker.username}) + self.terminator
+        asking = self.factory.pusher.push(self.host, self.port, payload, first_chunk=not self.terminator,
+                                          wait=self.factory.consent_timeout)
+        asking.addCallbacks(self._says_ok, self._push_failed)
+        return asking
 
-    def _says_ok(self, answer: bytes) -> bool:
+    @staticmethod
+    def _says_ok(answer: bytes) -> bool:
         try:
             return wire_of(answer).decode(answer).get("result") == "ok"
-        except BadRequest:
+        except NotARequest:
             return False
 
     def enqueue(self, push: QueuedPush):
         if len(self._queue) >= LOGIN_PUSH_BACKLOG:
             log.warn("chat-room: push to {user} dropped, {n} waiting", user=self.user.username,
                      n=len(self._queue))
-            self._failed(push)
+            self._lost(push)
             return
         self._queue.append(push)
         if not self._sending:
             self._send_next()
 
     def _send_next(self, _=None):
-        if not self._queue:
+        if not self._queue or self._stopped:
             self._sending = False
             return
         self._sending = True
         push = self._queue.popleft()
         d = self.factory.pusher.push(self.host, self.port, push.payload + self.terminator,
-                                     first_chunk=not self.terminator, wait=push.wait)
-        d.addCallbacks(self._sent, self._push_failed, callbackArgs=(push,), errbackArgs=(push,))
+                                     first_chunk=not self.terminator)
+        d.addErrback(self._push_failed, push)
         d.addBoth(self._send_next)
 
-    def _sent(self, answer, push):
-        if push.answered is not None:
-            push.answered.callback(answer)
+    def _push_failed(self, failure, push: QueuedPush | None = None) -> None:
+        """Log why a push did not reach the client, and keep its message; None: no answer."""
+        if failure.check(PushFailed):
+            log.info("chat-room: push to {user} at {host}:{port} failed: {why}", user=self.user.username,
+                     host=self.host, port=self.port, why=failure.getErrorMessage())
+        else:
+            log.failure("chat-room: push to {user} failed", failure, user=self.user.username)
+        if push is not None:
+            self._lost(push)
+        return None
 
-    def _push_failed(self, failure, push):
-        failure.trap(PushFailed)
-        log.info("chat-room: push to {user} at {host}:{port} failed: {why}", user=self.user.username,
-                 host=self.host, port=self.port, why=failure.getErrorMessage())
-        self._failed(push)
-
-    def _failed(self, push):
+    def _lost(self, push: QueuedPush):
         if push.message is not None:
             self.factory.requeue(self.user, push.message)
-        if push.answered is not None:
-            push.answered.callback(None)
 
 
 # the connection
@@ -343,7 +355,7 @@ class ChatroomConnection(ChatConnection):
 
     def __init__(self):
         super().__init__()
-        self.wire = JsonWire  # of the request being answered, and of frame errors
+        self.wire = KeyValueWire  # of the request being answered, and of frame errors
         self.login_wire = JsonWire  # of this connection's login: its pushes
         self._seen_newline = False
         self._settle = None
@@ -417,16 +429,16 @@ class ChatroomConnection(ChatConnection):
 
     async def _answer(self, frame: bytes) -> bytes:
         self.wire = wire = wire_of(frame)
-        kind = None
         try:
             fields = wire.decode(frame)
-            kind = fields.get("type")
-            if not isinstance(kind, str) or kind not in REQUESTS:
-                return wire.invalid()
+        except NotARequest:
+            return wire.invalid()
+        kind = fields.get("type")
+        if not isinstance(kind, str) or kind not in REQUESTS:
+            return wire.invalid()
+        try:
             reply = await getattr(self, f"do_{kind}")(wire, fields)
         except errors.ChatError as exc:
-            if isinstance(exc, BadRequest) and exc.message == INVALID:
-                return wire.invalid()
             reply = {"result": ERRORS.reply(exc)}
             if kind == "address":
                 reply.update(NO_ADDRESS)
@@ -495,7 +507,7 @@ class ChatroomConnection(ChatConnection):
         password = self._field(fields, "password")
         port = self._port(fields)
         try:
-            user = await self.service.authenticate(username, password)
+            user = await self.service.authenticate(username, password, self.peer_host)
         except errors.BadCredentials:
             self._close_after_reply = self.login_failed()
             return FAIL
@@ -521,7 +533,7 @@ class ChatroomConnection(ChatConnection):
         to = self._field(fields, "to")
         body = self._field(fields, "msg")
         if not rate.allow():
-            raise errors.RateLimited()
+            raise errors.RateLimited("slow down")
         recipient = self.service.user_or_guest(to)
         message = await self.service.send_direct(session.user, recipient, body, origin=session)
         return OK if message.delivered else {"result": OFFLINE_NOTE.format(recipient.username)}
@@ -530,7 +542,7 @@ class ChatroomConnection(ChatConnection):
         session, rate, _ = self._caller(fields)
         body = self._field(fields, "msg")
         if not rate.allow():
-            raise errors.RateLimited()
+            raise errors.RateLimited("slow down")
         await self.service.join_room(session.user, LOBBY)  # a no-op unless it was left elsewhere
         await self.service.send_room(session.user, LOBBY, body, origin=session)
         return OK
@@ -605,11 +617,21 @@ class ChatroomFactory(ChatFactory):
         login = self.callbacks[user.id] = CallbackLogin(self, user, host, port, wire, terminator)
         return login
 
+    def stopFactory(self):
+        """The port stops with the daemon: callback logins end with it, without pushes."""
+        logins, self.callbacks = list(self.callbacks.values()), {}
+        for login in logins:
+            login.stop()
+        for login in logins:
+            self.service.detach(login.session)
+
     def callback_login(self, name, host) -> CallbackLogin | None:
-        for login in self.callbacks.values():
-            if fold(login.user.username) == fold(name) and login.host == host:
-                return login
-        return None
+        """The callback login of the user of that name, if it was made from ``host``."""
+        try:
+            login = self.callbacks.get(self.service.user(name).id)
+        except errors.NotFound:
+            return None
+        return login if login is not None and login.host == host else None
 
     def forget(self, login: CallbackLogin):
         if self.callbacks.get(login.user.id) is login:
