@@ -621,6 +621,14 @@ class ChatService(service.Service):
             await self.store.mark_delivered([m.id for m in waiting])
         return waiting
 
+    @deferred
+    async def mark_delivered(self, user: User, messages: Iterable[Message]) -> None:
+        """Mark the user's direct messages delivered once a wire that only answers requests (seed
+        003's inbox) has shown them, so other wires do not hand them over again as new."""
+        unread = [m.id for m in messages if m.recipient_id == user.id and not m.delivered]
+        if unread:
+            await self.store.mark_delivered(unread)
+
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
 
     @deferred
