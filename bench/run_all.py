@@ -52,6 +52,7 @@ def machine() -> dict:
         "cpu": model,
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "loadavg_at_start": open("/proc/loadavg").read().split()[0],
     }
 
 
@@ -142,27 +143,30 @@ class Bench:
             self.results["fanout"][label] = result
             progress(f"{label}: {result['max']['deliveries_per_s']} deliveries/s")
 
-    def profile(self):
+    def profile(self, db: str):
         a = self.args
-        out = self.workdir / "chatserv-profile.txt"
-        server = self.server("chatserv", profile_to=out)
+        out = self.workdir / f"chatserv-profile-{db}.txt"
+        server = self.server("chatserv", db=db, profile_to=out)
 
         def work(server):
             return run_json(self.fanout_argv(server, "chatserv", 0), timeout=self.fanout_timeout())
 
-        if self.with_server("profile", server, work) is None:
+        if self.with_server(f"profile --db {db}", server, work) is None:
             return
         if out.exists():
-            self.results["profile"] = top_functions(out.read_text(), a.top)
+            self.results.setdefault("profile", {})[db] = top_functions(out.read_text(), a.top)
         else:
-            self.results["notes"].append(f"profile: py-spy wrote nothing\n{server.tail()}")
+            self.results["notes"].append(f"profile --db {db}: py-spy wrote nothing\n{server.tail()}")
 
     def connections(self, label: str, kind: str):
         a = self.args
 
         def work(server):
+            # ngIRCd listens with a backlog of 10: more connects in flight only cost SYN retries
+            parallel = "8" if kind == "ngircd" else "200"
             return run_json(["bench.connections", "--port", str(server.port), "--server-pid", str(server.pid),
-                             "--count", str(a.connections), *self.password(kind)], timeout=400)
+                             "--count", str(a.connections), "--parallel", parallel, *self.password(kind)],
+                            timeout=400)
 
         result = self.with_server(f"connections {label}", self.server(kind), work)
         if result is not None:
@@ -181,7 +185,8 @@ class Bench:
         if self.irc_ready:
             self.fanout("chatserv --db memory", "chatserv", db="memory")
             if a.profile:
-                self.profile()
+                self.profile("sqlite")
+                self.profile("memory")
         if a.connections:
             for label, kind in targets:
                 self.connections(label, kind)
@@ -205,20 +210,22 @@ def _short(frame: str) -> str:
 
 
 def top_functions(raw: str, count: int) -> dict:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    """Self shares per function, and inclusive shares of chatserv's own functions, from py-spy's
+    raw (collapsed) output; start-up stacks (imports) are left out."""
     own = collections.Counter()
     inclusive = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, samples = line.rpartition(" ")
-        if not stack or not samples.isdigit():
+        if not stack or not samples.isdigit() or "importlib" in stack:
             continue
         n = int(samples)
         total += n
         frames = [_short(f) for f in stack.split(";")]
         own[frames[-1]] += n
         for frame in set(frames):
-            inclusive[frame] += n
+            if "(chatserv/" in frame:
+                inclusive[frame] += n
 
     def share(counter):
         return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(count)]
@@ -303,12 +310,14 @@ def targets(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def profile_text(profile: dict) -> str:
-    lines = [f"py-spy, {profile['samples']} samples of chatserv under the closed-loop load "
-             "(share of samples: self = in that function itself, inclusive = anywhere on the stack)", "",
+def profile_text(profile: dict, db: str) -> str:
+    lines = [f"### chatserv --db {db}", "",
+             f"py-spy --gil (samples of whichever thread holds the GIL), {profile['samples']} samples "
+             "under the closed-loop load. Self: time in the function itself; inclusive: chatserv "
+             "functions anywhere on the stack.", "",
              "| self % | function |", "| ---: | --- |"]
     lines += [f"| {pct} | `{name}` |" for name, pct in profile["self"]]
-    lines += ["", "| inclusive % | function |", "| ---: | --- |"]
+    lines += ["", "| inclusive % | chatserv function |", "| ---: | --- |"]
     lines += [f"| {pct} | `{name}` |" for name, pct in profile["inclusive"]]
     return "\n".join(lines)
 
@@ -329,8 +338,8 @@ def write_results(path: Path, results: dict, args, command: str, took: float) ->
         "",
         targets(results, args) or "- (no chatserv figures)",
     ]
-    if results.get("profile"):
-        parts += ["", "## Profile", "", profile_text(results["profile"])]
+    for db, profile in results.get("profile", {}).items():
+        parts += ["", "## Profile" if db == "sqlite" else "", profile_text(profile, db)]
     parts += [
         "",
         "## How to read it",
@@ -394,9 +403,9 @@ def main(argv=None):
     print(table(bench.results, args))
     print()
     print(targets(bench.results, args))
-    if bench.results.get("profile"):
+    for db, profile in bench.results.get("profile", {}).items():
         print()
-        print(profile_text(bench.results["profile"]))
+        print(profile_text(profile, db))
     for note in bench.results["notes"]:
         print(f"\nnote: {note}")
     write_results(Path(args.output), bench.results, args, command, took)

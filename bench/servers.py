@@ -22,6 +22,8 @@ PYTHON = sys.executable
 TWISTD = str(Path(PYTHON).with_name("twistd"))
 PY_SPY = str(Path(PYTHON).with_name("py-spy"))
 NGIRCD = shutil.which("ngircd") or "/usr/sbin/ngircd"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # chatserv from this source tree, never an installed copy
 
 
 def free_port() -> int:
@@ -68,7 +70,7 @@ class Server:
         self.workdir = workdir
         self.profile_to = profile_to
         if profile_to is not None:
-            argv = [PY_SPY, "record", "--nonblocking", "-r", str(rate), "-f", "raw",
+            argv = [PY_SPY, "record", "--nonblocking", "--gil", "-r", str(rate), "-f", "raw",
                     "-o", str(profile_to), "--", *argv]
         self.argv = argv
         self.env = env
@@ -113,14 +115,12 @@ class Server:
 
 def chatserv_options() -> set[str]:
     """The long options ``twistd chatserv`` accepts now (the IRC port may be new)."""
-    sys.path.insert(0, str(ROOT))
     from chatserv.tap import Options
 
     return {p[0] for p in Options.optParameters}
 
 
 def chatserv_ports() -> list[str]:
-    sys.path.insert(0, str(ROOT))
     from chatserv.tap import PORTS
 
     return [p.option for p in PORTS]
@@ -137,8 +137,9 @@ def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path 
         else:
             argv += [f"--{option}", "none"]
     argv += ["--messages-per-second", "0", "--idle-timeout", "3600", "--prelogin-timeout", "600"]
-    if "irc-flood-rate" in accepted:
-        argv += ["--irc-flood-rate", "0"]
+    for limit in ("irc-flood-rate", "connections-per-ip", "max-connections"):  # 0: unlimited
+        if limit in accepted:
+            argv += [f"--{limit}", "0"]
     argv += list(extra)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     first = next(iter(ports.values()))
