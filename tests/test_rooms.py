@@ -131,8 +131,8 @@ async def test_every_request_as_the_client_sends_it(daemon, form):
     assert await alice.call(code("send_all_room_message"), ["alice", "to all"]) == ["r1"]
     assert await alice.call(code("send_message_to_selected_rooms"), ["alice", ["r1", "nope"], "some"]) == [
         ["r1"], ["nope"]]
-    assert await alice.call(code("join_selected_rooms"), ["alice", ["lobby", "nope", "r1"]]) == [
-        ["lobby"], ["nope", "r1"]]
+    assert await alice.call(code("join_selected_rooms"), ["alice", ["lobby", "nope", "r1", "lobby"]]) == [
+        ["lobby"], ["nope", "r1", "lobby"]]
     assert [m.body for m in await daemon.chat.room_history(user, "r1")] == ["hello", "to all", "some"]
 
     again = await rooms_client(daemon)

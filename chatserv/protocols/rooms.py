@@ -302,38 +302,38 @@ class RoomsConnection(ChatConnection):
 
     async def do_send_all_room_message(self, message):
         self.check_rate()
-        sent = await self._send_to_rooms([room.name for room in self.service.rooms_of(self.user)], message)
+        sent, _ = await self._each_room([room.name for room in self.service.rooms_of(self.user)],
+                                        lambda name: self._send_to_room(name, message))
         return literal(names_that_fit(sent, REPLY_LIMIT, "rooms"))
 
     async def do_send_message_to_selected_rooms(self, rooms, message):
         # The client reads [sent, failed] without looking for an error: a refusal fails every room.
-        sent = await self._send_to_rooms(rooms, message) if self.rate.allow() else []
-        return self._sent_and_failed(rooms, sent)
+        if not self.rate.allow():
+            return self._done_and_failed([], rooms)
+        sent, failed = await self._each_room(rooms, lambda name: self._send_to_room(name, message))
+        return self._done_and_failed(sent, failed)
 
     async def do_join_selected_rooms(self, rooms):
-        joined = []
-        for name in rooms:
-            try:
-                await self.do_join_new_room(name)
-            except errors.ChatError:
-                continue
-            joined.append(name)
-        return self._sent_and_failed(rooms, joined)
+        return self._done_and_failed(*await self._each_room(rooms, self.do_join_new_room))
 
-    async def _send_to_rooms(self, rooms: list[str], message: str) -> list[str]:
-        """The rooms the message was stored in; a room that refuses it is skipped."""
-        sent = []
-        for name in rooms:
-            try:
-                await self.service.send_room(self.user, name, message, origin=self.session)
-            except errors.ChatError:
-                continue
-            sent.append(name)
-        return sent
+    def _send_to_room(self, name: str, message: str):
+        return self.service.send_room(self.user, name, message, origin=self.session)
 
     @staticmethod
-    def _sent_and_failed(rooms: list[str], done: list[str]) -> bytes:
-        failed = [name for name in rooms if name not in done]
+    async def _each_room(rooms: list[str], action) -> tuple[list[str], list[str]]:
+        """Run ``action`` for each room name, in order: the names it did, and those it failed for."""
+        done, failed = [], []
+        for name in rooms:
+            try:
+                await action(name)
+            except errors.ChatError:
+                failed.append(name)
+            else:
+                done.append(name)
+        return done, failed
+
+    @staticmethod
+    def _done_and_failed(done: list[str], failed: list[str]) -> bytes:
         half = (REPLY_LIMIT - size([[], []])) // 2
         return literal([names_that_fit(done, half, "rooms"), names_that_fit(failed, half, "rooms")])
 
