@@ -293,9 +293,20 @@ async def test_a_second_login_kills_the_first(daemon):
     await kv_login(daemon, "alice", new_port.port)
     assert await old_port.next() == {"type": "kill", "reason": KILL_REASON}
 
+    # the same client logging in again (a restart) is not killed
+    await kv_login(daemon, "alice", new_port.port)
     bob = await json_login(daemon, "bob")
     assert await bob.request(type="message", **{"from": "bob"}, to="alice", msg="hi") == {"result": "ok"}
     assert await new_port.next() == {"type": "message", "from": "bob", "msg": "hi"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopping_daemon_tells_its_json_clients(daemon):
+    await users(daemon, "alice")
+    alice = await json_login(daemon, "alice")
+    await daemon.stop()
+    assert await alice.receive() == {"type": "kill", "reason": "server shutting down"}
+    await alice.frames.wait_closed()
 
 
 @pytest_twisted.ensureDeferred
