@@ -74,6 +74,16 @@ class MembershipChanged(Event):
 
 
 @attrs.define(eq=False)
+class OperatorChanged(Event):
+    """``by`` made ``user`` an operator of ``room`` (or, ``granted`` false, took it back)."""
+
+    room: Room
+    user: User
+    granted: bool
+    by: User
+
+
+@attrs.define(eq=False)
 class TopicChanged(Event):
     room: Room
     by: User

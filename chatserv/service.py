@@ -450,6 +450,8 @@ class ChatService(service.Service):
         room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
                     self.clock.seconds())
         self._rooms[fold(name)] = room
+        if creator is not None and creator.guest:  # a guest creator is an operator while it lives
+            self._operators.setdefault(room.id, set()).add(creator.id)
         await self.store.add_room(room)
         return room
 

@@ -43,6 +43,8 @@ PORTS = [
     Port("web", "tcp:5000", "chatserv.web.WebSite", "seed 004, REST and Socket.IO"),
     Port("chatroom", "tcp:6789", "chatserv.protocols.chatroom.ChatroomFactory",
          "seed 001 chat-room, JSON lines and key:value lines"),
+    Port("irc", "tcp:6667", "chatserv.protocols.irc.IRCFactory",
+         "IRC (RFC 1459/2812, IRCv3 basics): seed 003's rooms and inbox for IRC clients"),
 ]
 
 
@@ -79,6 +81,10 @@ class Options(usage.Options):
             ["chatroom-push-backlog", None, 1000, "seed 001: pushes waiting before more are dropped", int],
             ["chatroom-consent-timeout", None, 30.0, "seed 001: seconds a user has to consent to `address`",
              float],
+            ["irc-flood-rate", None, 5.0, "IRC: commands per second once the burst is spent (0: no limit)",
+             float],
+            ["irc-flood-burst", None, 20, "IRC: commands a client may send at once", int],
+            ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
         ]
         + [
             [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]

@@ -1,0 +1,270 @@
+"""Channels are chatserv rooms: ``#lobby`` is room ``lobby``, membership is shared by every port.
+
+NAMES, WHO and LIST show the members who are online on any port. Operators are the room's
+creator and whoever an operator gave +o (``ChatService.set_operator``). Topic changes are
+for operators unless the channel is set -t; +n always holds (only members may talk).
+"""
+
+from __future__ import annotations
+
+from chatserv import errors
+from chatserv.model import Room, fold
+from chatserv.protocols.irc import numerics as N
+from chatserv.protocols.irc.message import HOST, SERVER, mask, serialise
+
+NAMES_BUDGET = 400  # bytes of names in one RPL_NAMREPLY, well inside 512
+
+
+class ChannelsMixin:
+    # looking channels up
+
+    def service_room(self, target: str) -> Room:
+        """The room a ``#channel`` names, else ERR_NOSUCHCHANNEL."""
+        if target.startswith("#") and len(target) > 1:
+            try:
+                return self.service.room(target[1:])
+            except errors.NotFound:
+                pass
+        raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target)
+
+    def joined(self, target: str) -> Room:
+        """A channel this client is on, else ERR_NOSUCHCHANNEL or ERR_NOTONCHANNEL."""
+        room = self.channels.get(fold(target[1:])) if target.startswith("#") else None
+        if room is None:
+            self.service_room(target)
+            raise N.IRCError(N.ERR_NOTONCHANNEL, target=target)
+        return room
+
+    def prefixed(self, user, room: Room) -> str:
+        return "@" if self.service.is_operator(user, room) else ""
+
+    def need_operator(self, room: Room):
+        if not self.service.is_operator(self.user, room):
+            raise N.IRCError(N.ERR_CHANOPRIVSNEEDED, target="#" + room.name)
+
+    def online_members(self, room: Room):
+        return [u for u in self.service.members(room) if self.service.is_online(u)]
+
+    async def each_target(self, targets: str, action):
+        """Run ``action`` per comma-separated target; one target's error does not stop the rest."""
+        for target in targets.split(","):
+            try:
+                await action(target)
+            except N.IRCError as exc:
+                self.reply(exc.numeric, **exc.fields)
+            except errors.ChatError as exc:
+                outcome = self.error_table.reply(exc)
+                self.reply(outcome.numeric, target=target, command="*", text=exc.message)
+
+    # JOIN and PART
+
+    async def irc_JOIN(self, line):
+        if line.params[0] == "0":
+            return await self.each_target(",".join("#" + r.name for r in self.channels.values()), self._part)
+        await self.each_target(line.params[0], self._join)
+
+    async def _join(self, target: str):
+        name = target[1:] if target.startswith("#") else ""
+        try:
+            self.service.validate_room_name(name)
+        except errors.Invalid:
+            raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
+        if fold(name) in self.channels:
+            return
+        room = await self.service.join_room(self.user, name, create=True)
+        if fold(room.name) not in self.channels:  # a member already: no event told us
+            self.show_join(room)
+        await self.replay(room)
+
+    def show_join(self, room: Room):
+        self.channels[fold(room.name)] = room
+        channel = "#" + room.name
+        lines = [serialise("JOIN", channel, prefix=mask(self.nick))]
+        if room.topic:
+            lines.append(self.numeric(N.RPL_TOPIC, channel=channel, topic=room.topic))
+        lines += self.names_lines(room)
+        self.send(b"".join(lines))
+
+    def names_lines(self, room: Room) -> list[bytes]:
+        channel = "#" + room.name
+        lines, names, size = [], [], 0
+        for user in self.online_members(room):
+            name = self.prefixed(user, room) + user.username
+            if size + len(name) + 1 > NAMES_BUDGET:
+                lines.append(self.numeric(N.RPL_NAMREPLY, channel=channel, names=" ".join(names)))
+                names, size = [], 0
+            names.append(name)
+            size += len(name) + 1
+        if names:
+            lines.append(self.numeric(N.RPL_NAMREPLY, channel=channel, names=" ".join(names)))
+        lines.append(self.numeric(N.RPL_ENDOFNAMES, channel=channel))
+        return lines
+
+    async def irc_PART(self, line):
+        reason = line.param(1)
+        await self.each_target(line.params[0], lambda target: self._part(target, reason))
+
+    async def _part(self, target: str, reason: str = ""):
+        room = self.joined(target)
+        try:
+            await self.service.leave_room(self.user, room.name, reason=reason)
+        except errors.Denied:
+            self.channels.pop(fold(room.name), None)
+            raise
+
+    async def irc_KICK(self, line):
+        room = self.joined(line.params[0])
+        self.need_operator(room)
+        reason = line.param(2)
+
+        async def kick(nick):
+            try:
+                user = self.service.user_or_guest(nick)
+            except errors.NotFound:
+                raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
+            if user.id not in room.members:
+                raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel="#" + room.name)
+            await self.service.leave_room(user, room.name, by=self.user, reason=reason or user.username)
+
+        await self.each_target(line.params[1], kick)
+
+    # looking around
+
+    def irc_LIST(self, line):
+        rooms = self.service.rooms()
+        if line.param(0):
+            wanted = {fold(t[1:]) for t in line.params[0].split(",") if t.startswith("#")}
+            rooms = [r for r in rooms if fold(r.name) in wanted]
+        lines = [self.numeric(N.RPL_LISTSTART)]
+        lines += [self.numeric(N.RPL_LIST, channel="#" + r.name, count=len(self.online_members(r)),
+                               topic=r.topic) for r in rooms]
+        lines.append(self.numeric(N.RPL_LISTEND))
+        self.send(b"".join(lines))
+
+    def irc_NAMES(self, line):
+        if not line.param(0):
+            return self.reply(N.RPL_ENDOFNAMES, channel="*")
+        for target in line.params[0].split(","):
+            try:
+                self.send(b"".join(self.names_lines(self.service_room(target))))
+            except N.IRCError:
+                self.reply(N.RPL_ENDOFNAMES, channel=target)
+
+    def irc_WHO(self, line):
+        target = line.param(0, "*")
+        lines = []
+        if target.startswith("#"):
+            try:
+                room = self.service_room(target)
+            except N.IRCError:
+                room = None
+            if room is not None:
+                lines = [self.who_line(u, room) for u in self.online_members(room)]
+        elif target != "*":
+            try:
+                lines = [self.who_line(self.online(target), None)]
+            except N.IRCError:
+                pass
+        lines.append(self.numeric(N.RPL_ENDOFWHO, target=target))
+        self.send(b"".join(lines))
+
+    def who_line(self, user, room: Room | None) -> bytes:
+        flags = ("G" if user.id in self.factory.away else "H") + (self.prefixed(user, room) if room else "")
+        return self.numeric(N.RPL_WHOREPLY, channel="#" + room.name if room else "*", target=user.username,
+                            host=HOST, server=SERVER, flags=flags)
+
+    # topic and modes
+
+    async def irc_TOPIC(self, line):
+        target = line.params[0]
+        if len(line.params) == 1:
+            room = self.service_room(target)
+            if room.topic:
+                return self.reply(N.RPL_TOPIC, channel=target, topic=room.topic)
+            return self.reply(N.RPL_NOTOPIC, channel=target)
+        room = self.joined(target)
+        if room.id not in self.factory.topic_open:
+            self.need_operator(room)
+        await self.service.set_topic(self.user, room.name, line.params[1])
+
+    def irc_MODE(self, line):
+        if not line.params[0].startswith("#"):
+            return self.irc_user_MODE(line)
+        room = self.service_room(line.params[0])
+        channel = "#" + room.name
+        if len(line.params) == 1:
+            modes = "+n" if room.id in self.factory.topic_open else "+nt"
+            created = int(room.created_at)
+            return self.send(self.numeric(N.RPL_CHANNELMODEIS, channel=channel, modes=modes)
+                             + self.numeric(N.RPL_CREATIONTIME, channel=channel, created=created))
+        arguments = list(line.params[2:])
+        sign = "+"
+        for char in line.params[1]:
+            if char in "+-":
+                sign = char
+            elif char == "b":
+                self.reply(N.RPL_ENDOFBANLIST, channel=channel)
+            elif char == "o":
+                if not arguments:
+                    raise N.IRCError(N.ERR_NEEDMOREPARAMS, command="MODE")
+                self.joined(channel)
+                self.need_operator(room)
+                nick = arguments.pop(0)
+                try:
+                    user = self.service.user_or_guest(nick)
+                except errors.NotFound:
+                    raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
+                if user.id not in room.members:
+                    raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel=channel)
+                self.service.set_operator(self.user, room.name, user, sign == "+")
+            elif char in "nt":
+                self.joined(channel)
+                self.need_operator(room)
+                if char == "t":
+                    (self.factory.topic_open.discard if sign == "+" else self.factory.topic_open.add)(room.id)
+                    self.send(serialise("MODE", channel, sign + "t", prefix=mask(self.nick)))
+            else:
+                raise N.IRCError(N.ERR_UNKNOWNMODE, target=char)
+
+    # events
+
+    def render_membership(self, event):
+        room = event.room
+        key = fold(room.name)
+        if self.session is not None and event.user.id == self.session.user.id:
+            if event.joined:
+                if key in self.channels:
+                    return None
+                self.show_join(room)
+                return None
+            if self.channels.pop(key, None) is None:
+                return None
+        elif key not in self.channels:
+            return None
+        return event.render_once("irc", lambda: _membership_line(event))
+
+    def render_topic(self, event):
+        if fold(event.room.name) not in self.channels:
+            return None
+        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.room.topic,
+                                                          prefix=mask(event.by.username)))
+
+    def render_operator(self, event):
+        if fold(event.room.name) not in self.channels:
+            return None
+        sign = "+o" if event.granted else "-o"
+        prefix = mask(event.by.username)
+        return event.render_once("irc", lambda: serialise("MODE", "#" + event.room.name, sign,
+                                                          event.user.username, prefix=prefix))
+
+
+def _membership_line(event) -> bytes:
+    channel = "#" + event.room.name
+    if event.joined:
+        return serialise("JOIN", channel, prefix=mask(event.user.username))
+    if event.by is not None:
+        return serialise("KICK", channel, event.user.username, event.reason or event.user.username,
+                         prefix=mask(event.by.username))
+    if event.reason:
+        return serialise("PART", channel, event.reason, prefix=mask(event.user.username))
+    return serialise("PART", channel, prefix=mask(event.user.username))

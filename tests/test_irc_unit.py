@@ -1,0 +1,202 @@
+"""IRC lines, and one IRC connection driven by a fake clock and an in-memory transport."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from chatserv import errors
+from chatserv.credentials import HashCost, Hasher
+from chatserv.limits import Limits
+from chatserv.protocols.base import ConnectionTracker
+from chatserv.protocols.framing import FrameError
+from chatserv.protocols.irc import IRCFactory
+from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
+from chatserv.service import ChatService
+from chatserv.store.memory import MemoryStore
+
+# lines
+
+
+def test_parse_reads_tags_prefix_params_and_trailing():
+    line = parse(b"@time=x;+a=b\\sc :evil!e@x privmsg #room  :hello  world")
+    assert line.command == "PRIVMSG"
+    assert line.params == ("#room", "hello  world")
+    assert line.tags == {"time": "x", "+a": "b c"}
+
+
+def test_parse_replaces_invalid_utf8_and_refuses_nul():
+    assert parse(b"PRIVMSG #a :\xff\xfeok").params[1] == "\ufffd\ufffdok"
+    with pytest.raises(ValueError):
+        parse(b"PRIVMSG #a :x\x00y")
+
+
+def test_parse_bounds_the_body_and_the_tags_separately():
+    parse(b"@" + b"a" * 8000 + b" PRIVMSG #a :" + b"x" * 490)
+    with pytest.raises(LineTooLong):
+        parse(b"PRIVMSG #a :" + b"x" * 510)
+    with pytest.raises(LineTooLong):
+        parse(b"@" + b"a" * 8200 + b" PING x")
+
+
+def test_serialise_adds_a_trailing_colon_only_when_needed_and_never_a_line_break():
+    assert serialise("JOIN", "#a", prefix="n!n@h") == b":n!n@h JOIN #a\r\n"
+    assert serialise("PRIVMSG", "#a", "two words") == b"PRIVMSG #a :two words\r\n"
+    assert serialise("PRIVMSG", "#a", "x\r\nQUIT") == b"PRIVMSG #a :x  QUIT\r\n"
+    assert serialise("TAGMSG", "#a", tags={"time": "t", "k": "a b;c"}) == b"@time=t;k=a\\sb\\:c TAGMSG #a\r\n"
+
+
+def test_split_text_keeps_lines_and_utf8_within_the_budget():
+    chunks = split_text("one\ntwo " + "é" * 300, 100)
+    assert chunks[0] == "one"
+    assert all(len(c.encode()) <= 100 for c in chunks)
+    assert "".join(chunks[1:]) == "two " + "é" * 300
+
+
+def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
+    framer = IRCFramer()
+    frames = framer.feed(b"PING a\r\nPING b\nPING c\rPING d\n\r\n")
+    assert frames == [b"PING a", b"PING b", b"PING c", b"PING d"]
+    frames = framer.feed(b"x" * 9000 + b"\nPING e\n")
+    assert isinstance(frames[0], FrameError) and frames[1:] == [b"PING e"]
+
+
+# one connection, a fake clock
+
+
+async def connect(**options):
+    clock = MemoryReactorClock()
+    limits = Limits(prelogin_timeout=30, send_queue=1000)
+    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
+                       clock, limits)
+    chat.startService()
+    await chat.when_ready()
+    settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
+    factory = IRCFactory(chat, ConnectionTracker(clock), limits, clock, settings)
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    return clock, connection, transport
+
+
+def take(transport) -> list[bytes]:
+    lines = transport.value().split(b"\r\n")
+    transport.clear()
+    return lines[:-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_pings_an_idle_client_and_drops_a_silent_one():
+    clock, connection, transport = await connect()
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    assert take(transport)[0] == b":chatserv 001 ann :Welcome to the chatserv IRC network ann!ann@chatserv"
+    clock.advance(100)
+    assert take(transport) == [b"PING chatserv"]
+    connection.dataReceived(b"PONG chatserv\r\n")
+    clock.advance(99)
+    assert take(transport) == []
+    clock.advance(1)
+    assert take(transport) == [b"PING chatserv"]
+    clock.advance(100)
+    assert take(transport) == [b"ERROR :Closing Link: chatserv (Ping timeout)"]
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_registration_times_out_with_an_error_line():
+    clock, connection, transport = await connect()
+    connection.dataReceived(b"NICK ann\r\n")
+    clock.advance(31)
+    assert take(transport) == [b"ERROR :Closing Link: chatserv (Registration timed out)"]
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flooding_client_is_slowed_down_not_dropped():
+    clock, connection, transport = await connect(**{"irc-flood-rate": 2.0, "irc-flood-burst": 2})
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    take(transport)
+    connection.dataReceived(b"".join(b"MOTD\r\n" for _ in range(4)))
+    assert sum(b" 376 " in line for line in take(transport)) == 2
+    clock.advance(0.5)
+    assert sum(b" 376 " in line for line in take(transport)) == 1
+    clock.advance(0.5)
+    assert sum(b" 376 " in line for line in take(transport)) == 1
+    connection.dataReceived(b"PING x\r\n")  # PING does not count against the bucket
+    assert take(transport) == [b":chatserv PONG chatserv x"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_past_its_send_queue_gets_an_error_line_and_is_dropped():
+    clock, connection, transport = await connect()
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    take(transport)
+    connection.pauseProducing()  # the client stopped reading
+    for _ in range(20):
+        connection.dataReceived(b"MOTD\r\n")
+    assert transport.value().endswith(b"ERROR :Closing Link: SendQ exceeded\r\n")
+
+
+# what the service gained for IRC
+
+
+class Sink:
+    def __init__(self):
+        self.events = []
+
+    def deliver(self, event):
+        self.events.append(event)
+
+
+async def service():
+    clock = MemoryReactorClock()
+    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
+                       clock, Limits())
+    chat.startService()
+    return await chat.when_ready()
+
+
+@pytest_twisted.ensureDeferred
+async def test_operators_grant_and_take_back_and_members_hear_of_it():
+    chat = await service()
+    alice = await chat.register("alice", "pw")
+    bob = await chat.register("bob", "pw")
+    await chat.join_room(alice, "ops", create=True)
+    await chat.join_room(bob, "ops")
+    sink = Sink()
+    chat.attach(bob, sink, "test")
+    room = chat.set_operator(alice, "ops", bob, True)
+    assert chat.is_operator(bob, room) and sink.events[-1].granted and sink.events[-1].by is alice
+    chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
+    assert chat.is_operator(alice, room)
+    chat.set_operator(alice, "ops", bob, False)
+    assert not chat.is_operator(bob, room)
+    with pytest.raises(errors.Denied):
+        chat.set_operator(bob, "ops", bob, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_creator_is_an_operator_and_may_register_its_own_name():
+    chat = await service()
+    guest = chat.guest("ann")
+    chat.attach(guest, Sink(), "test")
+    room = await chat.join_room(guest, "fresh", create=True)
+    assert chat.is_operator(guest, room)
+    with pytest.raises(errors.AlreadyExists):
+        await chat.register("ann", "pw")
+    account = await chat.register("ann", "pw", guest=guest)
+    assert chat.user("ann") is account
+
+
+@pytest_twisted.ensureDeferred
+async def test_watchers_hear_a_guest_leave_while_its_rooms_still_name_it():
+    chat = await service()
+    guest = chat.guest("ann")
+    session = chat.attach(guest, Sink(), "test")
+    await chat.join_room(guest, "lobby")
+    seen = []
+    watcher = Sink()
+    watcher.deliver = lambda event: seen.append(guest.id in chat.room("lobby").members)
+    chat.attach(await chat.register("bob", "pw"), watcher, "test", watches_presence=True)
+    chat.detach(session)
+    assert seen == [True] and guest.id not in chat.room("lobby").members
