@@ -27,6 +27,7 @@ from chatserv.protocols.framing import LineFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
+from tests.test_rooms import logged_in as rooms_user
 from tests.test_salted import log_in as salted_log_in
 
 OFFLINE = "{} is offline now. Msg will be delivered when online."
@@ -481,6 +482,23 @@ async def test_chat_room_users_reach_other_ports(daemon):
     assert await kv(daemon, "type:block:from:alice:target:dave") == {"result": "ok"}
     with pytest.raises(errors.Blocked):
         await daemon.chat.send_direct(daemon.chat.user("dave"), "alice", "through another port")
+
+
+@pytest_twisted.ensureDeferred
+async def test_personal_messages_between_the_chat_room_and_the_rooms_port(daemon):
+    await users(daemon, "alice")
+    alice_port = await listener()
+    await kv_login(daemon, "alice", alice_port.port)
+    bob = await rooms_user(daemon, "bob")  # created on the rooms port (seed 003)
+
+    assert await bob.call(11, ["bob", "alice", "from the rooms port"]) == ["OK"]
+    assert await alice_port.next() == {"type": "message", "from": "bob", "msg": "from the rooms port"}
+
+    # the rooms port pushes nothing: the message waits in bob's inbox there
+    assert await kv(daemon, "type:message:from:alice:to:bob:msg:from the chat-room") == {
+        "result": OFFLINE.format("bob")}
+    inbox = await bob.call(12, ["bob"])
+    assert [(entry["From"], entry["Message"]) for entry in inbox] == [("alice", "from the chat-room")]
 
 
 # units: the timers and bounds, on a clock the test moves
