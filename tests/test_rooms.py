@@ -17,6 +17,7 @@ from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LiteralFramer
 from chatserv.protocols.rooms import GREETING, REQUESTS, RoomsFactory, names_that_fit, size
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
+from tests.test_salted import register as salted_register
 
 NUMBERS = {name: number for number, name in enumerate(REQUESTS, start=1)}
 PLEASE_LOGIN = [{"description": "ERROR: please create account or login."}]
@@ -172,6 +173,24 @@ async def test_a_skype_user_logs_in_here_and_a_room_made_here_is_everyones(daemo
     assert daemon.chat.room("cross") in daemon.chat.rooms_of(dave)  # an IRC channel, a web group
     assert [m.body for m in await daemon.chat.room_history(dave, "cross")] == ["made on the rooms port"]
     assert (await skype.request(b"SEARCH dave")).startswith(b"201 id:1,username:dave,password:,online:true")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lobby_is_shared_live_with_the_salted_port(daemon):
+    erin = await salted_register(daemon, "erin")
+    alice = await logged_in(daemon, "alice")
+    assert await alice.call(5, ["lobby", "alice"]) == ["OK"]
+    assert await alice.call(8, ["alice", "lobby", "hello from the rooms port"]) == ["OK"]
+    assert await erin.receive() == {"type": "user_notification", "user": "alice", "status": "true"}
+    assert await erin.receive() == {
+        "type": "message", "from": "alice", "message": "hello from the rooms port"}
+    assert await erin.request(user="erin", type="message", message="hello back") == {
+        "type": "message", "from": "erin", "message": "hello back"}
+    history = await alice.call(9, ["alice", "lobby"])
+    assert [(e["From"], e["Message"]) for e in history] == [
+        ("alice", "hello from the rooms port"), ("erin", "hello back")]
+    assert await alice.call(10, ["alice", "lobby"]) == ["alice", "erin"]
+    assert await (await rooms_client(daemon)).call("login", ["erin", "pw"]) == [None]
 
 
 @pytest_twisted.ensureDeferred
