@@ -428,7 +428,7 @@ async def test_bad_input_gets_a_clear_answer(daemon):
          b'{"result": "port must be a number from 1 to 65535"}'),
         (b'{"type": "message", "to": "bob", "msg": "hi"}', b'{"result": "missing from"}'),
         (b'{"type": ' + b"[" * 4000 + b"]" * 4000 + b"}", b'{"result": "invalid request!"}'),
-        (b"[1, 2]", b"invalid request!"),
+        (b"[1, 2]", b'{"result": "invalid request!"}'),  # JSON, but not an object
         (b"from:alice", b"invalid request!"),
         (b"type:frob", b"invalid request!"),
         (b"type:online\\", b"invalid request!"),

@@ -126,7 +126,9 @@ class KeyValueWire:
 
 
 def wire_of(line: bytes):
-    return JsonWire if line.lstrip().startswith(b"{") else KeyValueWire
+    """JSON for a line that opens an object (or an array, which no key:value line starts with:
+    a JSON client sending one is told in JSON that it is not a request)."""
+    return JsonWire if line.lstrip()[:1] in (b"{", b"[") else KeyValueWire
 
 
 def message_push(wire, message: Message) -> bytes:
