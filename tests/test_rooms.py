@@ -13,9 +13,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.limits import Limits
+from chatserv.model import Message
 from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LiteralFramer
-from chatserv.protocols.rooms import GREETING, REQUESTS, RoomsFactory, names_that_fit, size
+from chatserv.protocols.rooms import GREETING, REQUESTS, RoomsFactory, names_that_fit, newest_that_fit, size
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
 from tests.test_salted import register as salted_register
 
@@ -142,7 +143,8 @@ async def test_every_request_as_the_client_sends_it(daemon, form):
 
 @pytest_twisted.ensureDeferred
 async def test_the_real_clients_blocking_socket_reads_each_reply_with_one_recv(daemon):
-    requests = [b"[1, ['carol', 'pw']]", b"[3, ['den', 'carol']]", b"[8, ['carol', 'den', 'hi']]",
+    text = "h\u00e9llo \u2713 ['it's'] \"quoted\""
+    requests = [b"[1, ['carol', 'pw']]", b"[3, ['den', 'carol']]", str([8, ["carol", "den", text]]).encode(),
                 b"[9, ['carol', 'den']]", b"[666, None]"]
 
     def session():
@@ -156,7 +158,7 @@ async def test_the_real_clients_blocking_socket_reads_each_reply_with_one_recv(d
     greeting, *replies = await threads.deferToThread(session)
     assert greeting == b"Welcome to the Server.\n"
     assert [evaluate(r) for r in replies[:2]] == [["OK"], ["OK"]]
-    assert evaluate(replies[3])[0]["Message"] == "hi"
+    assert evaluate(replies[3])[0]["Message"] == text
     assert replies[4] == b"['OK']"
 
 
@@ -371,6 +373,28 @@ def test_trimmed_names_always_fit(names, budget):
         kept = len(trimmed) - 1
         assert trimmed[:kept] == names[:kept]
         assert trimmed[-1] == f"({len(names) - kept} more rooms not shown)"
+
+
+messages = st.lists(st.builds(
+    Message, id=st.just(0), sender_id=st.just(1), sender_name=st.from_regex(r"[a-z]{1,32}", fullmatch=True),
+    body=st.text(min_size=1, max_size=4096), sent_at=st.floats(min_value=0, max_value=4e9)), max_size=12)
+
+
+@given(messages, st.integers(min_value=1, max_value=10))
+def test_message_replies_always_fit_and_count_what_they_leave_out(fetched, limit):
+    entries, shown = newest_that_fit(fetched, limit)
+    assert size(entries) <= 2048
+    if len(entries) == len(shown):
+        assert shown == fetched[-limit:] and len(fetched) <= limit
+        return
+    note, *kept = entries
+    assert shown == fetched[len(fetched) - len(kept):] and note["From"] == "server"
+    left_out = len(fetched) - len(kept)
+    count = f"at least {left_out}" if len(fetched) > limit else str(left_out)
+    assert note["Message"] == f"({count} older messages not shown)"
+    for message, entry in zip(shown, kept, strict=True):
+        assert entry["Message"] == message.body or (
+            entry["Message"].endswith(" [...]") and message.body.startswith(entry["Message"][:-6]))
 
 
 @pytest_twisted.ensureDeferred
