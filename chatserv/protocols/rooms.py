@@ -24,7 +24,7 @@ GREETING = b"Welcome to the Server.\n"
 REPLY_LIMIT = 2048  # the client reads each reply with one recv(2048)
 LIVENESS_PROBE = 666
 NOTE_SENDER = "server"  # a reserved name, so a note in a message list is never a user's message
-NOTE_ROOM = 160  # bytes kept free in a trimmed list for the note saying what was left out (< 130)
+NOTE_ROOM = 160  # bytes kept free in a trimmed list for the note saying what was left out (< 130 bytes)
 SHOWN_BODY = 1024  # bytes of one message body's literal shown; longer bodies are clipped
 CLIPPED = " [...]"
 
