@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, reactor, threads
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.limits import Limits
@@ -139,6 +140,19 @@ async def test_every_request_as_the_client_sends_it(daemon, form):
 
     again = await rooms_client(daemon)
     assert await again.call(code("login"), ["alice", "pw"]) == ["lobby"]  # the last room joined
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_together_in_one_segment_or_cut_in_pieces_are_answered_in_order(daemon):
+    alice = await logged_in(daemon)
+    alice.send_raw(b"[666, None]['create_new_room', ['r', 'alice']][4, ['alice', None]]")
+    assert [await alice.reply() for _ in range(3)] == [["OK"], ["OK"], ["r", ["lobby", "r"]]]
+    request = str([8, ["alice", "r", "cut ] in ' pieces"]]).encode()
+    for byte in range(len(request)):
+        alice.send_raw(request[byte : byte + 1])
+        await deferLater(reactor, 0)
+    assert await alice.reply() == ["OK"]
+    assert (await alice.call(9, ["alice", "r"]))[0]["Message"] == "cut ] in ' pieces"
 
 
 @pytest_twisted.ensureDeferred
