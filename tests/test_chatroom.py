@@ -7,6 +7,8 @@ import json
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -22,6 +24,7 @@ from chatserv.protocols.chatroom import (
     KeyValueWire,
     Pusher,
     PushFailed,
+    wire_of,
 )
 from chatserv.protocols.framing import LineFramer
 from chatserv.service import ChatService
@@ -514,14 +517,18 @@ class Instant:
         return defer.succeed(verifier == "v:" + digest)
 
 
-@pytest.fixture
-def chatroom():
+def new_chatroom() -> ChatroomFactory:
     clock = MemoryReactorClock()
     service = ChatService(MemoryStore(), Instant(), clock)
     service.startService()
     for name in ("alice", "bob"):
         service.register(name, "pw")
     return ChatroomFactory(service, ConnectionTracker(clock), Limits(), clock, {"alive-timeout": 60.0})
+
+
+@pytest.fixture
+def chatroom():
+    return new_chatroom()
 
 
 def connected(factory):
@@ -613,3 +620,32 @@ def test_outbound_pushes_are_bounded_in_number_and_time():
     second.addErrback(lambda f: failures.append(f.trap(PushFailed)))
     assert len(failures) == 3
     assert written.disconnecting
+
+
+FIELD_NAMES = ["type", "from", "to", "msg", "username", "password", "port", "target"]
+TYPES = ["auth", "message", "broadcast", "online", "block", "unblock", "logout", "address", "alive"]
+VALUES = st.one_of(st.sampled_from(["alice", "bob", "pw", "5001", *TYPES]), st.text(max_size=8))
+JSON_VALUES = st.one_of(VALUES, st.integers(), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
+LINES = st.one_of(
+    st.binary(max_size=64),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), JSON_VALUES).map(lambda d: json.dumps(d).encode()),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), VALUES).map(lambda d: keyvalue.serialise(d).encode()),
+).filter(lambda line: b"\n" not in line)
+
+
+@given(st.lists(LINES, min_size=1, max_size=8))
+def test_every_line_gets_one_answer_and_no_failure(lines):
+    failures = []
+    globalLogPublisher.addObserver(failures.append)
+    try:
+        connection, transport = connected(new_chatroom())
+        connection.dataReceived(b"".join(line + b"\n" for line in lines))
+    finally:
+        globalLogPublisher.removeObserver(failures.append)
+    assert not [event for event in failures if "log_failure" in event]
+    answers = transport.value().split(b"\n")[:-1]
+    if not transport.disconnecting:  # failed logins may close it
+        assert len(answers) == len(lines)
+    for answer in answers:
+        if answer != b"invalid request!":
+            wire_of(answer).decode(answer)  # raises unless the answer is JSON or key:value
