@@ -410,3 +410,22 @@ def test_the_admin_command_edits_the_ban_file_and_keeps_comments(tmp_path, capsy
     for wrong in (["ban", "nobody", "--ban-file", str(path)], ["list", "1.2.3.4", "--ban-file", str(path)]):
         with pytest.raises(SystemExit):
             admin.main(wrong)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lobby_is_shared_with_irc_both_ways(daemon):
+    from tests.test_irc import raw, until
+
+    alice = await register(daemon, "alice")
+    ivan = await raw(daemon, "ivan")
+    assert await alice.receive() == joined("ivan")
+    ivan.send(b"JOIN #lobby")
+    await until(ivan, b" 366 ")
+
+    alice.send(user="alice", type="message", message="hello, irc")
+    assert (await until(ivan, b"PRIVMSG"))[-1].endswith(b" PRIVMSG #lobby :hello, irc")
+    ivan.send(b"PRIVMSG #lobby :hello, salted")
+    assert await alice.receive() == {"type": "message", "from": "alice", "message": "hello, irc"}
+    assert await alice.receive() == {"type": "message", "from": "ivan", "message": "hello, salted"}
+    ivan.send(b"QUIT :bye")
+    assert await alice.receive() == joined("ivan", online=False)
