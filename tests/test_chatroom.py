@@ -11,8 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from chatserv import errors
 from chatserv.limits import Limits
@@ -40,6 +42,7 @@ NULL_ADDRESS = {"ip": "null", "port": "null"}
 # the real client's side: its listening port, and its one-request connections
 
 
+@implementer(IHalfCloseableProtocol)
 class PushReceiver(protocol.Protocol):
     def __init__(self, listener):
         self.listener = listener
@@ -48,14 +51,16 @@ class PushReceiver(protocol.Protocol):
 
     def dataReceived(self, data):
         self.buffer += data
-        if self.listener.java:
-            self._record(self.buffer)  # the Java client takes the first read as the whole push
-        elif b"\n" in self.buffer:
+        if not self.listener.java and b"\n" in self.buffer:
             self._record(self.buffer.partition(b"\n")[0])
 
-    def connectionLost(self, reason):
-        if not self.recorded and self.buffer:
+    def readConnectionLost(self):
+        """The Java client reads until a short read or the end; the end is what always works."""
+        if self.listener.java:
             self._record(self.buffer)
+
+    def writeConnectionLost(self):
+        pass
 
     def _record(self, push):
         if self.recorded:
@@ -232,6 +237,9 @@ async def test_unterminated_requests_and_pushes_as_the_java_client_reads_them(da
     bob = await json_login(daemon, "bob")
     assert await bob.request(type="message", **{"from": "bob"}, to="alice", msg="hi") == {"result": "ok"}
     assert await alice_port.raw() == b"type:message:from:bob:msg:hi"
+    # 32 characters: the client's 32-character reads end only because the daemon ends its side
+    assert await bob.request(type="message", **{"from": "bob"}, to="alice", msg="six ch") == {"result": "ok"}
+    assert await alice_port.raw() == b"type:message:from:bob:msg:six ch"
 
 
 # end to end: JSON clients

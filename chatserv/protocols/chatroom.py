@@ -177,6 +177,10 @@ class PushClient(protocol.Protocol):
 
     def connectionMade(self):
         self.transport.write(self.payload)
+        if self.first_chunk:
+            # The real client reads in 32-character chunks until a short one or the end: end our
+            # side, so a push whose length is a multiple of 32 does not leave it waiting.
+            self.transport.loseWriteConnection()
 
     def dataReceived(self, data):
         self._buffer += data
