@@ -24,8 +24,20 @@ HEADER = "# chatserv IP bans: one address per line; '#' starts a comment. Applie
 
 
 def normalise(address: str) -> str:
-    """The form a peer address takes (``::0001`` -> ``::1``); ValueError when it is none."""
-    return str(ipaddress.ip_address(address.strip()))
+    """One spelling per address (``::0001`` -> ``::1``, ``::ffff:10.0.0.1`` -> ``10.0.0.1``).
+
+    ValueError when it is no IP address.
+    """
+    parsed = ipaddress.ip_address(address.strip())
+    return str(getattr(parsed, "ipv4_mapped", None) or parsed)
+
+
+def ban_key(host: str) -> str:
+    """A peer's address as the ban list names it (a dual-stack listener sees IPv4 as mapped)."""
+    try:
+        return normalise(host)
+    except ValueError:
+        return host
 
 
 def parse_addresses(text: str) -> tuple[set[str], list[str]]:

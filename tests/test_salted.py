@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
 from chatserv import admin
-from chatserv.bans import BanFile
+from chatserv.bans import BanFile, ban_key
 from chatserv.credentials import password_digest
 from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
@@ -429,3 +429,9 @@ async def test_the_lobby_is_shared_with_irc_both_ways(daemon):
     assert await alice.receive() == {"type": "message", "from": "ivan", "message": "hello, salted"}
     ivan.send(b"QUIT :bye")
     assert await alice.receive() == joined("ivan", online=False)
+
+
+def test_ipv4_mapped_peers_are_banned_by_their_ipv4_address():
+    assert ban_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert ban_key("2001:db8::0001") == "2001:db8::1"
+    assert ban_key("127.0.0.1") == "127.0.0.1"

@@ -15,6 +15,7 @@ import re
 import attrs
 
 from chatserv import errors, events
+from chatserv.bans import ban_key
 from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
 from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
@@ -121,6 +122,10 @@ class SaltedConnection(ChatConnection):
         super().__init__()
         self.pending: PendingRegistration | None = None
 
+    def connectionMade(self):
+        self.ban_key = ban_key(getattr(self.transport.getPeer(), "host", ""))
+        super().connectionMade()
+
     def make_framer(self):
         return LineFramer(self.limits.max_line)
 
@@ -176,7 +181,7 @@ class SaltedConnection(ChatConnection):
         return None
 
     def banned(self) -> bool:
-        return self.peer_host in self.service.bans
+        return self.ban_key in self.service.bans
 
     def held_elsewhere(self, name: str) -> bool:
         """Is ``name`` logged in on this port from another address (the seed's association)?"""
