@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -525,9 +526,25 @@ class Instant:
         return defer.succeed(verifier == "v:" + digest)
 
 
-def new_chatroom() -> ChatroomFactory:
+class Gated(Instant):
+    """Checks passwords only when the test says so."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def check(self, verifier, digest):
+        self.waiting.append((defer.Deferred(), verifier == "v:" + digest))
+        return self.waiting[-1][0]
+
+    def release(self):
+        waiting, self.waiting = self.waiting, []
+        for d, result in waiting:
+            d.callback(result)
+
+
+def new_chatroom(hasher=None) -> ChatroomFactory:
     clock = MemoryReactorClock()
-    service = ChatService(MemoryStore(), Instant(), clock)
+    service = ChatService(MemoryStore(), hasher or Instant(), clock)
     service.startService()
     for name in ("alice", "bob"):
         service.register(name, "pw")
@@ -604,6 +621,24 @@ def test_an_unterminated_request_is_answered_once_the_client_falls_quiet(chatroo
     chatroom.clock.advance(1)
     assert transport.value() == b"{}"
     assert transport.disconnecting
+
+
+def test_a_client_gone_while_its_password_is_checked_is_not_logged_in():
+    hasher = Gated()
+    chatroom = new_chatroom(hasher)
+    service = chatroom.service
+    service.send_direct(service.user("bob"), "alice", "waiting")
+    auth = b'{"type": "auth", "username": "alice", "password": "pw"}\n'
+    connection, transport = connected(chatroom)
+    connection.dataReceived(auth)
+    connection.connectionLost(ConnectionDone())
+    hasher.release()
+    assert not service.is_online(service.user("alice"))
+
+    connection, transport = connected(chatroom)
+    connection.dataReceived(auth)
+    hasher.release()
+    assert transport.value() == b'{"result": "ok"}\n{"type": "message", "from": "bob", "msg": "waiting"}\n'
 
 
 def test_outbound_pushes_are_bounded_in_number_and_time():

@@ -519,6 +519,9 @@ class ChatroomConnection(ChatConnection):
             return FAIL
         pending = await self.factory.take_pending(user)
         if port is None:
+            if self._closing:  # the client left while we checked: nobody to log in
+                self.factory.requeue(user, *pending)
+                return FAIL
             session = self.login(user)
             self.login_wire = wire
             self._alive = self.clock.callLater(self.factory.alive_timeout, self._alive_expired)
@@ -596,7 +599,6 @@ class ChatroomConnection(ChatConnection):
         return {"result": "ok", "ip": login.host, "port": str(login.port)}
 
 
-
 REQUESTS = frozenset({"auth", "message", "broadcast", "online", "block", "unblock", "logout", "address",
                       "alive"})
 
@@ -663,13 +665,14 @@ class ChatroomFactory(ChatFactory):
 
     # messages whose push failed wait here for the user's next chat-room login
 
-    def requeue(self, user: User, message: Message):
+    def requeue(self, user: User, *messages: Message):
         kept = self._requeued.setdefault(user.id, [])
-        if len(kept) >= REQUEUE_LIMIT:
-            log.warn("chat-room: too many undelivered pushes for {user}, message {id} dropped",
-                     user=user.username, id=message.id)
-            return
-        kept.append(message)
+        for message in messages:
+            if len(kept) >= REQUEUE_LIMIT:
+                log.warn("chat-room: too many undelivered pushes for {user}, message {id} dropped",
+                         user=user.username, id=message.id)
+                continue
+            kept.append(message)
 
     async def take_pending(self, user: User) -> list[Message]:
         kept = self._requeued.pop(user.id, [])
