@@ -102,7 +102,12 @@ class BanFile(service.Service):
 
     def startService(self):
         super().startService()
-        self.chat.when_ready().addCallback(lambda _: self._loop.start(self.interval, now=True))
+        ready = self.chat.when_ready()
+        ready.addCallbacks(self._start_looking, lambda _: None)  # the service logs a failed start
+
+    def _start_looking(self, _):
+        if self.running and not self._loop.running:
+            self._loop.start(self.interval, now=True)
 
     def stopService(self):
         super().stopService()
@@ -112,7 +117,8 @@ class BanFile(service.Service):
     def check(self) -> defer.Deferred:
         """Apply the file if it changed since the last look; never stops the loop on failure."""
         d = defer.maybeDeferred(self._apply)
-        d.addErrback(lambda f: log.failure("cannot apply the ban file {path}", f, path=self.path))
+        d.addErrback(lambda f: log.error("cannot apply the ban file {path}: {why}", path=self.path,
+                                         why=f.getErrorMessage()))
         return d
 
     @defer.inlineCallbacks
@@ -135,5 +141,5 @@ class BanFile(service.Service):
                                   consumeErrors=True)
         self._seen = content
         if added or lifted:
-            log.info("ban file {path}: {added} banned, {lifted} lifted", path=self.path,
-                     added=len(added), lifted=len(lifted))
+            log.info("ban file {path}: banned {added}, lifted {lifted}", path=self.path,
+                     added=" ".join(sorted(added)) or "-", lifted=" ".join(sorted(lifted)) or "-")

@@ -89,20 +89,6 @@ def joined(name, online=True):
     return {"type": "user_notification", "user": name, "status": "true" if online else "false"}
 
 
-@pytest.fixture
-def failures():
-    """Every failure logged while the test runs: bad input must never produce one."""
-    found = []
-
-    def observe(event):
-        if "log_failure" in event:
-            found.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield found
-    globalLogPublisher.removeObserver(observe)
-
-
 @pytest_twisted.ensureDeferred
 async def test_register_and_login_handshakes(daemon):
     carol = await guest(daemon, "carol")
@@ -314,7 +300,8 @@ async def test_one_account_on_the_salted_and_the_skype_ports(daemon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_input_gets_an_error_and_loses_nothing(daemon, failures):
+async def test_bad_input_gets_an_error_and_loses_nothing(daemon):
+    """No traceback either: the autouse ``no_tracebacks`` fixture fails any test that logs one."""
     alice = await register(daemon, "alice")
     bob = await guest(daemon, "bob")
     assert await alice.receive() == joined("bob")
@@ -341,7 +328,6 @@ async def test_bad_input_gets_an_error_and_loses_nothing(daemon, failures):
         assert await bob.receive() == {"type": "error", "message": message}
     assert await bob.receive() == {"type": "message", "from": "bob", "message": "after the noise"}
     assert await alice.receive() == {"type": "message", "from": "bob", "message": "after the noise"}
-    assert failures == []
 
 
 @pytest_twisted.ensureDeferred
@@ -435,3 +421,24 @@ def test_ipv4_mapped_peers_are_banned_by_their_ipv4_address():
     assert ban_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert ban_key("2001:db8::0001") == "2001:db8::1"
     assert ban_key("127.0.0.1") == "127.0.0.1"
+
+
+@pytest.mark.allow_log_errors
+@pytest_twisted.ensureDeferred
+async def test_an_unreadable_ban_file_is_reported_and_the_bans_stay(daemon, tmp_path):
+    errors_logged = []
+    globalLogPublisher.addObserver(errors_logged.append)
+    path = tmp_path / "bans.txt"
+    path.write_text(f"{OTHER_HOST}\n")
+    watcher = BanFile(daemon.chat, str(path), task.Clock(), interval=2)
+    watcher.startService()
+    try:
+        path.unlink()
+        path.mkdir()  # unreadable as a file, even for root
+        await watcher.check()
+    finally:
+        watcher.stopService()
+        globalLogPublisher.removeObserver(errors_logged.append)
+    assert daemon.chat.bans == {OTHER_HOST}
+    assert [e for e in errors_logged if "log_failure" in e] == []
+    assert any("cannot apply the ban file" in e.get("log_format", "") for e in errors_logged)
