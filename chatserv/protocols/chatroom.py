@@ -196,6 +196,18 @@ class PushClient(protocol.Protocol):
             self.answer.callback(answer)
 
 
+class OnePush(protocol.Factory):
+    """Hands the endpoint the one client of a push (and, unlike ``connectProtocol``, logs nothing)."""
+
+    noisy = False
+
+    def __init__(self, client: PushClient):
+        self.client = client
+
+    def buildProtocol(self, addr):
+        return self.client
+
+
 class Pusher:
     """Outbound pushes, bounded in time (connect and answer timeouts) and in number (at most
     ``limit`` at once, ``backlog`` waiting; beyond that a push is dropped with a log line)."""
@@ -221,7 +233,7 @@ class Pusher:
         endpoint = endpoint_type(self.reactor, host, port, timeout=self.timeout)
         client = PushClient(payload, first_chunk, self.max_answer)
         try:
-            await endpoints.connectProtocol(endpoint, client).addTimeout(self.timeout, self.reactor)
+            await endpoint.connect(OnePush(client)).addTimeout(self.timeout, self.reactor)
         except Exception as exc:  # refused, unreachable, timed out: all the same to the caller
             raise PushFailed(f"cannot connect ({exc.__class__.__name__})") from None
         try:
