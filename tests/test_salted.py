@@ -6,7 +6,9 @@ import json
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, reactor, task
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -18,6 +20,8 @@ from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LineFramer
 from chatserv.protocols.salted import SaltedFactory
+from chatserv.service import ChatService
+from chatserv.store.memory import MemoryStore
 from tests.support import Daemon, FrameClient, connect
 
 OTHER_HOST = "127.0.0.2"  # a second loopback address: "another machine" for IP checks
@@ -442,3 +446,48 @@ async def test_an_unreadable_ban_file_is_reported_and_the_bans_stay(daemon, tmp_
     assert daemon.chat.bans == {OTHER_HOST}
     assert [e for e in errors_logged if "log_failure" in e] == []
     assert any("cannot apply the ban file" in e.get("log_format", "") for e in errors_logged)
+
+
+class InstantHasher:
+    """A hasher that costs nothing, so a whole session runs inside ``dataReceived``."""
+
+    def make_verifier(self, digest):
+        return defer.succeed("v:" + digest)
+
+    def check(self, verifier, digest):
+        return defer.succeed(verifier == "v:" + digest)
+
+
+REQUEST_TYPES = ["message", "userlist", "guest", "salt", "login", "register", "disconnect", "typing", "x"]
+FIELDS = ["type", "user", "message", "onlinetype", "password", "status", "salt", "version"]
+VALUES = st.one_of(
+    st.sampled_from([*REQUEST_TYPES, "alice", "bob", "true", "false", "1.0", "ALICE_DIGEST"]),
+    st.text(max_size=8), st.integers(), st.floats(), st.none(), st.booleans(),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+REPLY_TYPES = {"error", "salt", "login", "register_status", "username_register_status", "username_taken",
+               "userlist", "message", "typing", "user_notification", "outdated_client"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=48).filter(lambda line: b"\n" not in line),
+    st.dictionaries(st.sampled_from(FIELDS), VALUES).map(lambda d: json.dumps(d).encode()),
+), min_size=1, max_size=10))
+def test_any_lines_get_json_answers_in_order_and_no_failure(lines):
+    clock = task.Clock()
+    chat = ChatService(MemoryStore(), InstantHasher(), clock)
+    chat.startService()
+    chat.register("alice", "pw")
+    digest = password_digest(chat.salt_for("alice"), "pw").encode()
+    factory = SaltedFactory(chat, ConnectionTracker(clock), Limits(), clock, {"salted-min-version": "0.5"})
+    connection = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    connection.makeConnection(transport)
+    last = b'{"type":"teleport"}'  # answered alike before and after login
+    lines = [line.replace(b"ALICE_DIGEST", digest) for line in [*lines, last]]
+    connection.dataReceived(b"".join(line + b"\n" for line in lines))
+    answers = [json.loads(line) for line in transport.value().splitlines()]
+    assert {answer["type"] for answer in answers} <= REPLY_TYPES
+    if not transport.disconnecting:  # disconnect, failed logins or an old version may close it
+        assert answers[-1] == {"type": "error", "message": "unknown type 'teleport'"}
