@@ -78,7 +78,7 @@ class Options(usage.Options):
             ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
              float],
             ["chatroom-push-limit", None, 32, "seed 001: outbound pushes at once", int],
-            ["chatroom-push-backlog", None, 1000, "seed 001: pushes waiting before more are dropped", int],
+            ["chatroom-push-backlog", None, 10000, "seed 001: pushes waiting before more are dropped", int],
             ["chatroom-consent-timeout", None, 30.0, "seed 001: seconds a user has to consent to `address`",
              float],
             ["irc-flood-rate", None, 5.0, "IRC: commands per second once the burst is spent (0: no limit)",

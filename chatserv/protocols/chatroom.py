@@ -164,6 +164,10 @@ class PushFailed(Exception):
     """A push was dropped, refused, or got no answer in time."""
 
 
+class PushDropped(PushFailed):
+    """A push found too many waiting (the ``Pusher`` logs these, not each one)."""
+
+
 class PushClient(protocol.Protocol):
     """Writes one push and takes the client's answer: a line, or (``first_chunk``) the first
     bytes the real client writes, or whatever came before the client closed."""
@@ -218,13 +222,18 @@ class Pusher:
         self.backlog = backlog
         self.max_answer = max_answer
         self._slots = defer.DeferredSemaphore(max(1, limit))
+        self.dropped = 0  # since the backlog last filled up
 
     def push(self, host: str, port: int, payload: bytes, *, first_chunk=False, wait=None) -> defer.Deferred:
         """Deferred[bytes]: the client's answer; PushFailed if none came in time."""
         if len(self._slots.waiting) >= self.backlog:
-            log.warn("chat-room: push to {host}:{port} dropped, {n} pushes waiting", host=host, port=port,
-                     n=len(self._slots.waiting))
-            return defer.fail(PushFailed("too many pushes waiting"))
+            if not self.dropped:
+                log.warn("chat-room: {n} pushes waiting, dropping more until some are done", n=self.backlog)
+            self.dropped += 1
+            return defer.fail(PushDropped("too many pushes waiting"))
+        if self.dropped:
+            log.warn("chat-room: {n} pushes were dropped", n=self.dropped)
+            self.dropped = 0
         return self._slots.run(lambda: defer.Deferred.fromCoroutine(
             self._push(host, port, payload, first_chunk, wait or self.timeout)))
 
@@ -345,7 +354,9 @@ class CallbackLogin:
 
     def _push_failed(self, failure, push: QueuedPush | None = None) -> None:
         """Log why a push did not reach the client, and keep its message; None: no answer."""
-        if failure.check(PushFailed):
+        if failure.check(PushDropped):
+            pass  # counted by the pusher
+        elif failure.check(PushFailed):
             log.info("chat-room: push to {user} at {host}:{port} failed: {why}", user=self.user.username,
                      host=self.host, port=self.port, why=failure.getErrorMessage())
         else:
@@ -624,7 +635,7 @@ class ChatroomFactory(ChatFactory):
         self.alive_timeout = float(option("alive-timeout", 60.0))
         self.consent_timeout = float(option("chatroom-consent-timeout", 30.0))
         self.pusher = Pusher(clock, int(option("chatroom-push-limit", 32)),
-                             int(option("chatroom-push-backlog", 1000)),
+                             int(option("chatroom-push-backlog", 10000)),
                              float(option("chatroom-push-timeout", 5.0)), limits.max_line)
         self.callbacks: dict[int, CallbackLogin] = {}
         self._peers: dict[int, set[int]] = collections.defaultdict(set)
