@@ -33,6 +33,7 @@ from chatserv.protocols.framing import LineFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
+from tests.test_irc import bot as irc_bot
 from tests.test_rooms import logged_in as rooms_user
 from tests.test_salted import log_in as salted_log_in
 
@@ -511,6 +512,27 @@ async def test_personal_messages_between_the_chat_room_and_the_rooms_port(daemon
         "result": OFFLINE.format("bob")}
     inbox = await bob.call(12, ["bob"])
     assert [(entry["From"], entry["Message"]) for entry in inbox] == [("alice", "from the chat-room")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_room_and_irc_talk_in_the_lobby_and_in_private(daemon):
+    await users(daemon, "alice", "dave")
+    alice_port = await listener()
+    await kv_login(daemon, "alice", alice_port.port)
+    dave = await irc_bot(daemon, "dave", "pw")
+    dave.join("#lobby")
+    await dave.hear("joined")
+
+    assert await kv(daemon, "type:broadcast:from:alice:msg:hello irc") == {"result": "ok"}
+    assert await dave.hear("privmsg") == ("privmsg", "alice", "#lobby", "hello irc")
+    dave.msg("#lobby", "hello chat-room")
+    assert await alice_port.next() == {"type": "message", "from": "dave", "msg": "hello chat-room",
+                                       "to": "alice"}
+
+    assert await kv(daemon, "type:message:from:alice:to:dave:msg:just you") == {"result": "ok"}
+    assert await dave.hear("privmsg") == ("privmsg", "alice", "dave", "just you")
+    dave.msg("alice", "and you")
+    assert await alice_port.next() == {"type": "message", "from": "dave", "msg": "and you"}
 
 
 # units: the timers and bounds, on a clock the test moves
