@@ -7,7 +7,7 @@ import json
 
 import pytest
 import pytest_twisted
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.address import IPv4Address
@@ -698,6 +698,7 @@ LINES = st.one_of(
 ).filter(lambda line: b"\n" not in line)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(LINES, min_size=1, max_size=8))
 def test_every_line_gets_one_answer_and_no_failure(lines):
     failures = []

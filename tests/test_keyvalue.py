@@ -1,7 +1,7 @@
 """The seed 001 key:value codec, against the real client's own lines."""
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatserv.protocols import keyvalue
@@ -34,6 +34,7 @@ def test_a_dangling_escape_is_refused():
         keyvalue.parse("type:online\\")
 
 
+@settings(deadline=None)
 @given(st.dictionaries(st.text(), st.text()))
 def test_serialise_then_parse_gives_the_same_pairs(pairs):
     assert keyvalue.parse(keyvalue.serialise(pairs)) == pairs
