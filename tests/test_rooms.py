@@ -19,6 +19,8 @@ from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LiteralFramer
 from chatserv.protocols.rooms import GREETING, REQUESTS, RoomsFactory, names_that_fit, newest_that_fit, size
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
+from tests.test_irc import bot as irc_bot
+from tests.test_irc import until as irc_until
 from tests.test_salted import register as salted_register
 
 NUMBERS = {name: number for number, name in enumerate(REQUESTS, start=1)}
@@ -207,6 +209,35 @@ async def test_the_lobby_is_shared_live_with_the_salted_port(daemon):
         ("alice", "hello from the rooms port"), ("erin", "hello back")]
     assert await alice.call(10, ["alice", "lobby"]) == ["alice", "erin"]
     assert await (await rooms_client(daemon)).call("login", ["erin", "pw"]) == [None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_are_irc_channels_and_personal_messages_cross_both_ways(daemon):
+    alice = await logged_in(daemon, "alice")
+    assert await alice.call(3, ["den", "alice"]) == ["OK"]
+    await daemon.chat.register("bob", "pw")
+    bob = await irc_bot(daemon, "bob", "pw")
+    bob.join("#den")
+    assert await bob.hear("names") == ("names", "#den", ["@alice", "bob"])
+    assert await alice.call(8, ["alice", "den", "hello IRC"]) == ["OK"]
+    assert await bob.hear("privmsg") == ("privmsg", "alice", "#den", "hello IRC")
+    bob.msg("#den", "hello rooms port")
+    bob.msg("alice", "psst, alice")
+    await bob.sync()
+    assert [(e["From"], e["Message"]) for e in await alice.call(9, ["alice", "den"])] == [
+        ("alice", "hello IRC"), ("bob", "hello rooms port")]
+    assert [(e["From"], e["Message"]) for e in await alice.call(12, ["alice"])] == [("bob", "psst, alice")]
+    assert await alice.call(10, ["alice", "den"]) == ["alice", "bob"]
+    assert await alice.call(11, ["alice", "bob", "psst, bob"]) == ["OK"]
+    assert await bob.hear("privmsg") == ("privmsg", "alice", "bob", "psst, bob")
+
+    bob.msg("alice", "unread here")  # alice is online only on this port: it waits for IRC
+    await bob.sync()
+    alice_on_irc = await connect(daemon.port("irc"))
+    alice_on_irc.send(b"PASS pw", b"NICK alice", b"USER a 0 * :A")
+    lines = await irc_until(alice_on_irc, b"unread here")
+    assert b":alice!alice@chatserv JOIN #den" in lines
+    assert not any(b"psst, alice" in line for line in lines)  # read here: not handed over again
 
 
 @pytest_twisted.ensureDeferred
