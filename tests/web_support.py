@@ -22,7 +22,7 @@ def base_url(daemon) -> str:
 
 async def call(daemon, path, method="GET", *, params=None, data=None, json_body=None, raw=None,
                headers=None):
-    """One request; returns (status, decoded JSON body, or the text when it is not JSON)."""
+    """One request; returns (status, the decoded JSON body, or the text when it is not JSON)."""
     kwargs = {"params": params, "headers": headers}
     if data is not None:
         kwargs["data"] = data
@@ -32,10 +32,9 @@ async def call(daemon, path, method="GET", *, params=None, data=None, json_body=
         kwargs["data"] = raw
     response = await treq.request(method, base_url(daemon) + path, **kwargs).addTimeout(TIMEOUT, reactor)
     body = await treq.content(response)
-    try:
+    if response.headers.getRawHeaders("content-type", [""])[0].startswith("application/json"):
         return response.code, json.loads(body)
-    except ValueError:
-        return response.code, body.decode()
+    return response.code, body.decode()
 
 
 async def register_and_login(daemon, username, password="pw") -> dict:

@@ -75,7 +75,7 @@ class WebSite(server.Site):
         self.clock = clock
         self.max_body = options["web-max-body"]
         self.counters = collections.Counter()
-        self.web_sessions = WebSessions(service, clock, options["web-session-ttl"])
+        self.web_sessions = WebSessions(clock, options["web-session-ttl"])
         self.engine = EngineServer(
             clock, self._socket_opened, ping_interval=options["web-ping-interval"],
             ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,

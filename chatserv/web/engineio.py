@@ -230,9 +230,11 @@ class EngineSocket:
         for websocket in (self.websocket, self.probe):
             if websocket is not None:
                 websocket.sendClose(1000)
-        if self._poll is not None and not say_goodbye:
-            request, self._poll = self._poll, None
-            write_text(request, CLOSE_PACKET)
+        if not say_goodbye:
+            self._outbox.clear()
+            if self._poll is not None:
+                request, self._poll = self._poll, None
+                write_text(request, CLOSE_PACKET)
         if not self._outbox or self.websocket is not None:
             self.server.forget(self)
         else:
@@ -311,8 +313,10 @@ class EngineServer:
         factory = WebSocketServerFactory()
         factory.protocol = EngineWebSocket
         factory.engine = self
+        # failByDrop off: an oversized frame gets a close frame (1009) before the connection ends.
         factory.setProtocolOptions(maxFramePayloadSize=max_payload, maxMessagePayloadSize=max_payload,
-                                   openHandshakeTimeout=ping_timeout, closeHandshakeTimeout=5)
+                                   openHandshakeTimeout=ping_timeout, closeHandshakeTimeout=5,
+                                   failByDrop=False)
         self.resource = EngineResource(self, WebSocketResource(factory))
 
     def _new_socket(self) -> EngineSocket:

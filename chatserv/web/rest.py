@@ -130,7 +130,7 @@ class WebAPI:
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
         user = await self.service.authenticate(username, password)
-        session = self.sessions.start(user, getattr(request.getClientAddress(), "host", ""))
+        session = self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 
     @app.route("/logout", methods=BOTH)

@@ -1,42 +1,34 @@
-"""REST session IDs: unguessable tokens, each one a service session, that expire and die at logout.
+"""REST session IDs: unguessable tokens that expire unused and die at logout.
 
 A session ID is what ``/login`` hands out and what every later REST call and every
-Socket.IO connection names. It is a service session in its own right (``accepts_direct``
-off: direct messages reach the user's sockets, or wait in the inbox for them), so the user
-is online while they hold one. It expires ``ttl`` seconds after its last use, but never
-while a socket opened with it is still connected.
+Socket.IO connection names. It proves who the caller is; it does not by itself make the
+user online. Seed 004 ties presence to the socket: connect says "online" to the user's
+contacts and disconnect says "offline", so each Socket.IO connection is the service session
+(one per connection, DESIGN.md). Were the ID a service session too, a user who closed the
+page would look online on every port until the ID expired, and no contact would ever hear
+the connect or disconnect. An ID expires ``ttl`` seconds after its last use, but never
+while a socket opened with it is connected; logging out disconnects those sockets.
 """
 
 from __future__ import annotations
 
 import secrets
 
-from zope.interface import implementer
-
 from chatserv import errors, events
-from chatserv.service import ChatService, ISink, Session
-
-PROTOCOL = "web"
+from chatserv.model import User
 
 
 class InvalidSession(errors.NotLoggedIn):
     """The session ID is missing, forged, expired or logged out."""
 
 
-@implementer(ISink)
 class WebSession:
-    def __init__(self, sessions: WebSessions, token: str, user):
+    def __init__(self, sessions: WebSessions, token: str, user: User):
         self.sessions = sessions
         self.token = token
         self.user = user
         self.sockets: set = set()  # Socket.IO connections opened with this session ID
-        self.service_session: Session | None = None
         self._expiry = None
-
-    def deliver(self, event):
-        """ISink: a REST session has no live wire; only being kicked matters to it."""
-        if isinstance(event, events.Kicked):
-            self.sessions.end(self)
 
     def touch(self):
         if self._expiry is not None and self._expiry.active():
@@ -60,8 +52,7 @@ class WebSession:
 class WebSessions:
     """The live session IDs of one web port."""
 
-    def __init__(self, service: ChatService, clock, ttl: float):
-        self.service = service
+    def __init__(self, clock, ttl: float):
         self.clock = clock
         self.ttl = ttl
         self._by_token: dict[str, WebSession] = {}
@@ -69,9 +60,8 @@ class WebSessions:
     def __len__(self):
         return len(self._by_token)
 
-    def start(self, user, address: str) -> WebSession:
+    def start(self, user: User) -> WebSession:
         session = WebSession(self, secrets.token_urlsafe(32), user)
-        session.service_session = self.service.attach(user, session, PROTOCOL, address, accepts_direct=False)
         self._by_token[session.token] = session
         session.touch()
         return session
@@ -92,7 +82,6 @@ class WebSessions:
         session.cancel_expiry()
         for socket in list(session.sockets):
             socket.deliver(events.Kicked("logged out"))
-        self.service.detach(session.service_session)
 
     def end_all(self):
         for session in list(self._by_token.values()):

@@ -21,10 +21,11 @@ from chatserv.protocols.base import BadRequest
 from chatserv.service import ISink
 from chatserv.web import api
 from chatserv.web.engineio import EngineSocket
-from chatserv.web.sessions import PROTOCOL, InvalidSession, WebSessions
+from chatserv.web.sessions import InvalidSession, WebSessions
 
 log = Logger()
 
+PROTOCOL = "web"
 NAMESPACE = "/"
 RENDER_KEY = "socket.io"
 
@@ -80,6 +81,8 @@ class SocketIOConnection:
         if self.closed:
             return
         try:
+            if not text:
+                raise ValueError("empty packet")
             packet = sio.Packet(encoded_packet=text)
         except (ValueError, TypeError, IndexError, RecursionError):
             self.close()

@@ -1,0 +1,233 @@
+"""Engine.IO and Socket.IO on the wire, byte by byte: handshakes, timeouts and broken input."""
+
+import json
+
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.web.test.requesthelper import DummyRequest
+
+from chatserv.web.engineio import EngineServer
+from tests.support import TIMEOUT
+from tests.web_support import call, register_and_login
+
+EIO = "/socket.io/"
+
+
+def polling(**params):
+    return {"EIO": "4", "transport": "polling", **params}
+
+
+async def handshake(daemon, **params) -> dict:
+    code, text = await call(daemon, EIO, params=polling(**params))
+    assert code == 200 and text.startswith("0{")
+    return json.loads(text[1:])
+
+
+async def poll(daemon, sid) -> list[str]:
+    code, text = await call(daemon, EIO, params=polling(sid=sid))
+    assert code == 200, text
+    return text.split("\x1e")
+
+
+async def poll_until(daemon, sid, last: str) -> list[str]:
+    """Packets from as many polls as it takes until one starts with ``last``."""
+    packets = []
+    while not any(p.startswith(last) for p in packets):
+        packets += await poll(daemon, sid)
+    return packets
+
+
+async def post(daemon, sid, *packets: str, raw=None):
+    return await call(daemon, EIO, "POST", params=polling(sid=sid),
+                      raw=raw if raw is not None else "\x1e".join(packets).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_polling_handshake_and_a_socketio_connect(daemon):
+    alice = await register_and_login(daemon, "alice")
+    opened = await handshake(daemon, sessionID=alice["sessionID"])
+    assert set(opened) == {"sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"}
+    assert (opened["upgrades"], opened["pingInterval"], opened["pingTimeout"]) == (
+        ["websocket"], 25000, 20000)
+    assert await post(daemon, opened["sid"], "40") == (200, "ok")
+    [connected] = await poll(daemon, opened["sid"])
+    assert connected == '40{"sid":"' + opened["sid"] + '"}'
+    to_myself = '421["send_message",{"recipient_id":1,"content":"me"}]'
+    assert await post(daemon, opened["sid"], to_myself) == (200, "ok")
+    packets = await poll_until(daemon, opened["sid"], "431")
+    assert packets[0].startswith('42["new_message",{"message_id":1,')
+    assert packets[1] == '431[{"message_id":1}]'
+    assert await post(daemon, opened["sid"], "41") == (200, "ok")  # the client leaves
+    assert await poll(daemon, opened["sid"]) == ["1"]
+    assert not daemon.chat.is_online(daemon.chat.user("alice"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_needs_a_live_session_id(daemon):
+    alice = await register_and_login(daemon, "alice")
+    sid = (await handshake(daemon, sessionID="forged"))["sid"]
+    await post(daemon, sid, "40")
+    assert await poll(daemon, sid) == ['44{"message":"Invalid session"}']
+    await post(daemon, sid, "40" + json.dumps({"sessionID": alice["sessionID"]}))  # auth payload is enough
+    assert (await poll(daemon, sid))[0].startswith('40{"sid":')
+    sid = (await handshake(daemon, sessionID=alice["sessionID"]))["sid"]
+    await post(daemon, sid, "40/admin,")
+    assert await poll(daemon, sid) == ['44/admin,{"message":"Invalid namespace"}']
+    await post(daemon, sid, "42[\"send_message\",{}]")  # not connected: ignored, as Socket.IO does
+    await post(daemon, sid, "40")
+    assert (await poll(daemon, sid))[0].startswith("40")
+
+
+@pytest_twisted.ensureDeferred
+async def test_engineio_requests_that_make_no_sense_get_its_own_400s(daemon):
+    assert await call(daemon, EIO, params={"EIO": "3", "transport": "polling"}) == (
+        400, {"code": 5, "message": "Unsupported protocol version"})
+    assert await call(daemon, EIO, params={"EIO": "4", "transport": "pigeon"}) == (
+        400, {"code": 0, "message": "Transport unknown"})
+    assert await call(daemon, EIO, params=polling(sid="forged")) == (
+        400, {"code": 1, "message": "Session ID unknown"})
+    assert await call(daemon, EIO, "POST", params=polling(), raw=b"40") == (
+        400, {"code": 2, "message": "Bad handshake method"})
+    assert await call(daemon, EIO, "POST", params={"EIO": "4", "transport": "websocket"}) == (
+        400, {"code": 2, "message": "Bad handshake method"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_packets_close_only_their_own_session(daemon):
+    alice = await register_and_login(daemon, "alice")
+    survivor = (await handshake(daemon, sessionID=alice["sessionID"]))["sid"]
+    await post(daemon, survivor, "40")
+    await poll(daemon, survivor)
+    broken = [
+        ("9oops",), ("",), ("bAAAA",), ("4",), ("4{}",), ("0",), ("40", "42["), ("40", "42{}"),
+        ("40", "43[]"), ("40", "42" + "[" * 5000), ("40", "451-[\"x\",{\"_placeholder\":true,\"num\":0}]"),
+    ]
+    for packets in broken:
+        sid = (await handshake(daemon, sessionID=alice["sessionID"]))["sid"]
+        code, _ = await post(daemon, sid, *packets)
+        answer = await call(daemon, EIO, params=polling(sid=sid))
+        goodbye = '40{"sid":"' + sid + '"}\x1e41\x1e1'  # connected, then told to leave
+        assert code in (200, 400) and answer in (
+            (200, "1"), (200, goodbye), (400, {"code": 1, "message": "Session ID unknown"})), packets
+    sid = (await handshake(daemon))["sid"]
+    assert await post(daemon, sid, raw=b"\xff\xfe") == (400, {"code": 3, "message": "Bad request"})
+    # The other session never noticed.
+    await post(daemon, survivor, '42["send_message",{"recipient_id":1,"content":"still here"}]')
+    assert (await poll(daemon, survivor))[0].startswith('42["new_message"')
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_polling_body_is_refused(daemon):
+    sid = (await handshake(daemon))["sid"]
+    assert await post(daemon, sid, raw=b"4" + b"x" * 70000) == (413, {"error": "request body too large"})
+
+
+class RawWebSocket(WebSocketClientProtocol):
+    def __init__(self):
+        super().__init__()
+        self.messages = defer.DeferredQueue()
+        self.closed = defer.Deferred()
+
+    def onMessage(self, payload, isBinary):
+        self.messages.put(payload.decode())
+
+    def onClose(self, wasClean, code, reason):
+        if not self.closed.called:
+            self.closed.callback(code)
+
+    def receive(self):
+        return self.messages.get().addTimeout(TIMEOUT, reactor)
+
+
+async def websocket(daemon, query: str, opened=True) -> RawWebSocket:
+    url = f"ws://127.0.0.1:{daemon.port('web')}{EIO}?EIO=4&transport=websocket&{query}"
+    factory = WebSocketClientFactory(url)
+    factory.protocol = RawWebSocket
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port("web"))
+    client = await endpoint.connect(factory)
+    if opened:
+        await client.is_open.addTimeout(TIMEOUT, reactor)
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_only_session_and_its_broken_frames(daemon):
+    alice = await register_and_login(daemon, "alice")
+    client = await websocket(daemon, f"sessionID={alice['sessionID']}")
+    opened = await client.receive()
+    assert opened.startswith("0{") and json.loads(opened[1:])["upgrades"] == []
+    client.sendMessage(b"40")
+    assert (await client.receive()).startswith('40{"sid":')
+    client.sendMessage(b"4" + b"x" * 70000)  # over the bound: autobahn closes with "message too big"
+    assert await client.closed.addTimeout(TIMEOUT, reactor) == 1009
+    for frame, binary in ((b"zz", False), (b"\x00\x01", True), (b"2probe", False)):
+        client = await websocket(daemon, f"sessionID={alice['sessionID']}")
+        await client.receive()
+        client.sendMessage(frame, isBinary=binary)
+        await client.closed.addTimeout(TIMEOUT, reactor)
+    assert not daemon.chat.is_online(daemon.chat.user("alice"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upgrade_dance_by_hand(daemon):
+    alice = await register_and_login(daemon, "alice")
+    sid = (await handshake(daemon, sessionID=alice["sessionID"]))["sid"]
+    await post(daemon, sid, "40")
+    await poll(daemon, sid)
+    waiting = defer.ensureDeferred(call(daemon, EIO, params=polling(sid=sid)))  # the upgrade releases it
+    client = await websocket(daemon, f"sid={sid}")
+    client.sendMessage(b"2probe")
+    assert await client.receive() == "3probe"
+    assert await waiting == (200, "6")
+    client.sendMessage(b"5")
+    client.sendMessage(b'42["send_message",{"recipient_id":1,"content":"over ws"}]')
+    assert (await client.receive()).startswith('42["new_message"')
+    assert await call(daemon, EIO, params=polling(sid=sid)) == (
+        400, {"code": 1, "message": "Session ID unknown"})  # polling is over for this sid
+    forged = await websocket(daemon, "sid=forged", opened=False)
+    await forged.closed.addTimeout(TIMEOUT, reactor)  # refused in the handshake, before any packet
+    assert not forged.is_open.called and not forged.messages.pending
+
+
+class Handler:
+    def __init__(self):
+        self.messages, self.lost_reason = [], None
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def lost(self, reason):
+        self.lost_reason = reason
+
+
+def engine(clock, handler):
+    return EngineServer(clock, lambda socket, query, address: handler, ping_interval=25, ping_timeout=20,
+                        max_payload=1000, send_queue=1000)
+
+
+def test_an_unanswered_ping_closes_the_session_and_a_pong_keeps_it():
+    clock, handler = task.Clock(), Handler()
+    server = engine(clock, handler)
+    socket = server.open(None, {}, "127.0.0.1")
+    request = DummyRequest([b""])
+    socket.poll(request)
+    assert request.written[0].startswith(b"0{")
+    clock.advance(25)
+    socket.poll(request := DummyRequest([b""]))
+    assert request.written == [b"2"]
+    clock.advance(19)
+    socket.receive("3")
+    clock.advance(25)  # the next ping
+    clock.advance(19)
+    assert handler.lost_reason is None
+    clock.advance(1)
+    assert handler.lost_reason == "ping timeout" and socket.sid not in server.sessions
+
+
+def test_a_reader_that_never_polls_is_let_go():
+    clock, handler = task.Clock(), Handler()
+    socket = engine(clock, handler).open(None, {}, "127.0.0.1")
+    for _ in range(30):
+        socket.send("x" * 30)
+    assert handler.lost_reason == "slow reader"
