@@ -107,13 +107,25 @@ class PushListener(protocol.Factory):
         return keyvalue.parse((await self.raw()).decode())
 
 
+LISTENING: list[PushListener] = []
+
+
 async def listener(**options) -> PushListener:
-    return await PushListener(**options).start()
+    LISTENING.append(await PushListener(**options).start())
+    return LISTENING[-1]
+
+
+@pytest_twisted.async_yield_fixture(autouse=True)
+async def stop_listening():
+    """Push listeners live as long as their test."""
+    yield
+    while LISTENING:
+        await LISTENING.pop().listening.stopListening()
 
 
 async def refusing_port() -> int:
     """A port where nobody listens any more."""
-    started = await listener()
+    started = await PushListener().start()
     await started.listening.stopListening()
     return started.port
 
