@@ -4,7 +4,7 @@ import ast
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatserv.protocols.framing import FrameError, LiteralFramer
@@ -131,6 +131,7 @@ literals = containers(st.recursive(scalars, containers, max_leaves=12))
 separators = st.sampled_from(["", "", " ", "\n", "\r\n\t", "  # note ] [ ' \"\n"])
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(literals, separators), max_size=6), st.lists(st.integers(min_value=0), max_size=12))
 def test_any_split_of_a_stream_of_literals_gives_the_same_frames(items, cuts):
     stream = "".join(source + separator for (_, source), separator in items).encode()
@@ -140,6 +141,7 @@ def test_any_split_of_a_stream_of_literals_gives_the_same_frames(items, cuts):
         assert ast.literal_eval(frame.decode()) == value
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=40), max_size=20), st.integers(min_value=1, max_value=64))
 def test_garbage_never_raises_and_nothing_unbounded_is_kept(chunks, max_length):
     framer = LiteralFramer(max_length)
@@ -149,6 +151,7 @@ def test_garbage_never_raises_and_nothing_unbounded_is_kept(chunks, max_length):
         assert framer.buffered <= max_length
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from([b"[", b"]", b"'", b'"', b"'''", b"\\", b"\n", b"#", b" ", b"x", b"("]),
                 max_size=60), st.lists(st.integers(min_value=0), max_size=8))
 def test_tricky_bytes_give_the_same_frames_however_they_arrive(parts, cuts):

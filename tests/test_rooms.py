@@ -6,7 +6,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, reactor, threads
 from twisted.internet.address import IPv4Address
@@ -410,6 +410,7 @@ async def test_long_lists_are_trimmed_to_fit_with_a_last_entry_saying_how_many_m
     assert await alice.call(2, ["alice", "pw"]) == ["lobby"]
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.text(max_size=60), max_size=80), st.integers(min_value=200, max_value=2048))
 def test_trimmed_names_always_fit(names, budget):
     trimmed = names_that_fit(names, budget, "rooms")
@@ -425,6 +426,7 @@ messages = st.lists(st.builds(
     body=st.text(min_size=1, max_size=4096), sent_at=st.floats(min_value=0, max_value=4e9)), max_size=12)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages, st.integers(min_value=1, max_value=10))
 def test_message_replies_always_fit_and_count_what_they_leave_out(fetched, limit):
     entries, shown = newest_that_fit(fetched, limit)

@@ -151,6 +151,7 @@ class LiteralFramer:
         self._skipping = False  # the current frame is too long: scan to its end, keep nothing
 
     def encode(self, payload: bytes) -> bytes:
+        """Nothing to add: a reply is a literal too, delimited the same way."""
         return payload
 
     @property
