@@ -29,6 +29,15 @@ peers:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# Benchmarks (bench/run_all.py, under 5 minutes): chatserv beside twisted.words and ngIRCd on
+# loopback; writes bench/RESULTS.md. Installs py-spy (for the profiles) into the venv; ngIRCd
+# is Debian's ngircd package (not installed here: its package starts a daemon on 6667).
+bench: $(STAMP)
+	$(BIN)/pip install --quiet py-spy || echo "py-spy not installed: no profile"
+	@command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || \
+		echo "ngircd missing (apt-get install ngircd): the ngIRCd peer is skipped"
+	$(BIN)/python -m bench.run_all
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
