@@ -62,6 +62,9 @@ class Session:
     sink: object
     accepts_direct: bool = True
     watches_presence: bool = False
+    # Hears direct messages but they count as delivered only once it says so (mark_delivered):
+    # a wire whose pushes can fail (seed 001 connects to its client) leaves them in the inbox.
+    confirms_direct: bool = False
 
 
 class ChatService(service.Service):
@@ -277,10 +280,11 @@ class ChatService(service.Service):
     # sessions and presence
 
     def attach(self, user: User, sink, protocol: str, address: str = "", *,
-               accepts_direct: bool = True, watches_presence: bool = False) -> Session:
+               accepts_direct: bool = True, watches_presence: bool = False,
+               confirms_direct: bool = False) -> Session:
         """Register a live session; the first one of a user brings them online."""
         session = Session(next(self._session_ids), user, protocol, address, sink,
-                          accepts_direct, watches_presence)
+                          accepts_direct, watches_presence, confirms_direct)
         sessions = self._sessions.setdefault(user.id, [])
         sessions.append(session)
         if address:
@@ -549,12 +553,14 @@ class ChatService(service.Service):
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
         live = [s for s in self._sessions.get(recipient.id, ()) if s.accepts_direct]
+        confirming = [s for s in self._sessions.get(recipient.id, ())
+                      if s.confirms_direct and not s.accepts_direct]
         message = self._new_message(sender, body, kind, recipient_id=recipient.id,
                                     delivered=bool(live))
         await self.store.add_message(message)
         self.stats["messages"] += 1
         event = events.DirectMessage(message, sender, recipient)
-        for session in live:
+        for session in live + confirming:
             session.sink.deliver(event)
         if recipient.id != sender.id:
             for session in self._sessions.get(sender.id, ()):
@@ -622,6 +628,11 @@ class ChatService(service.Service):
         if waiting:
             await self.store.mark_delivered([m.id for m in waiting])
         return waiting
+
+    def undelivered(self, user: User, limit=1000) -> Deferred:
+        """Deferred[list[Message]]: direct messages still waiting for the user, oldest first, left
+        waiting: a session that confirms delivery marks each with ``mark_delivered``."""
+        return self.store.inbox(user.id, limit, undelivered_only=True)
 
     @deferred
     async def mark_delivered(self, user: User, messages: Iterable[Message]) -> None:

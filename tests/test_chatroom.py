@@ -437,6 +437,23 @@ async def test_push_targets_that_refuse_or_hang_lose_nothing():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_message_whose_push_failed_survives_a_restart(tmp_path):
+    daemon = await Daemon(str(tmp_path / "chat.sqlite3")).start()
+    try:
+        await users(daemon, "alice", "bob")
+        await kv_login(daemon, "bob", await refusing_port())
+        failed = logged("push to bob at 127.0.0.1")
+        assert await kv(daemon, "type:message:from:bob:to:bob:msg:note to self") == {"result": "ok"}
+        await failed
+        await daemon.restart()
+        bob_port = await listener()
+        await kv_login(daemon, "bob", bob_port.port)
+        assert await bob_port.next() == {"type": "message", "from": "bob", "msg": "note to self"}
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_input_gets_a_clear_answer(daemon):
     await users(daemon, "alice")
     client = await json_client(daemon)
@@ -655,6 +672,23 @@ def test_an_unterminated_request_is_answered_once_the_client_falls_quiet(chatroo
     chatroom.clock.advance(1)
     assert transport.value() == b"{}"
     assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_that_confirms_direct_messages_leaves_them_waiting_until_it_does():
+    """The service side of callback logins: heard at once, delivered only when confirmed."""
+    service = new_chatroom().service
+    alice, bob = service.user("alice"), service.user("bob")
+    heard = []
+    sink = type("Sink", (), {"deliver": lambda self, event: heard.append(event)})()
+    service.attach(bob, sink, "test", accepts_direct=False, confirms_direct=True)
+    message = await service.send_direct(alice, "bob", "confirm me")
+    assert [event.message for event in heard] == [message]
+    assert not message.delivered
+    assert await service.undelivered(bob) == [message]
+    assert await service.undelivered(bob) == [message]  # looking does not take them
+    await service.mark_delivered(bob, [message])
+    assert await service.undelivered(bob) == []
 
 
 def test_a_client_gone_while_its_password_is_checked_is_not_logged_in():

@@ -48,10 +48,9 @@ NO_ADDRESS = {"ip": "null", "port": "null"}
 # How long an unterminated request may sit before it is taken as complete (the real client
 # writes its whole request at once and then waits for the reply).
 UNTERMINATED_SETTLE = 0.2
-# Pushes waiting for one callback login before further ones are dropped (and logged).
+# Pushes waiting for one callback login before further ones are dropped (and logged); a direct
+# message whose push is dropped or fails stays in the inbox for the user's next login.
 LOGIN_PUSH_BACKLOG = 256
-# Messages kept for a user whose pushes failed, until their next chat-room login.
-REQUEUE_LIMIT = 1000
 
 ERRORS = ErrorTable({
     BadRequest: lambda exc: exc.message,
@@ -257,7 +256,7 @@ class Pusher:
 @attrs.define
 class QueuedPush:
     payload: bytes
-    message: Message | None = None  # a message to keep for later if this push fails
+    message: Message | None = None  # a direct message, marked delivered once the client answers
 
 
 @implementer(ISink)
@@ -276,7 +275,9 @@ class CallbackLogin:
         self._queue: collections.deque[QueuedPush] = collections.deque()
         self._sending = False
         self._stopped = False
-        self.session: Session = factory.service.attach(user, self, PROTOCOL, host, watches_presence=True)
+        self._heard: set[int] | None = set()  # direct messages pushed before the waiting ones are
+        self.session: Session = factory.service.attach(user, self, PROTOCOL, host, watches_presence=True,
+                                                       accepts_direct=False, confirms_direct=True)
         self._alive = factory.clock.callLater(factory.alive_timeout, self._expired)
 
     @property
@@ -289,9 +290,18 @@ class CallbackLogin:
         payload = render_push(event, self.wire, self.user, self.factory.is_peer)
         if payload is not None:
             message = event.message if isinstance(event, events.DirectMessage) else None
+            if message is not None and self._heard is not None:
+                self._heard.add(message.id)
             self.enqueue(QueuedPush(payload, message))
         if isinstance(event, events.Kicked):
             self.end()
+
+    def push_waiting(self, messages: list[Message]):
+        """Push the messages that waited for this login (those not pushed live meanwhile)."""
+        heard, self._heard = self._heard or set(), None
+        for message in messages:
+            if message.id not in heard:
+                self.enqueue(QueuedPush(message_push(self.wire, message), message))
 
     def touch(self):
         if self._alive.active():
@@ -335,7 +345,6 @@ class CallbackLogin:
         if len(self._queue) >= LOGIN_PUSH_BACKLOG:
             log.warn("chat-room: push to {user} dropped, {n} waiting", user=self.user.username,
                      n=len(self._queue))
-            self._lost(push)
             return
         self._queue.append(push)
         if not self._sending:
@@ -349,11 +358,17 @@ class CallbackLogin:
         push = self._queue.popleft()
         d = self.factory.pusher.push(self.host, self.port, push.payload + self.terminator,
                                      first_chunk=not self.terminator)
-        d.addErrback(self._push_failed, push)
+        d.addCallbacks(self._pushed, self._push_failed, callbackArgs=(push,))
         d.addBoth(self._send_next)
 
-    def _push_failed(self, failure, push: QueuedPush | None = None) -> None:
-        """Log why a push did not reach the client, and keep its message; None: no answer."""
+    def _pushed(self, answer, push: QueuedPush):
+        if push.message is not None and not push.message.delivered and not self._stopped:
+            marking = self.factory.service.mark_delivered(self.user, [push.message])
+            marking.addErrback(lambda failure: log.failure("chat-room: cannot mark a message delivered",
+                                                           failure))
+
+    def _push_failed(self, failure) -> None:
+        """Log why a push did not reach the client (a direct message stays waiting); None: no answer."""
         if failure.check(PushDropped):
             pass  # counted by the pusher
         elif failure.check(PushFailed):
@@ -361,13 +376,7 @@ class CallbackLogin:
                      host=self.host, port=self.port, why=failure.getErrorMessage())
         else:
             log.failure("chat-room: push to {user} failed", failure, user=self.user.username)
-        if push is not None:
-            self._lost(push)
         return None
-
-    def _lost(self, push: QueuedPush):
-        if push.message is not None:
-            self.factory.requeue(self.user, push.message)
 
 
 # the connection
@@ -390,6 +399,7 @@ class ChatroomConnection(ChatConnection):
         self._settle = None
         self._alive = None
         self._after_reply: list[bytes] = []
+        self._held: list[bytes] | None = None  # live pushes that wait behind an auth's reply
         self._close_after_reply = False
         self._unterminated = False
 
@@ -406,7 +416,12 @@ class ChatroomConnection(ChatConnection):
         if self.session is None:
             return None
         payload = render_push(event, self.login_wire, self.session.user, self.factory.is_peer)
-        return None if payload is None else self.framer.encode(payload)
+        if payload is None:
+            return None
+        if self._held is not None and not isinstance(event, (events.Kicked, events.ServerShutdown)):
+            self._held.append(self.framer.encode(payload))
+            return None
+        return self.framer.encode(payload)
 
     # unterminated requests (the real client)
 
@@ -443,7 +458,14 @@ class ChatroomConnection(ChatConnection):
         self._unterminated = isinstance(frame, UnterminatedRequest)
         d = defer.Deferred.fromCoroutine(self._answer(frame))
         d.addCallback(self._send_answer, self._unterminated)
+        d.addBoth(self._release_held)
         return d
+
+    def _release_held(self, result):
+        held, self._held = self._held or [], None
+        for data in held:
+            self.write_raw(data)
+        return result
 
     def _send_answer(self, payload: bytes, unterminated: bool):
         if unterminated:
@@ -540,22 +562,24 @@ class ChatroomConnection(ChatConnection):
         except errors.BadCredentials:
             self._close_after_reply = self.login_failed()
             return FAIL
-        pending = await self.factory.take_pending(user)
         if port is None:
             if self._closing:  # the client left while we checked: nobody to log in
-                self.factory.requeue(user, *pending)
                 return FAIL
             session = self.login(user)
             self.login_wire = wire
             self._alive = self.clock.callLater(self.factory.alive_timeout, self._alive_expired)
+            self._held = []  # live pushes come after the reply and the messages that waited
+            pending = await self.service.undelivered(user)
+            if self._closing:
+                return FAIL  # gone: the messages wait on
             self._after_reply = [message_push(wire, m) for m in pending]
+            await self.service.mark_delivered(user, pending)
         else:
             self.logout()
             terminator = b"" if self._unterminated else b"\n"
             login = self.factory.open_callback(user, self.peer_host, port, wire, terminator)
             session = login.session
-            for message in pending:
-                login.enqueue(QueuedPush(message_push(wire, message), message))
+            login.push_waiting(await self.service.undelivered(user))
         self.service.kick_others(session, KILL_REASON)
         await self.service.join_room(user, LOBBY)
         return OK
@@ -568,7 +592,9 @@ class ChatroomConnection(ChatConnection):
             raise errors.RateLimited("slow down")
         recipient = self.service.user_or_guest(to)
         message = await self.service.send_direct(session.user, recipient, body, origin=session)
-        return OK if message.delivered else {"result": OFFLINE_NOTE.format(recipient.username)}
+        if message.delivered or recipient.id in self.factory.callbacks:  # pushed, or being pushed
+            return OK
+        return {"result": OFFLINE_NOTE.format(recipient.username)}
 
     async def do_broadcast(self, wire, fields):
         session, rate, _ = self._caller(fields)
@@ -639,7 +665,6 @@ class ChatroomFactory(ChatFactory):
                              float(option("chatroom-push-timeout", 5.0)), limits.max_line)
         self.callbacks: dict[int, CallbackLogin] = {}
         self._peers: dict[int, set[int]] = collections.defaultdict(set)
-        self._requeued: dict[int, list[Message]] = {}
 
     def open_callback(self, user, host, port, wire, terminator) -> CallbackLogin:
         old = self.callbacks.get(user.id)
@@ -686,18 +711,3 @@ class ChatroomFactory(ChatFactory):
         for other in self._peers.pop(user.id, ()):
             self._peers.get(other, set()).discard(user.id)
 
-    # messages whose push failed wait here for the user's next chat-room login
-
-    def requeue(self, user: User, *messages: Message):
-        kept = self._requeued.setdefault(user.id, [])
-        for message in messages:
-            if len(kept) >= REQUEUE_LIMIT:
-                log.warn("chat-room: too many undelivered pushes for {user}, message {id} dropped",
-                         user=user.username, id=message.id)
-                continue
-            kept.append(message)
-
-    async def take_pending(self, user: User) -> list[Message]:
-        kept = self._requeued.pop(user.id, [])
-        waiting = await self.service.take_undelivered(user)
-        return sorted(kept + waiting, key=lambda m: m.id)
