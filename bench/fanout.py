@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from bench.ircload import PRIVMSG, IrcConnection, close_all, now_ns, open_many
+from bench.ircload import IrcConnection, close_all, now_ns, open_many
 
 
 class Stats:
@@ -44,41 +44,41 @@ class Stats:
         self.weights = []
 
 
+MARK = b"~@"  # a message body is ~@<seq>~<stamp ns>~<padding>: the same on every wire
+
+
 def _body(buf: bytes, start: int, end: int):
-    """(seq, stamp_ns) from the PRIVMSG line ``buf[start:end]``, or None."""
+    """(seq, stamp_ns) of the message in the line ``buf[start:end]``, or None."""
     line = buf[start:end]
-    at = line.find(PRIVMSG)
+    at = line.find(MARK)
     if at < 0:
         return None
-    colon = line.find(b" :", at)
-    if colon < 0:
-        return None
-    fields = line[colon + 2:].split(b" ", 2)
+    fields = line[at + 2:].split(b"~", 2)
     try:
         return int(fields[0]), int(fields[1])
     except (ValueError, IndexError):
         return None
 
 
-class Member(IrcConnection):
+class Counting:
+    """Mixin for a receiving member: per chunk, a count and two parsed lines."""
+
     room: Room
     index: int
+    stats: Stats
     _tail = b""
 
-    def on_chunk(self, data: bytes):
+    def count(self, data: bytes):
         buf = self._tail + data if self._tail else data
         end = buf.rfind(b"\n")
         if end < 0:
             self._tail = buf
             return
         self._tail = buf[end + 1:]
-        if buf.startswith(b"PING") or b"\nPING" in buf:
-            self._answer_pings(buf[:end])
-        count = buf.count(PRIVMSG, 0, end)
+        count = buf.count(MARK, 0, end)
         if not count:
             return
-        room = self.room
-        stats = room.stats
+        stats = self.stats
         if stats.active:
             stats.deliveries += count
             first = _body(buf, 0, buf.find(b"\n"))
@@ -87,18 +87,24 @@ class Member(IrcConnection):
                 stats.weights.append(count)
         last = _body(buf, buf.rfind(b"\n", 0, end) + 1, end)
         if last is not None:
+            room = self.room
             room.acked[self.index] = last[0]
             if room.closed_loop:
                 room.pump()
 
 
+class Member(Counting, IrcConnection):
+    def on_chunk(self, data: bytes):
+        if data.startswith(b"PING") or b"\nPING" in data:
+            self._answer_pings(data)
+        self.count(data)
+
+
 class Room:
-    def __init__(self, channel: str, sender: IrcConnection, members: list[Member], stats: Stats,
-                 window: int, pad: bytes):
+    def __init__(self, channel: str, sender: IrcConnection, members: list[Counting], window: int, pad: bytes):
         self.channel = channel.encode()
         self.sender = sender
         self.members = members
-        self.stats = stats
         self.window = window
         self.refill = max(1, window // 4)
         self.pad = pad
@@ -122,7 +128,7 @@ class Room:
     def send(self, count: int, first_stamp: int, step_ns: int):
         channel, pad, seq = self.channel, self.pad, self.sent
         self.sender.transport.write(b"".join(
-            b"PRIVMSG %s :%d %d %s\r\n" % (channel, seq + i, first_stamp + i * step_ns, pad)
+            b"PRIVMSG %s :~@%d~%d~%s\r\n" % (channel, seq + i, first_stamp + i * step_ns, pad)
             for i in range(1, count + 1)
         ))
         self.sent += count
@@ -155,32 +161,48 @@ def percentile(values: list[int], weights: list[int], q: float) -> float | None:
     return pairs[-1][0] / 1e6
 
 
-async def measure(rooms: list[Room], stats: Stats, warmup: float, duration: float,
-                  server_pid: int | None, ticker=None) -> dict:
-    """Run (warmup, then duration) seconds and return that phase's figures."""
-    await asyncio.sleep(warmup)
-    stats.reset()
-    stats.active = True
-    sent0 = sum(r.sent for r in rooms)
-    cpu0, server0, t0 = cpu_seconds(None), cpu_seconds(server_pid) if server_pid else 0.0, time.monotonic()
-    await asyncio.sleep(duration)
-    stats.active = False
-    elapsed = time.monotonic() - t0
-    result = {
-        "seconds": round(elapsed, 2),
+def figures(stats: Stats, elapsed: float) -> dict:
+    return {
         "deliveries": stats.deliveries,
         "deliveries_per_s": round(stats.deliveries / elapsed),
-        "messages_per_s": round((sum(r.sent for r in rooms) - sent0) / elapsed),
         "p50_ms": percentile(stats.latencies, stats.weights, 0.50),
         "p99_ms": percentile(stats.latencies, stats.weights, 0.99),
         "samples": len(stats.latencies),
+    }
+
+
+async def measure(rooms: list[Room], groups: dict[str, Stats], warmup: float, duration: float,
+                  server_pid: int | None) -> dict:
+    """Run (warmup, then duration) seconds and return that phase's figures, in total and,
+    when members come in several groups, per group."""
+    await asyncio.sleep(warmup)
+    for stats in groups.values():
+        stats.reset()
+        stats.active = True
+    sent0 = sum(r.sent for r in rooms)
+    cpu0, server0, t0 = cpu_seconds(None), cpu_seconds(server_pid) if server_pid else 0.0, time.monotonic()
+    await asyncio.sleep(duration)
+    for stats in groups.values():
+        stats.active = False
+    elapsed = time.monotonic() - t0
+    total = Stats()
+    for stats in groups.values():
+        total.deliveries += stats.deliveries
+        total.latencies += stats.latencies
+        total.weights += stats.weights
+    result = {
+        "seconds": round(elapsed, 2),
+        **figures(total, elapsed),
+        "messages_per_s": round((sum(r.sent for r in rooms) - sent0) / elapsed),
         "client_cpu": round((cpu_seconds(None) - cpu0) / elapsed, 2),
     }
     if server_pid:
         server_cpu = cpu_seconds(server_pid) - server0
         result["server_cpu"] = round(server_cpu / elapsed, 2)
         result["server_us_per_delivery"] = (
-            round(server_cpu * 1e6 / stats.deliveries, 2) if stats.deliveries else None)
+            round(server_cpu * 1e6 / total.deliveries, 2) if total.deliveries else None)
+    if len(groups) > 1:
+        result["by_group"] = {name: figures(stats, elapsed) for name, stats in groups.items()}
     return result
 
 
@@ -215,6 +237,7 @@ async def open_loop(rooms: list[Room], per_room_rate: float, max_backlog: int, s
 
 async def run(args) -> dict:
     stats = Stats()
+    groups = {"irc": stats}
     pad = b"x" * max(0, args.body - 40)
     prefix = args.nick_prefix
     report: dict = {"rooms": args.rooms, "members": args.members, "window": args.window}
@@ -231,20 +254,21 @@ async def run(args) -> dict:
         for r, sender in enumerate(senders):
             channel = f"#{prefix}room{r}"
             mine = members[r * args.members:(r + 1) * args.members]
-            rooms.append(Room(channel, sender, mine, stats, args.window, pad))
+            rooms.append(Room(channel, sender, mine, args.window, pad))
             joins += [c.join(channel) for c in [sender, *mine]]
         await asyncio.wait_for(asyncio.gather(*joins), args.timeout)
         await asyncio.sleep(0.5)  # let the JOIN notices of the last joiners arrive
         for conn in everyone:
             conn._tail = conn._buffer
             conn.measuring = True
+            conn.stats = stats
         report["setup_s"] = round(time.monotonic() - started, 2)
         report["connections"] = len(everyone)
 
         for room in rooms:
             room.closed_loop = True
             room.pump()
-        report["max"] = await measure(rooms, stats, args.warmup, args.duration, args.server_pid)
+        report["max"] = await measure(rooms, groups, args.warmup, args.duration, args.server_pid)
         for room in rooms:
             room.closed_loop = False
         report["max"]["drained"] = await drain(rooms, args.timeout)
@@ -254,7 +278,7 @@ async def run(args) -> dict:
             sending = asyncio.ensure_future(open_loop(
                 rooms, args.rate / (args.rooms * args.members), args.max_backlog, stop))
             try:
-                report["rate"] = await measure(rooms, stats, args.warmup, args.duration, args.server_pid)
+                report["rate"] = await measure(rooms, groups, args.warmup, args.duration, args.server_pid)
             finally:
                 stop.set()
                 await sending
