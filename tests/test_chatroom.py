@@ -593,9 +593,23 @@ class Gated(Instant):
             d.callback(result)
 
 
-def new_chatroom(hasher=None) -> ChatroomFactory:
+class SlowInbox(MemoryStore):
+    """Answers the waiting-messages query only when the test says so, like a store in a thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = []
+
+    def inbox(self, user_id, limit, undelivered_only=False):
+        if not undelivered_only:
+            return super().inbox(user_id, limit)
+        self.waiting.append(defer.Deferred())
+        return self.waiting[-1].addCallback(lambda _: super(SlowInbox, self).inbox(user_id, limit, True))
+
+
+def new_chatroom(hasher=None, store=None) -> ChatroomFactory:
     clock = MemoryReactorClock()
-    service = ChatService(MemoryStore(), hasher or Instant(), clock)
+    service = ChatService(store or MemoryStore(), hasher or Instant(), clock)
     service.startService()
     for name in ("alice", "bob"):
         service.register(name, "pw")
@@ -707,6 +721,22 @@ def test_a_client_gone_while_its_password_is_checked_is_not_logged_in():
     connection.dataReceived(auth)
     hasher.release()
     assert transport.value() == b'{"result": "ok"}\n{"type": "message", "from": "bob", "msg": "waiting"}\n'
+
+
+def test_live_pushes_wait_behind_the_auth_reply_and_the_messages_that_waited():
+    store = SlowInbox()
+    chatroom = new_chatroom(store=store)
+    service = chatroom.service
+    service.send_direct(service.user("bob"), "alice", "waited")
+    connection, transport = connected(chatroom)
+    connection.dataReceived(b'{"type": "auth", "username": "alice", "password": "pw"}\n')
+    service.send_direct(service.user("bob"), "alice", "live")  # alice is online: pushed at once
+    store.waiting.pop().callback(None)
+    assert transport.value().splitlines() == [
+        b'{"result": "ok"}',
+        b'{"type": "message", "from": "bob", "msg": "waited"}',
+        b'{"type": "message", "from": "bob", "msg": "live"}',
+    ]
 
 
 def test_outbound_pushes_are_bounded_in_number_and_time():
