@@ -10,7 +10,8 @@ There are two kinds of login:
   connection per request, so its login lives here beyond the connection, until ``logout`` or
   the alive timeout, and pushes reach it by connecting to its IP and that port (``Pusher``).
   A later request belongs to it when the user named in ``from`` has a callback login made
-  from the same peer IP; nothing else can speak as that user.
+  from the same peer IP; nothing else can speak as that user. A direct message pushed to it
+  counts as delivered only once the client answers: until then it waits in the inbox.
 
 The real client never ends its request with a newline and reads its reply until a short read,
 so a request still unterminated when the client falls quiet (or half-closes) is answered
