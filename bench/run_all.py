@@ -3,8 +3,10 @@
 1. storage: SQLiteStore.add_message throughput with bounded outstanding writes (group commit);
 2. fan-out: the same IRC load (R rooms x N members, closed loop then a fixed rate) against
    chatserv (SQLite file), twisted.words and ngIRCd, then chatserv with ``--db memory``;
-3. a profile of chatserv under the closed-loop load (py-spy, top functions);
-4. connections: N concurrent registered IRC clients per server process, RSS per connection.
+3. a profile of chatserv under the closed-loop load (py-spy, top functions), with each store;
+4. cross-protocol: one IRC sender in the lobby, members on IRC, chat-room JSON, salted JSON
+   and Socket.IO at once (bench/crossproto.py);
+5. connections: N concurrent registered IRC clients per server process, RSS per connection.
 
 Every server is a real process on a free loopback port, started and stopped here; chatserv
 is ``twistd -n chatserv`` from this source tree with flood control off. The machine's two
@@ -158,6 +160,29 @@ class Bench:
         else:
             self.results["notes"].append(f"profile --db {db}: py-spy wrote nothing\n{server.tail()}")
 
+    def crossproto(self):
+        a = self.args
+        wires = ["irc", "chatroom", "salted", "web"]
+        missing = [w for w in wires if w not in servers.chatserv_ports()]
+        if missing:
+            self.results["notes"].append(f"cross-protocol run skipped: no {', '.join(missing)} port")
+            return
+        ports = {w: servers.free_port() for w in wires}
+        cheap_hash = ["--argon2-time-cost", "1", "--argon2-memory-cost", "1024", "--argon2-parallelism", "1"]
+        server = servers.chatserv(self.workdir, ports, str(self.workdir / "chatserv-cross.sqlite3"),
+                                  extra=cheap_hash)
+
+        def work(server):
+            return run_json(["bench.crossproto", *[f"--{w}={p}" for w, p in ports.items()],
+                             "--server-pid", str(server.pid), "--members", str(a.cross_members),
+                             "--duration", str(a.duration), "--warmup", str(a.warmup)],
+                            timeout=self.fanout_timeout())
+
+        result = self.with_server("cross-protocol", server, work)
+        if result is not None:
+            self.results["crossproto"] = result
+            progress(f"cross-protocol: {result['max']['deliveries_per_s']} deliveries/s")
+
     def connections(self, label: str, kind: str):
         a = self.args
 
@@ -198,6 +223,8 @@ class Bench:
             else:
                 self.profile("sqlite")
                 self.profile("memory")
+        if "crossproto" in a.only:
+            self.crossproto()
         if "connections" in a.only and a.connections:
             for label, kind in targets:
                 self.connections(label, kind)
@@ -257,7 +284,7 @@ def _ratio(a, b) -> str:
 
 def table(results: dict, args) -> str:
     fan = results["fanout"]
-    lines = [
+    lines = [] if not fan else [
         f"Fan-out: {args.rooms} rooms x {args.members} members over IRC, window {args.window}, "
         f"{args.duration:g} s per phase",
         "",
@@ -266,7 +293,7 @@ def table(results: dict, args) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, r in fan.items():
-        m, f = r["max"], r.get("rate", {})
+        m, f = r["max"], r.get("rate") or {}
         lines.append(
             f"| {label} | {m['deliveries_per_s']:,} | {_ms(m['p50_ms'])} | {_ms(m['p99_ms'])} | "
             f"{m.get('server_us_per_delivery', '-')} us | {f.get('deliveries_per_s', 0):,} | "
@@ -282,6 +309,15 @@ def table(results: dict, args) -> str:
                 rate = _ratio(mine["deliveries_per_s"], theirs["deliveries_per_s"])
                 cpu = _ratio(mine.get("server_us_per_delivery"), theirs.get("server_us_per_delivery"))
                 lines.append(f"| chatserv / {label} | {rate} | {cpu} |")
+    cross = results.get("crossproto")
+    if cross:
+        m = cross["max"]
+        lines += ["", f"Cross-protocol lobby: one IRC sender, {cross['members_per_wire']} members on "
+                      f"each wire, window {cross['window']}: {m['deliveries_per_s']:,} deliveries/s in all, "
+                      f"server CPU {m.get('server_us_per_delivery', '-')} us/delivery",
+                  "", "| wire | deliveries/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |"]
+        for wire, g in m["by_group"].items():
+            lines.append(f"| {wire} | {g['deliveries_per_s']:,} | {_ms(g['p50_ms'])} | {_ms(g['p99_ms'])} |")
     store = results.get("storage")
     if store:
         lines += ["", f"Storage (SQLiteStore.add_message, {store['outstanding']} in flight): "
@@ -379,7 +415,7 @@ def write_results(path: Path, results: dict, args, command: str, took: float) ->
     path.write_text("\n".join(parts))
 
 
-RUNS = ["storage", "fanout", "profile", "connections"]
+RUNS = ["storage", "fanout", "profile", "crossproto", "connections"]
 
 
 def options(argv=None):
@@ -395,6 +431,7 @@ def options(argv=None):
     parser.add_argument("--connections", type=int, default=10000, help="0 skips the connections run")
     parser.add_argument("--connect-budget", type=float, default=40.0,
                         help="connections run: seconds each server gets to register them")
+    parser.add_argument("--cross-members", type=int, default=12, help="cross-protocol: members per wire")
     parser.add_argument("--only", nargs="+", choices=RUNS, default=RUNS, help="the runs to do")
     parser.add_argument("--top", type=int, default=15, help="profile: functions listed")
     parser.add_argument("--quick", action="store_true", help="short phases, 2,000 connections")

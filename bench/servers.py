@@ -64,9 +64,10 @@ class Server:
     """One server process; ``pid`` is the server itself, even when py-spy wraps it."""
 
     def __init__(self, name: str, argv: list[str], port: int, workdir: Path, *, env=None,
-                 profile_to: Path | None = None, rate: int = 100):
+                 profile_to: Path | None = None, rate: int = 200, also_ports: list[int] = ()):
         self.name = name
         self.port = port
+        self.also_ports = list(also_ports)
         self.workdir = workdir
         self.profile_to = profile_to
         if profile_to is not None:
@@ -83,7 +84,8 @@ class Server:
             self.proc = subprocess.Popen(self.argv, cwd=self.workdir, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
-        wait_port(self.port, timeout, self.proc)
+        for port in [self.port, *self.also_ports]:
+            wait_port(port, timeout, self.proc)
         self.pid = self.proc.pid
         if self.profile_to is not None:
             self.pid = _children(self.proc.pid)[0]
@@ -142,8 +144,8 @@ def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path 
             argv += [f"--{limit}", "0"]
     argv += list(extra)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    first = next(iter(ports.values()))
-    return Server("chatserv", argv, first, workdir, env=env, profile_to=profile_to)
+    first, *others = ports.values()
+    return Server("chatserv", argv, first, workdir, env=env, profile_to=profile_to, also_ports=others)
 
 
 def twisted_words(workdir: Path, port: int) -> Server:
