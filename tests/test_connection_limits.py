@@ -112,3 +112,15 @@ async def test_connections_per_address_are_bounded_across_ports():
         assert second.transport.connected
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_while_its_password_is_checked_is_not_left_online():
+    _, connection, transport, chat = await make_connection()
+    await chat.register("alice", "pw")
+    connection.dataReceived(b"LOGIN alice pw\n")
+    connection.connectionLost()  # before the hashing thread answers
+    while connection._busy:
+        await _turn()
+    assert not chat.is_online(chat.user("alice"))
+    assert chat.sessions_of(chat.user("alice")) == []

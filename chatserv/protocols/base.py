@@ -264,8 +264,14 @@ class ChatConnection(protocol.Protocol):
 
     # sessions
 
-    def login(self, user, **options) -> Session:
-        """Attach this connection to the service as ``user`` (replacing any earlier login)."""
+    def login(self, user, **options) -> Session | None:
+        """Attach this connection to the service as ``user`` (replacing any earlier login).
+
+        A connection already closing (its client left while the password was checked)
+        gets no session: nothing would ever detach it.
+        """
+        if self._closing:
+            return None
         self.logout()
         self.failed_logins = 0
         self.session = self.service.attach(
