@@ -1,0 +1,334 @@
+"""Hostile clients: readers that never read, too many connections, password guessing across
+reconnects, reading what is not yours, speaking as someone else; and what the code must not
+contain (eval, SQL built from values)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import endpoints, reactor, task
+
+from chatserv.limits import Limits
+from chatserv.model import LOBBY
+from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
+from tests.support import ROOT, Daemon, FrameClient, connect
+from tests.test_chatroom import json_login
+from tests.test_irc import raw, until
+from tests.test_rooms import error, rooms_client
+from tests.test_salted import guest, log_in
+from tests.web_support import call, register_and_login
+
+SOURCE = ROOT / "chatserv"
+
+
+async def connect_from(source: str, port: int, framer=None) -> FrameClient:
+    """A client whose connection comes from ``source``, another loopback address."""
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
+    return await endpoints.connectProtocol(endpoint, FrameClient(framer or LineFramer(1 << 20)))
+
+
+def never_reading(port: int, *requests: bytes) -> socket.socket:
+    """A client with a tiny receive buffer that sends its requests and then never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"".join(requests))
+    return sock
+
+
+async def next_message(client) -> dict:
+    """The next lobby message a salted client sees, past presence notifications."""
+    while (seen := await client.receive())["type"] != "message":
+        pass
+    return seen
+
+
+async def rooms_login(daemon, name):
+    client = await rooms_client(daemon)
+    assert await client.call(2, [name, "pw"]) == [None]  # no current room
+    return client
+
+
+# slow readers
+
+
+@pytest_twisted.ensureDeferred
+async def test_readers_that_never_read_are_let_go_on_every_pushing_port_and_the_room_goes_on():
+    send_queue = 65536
+    daemon = await Daemon(extra=["--send-queue", str(send_queue), "--messages-per-second", "0"]).start()
+    stalled = []
+    try:
+        for name in ("flooder", "slowjson", "listener"):
+            await daemon.chat.register(name, "pw")
+        flooder = await log_in(daemon, "flooder")  # salted: hears everyone come and go
+        stalled = [
+            never_reading(daemon.port("salted"), b'{"type":"guest","user":"slowsalted"}\n'),
+            never_reading(daemon.port("irc"), b"NICK slowirc\r\nUSER s 0 * :s\r\nJOIN #lobby\r\n"),
+            never_reading(daemon.port("chatroom"),
+                          b'{"type":"auth","username":"slowjson","password":"pw"}\n'),
+        ]
+        slow = {"slowsalted", "slowirc", "slowjson"}
+        online, gone = set(), set()
+        body = "x" * 4000
+        for _ in range(100):  # at most 100 rounds of 30 messages: 12 MB for each stalled reader
+            for _ in range(30):
+                flooder.send(user="flooder", type="message", message=body)
+            acknowledged = 0
+            while acknowledged < 30:
+                reply = await flooder.receive()
+                if reply["type"] == "message" and reply["from"] == "flooder":
+                    acknowledged += 1
+                elif reply["type"] == "user_notification":
+                    (online if reply["status"] == "true" else gone).add(reply["user"])
+            if gone >= slow:
+                break
+        assert online >= slow and gone >= slow  # each came online, then was disconnected
+        tracker = daemon.ports["salted"].factory.tracker
+        assert all(c._queued_bytes <= send_queue for c in tracker.connections)
+        assert {c.protocol_name for c in tracker.connections} == {"salted"}  # the flooder alone
+
+        listener = await log_in(daemon, "listener")
+        flooder.send(user="flooder", type="message", message="still here")
+        still_here = {"type": "message", "from": "flooder", "message": "still here"}
+        assert await next_message(flooder) == still_here  # the acknowledgement
+        assert await next_message(listener) == still_here
+    finally:
+        for sock in stalled:
+            sock.close()
+        await daemon.stop()
+
+
+# total connections
+
+
+@pytest_twisted.ensureDeferred
+async def test_total_connections_are_bounded_over_all_ports_together():
+    daemon = await Daemon(extra=["--max-connections", "3"]).start()
+    try:
+        skype = await connect(daemon.port("skype"))
+        assert await skype.request(b"PING") == b"200 OK"
+        irc = await connect(daemon.port("irc"))
+        assert await irc.request(b"PING x") == b":chatserv PONG chatserv x"
+        salted = await connect(daemon.port("salted"))
+        assert json.loads(await salted.request(b'{"type":"salt","user":"a"}'))["type"] == "salt"
+
+        for option in ("skype", "skype-framed", "salted", "chatroom", "rooms", "irc"):
+            refused = await connect(daemon.port(option))
+            await refused.wait_closed()
+            assert refused.frames.pending == []  # closed without a word
+        handshake = {"EIO": "4", "transport": "polling"}
+        assert await call(daemon, "/socket.io/", params=handshake) == (
+            400, {"code": 4, "message": "Forbidden"})
+
+        assert await skype.request(b"EXIT") == b"201 Goodbye"
+        await skype.wait_closed()
+        framed = await connect(daemon.port("skype-framed"), LengthPrefixFramer(100))
+        assert await framed.receive() == b"200 OK"  # a place is free again
+        assert await irc.request(b"PING y") == b":chatserv PONG chatserv y"
+    finally:
+        await daemon.stop()
+
+
+# login throttling
+
+
+@pytest_twisted.ensureDeferred
+async def test_guessing_locks_out_the_address_across_reconnects_and_ports_but_not_other_addresses():
+    daemon = await Daemon().start()
+    try:
+        # The service's clock stands still, so the lockout cannot lapse while the test runs.
+        frozen = task.Clock()
+        frozen.advance(reactor.seconds())
+        daemon.chat.clock = frozen
+        await daemon.chat.register("alice", "right")
+        for _ in range(Limits().login_attempts):
+            guesser = await connect(daemon.port("skype"))
+            assert await guesser.request(b"LOGIN alice wrong") == b"300 Not OK"
+            guesser.transport.loseConnection()
+            await guesser.wait_closed()
+
+        again = await connect(daemon.port("skype"))
+        assert await again.request(b"LOGIN alice right") == b"300 Not OK"
+        irc = await connect(daemon.port("irc"))
+        irc.send(b"PASS right", b"NICK alice", b"USER a 0 * :A")
+        lines = await until(irc, b"ERROR")
+        assert any(b" 464 " in line for line in lines)
+        rooms = await rooms_client(daemon)
+        assert await rooms.call(2, ["alice", "right"]) == error("Too many failed logins: try again later.")
+
+        elsewhere = await connect_from("127.0.0.2", daemon.port("skype"))
+        assert await elsewhere.request(b"LOGIN alice right") == b"200 OK"
+
+        frozen.advance(2.0)  # the first lockout (one second) is over
+        assert await again.request(b"LOGIN alice right") == b"200 OK"
+    finally:
+        await daemon.stop()
+
+
+# reading only what is yours
+
+
+@pytest_twisted.ensureDeferred
+async def test_nobody_reads_a_room_they_are_not_in(daemon):
+    for name in ("owner", "outsider"):
+        await daemon.chat.register(name, "pw")
+    owner = daemon.chat.user("owner")
+    room = await daemon.chat.create_room(owner, "secret")
+    await daemon.chat.send_room(owner, "secret", "for members only")
+
+    rooms = await rooms_login(daemon, "outsider")
+    assert await rooms.call(9, ["outsider", "secret"]) == error("Not a member.")
+    assert await rooms.call(10, ["outsider", "secret"]) == error("Not a member.")
+
+    irc = await raw(daemon, "outsider", before=[b"PASS pw"])
+    irc.send(b"CHATHISTORY LATEST #secret * 10")
+    refusal = (await until(irc, b"FAIL"))[-1]
+    assert refusal.startswith(b":chatserv FAIL CHATHISTORY INVALID_TARGET LATEST #secret")
+
+    session = (await register_and_login(daemon, "webout"))["sessionID"]
+    asked = {"sessionID": session, "groupID": str(room.id)}
+    assert await call(daemon, "/getGroupMessages", params=asked) == (400, {"error": "not a member"})
+    _, history = await call(daemon, "/getContactMessages", params={"sessionID": session, "contact": "owner"})
+    assert history == []  # a conversation is only ever the caller's own
+
+
+# speaking only as yourself
+
+
+SPOOFS = {
+    # port: (requests naming "victim" as the sender, the refusal each gets)
+    "chatroom": ([{"type": "broadcast", "from": "victim", "msg": "SPOOF"},
+                  {"type": "message", "from": "victim", "to": "listener", "msg": "SPOOF"},
+                  {"type": "block", "from": "victim", "target": "listener"}],
+                 {"result": "you are logged in as mallory"}),
+    "salted": ([{"type": "message", "user": "victim", "message": "SPOOF"},
+                {"type": "typing", "user": "victim", "status": "true"}],
+               {"type": "error", "message": "'user' is not the user logged in on this connection"}),
+    "rooms": ([[8, ["victim", LOBBY, "SPOOF"]], [11, ["victim", "listener", "SPOOF"]],
+               [13, ["victim", "SPOOF"]], [12, ["victim"]]],
+              error("You are logged in as mallory.")),
+}
+
+
+async def mallory_on(daemon, port):
+    if port == "chatroom":
+        client = await json_login(daemon, "mallory")
+        return lambda request: client.request(**request)
+    if port == "salted":
+        client = await log_in(daemon, "mallory")
+        return lambda request: client.request(**request)
+    client = await rooms_login(daemon, "mallory")
+    return lambda request: client.call(*request)
+
+
+@pytest.mark.parametrize("port", sorted(SPOOFS))
+@pytest_twisted.ensureDeferred
+async def test_a_request_naming_another_sender_is_refused_and_nothing_is_sent(daemon, port):
+    for name in ("mallory", "victim", "listener"):
+        await daemon.chat.register(name, "pw")
+    chat = daemon.chat
+    await chat.join_room(chat.user("victim"), LOBBY)
+    listener = await guest(daemon, "watcher")  # in the lobby on the salted port
+    request, refusal = SPOOFS[port]
+    mallory = await mallory_on(daemon, port)
+    for spoof in request:
+        assert await mallory(spoof) == refusal
+
+    await chat.send_room(chat.user("victim"), LOBBY, "the real one")
+    while (heard := await listener.receive())["type"] not in ("message", "typing"):
+        pass
+    assert heard == {"type": "message", "from": "victim", "message": "the real one"}
+    lobby = chat.room(LOBBY)
+    assert [m.body for m in await chat.store.room_history(lobby.id, 100)] == ["the real one"]
+    assert await chat.inbox(chat.user("listener")) == []
+    assert not chat.has_blocked(chat.user("victim"), chat.user("listener"))
+
+
+# what the code must not contain
+
+
+def python_files():
+    return sorted(SOURCE.rglob("*.py"))
+
+
+def test_nothing_in_chatserv_evaluates_or_executes_code():
+    forbidden = {"eval", "exec", "compile", "__import__", "execfile"}
+    found = []
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in forbidden:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.func.id}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} import {n}" for n in names
+                          if n.split(".")[0] in ("pickle", "marshal", "shelve")]
+    assert found == []
+
+
+def is_sql_text(node) -> bool:
+    """SQL text written in the module: string constants, joined by +, chosen by a condition."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return is_sql_text(node.left) and is_sql_text(node.right)
+    if isinstance(node, ast.IfExp):
+        return is_sql_text(node.body) and is_sql_text(node.orelse)
+    return isinstance(node, ast.Name) and node.id == "where"  # itself only ever SQL text (checked)
+
+
+def test_sql_is_built_only_from_constants_and_values_go_in_as_parameters():
+    """The SQLite store's f-strings interpolate only SQL text written in the module (a column list,
+    a table name, a WHERE clause), values always travel as ``?`` parameters, and nothing is built
+    with % or .format."""
+    tree = ast.parse((SOURCE / "store" / "sqlite.py").read_text())
+    constants = {target.id for node in tree.body if isinstance(node, ast.Assign) and is_sql_text(node.value)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    interpolated, problems = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            interpolated |= {ast.unparse(v.value) for v in node.values if isinstance(v, ast.FormattedValue)}
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and is_sql_text(node.left):
+            problems.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "format":
+            problems.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "next_id":
+            problems += [ast.unparse(node) for arg in node.args if not isinstance(arg, ast.Constant)]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_newest":
+            problems += [] if is_sql_text(node.args[0]) else [ast.unparse(node)]
+        elif isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(getattr(t, "id", "") == "where" for t in targets) and not is_sql_text(node.value):
+                problems.append(ast.unparse(node))
+    assert problems == []
+    assert interpolated and interpolated <= constants | {"table", "where"}
+
+
+def test_tokens_come_from_the_csprng_and_are_found_by_lookup_not_comparison():
+    """Session IDs and Engine.IO sids are ``secrets`` tokens kept as dict keys: a guess is a hash
+    lookup, never a character-by-character comparison."""
+    for relative in ("web/sessions.py", "web/engineio.py"):
+        text = (SOURCE / relative).read_text()
+        assert "secrets.token_urlsafe(" in text
+        assert "random." not in text
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+                names = [ast.unparse(side) for side in (node.left, *node.comparators)]
+                assert not any(n.endswith((".token", ".sid", "verifier", "digest")) for n in names), (
+                    f"{path}:{node.lineno}: {' == '.join(names)}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_web_session_id_is_long_random_and_forgeries_are_refused(daemon):
+    first = (await register_and_login(daemon, "webber"))["sessionID"]
+    code, second = await call(daemon, "/login", params={"username": "webber", "password": "pw"})
+    assert code == 200 and second["sessionID"] != first and len(first) >= 43  # 32 random bytes
+    for forged in (first[:-1], first + "x", first.upper(), "", "null"):
+        refused = await call(daemon, "/getGroups", params={"sessionID": forged})
+        assert refused == (400, {"error": "Invalid session"})
+    assert (await call(daemon, "/getGroups", params={"sessionID": first}))[0] == 200
+
