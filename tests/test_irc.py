@@ -412,3 +412,31 @@ async def test_bad_input_gets_numerics_and_harms_no_one(daemon):
     finally:
         globalLogPublisher.removeObserver(observe)
     assert failures == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_away_ison_list_names_who_and_a_stopping_daemon(daemon):
+    alice = await raw(daemon, "alice")
+    bob = await bot(daemon, "bob")
+    bob.join("#look")
+    await bob.hear("joined")
+    bob.topic("#look", "a topic")
+    await bob.hear("topic")
+    bob.away("lunch")
+    await bob.numeric("306")
+    alice.send(b"ISON bob nobody alice", b"PRIVMSG bob :there?", b"LIST #look", b"NAMES #look", b"WHO #look",
+               b"TOPIC #look")
+    assert await until(alice, b" 332 ") == [
+        b":chatserv 303 alice :bob alice",
+        b":chatserv 301 alice bob :lunch",
+        b":chatserv 321 alice Channel :Users  Name",
+        b":chatserv 322 alice #look 1 :a topic",
+        b":chatserv 323 alice :End of /LIST",
+        b":chatserv 353 alice = #look :@bob",
+        b":chatserv 366 alice #look :End of /NAMES list",
+        b":chatserv 352 alice #look bob chatserv chatserv bob G@ :0 bob",
+        b":chatserv 315 alice #look :End of WHO list",
+        b":chatserv 332 alice #look :a topic"]
+    await daemon.stop()
+    assert await until(alice, b"ERROR") == [b"ERROR :Closing Link: chatserv (server shutting down)"]
+    await alice.wait_closed()

@@ -62,6 +62,7 @@ class AccountsMixin:
             for name in wanted:
                 self.caps.discard(name[1:]) if name.startswith("-") else self.caps.add(name)
             self.tag_variant = ("server-time" in self.caps, "message-tags" in self.caps)
+            self.render_key = ("irc", *self.tag_variant)
             self.send(serialise("CAP", who, "ACK", " ".join(wanted), prefix=SERVER))
         elif subcommand == "END":
             self.negotiating = False

@@ -110,7 +110,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self.password: str | None = None
         self.registered = False
         self.caps: set[str] = set()
-        self.tag_variant = (False, False)  # (server-time, message-tags): the render_once key
+        self.tag_variant = (False, False)  # (server-time, message-tags)
+        self.render_key = ("irc", *self.tag_variant)  # one rendering per variant, shared by recipients
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
         self._awaiting_pong = False
         self._batches = 0
@@ -430,10 +431,15 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         renderer = RENDERERS.get(type(event))
         return renderer(self, event) if renderer else None
 
-    def _render_message(self, event):
-        target = "#" + event.room.name if isinstance(event, events.RoomMessage) else event.recipient.username
-        return event.render_once(("irc", *self.tag_variant),
-                                 lambda: message_lines(event.message, target, self.tag_variant))
+    def _render_room_message(self, event):
+        variant = self.tag_variant
+        return event.render_once(self.render_key,
+                                 lambda: message_lines(event.message, "#" + event.room.name, variant))
+
+    def _render_direct_message(self, event):
+        variant = self.tag_variant
+        return event.render_once(self.render_key,
+                                 lambda: message_lines(event.message, event.recipient.username, variant))
 
     def _render_presence(self, event):
         shared = [room for room in self.channels.values() if event.user.id in room.members]
@@ -451,8 +457,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
 
 
 RENDERERS = {
-    events.RoomMessage: IRCConnection._render_message,
-    events.DirectMessage: IRCConnection._render_message,
+    events.RoomMessage: IRCConnection._render_room_message,
+    events.DirectMessage: IRCConnection._render_direct_message,
     events.PresenceChanged: IRCConnection._render_presence,
     events.MembershipChanged: ChannelsMixin.render_membership,
     events.TopicChanged: ChannelsMixin.render_topic,
