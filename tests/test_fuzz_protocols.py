@@ -55,10 +55,10 @@ class Inline:
         function(*args, **kwargs)
 
 
-def connection(factory_class, **options):
-    """One connection of a fresh daemon's port on a StringTransport, with small limits."""
+def unit_connection(factory_class, limits: Limits, options: dict):
+    """One connection of a fresh in-memory daemon's port on a StringTransport and a fake clock:
+    (clock, chat service, protocol, transport)."""
     clock = MemoryReactorClock()
-    limits = Limits(max_line=MAX_LINE, login_attempts=1000)
     inline = Inline()
     chat = ChatService(MemoryStore(), Hasher(inline, inline, HashCost(1, 1024, 1)), clock, limits)
     chat.startService()
@@ -66,6 +66,13 @@ def connection(factory_class, **options):
     protocol = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
+    return clock, chat, protocol, transport
+
+
+def connection(factory_class, **options):
+    """A fuzzed connection: small lines, and no close for failed logins."""
+    _, _, protocol, transport = unit_connection(factory_class, Limits(max_line=MAX_LINE, login_attempts=1000),
+                                                options)
     return protocol, transport
 
 

@@ -14,9 +14,14 @@ from twisted.internet import endpoints, reactor, task
 
 from chatserv.limits import Limits
 from chatserv.model import LOBBY
+from chatserv.protocols.chatroom import ChatroomFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
+from chatserv.protocols.rooms import RoomsFactory
+from chatserv.protocols.salted import SaltedFactory
+from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
 from tests.support import ROOT, Daemon, FrameClient, connect
 from tests.test_chatroom import json_login
+from tests.test_fuzz_protocols import unit_connection
 from tests.test_irc import raw, until
 from tests.test_rooms import error, rooms_client
 from tests.test_salted import guest, log_in
@@ -332,3 +337,81 @@ async def test_a_web_session_id_is_long_random_and_forgeries_are_refused(daemon)
         assert refused == (400, {"error": "Invalid session"})
     assert (await call(daemon, "/getGroups", params={"sessionID": first}))[0] == 200
 
+
+
+# limits on every port, driven by a fake clock (ports whose own tests do not cover them)
+
+FACTORIES = {"skype": SkypeFactory, "skype-framed": FramedSkypeFactory, "salted": SaltedFactory,
+             "rooms": RoomsFactory, "chatroom": ChatroomFactory}
+LOGIN = {  # a request that logs "user" (password "pw", registered beforehand) in, and one that keeps it alive
+    "skype": (b"LOGIN user pw", b"PING"),
+    "skype-framed": (b"LOGIN user pw", b"PING"),
+    "salted": (b'{"type":"guest","user":"visitor"}', b'{"type":"userlist"}'),
+    "rooms": (b"[2, ['user', 'pw']]", b"[666, None]"),
+    "chatroom": (b'{"type":"auth","username":"user","password":"pw"}', b'{"type":"alive","from":"user"}'),
+}
+NO_ALIVE_TIMEOUT = {"alive-timeout": 1e9}  # seed 001's own timer: kept out of the way of the idle one
+
+
+def on_port(port: str, **limits):
+    clock, chat, protocol, transport = unit_connection(FACTORIES[port], Limits(**limits), NO_ALIVE_TIMEOUT)
+    chat.register("user", "pw")  # fires at once: argon2 runs inline
+    return clock, protocol, transport
+
+
+def request(protocol, port: str, payload: bytes):
+    protocol.dataReceived(protocol.framer.encode(payload) if port != "rooms" else payload)
+
+
+@pytest.mark.parametrize("port", ["skype-framed", "chatroom"])
+def test_a_connection_that_never_logs_in_is_closed_at_the_prelogin_timeout(port):
+    clock, protocol, transport = on_port(port, prelogin_timeout=30)
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize("port", sorted(LOGIN))
+def test_requests_keep_a_session_alive_and_silence_ends_it_at_the_idle_timeout(port):
+    clock, protocol, transport = on_port(port, prelogin_timeout=30, idle_timeout=300)
+    login, keep_alive = LOGIN[port]
+    request(protocol, port, login)
+    assert protocol.session is not None
+    clock.advance(290)
+    request(protocol, port, keep_alive)
+    clock.advance(290)  # 580 s since login, 290 since the last request
+    assert not transport.disconnecting
+    clock.advance(11)
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize("port, wrong, refusal", [
+    ("skype-framed", b"LOGIN user wrong", b"300 Not OK"),
+    ("chatroom", b'{"type":"auth","username":"user","password":"wrong"}', b'{"result": "fail"}'),
+])
+def test_a_connection_is_closed_after_its_failed_logins(port, wrong, refusal):
+    _, protocol, transport = on_port(port, login_attempts=2)
+    request(protocol, port, wrong)
+    assert not transport.disconnecting
+    request(protocol, port, wrong)
+    assert transport.disconnecting
+    assert transport.value().endswith(protocol.framer.encode(refusal))
+
+
+@pytest.mark.parametrize("port, send, refusal", [
+    ("salted", b'{"type":"message","message":"hi"}', b'{"type":"error","message":"slow down"}'),
+    ("chatroom", b'{"type":"broadcast","from":"user","msg":"hi"}', b'{"result": "slow down"}'),
+])
+def test_a_session_sending_past_its_rate_is_told_to_slow_down(port, send, refusal):
+    clock, protocol, transport = on_port(port, messages_per_second=1, message_burst=2)
+    request(protocol, port, LOGIN[port][0])
+    transport.clear()
+    for _ in range(3):
+        request(protocol, port, send)
+    assert transport.value().endswith(protocol.framer.encode(refusal))
+    assert transport.value().count(refusal) == 1
+    clock.advance(1)  # one more token
+    transport.clear()
+    request(protocol, port, send)
+    assert refusal not in transport.value() and not transport.disconnecting
