@@ -2,8 +2,11 @@
 
 import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 
 from chatserv import errors
 from chatserv.credentials import HashCost, Hasher
@@ -200,3 +203,36 @@ async def test_watchers_hear_a_guest_leave_while_its_rooms_still_name_it():
     chat.attach(await chat.register("bob", "pw"), watcher, "test", watches_presence=True)
     chat.detach(session)
     assert seen == [True] and guest.id not in chat.room("lobby").members
+
+
+# whatever arrives, a line parses or is refused, and a reply is always exactly one line
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_parse_or_are_refused_cleanly(data):
+    try:
+        line = parse(data)
+    except (ValueError, LineTooLong):
+        return
+    out = serialise(line.command or "X", *line.params)
+    assert out.count(b"\r\n") == 1 and out.endswith(b"\r\n") and b"\x00" not in out
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=80), max_size=10))
+@pytest_twisted.ensureDeferred
+async def test_random_input_never_fails_a_connection(chunks):
+    failures = []
+    observer = lambda event: failures.append(event) if "log_failure" in event else None  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        clock, connection, transport = await connect()
+        connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\nJOIN #r\r\n")
+        for chunk in chunks:
+            connection.dataReceived(chunk)
+        connection.dataReceived(b"\r\nPING end\r\n")
+        assert transport.value().endswith(b":chatserv PONG chatserv end\r\n") or transport.disconnecting
+        connection.connectionLost()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert failures == []
