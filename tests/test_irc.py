@@ -286,6 +286,13 @@ async def test_cap_sasl_and_the_register_command(daemon):
     other.send(b"CAP END")
     assert (await until(other, b" 001 "))[-1].startswith(b":chatserv 001 alice ")
 
+    late = await raw(daemon, "late", "sasl")  # a guest may log in after registration too
+    late.send(b"AUTHENTICATE PLAIN", b"AUTHENTICATE " + plain("alice", "pw"))
+    assert await until(late, b" 903 ") == [
+        b"AUTHENTICATE +", b":late!late@chatserv NICK alice",
+        b":chatserv 900 alice alice!alice@chatserv alice :You are now logged in as alice",
+        b":chatserv 903 alice :SASL authentication successful"]
+
 
 @pytest_twisted.ensureDeferred
 async def test_chathistory_for_rooms_and_direct_messages(daemon):
@@ -307,8 +314,16 @@ async def test_chathistory_for_rooms_and_direct_messages(daemon):
     assert await history(b"CHATHISTORY BEFORE #h msgid=" + ids[2] + b" 10") == [b"m0", b"m1"]
     assert await history(b"CHATHISTORY AFTER #h msgid=" + ids[1] + b" 2") == [b"m2", b"m3"]
     assert await history(b"CHATHISTORY LATEST #h msgid=" + ids[2] + b" 10") == [b"m3", b"m4"]
-    bob = await bot(daemon, "bob")
-    bob.msg("alice", "direct one")
+    times = [line.split(b"time=")[1].split(b";")[0] for line in echoes]
+    assert await history(b"CHATHISTORY BEFORE #h timestamp=2000-01-01T00:00:00.000Z 10") == []
+    assert await history(b"CHATHISTORY AFTER #h timestamp=2000-01-01T00:00:00.000Z 2") == [b"m0", b"m1"]
+    assert await history(b"CHATHISTORY BEFORE #h timestamp=2999-01-01T00:00:00.000Z 1") == [b"m4"]
+    assert times[0].endswith(b"Z")
+    bob = await raw(daemon, "bob", "message-tags")
+    bob.send(b"@+typing=active TAGMSG alice", b"@+typing=done;+other=x TAGMSG alice", b"TAGMSG nobody")
+    assert [await alice.receive() for _ in range(2)] == [
+        b"@+typing=active :bob!bob@chatserv TAGMSG alice", b"@+typing=done :bob!bob@chatserv TAGMSG alice"]
+    bob.send(b"PRIVMSG alice :direct one")
     await until(alice, b"direct one")
     assert await history(b"CHATHISTORY LATEST bob * 10") == [b"direct one"]
     alice.send(b"CHATHISTORY LATEST #nowhere * 10", b"CHATHISTORY LATEST #h yesterday 10",
@@ -316,8 +331,8 @@ async def test_chathistory_for_rooms_and_direct_messages(daemon):
     assert [await alice.receive() for _ in range(3)] == [
         b":chatserv FAIL CHATHISTORY INVALID_TARGET LATEST #nowhere :No such channel or nick, or you may not "
         b"read it",
-        b":chatserv FAIL CHATHISTORY INVALID_MSGREFTYPE LATEST yesterday :References are msgid=<id>, or * "
-        b"for LATEST",
+        b":chatserv FAIL CHATHISTORY INVALID_MSGREFTYPE LATEST yesterday :References are msgid=<id> or "
+        b"timestamp=<ISO 8601>, or * for LATEST",
         b":chatserv FAIL CHATHISTORY INVALID_PARAMS TARGETS :Invalid parameters"]
 
 

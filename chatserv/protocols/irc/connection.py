@@ -79,6 +79,7 @@ COMMANDS = {
     "QUIT": Command("irc_QUIT", 0, True, flood=False),
     "PRIVMSG": Command("irc_PRIVMSG"),
     "NOTICE": Command("irc_NOTICE"),
+    "TAGMSG": Command("irc_TAGMSG", 1),
     "NICKSERV": Command("irc_NICKSERV", 1),
     "NS": Command("irc_NICKSERV", 1),
     "JOIN": Command("irc_JOIN", 1),
@@ -266,7 +267,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         limits = self.limits
         tokens = [
             "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=,,,nt", "CHANNELLEN=51",
-            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid", "NETWORK=chatserv",
+            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp", "NETWORK=chatserv",
             "NICKLEN=32", "PREFIX=(o)@", f"TOPICLEN={limits.max_body}", "UTF8ONLY",
             "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,NAMES:1,WHOIS:1",
         ]
@@ -418,6 +419,20 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         if "echo-message" in self.caps:
             self.send(message_lines(message, target, self.tag_variant))
 
+    def irc_TAGMSG(self, line):
+        """IRCv3 typing notifications (``+typing``) go to the room or user; other tags go nowhere."""
+        state = line.tags.get("+typing")
+        if state not in ("active", "paused", "done"):
+            return
+        target = line.params[0]
+        try:
+            if target.startswith("#"):
+                self.service.typing(self.user, state == "active", room=target[1:], origin=self.session)
+            else:
+                self.service.typing(self.user, state == "active", to=target, origin=self.session)
+        except errors.ChatError:
+            pass  # like a NOTICE, a typing notification draws no error reply
+
     def online_or_registered(self, nick: str):
         """A direct message goes to an online nick, or waits in a registered user's inbox."""
         try:
@@ -441,6 +456,14 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         return event.render_once(self.render_key,
                                  lambda: message_lines(event.message, event.recipient.username, variant))
 
+    def _render_typing(self, event):
+        if "message-tags" not in self.caps:
+            return None
+        target = "#" + event.room.name if event.room is not None else event.recipient.username
+        state = "active" if event.active else "done"
+        return event.render_once("irc-typing", lambda: serialise(
+            "TAGMSG", target, prefix=mask(event.user.username), tags={"+typing": state}))
+
     def _render_presence(self, event):
         shared = [room for room in self.channels.values() if event.user.id in room.members]
         if not shared:
@@ -460,6 +483,7 @@ RENDERERS = {
     events.RoomMessage: IRCConnection._render_room_message,
     events.DirectMessage: IRCConnection._render_direct_message,
     events.PresenceChanged: IRCConnection._render_presence,
+    events.Typing: IRCConnection._render_typing,
     events.MembershipChanged: ChannelsMixin.render_membership,
     events.TopicChanged: ChannelsMixin.render_topic,
     events.OperatorChanged: ChannelsMixin.render_operator,

@@ -7,6 +7,7 @@ replay when negotiated. Message ids are the ``msgid`` tags and CHATHISTORY's ref
 
 from __future__ import annotations
 
+import datetime
 import time
 
 from chatserv import errors
@@ -14,7 +15,7 @@ from chatserv.model import Message
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.message import MAX_LINE, SERVER, mask, serialise, server_time, split_text
 
-AFTER_PAGES = 10  # pages walked back to find what came after a msgid: AFTER reaches that far
+AFTER_PAGES = 10  # pages walked back from the newest message to resolve a reference
 
 
 def message_lines(message: Message, target: str, variant: tuple[bool, bool], *, batch: str = "",
@@ -84,21 +85,20 @@ class HistoryMixin:
         if not count.isdigit() or not 0 < int(count) <= self.limits.history:
             raise N.Fail("CHATHISTORY", "INVALID_PARAMS", subcommand)
         limit = int(count)
-        after = None
-        if reference == "*" and subcommand == "LATEST":
-            pass
-        elif reference.startswith("msgid=") and reference[6:].isdigit():
-            after = int(reference[6:])
-        else:
-            raise N.Fail("CHATHISTORY", "INVALID_MSGREFTYPE", subcommand, reference)
+        position = None if reference == "*" and subcommand == "LATEST" else _position(subcommand, reference)
+        if position is not None:
+            key, value = position
         try:
             fetch, target_of = self._history_source(target)
-            if subcommand == "BEFORE":
-                messages = await fetch(limit, after)
-            elif after is None:
+            if position is None:
                 messages = await fetch(limit, None)
+            elif subcommand == "BEFORE" and reference.startswith("msgid="):
+                messages = await fetch(limit, value)
+            elif subcommand == "BEFORE":
+                messages = await _walk_back(fetch, lambda m: key(m) < value, limit, stop_when_full=True)
             else:
-                messages = await self._after(fetch, after, limit, newest=subcommand == "LATEST")
+                found = await _walk_back(fetch, lambda m: key(m) > value, limit)
+                messages = found[-limit:] if subcommand == "LATEST" else found[:limit]
         except (errors.ChatError, N.IRCError):
             raise N.Fail("CHATHISTORY", "INVALID_TARGET", subcommand, target) from None
         batch_target = target if target.startswith("#") else target_of(None)
@@ -124,17 +124,38 @@ class HistoryMixin:
         return (lambda limit, before: self.service.direct_history(me, other, limit, before),
                 lambda m: other.username if m is None or m.recipient_id == other.id else me.username)
 
-    @staticmethod
-    async def _after(fetch, after_id: int, limit: int, newest: bool):
-        """Messages after ``after_id``: the oldest ``limit`` of them, or the newest with ``newest``."""
-        page = max(limit, 100)
-        found: list = []
-        before = None
-        for _ in range(AFTER_PAGES):
-            messages = await fetch(page, before)
-            newer = [m for m in messages if m.id > after_id]
-            found = newer + found
-            if len(newer) < len(messages) or len(messages) < page:
-                break
-            before = messages[0].id
-        return found[-limit:] if newest else found[:limit]
+
+def _position(subcommand: str, reference: str):
+    """A ``msgid=`` or ``timestamp=`` reference: how to read it off a message, and its value."""
+    kind, _, value = reference.partition("=")
+    if kind == "msgid" and value.isdigit():
+        return (lambda m: m.id), int(value)
+    if kind == "timestamp":
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (lambda m: m.sent_at), moment.timestamp()
+    raise N.Fail("CHATHISTORY", "INVALID_MSGREFTYPE", subcommand, reference)
+
+
+async def _walk_back(fetch, wanted, limit: int, stop_when_full: bool = False) -> list:
+    """The ``wanted`` messages, walking back from the newest a page at a time (AFTER_PAGES at most).
+
+    Wanted messages after a reference end at the first unwanted one; those before it are
+    enough once ``limit`` are found (``stop_when_full``), newest ``limit`` kept.
+    """
+    page = max(limit, 100)
+    found: list = []
+    before = None
+    for _ in range(AFTER_PAGES):
+        messages = await fetch(page, before)
+        kept = [m for m in messages if wanted(m)]
+        found = kept + found
+        if len(messages) < page or (stop_when_full and len(found) >= limit):
+            break
+        if not stop_when_full and len(kept) < len(messages):
+            break
+        before = messages[0].id
+    return found[-limit:] if stop_when_full else found

@@ -121,7 +121,7 @@ FAIL_TEXTS = {
     "ACCOUNT_EXISTS": "That account name is taken",
     "ALREADY_AUTHENTICATED": "You are already logged in",
     "BAD_ACCOUNT_NAME": "Account names follow nick rules (letters, digits, -_[]\\`^{|}), at most 32",
-    "INVALID_MSGREFTYPE": "References are msgid=<id>, or * for LATEST",
+    "INVALID_MSGREFTYPE": "References are msgid=<id> or timestamp=<ISO 8601>, or * for LATEST",
     "INVALID_PARAMS": "Invalid parameters",
     "INVALID_TARGET": "No such channel or nick, or you may not read it",
     "NEED_MORE_PARAMS": "Not enough parameters",
