@@ -204,6 +204,7 @@ async def test_a_registered_nick_needs_its_password_then_nickserv_identify(daemo
     history = await daemon.chat.room_history(daemon.chat.user("alice"), "guests")
     assert [(m.sender_name, m.body) for m in history] == [("alice", "still here")]
     assert [r.name for r in daemon.chat.rooms_of(daemon.chat.user("alice"))] == ["guests"]
+    assert daemon.chat.is_operator(daemon.chat.user("alice"), daemon.chat.room("guests"))
 
 
 @pytest_twisted.ensureDeferred
