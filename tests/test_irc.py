@@ -269,6 +269,10 @@ async def test_cap_sasl_and_the_register_command(daemon):
         b":chatserv 900 * alice!alice@chatserv alice :You are now logged in as alice"]
     client.send(b"NICK whatever", b"USER u 0 * :U", b"CAP END")
     assert (await until(client, b" 001 "))[-1].startswith(b":chatserv 001 alice ")
+    isupport = b" ".join(line for line in await until(client, b" 376 ") if b" 005 " in line).split()
+    for token in (b"CHANTYPES=#", b"PREFIX=(o)@", b"NICKLEN=32", b"CHANNELLEN=51", b"CASEMAPPING=ascii",
+                  b"CHATHISTORY=50", b"NETWORK=chatserv"):
+        assert token in isupport
     client.send(b"REGISTER bob * pw")
     assert (await until(client, b"FAIL"))[-1:] == [b":chatserv FAIL REGISTER ALREADY_AUTHENTICATED bob "
                                             b":You are already logged in"]
@@ -402,7 +406,7 @@ async def test_bad_input_gets_numerics_and_harms_no_one(daemon):
             b"MODE #bad +z", b"KICK #bad bob", b"TOPIC #bad :mine", b"JOIN bad", b"PRIVMSG #nochan :x",
             b"PRIVMSG #bad", b"PRIVMSG nobody :x", b"PART #lobby", b"NICK other", b"USER a b c d",
             b"CHATHISTORY x", b"CAP FOO", b"PRIVMSG", b"MODE bob +i", b"MODE mallory +Z", b"WHOIS nobody",
-            b"KICK #bad nobody", b"MODE #bad +o", count=19) == [
+            b"KICK #bad nobody", b"MODE #bad +o", b"FROB x", count=20) == [
             b":chatserv 472 mallory z :is unknown mode char to me",
             b":chatserv 482 mallory #bad :You're not channel operator",
             b":chatserv 482 mallory #bad :You're not channel operator",
@@ -422,7 +426,8 @@ async def test_bad_input_gets_numerics_and_harms_no_one(daemon):
             b":chatserv 401 mallory nobody :No such nick/channel",
             b":chatserv 318 mallory nobody :End of /WHOIS list",
             b":chatserv 482 mallory #bad :You're not channel operator",
-            b":chatserv 461 mallory MODE :Not enough parameters"]
+            b":chatserv 461 mallory MODE :Not enough parameters",
+            b":chatserv 421 mallory FROB :Unknown command"]
         bob.msg("#bad", "still fine")
         assert (await until(client, b"still fine"))[-1] == b":bob!bob@chatserv PRIVMSG #bad :still fine"
     finally:
