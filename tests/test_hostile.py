@@ -415,3 +415,50 @@ def test_a_session_sending_past_its_rate_is_told_to_slow_down(port, send, refusa
     transport.clear()
     request(protocol, port, send)
     assert refusal not in transport.value() and not transport.disconnecting
+
+
+# TLS comes from the endpoint string
+
+
+def self_signed(directory) -> tuple[str, bytes]:
+    """A key and certificate for 127.0.0.1 in one PEM file; returns its path and the certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chatserv-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(1))
+                   .not_valid_after(now + datetime.timedelta(1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("chatserv-test")]), False)
+                   .sign(key, hashes.SHA256()))
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    path = directory / "server.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()) + cert_pem)
+    return str(path), cert_pem
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_given_an_ssl_endpoint_speaks_tls_only(tmp_path):
+    from twisted.internet import ssl
+
+    pem, cert_pem = self_signed(tmp_path)
+    daemon = await Daemon(extra=["--skype", f"ssl:0:interface=127.0.0.1:privateKey={pem}"]).start()
+    try:
+        trust = ssl.optionsForClientTLS("chatserv-test", ssl.Certificate.loadPEM(cert_pem))
+        endpoint = endpoints.wrapClientTLS(trust, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                                                daemon.port("skype")))
+        secure = await endpoints.connectProtocol(endpoint, FrameClient(LineFramer(1 << 20)))
+        assert await secure.request(b"PING") == b"200 OK"
+        plain = await connect(daemon.port("skype"))
+        plain.send(b"PING")
+        await plain.wait_closed()  # the TLS handshake fails: no answer in clear text
+        assert plain.frames.pending == []
+    finally:
+        await daemon.stop()
