@@ -7,8 +7,12 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.web.test.requesthelper import DummyRequest
 
+from chatserv.limits import Limits
+from chatserv.protocols.base import ConnectionTracker
 from chatserv.web.engineio import EngineServer
-from tests.support import TIMEOUT
+from chatserv.web.sessions import WebSessions
+from chatserv.web.socketio import SocketIOConnection
+from tests.support import TIMEOUT, Daemon
 from tests.web_support import call, register_and_login
 
 EIO = "/socket.io/"
@@ -107,7 +111,7 @@ async def test_broken_packets_close_only_their_own_session(daemon):
         sid = (await handshake(daemon, sessionID=alice["sessionID"]))["sid"]
         code, _ = await post(daemon, sid, *packets)
         answer = await call(daemon, EIO, params=polling(sid=sid))
-        goodbye = '40{"sid":"' + sid + '"}\x1e41\x1e1'  # connected, then told to leave
+        goodbye = '40{"sid":"' + sid + '"}\x1e41'  # connected, then told to leave
         assert code in (200, 400) and answer in (
             (200, "1"), (200, goodbye), (400, {"code": 1, "message": "Session ID unknown"})), packets
     sid = (await handshake(daemon))["sid"]
@@ -231,3 +235,67 @@ def test_a_reader_that_never_polls_is_let_go():
     for _ in range(30):
         socket.send("x" * 30)
     assert handler.lost_reason == "slow reader"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_that_stops_reading_is_dropped_and_its_sender_goes_on():
+    daemon = await Daemon(extra=["--send-queue", "20000"]).start()
+    try:
+        alice = await register_and_login(daemon, "alice")
+        await register_and_login(daemon, "bob")
+        client = await websocket(daemon, f"sessionID={alice['sessionID']}")
+        await client.receive()
+        client.sendMessage(b"40")
+        await client.receive()
+        client.transport.pauseProducing()  # alice's client reads nothing more
+        chat, body = daemon.chat, "x" * 4000
+        sent = 0
+        while chat.is_online(chat.user("alice")) and sent < 10000:  # 40 MB: past any socket buffer
+            await chat.send_direct(chat.user("bob"), "alice", body)
+            sent += 1
+            if sent % 100 == 0:
+                await task.deferLater(reactor, 0, lambda: None)  # let the reactor write and notice
+        assert not chat.is_online(chat.user("alice"))  # the server let the reader go
+        assert len(await chat.inbox(chat.user("alice"), limit=20000)) == sent  # every message was kept
+        client.transport.resumeProducing()
+        await client.closed.addTimeout(TIMEOUT, reactor)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_over_the_per_address_limit_are_refused():
+    daemon = await Daemon(extra=["--connections-per-ip", "1"]).start()
+    try:
+        await handshake(daemon)
+        assert await call(daemon, EIO, params=polling()) == (400, {"code": 4, "message": "Forbidden"})
+        refused = await websocket(daemon, "", opened=False)
+        await refused.closed.addTimeout(TIMEOUT, reactor)
+        assert not refused.is_open.called
+    finally:
+        await daemon.stop()
+
+
+class Factory:
+    """What a SocketIOConnection takes from the web site."""
+
+    def __init__(self, clock):
+        self.clock, self.limits, self.service = clock, Limits(prelogin_timeout=5), None
+        self.tracker = ConnectionTracker(clock)
+        self.web_sessions = WebSessions(clock, 60, self.limits)
+
+
+def test_a_socket_that_never_connects_to_the_namespace_is_closed_after_the_prelogin_timeout():
+    clock = task.Clock()
+    factory = Factory(clock)
+    server = EngineServer(
+        clock, lambda socket, query, address: SocketIOConnection(socket, query, address, factory),
+        ping_interval=25, ping_timeout=20, max_payload=1000, send_queue=10000)
+    socket = server.open(None, {}, "127.0.0.1")
+    socket.receive("3")  # answering pings is not enough
+    assert len(factory.tracker.connections) == 1
+    clock.advance(5)
+    assert socket.closed and not factory.tracker.connections
+    assert socket.sid in server.sessions  # a last poll may still collect the goodbye...
+    clock.advance(20)
+    assert not server.sessions  # ...for a while

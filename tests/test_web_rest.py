@@ -4,8 +4,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
+from chatserv.limits import Limits
 from chatserv.web.sessions import InvalidSession, WebSessions
-from tests.support import connect
+from tests.support import Daemon, connect
 from tests.web_support import call, register_and_login
 
 # The three ways the seed's clients sent parameters.
@@ -173,7 +174,7 @@ async def test_oversized_bodies_are_refused_and_the_port_goes_on(daemon):
 
 def test_session_ids_expire_unused_but_not_while_a_socket_uses_them():
     clock = task.Clock()
-    sessions = WebSessions(clock, ttl=60)
+    sessions = WebSessions(clock, ttl=60, limits=Limits())
     first, second = sessions.start("alice"), sessions.start("alice")
     assert first.token != second.token and len(first.token) >= 40
     clock.advance(50)
@@ -225,3 +226,26 @@ async def test_a_user_created_on_the_skype_port_logs_in_here(daemon):
     inbox = await daemon.chat.inbox(daemon.chat.user("carol"))
     assert [m.body for m in inbox] == ["hello carol"]
     assert await skype.request(b"EXIT") == b"201 Goodbye"
+
+
+@pytest_twisted.ensureDeferred
+async def test_urls_and_parameters_that_are_not_utf8_get_400(daemon):
+    assert await call(daemon, "/%ff") == (400, {"error": "the URL must be UTF-8"})
+    assert await call(daemon, "/getContacts?sessionID=%ff") == (400, {"error": "parameters must be UTF-8"})
+    client = await connect(daemon.port("web"))
+    client.send_raw(b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await client.receive() == b"HTTP/1.1 400 Bad Request"
+    client.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_over_rest_are_rate_limited():
+    daemon = await Daemon(extra=["--messages-per-second", "0.001", "--message-burst", "2"]).start()
+    try:
+        alice = await register_and_login(daemon, "alice")
+        message = {"sessionID": alice["sessionID"], "recipientID": "alice", "content": "note to self"}
+        for _ in range(2):
+            assert (await call(daemon, "/saveMessage", "POST", json_body=message))[0] == 200
+        assert await call(daemon, "/saveMessage", "POST", json_body=message) == (400, {"error": "slow down"})
+    finally:
+        await daemon.stop()

@@ -75,12 +75,12 @@ class WebSite(server.Site):
         self.clock = clock
         self.max_body = options["web-max-body"]
         self.counters = collections.Counter()
-        self.web_sessions = WebSessions(clock, options["web-session-ttl"])
+        self.web_sessions = WebSessions(clock, options["web-session-ttl"], limits)
         self.engine = EngineServer(
             clock, self._socket_opened, ping_interval=options["web-ping-interval"],
             ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,
-            send_queue=limits.send_queue)
-        super().__init__(rest.WebAPI(self).app.resource(), timeout=limits.prelogin_timeout)
+            send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits))
+        super().__init__(rest.Utf8Only(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
         self.displayTracebacks = False
 
     def _socket_opened(self, engine_socket, query, address):

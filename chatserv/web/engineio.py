@@ -19,8 +19,10 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from engineio import packet as eio
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import resource, server
+from zope.interface import implementer
 
 log = Logger()
 
@@ -34,6 +36,7 @@ UNKNOWN_TRANSPORT = (0, "Transport unknown")
 UNKNOWN_SID = (1, "Session ID unknown")
 BAD_METHOD = (2, "Bad handshake method")
 BAD_REQUEST = (3, "Bad request")
+FORBIDDEN = (4, "Forbidden")
 BAD_VERSION = (5, "Unsupported protocol version")
 
 
@@ -94,7 +97,7 @@ class EngineSocket:
         if self.closed:
             return
         if self.websocket is not None:
-            self.websocket.sendMessage(encoded.encode("utf-8"))
+            self.websocket.send_text(encoded)
             return
         self._outbox.append(encoded)
         self._outbox_size += len(encoded)
@@ -177,7 +180,7 @@ class EngineSocket:
     def probe_received(self, websocket: EngineWebSocket, text: str):
         """The upgrade dance on a probing WebSocket: 2probe -> 3probe (+NOOP on the poll), then 5."""
         if text == eio.Packet(eio.PING, "probe").encode():
-            websocket.sendMessage(eio.Packet(eio.PONG, "probe").encode().encode("utf-8"))
+            websocket.send_text(eio.Packet(eio.PONG, "probe").encode())
             self._outbox.append(NOOP_PACKET)
             self._flush_poll()
         elif text == eio.Packet(eio.UPGRADE).encode():
@@ -190,7 +193,10 @@ class EngineSocket:
             queued, self._outbox, self._outbox_size = self._outbox, [], 0
             for encoded in queued:
                 if encoded != NOOP_PACKET:
-                    websocket.sendMessage(encoded.encode("utf-8"))
+                    websocket.send_text(encoded)
+            if self.closed:
+                websocket.sendClose(1000)
+                self.server.forget(self)
         else:
             websocket.dropConnection(abort=True)
 
@@ -227,9 +233,12 @@ class EngineSocket:
             if call is not None and call.active():
                 call.cancel()
         self._ping_call = self._pong_deadline = None
-        for websocket in (self.websocket, self.probe):
-            if websocket is not None:
-                websocket.sendClose(1000)
+        if self.websocket is not None:
+            self.websocket.sendClose(1000)
+        if self.probe is not None and not say_goodbye:
+            self.probe.sendClose(1000)
+        # With a goodbye to give, a probing WebSocket stays: the client has paused polling to
+        # upgrade, so the goodbye goes out on the WebSocket once the upgrade is done.
         if not say_goodbye:
             self._outbox.clear()
             if self._poll is not None:
@@ -252,11 +261,18 @@ class EngineSocket:
         self.close("aborted", say_goodbye=False)
 
 
+@implementer(IPushProducer)
 class EngineWebSocket(WebSocketServerProtocol):
-    """A WebSocket that carries (or asks to carry) one Engine.IO session."""
+    """A WebSocket that carries (or asks to carry) one Engine.IO session.
+
+    It is its transport's producer, so it knows when the client stops reading: what is sent
+    from then on is counted, and past the send queue bound the connection is dropped.
+    """
 
     engine_socket: EngineSocket | None = None
     _probing: EngineSocket | None = None
+    _write_paused = False
+    _unread = 0  # bytes sent since the transport asked us to pause
 
     def onConnect(self, request):
         params = request.params
@@ -264,6 +280,8 @@ class EngineWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(400, BAD_VERSION[1])
         sid = params.get("sid", [None])[0]
         if sid is None:
+            if not self.factory.engine.admits(peer_host(self.transport)):
+                raise ConnectionDeny(403, FORBIDDEN[1])
             return None
         socket = self.factory.engine.sessions.get(sid)
         if socket is None or socket.closed or socket.websocket is not None or socket.probe is not None:
@@ -273,9 +291,11 @@ class EngineWebSocket(WebSocketServerProtocol):
         return None
 
     def onOpen(self):
+        self.transport.unregisterProducer()  # the HTTP channel this connection began as
+        self.transport.registerProducer(self, True)
         if self._probing is None:
             self.engine_socket = self.factory.engine.open(self, self.http_request_params,
-                                                          getattr(self.transport.getPeer(), "host", ""))
+                                                          peer_host(self.transport))
 
     def onMessage(self, payload, isBinary):
         if isBinary:
@@ -286,6 +306,26 @@ class EngineWebSocket(WebSocketServerProtocol):
             self.engine_socket.receive(text)
         elif self._probing is not None:
             self._probing.probe_received(self, text)
+
+    def send_text(self, text: str):
+        data = text.encode("utf-8")
+        if self._write_paused:
+            self._unread += len(data)
+            if self._unread > self.factory.engine.send_queue:
+                log.info("engine.io: dropping a WebSocket, a slow reader")
+                self.dropConnection(abort=True)
+                return
+        self.sendMessage(data)
+
+    def pauseProducing(self):
+        self._write_paused = True
+
+    def resumeProducing(self):
+        self._write_paused = False
+        self._unread = 0
+
+    def stopProducing(self):
+        pass
 
     def onClose(self, wasClean, code, reason):
         if self.engine_socket is not None:
@@ -299,12 +339,14 @@ class EngineServer:
 
     ``on_open(socket, query, address)`` makes the handler of each new session; ``query`` is
     the handshake's query string as a dict of str to str (first value of each name).
+    ``admits(address)`` says whether one more session may open from that address.
     """
 
     def __init__(self, clock, on_open: Callable, *, ping_interval: float, ping_timeout: float,
-                 max_payload: int, send_queue: int):
+                 max_payload: int, send_queue: int, admits: Callable = lambda address: True):
         self.clock = clock
         self.on_open = on_open
+        self.admits = admits
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_payload = max_payload
@@ -330,7 +372,7 @@ class EngineServer:
         query = {k: v[0] for k, v in query.items() if v}
         if websocket is not None:
             socket.websocket = websocket
-            websocket.sendMessage(socket.open_packet([]).encode("utf-8"))
+            websocket.send_text(socket.open_packet([]))
         else:
             socket.send_packet(socket.open_packet(["websocket"]))
         socket.start(self.on_open(socket, query, address))
@@ -366,9 +408,12 @@ class EngineResource(resource.Resource):
         if sid is None:
             if request.method != b"GET":
                 return error_body(request, BAD_METHOD)
+            address = peer_host(request.channel.transport)
+            if not self.engine.admits(address):
+                return error_body(request, FORBIDDEN)
             query = {k.decode("latin-1"): [v.decode("utf-8", "replace") for v in vs]
                      for k, vs in request.args.items()}
-            socket = self.engine.open(None, query, getattr(request.getClientAddress(), "host", ""))
+            socket = self.engine.open(None, query, address)
             return socket.poll(request)
         socket = self.engine.sessions.get(sid)
         if socket is None or socket.websocket is not None:
@@ -380,6 +425,10 @@ class EngineResource(resource.Resource):
                 return error_body(request, UNKNOWN_SID)
             return socket.post(request, request.content.read())
         return error_body(request, BAD_METHOD)
+
+
+def peer_host(transport) -> str:
+    return getattr(transport.getPeer(), "host", "")
 
 
 def write_text(request: server.Request, text: str):

@@ -14,9 +14,10 @@ import os
 
 from klein import Klein
 from twisted.logger import Logger
-from twisted.web import static
+from twisted.web import resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from chatserv import errors
 from chatserv.protocols.base import BadRequest
 from chatserv.web import api
 
@@ -71,6 +72,27 @@ def reference(params: dict, *names: str):
         if params.get(key) is not None:
             return params[key]
     raise BadRequest(f"missing parameter: {names[0]}")
+
+
+class Utf8Only(resource.Resource):
+    """Answers 400 to a URL that is not UTF-8 before klein sees it (klein would log a traceback)."""
+
+    isLeaf = True
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request):
+        try:
+            request.getRequestHostname().decode("utf-8")
+            for segment in request.postpath:
+                segment.decode("utf-8")
+        except UnicodeDecodeError:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", JSON)
+            return dumps({"error": "the URL must be UTF-8"})
+        return self.inner.render(request)
 
 
 def endpoint(method):
@@ -171,13 +193,15 @@ class WebAPI:
     @app.route("/saveMessage", methods=BOTH)
     @endpoint
     async def save_message(self, request, params):
-        user = self._user(params)
+        session = self.sessions.get(params.get("sessionID"))
         recipient = api.user_reference(self.service, reference(params, "recipientID", "recipient_id"))
         content = text(params, "content")
         kind = params.get("type", "text")
         if not isinstance(kind, str):
             raise BadRequest("type must be a string")
-        message = await self.service.send_direct(user, recipient, content, kind)
+        if not session.rate.allow():
+            raise errors.RateLimited("slow down")
+        message = await self.service.send_direct(session.user, recipient, content, kind)
         return {"message_id": message.id}
 
     @app.route("/healthz", methods=["GET"])

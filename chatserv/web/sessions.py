@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 
 from chatserv import errors, events
+from chatserv.limits import Limits, TokenBucket
 from chatserv.model import User
 
 
@@ -28,6 +29,8 @@ class WebSession:
         self.token = token
         self.user = user
         self.sockets: set = set()  # Socket.IO connections opened with this session ID
+        self.rate = TokenBucket(sessions.clock, sessions.limits.messages_per_second,
+                                sessions.limits.message_burst)  # for messages sent over REST
         self._expiry = None
 
     def touch(self):
@@ -52,9 +55,10 @@ class WebSession:
 class WebSessions:
     """The live session IDs of one web port."""
 
-    def __init__(self, clock, ttl: float):
+    def __init__(self, clock, ttl: float, limits: Limits):
         self.clock = clock
         self.ttl = ttl
+        self.limits = limits
         self._by_token: dict[str, WebSession] = {}
 
     def __len__(self):

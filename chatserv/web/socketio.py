@@ -28,6 +28,7 @@ log = Logger()
 PROTOCOL = "web"
 NAMESPACE = "/"
 RENDER_KEY = "socket.io"
+GOODBYE_GRACE = 5.0  # seconds a client told to disconnect has to close its Engine.IO session
 
 
 def encode(packet_type, data=None, namespace=None, id=None) -> str:
@@ -68,7 +69,9 @@ class SocketIOConnection:
         self._busy = False
         self.closed = False
         factory.tracker.add(self)
-        self._prelogin = factory.clock.callLater(self.limits.prelogin_timeout, self._prelogin_expired)
+        self.user = None
+        self._deadline = None  # closes the Engine.IO session while nobody is in the namespace
+        self._arm_deadline(self.limits.prelogin_timeout)
 
     @property
     def transport(self):
@@ -109,13 +112,17 @@ class SocketIOConnection:
     def lost(self, reason: str):
         """Engine.IO: the session ended (closed by either side, timed out or aborted)."""
         self.closed = True
-        if self._prelogin is not None and self._prelogin.active():
-            self._prelogin.cancel()
-        self._pending.clear()
+        self._cancel_deadline()
         self.factory.tracker.discard(self)
+        self._leave()
+
+    def _leave(self):
+        """Out of the namespace: no longer a service session, nor a user of its session ID."""
+        self._pending.clear()
         if self.web_session is not None:
             self.web_session.sockets.discard(self)
             self.web_session.touch()
+            self.web_session = None
         if self.session is not None:
             session, self.session = self.session, None
             self.service.detach(session)
@@ -133,16 +140,25 @@ class SocketIOConnection:
         except InvalidSession as e:
             self.send(encode(sio.CONNECT_ERROR, {"message": e.message}))
             return
-        self._prelogin.cancel()
-        self._prelogin = None
+        self._cancel_deadline()
         self.web_session = web_session
         web_session.sockets.add(self)
-        self.session = self.service.attach(web_session.user, self, PROTOCOL, self.peer_host)
+        self.user = web_session.user
+        self.session = self.service.attach(self.user, self, PROTOCOL, self.peer_host)
         self.send(encode(sio.CONNECT, {"sid": self.engine.sid}))
 
-    def _prelogin_expired(self):
-        self._prelogin = None
-        self.close()
+    def _arm_deadline(self, seconds: float):
+        self._cancel_deadline()
+        self._deadline = self.factory.clock.callLater(seconds, self._deadline_passed)
+
+    def _cancel_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _deadline_passed(self):
+        self._deadline = None
+        self.engine.close("server close")
 
     # events, one at a time and in order
 
@@ -183,10 +199,6 @@ class SocketIOConnection:
     def _done(self, _):
         self._busy = False
         self._next()
-
-    @property
-    def user(self):
-        return self.session.user
 
     async def on_send_message(self, data):
         recipient_id = data.get("recipient_id")
@@ -247,9 +259,15 @@ class SocketIOConnection:
             self.emit("contact_request", {"user_id": event.owner.id, "username": event.owner.username})
 
     def close(self, say_goodbye: bool = True):
-        """Leave the namespace (the client will not reconnect by itself), then end the session."""
+        """End the connection. A connected client gets a DISCONNECT, which tells it not to
+        reconnect and to close the Engine.IO session itself; one that does not is closed after
+        GOODBYE_GRACE. (Closing it here at once would race the DISCONNECT inside
+        socket.io-client, which handles a packet a tick after it sees its transport close.)"""
         if self.closed:
             return
         if say_goodbye and self.session is not None:
             self.send(encode(sio.DISCONNECT))
-        self.engine.close("server close")
+            self._leave()
+            self._arm_deadline(GOODBYE_GRACE)
+        else:
+            self.engine.close("server close")
