@@ -27,6 +27,9 @@ class Bot(words.IRCClient):
     def privmsg(self, user, channel, message):
         self.heard.put(("privmsg", user.split("!")[0], channel, message))
 
+    def action(self, user, channel, data):
+        self.heard.put(("action", user.split("!")[0], channel, data))
+
     def noticed(self, user, channel, message):
         self.heard.put(("notice", user.split("!")[0], channel, message))
 
@@ -141,22 +144,27 @@ async def test_irc_clients_register_join_talk_replay_and_part(daemon):
     assert await alice.hear("privmsg") == ("privmsg", "bob", "#talk", "hi alice")
     bob.msg("alice", "psst")
     assert await alice.hear("privmsg") == ("privmsg", "bob", "alice", "psst")
+    bob.describe("#talk", "waves")  # CTCP ACTION: stored as an action, shown as one
+    assert await alice.hear("action") == ("action", "bob", "#talk", "waves")
+    bob.ctcpMakeQuery("alice", [("VERSION", None)])  # other CTCP queries go nowhere
+    await bob.sync()
+    assert [m.body for m in await daemon.chat.inbox(daemon.chat.user("alice"))] == ["psst"]
 
     carol = await raw(daemon, "carol", "server-time batch message-tags")
     carol.send(b"JOIN #talk")
     replay = await until(carol, b"BATCH -")
     batch = [line for line in replay if b"batch=" in line]
-    assert [last_param(line) for line in batch] == [b"hello bob", b"hi alice"]
+    assert [last_param(line) for line in batch] == [b"hello bob", b"hi alice", b"\x01ACTION waves\x01"]
     assert batch[0].startswith(b"@batch=1;time=20") and b";msgid=" in batch[0]
     assert replay[0] == b":carol!carol@chatserv JOIN #talk"
 
-    dave = await bot(daemon, "dave")  # no server-time: the time is written in front
+    dave = await bot(daemon, "dave")  # no server-time
     dave.join("#talk")
-    replayed = await dave.hear("privmsg")
+    replayed = await dave.hear("privmsg")  # the time is written in front of the text
     assert replayed[1:3] == ("alice", "#talk") and replayed[3].endswith("] hello bob")
     assert replayed[3].startswith("[20")
 
-    bob.part("#talk")
+    bob.sendLine("JOIN 0")  # leaves every channel
     assert await bob.hear("left") == ("left", "#talk")
     assert await alice.hear("userLeft") == ("userLeft", "bob", "#talk")
     dave.quit("bye")

@@ -60,7 +60,9 @@ class ChannelsMixin:
 
     async def irc_JOIN(self, line):
         if line.params[0] == "0":
-            return await self.each_target(",".join("#" + r.name for r in self.channels.values()), self._part)
+            for room in list(self.channels.values()):
+                await self.each_target("#" + room.name, self._part)
+            return
         await self.each_target(line.params[0], self._join)
 
     async def _join(self, target: str):

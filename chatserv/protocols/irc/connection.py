@@ -390,6 +390,11 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         if len(line.params) < 2 or not line.params[1]:
             return None if quiet else self.reply(N.ERR_NOTEXTTOSEND)
         body = line.params[1]
+        if body.startswith("\x01"):
+            verb, _, text = body.strip("\x01").partition(" ")
+            if verb.upper() != "ACTION" or not text:
+                return None  # CTCP queries stay off the other ports' inboxes: never stored or relayed
+            body, kind = text, "action"
         for target in line.params[0].split(",")[:4]:
             try:
                 await self._send_one(target, body, kind)

@@ -20,14 +20,15 @@ AFTER_PAGES = 10  # pages walked back from the newest message to resolve a refer
 
 def message_lines(message: Message, target: str, variant: tuple[bool, bool], *, batch: str = "",
                   stamped: bool = False) -> bytes:
-    """A message as PRIVMSG (or NOTICE) lines, split to fit 512 bytes and at line breaks."""
+    """A message as PRIVMSG (or NOTICE, or CTCP ACTION) lines, split to fit 512 bytes and at line breaks."""
     command = "NOTICE" if message.kind == "notice" else "PRIVMSG"
+    action = message.kind == "action"
     prefix = mask(message.sender_name)
     body = message.body
     if stamped:
         body = time.strftime("[%Y-%m-%d %H:%M:%S] ", time.gmtime(message.sent_at)) + body
     with_time, with_msgid = variant
-    budget = MAX_LINE - 2 - len(f":{prefix} {command} {target} :".encode())
+    budget = MAX_LINE - 2 - len(f":{prefix} {command} {target} :".encode()) - (9 if action else 0)
     lines = []
     for index, chunk in enumerate(split_text(body, budget)):
         tags = {}
@@ -37,7 +38,8 @@ def message_lines(message: Message, target: str, variant: tuple[bool, bool], *, 
             tags["time"] = server_time(message.sent_at)
         if with_msgid and index == 0:
             tags["msgid"] = str(message.id)
-        lines.append(serialise(command, target, chunk, prefix=prefix, tags=tags))
+        text = f"\x01ACTION {chunk}\x01" if action else chunk
+        lines.append(serialise(command, target, text, prefix=prefix, tags=tags))
     return b"".join(lines)
 
 
