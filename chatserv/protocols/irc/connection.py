@@ -238,9 +238,10 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         if self.registered or not self.nick or not self.user_given or self.negotiating:
             return
         user = self.account
-        if user is None and self.password is not None and self.service.is_registered(self.nick):
+        password, self.password = self.password, None  # kept no longer than registration needs it
+        if user is None and password is not None and self.service.is_registered(self.nick):
             try:
-                user = await self.service.authenticate(self.nick, self.password, self.peer_host)
+                user = await self.service.authenticate(self.nick, password, self.peer_host)
             except (errors.BadCredentials, errors.RateLimited):
                 self.reply(N.ERR_PASSWDMISMATCH)
                 return self.error_and_close("Bad password")
