@@ -469,3 +469,27 @@ async def test_away_ison_list_names_who_and_a_stopping_daemon(daemon):
     await daemon.stop()
     assert await until(alice, b"ERROR") == [b"ERROR :Closing Link: chatserv (server shutting down)"]
     await alice.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_passwords_never_reach_a_log_or_another_client(daemon):
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        watcher = await raw(daemon, "watcher")
+        watcher.send(b"JOIN #lobby")
+        await until(watcher, b" 366 ")
+        guest = await raw(daemon, "guest", "sasl")
+        guest.send(b"PRIVMSG NickServ :REGISTER s3cret-one", b"PRIVMSG NickServ :IDENTIFY guest s3cret-two")
+        await until(guest, b"already logged in")
+        other = await connect(daemon.port("irc"))
+        other.send(b"CAP REQ :sasl", b"AUTHENTICATE PLAIN", b"AUTHENTICATE " + plain("guest", "s3cret-three"),
+                   b"PASS s3cret-four", b"NICK x", b"USER u 0 * :U", b"CAP END")
+        seen = await until(other, b" 376 ")
+        watcher.send(b"PING done")
+        seen += await until(watcher, b"PONG")
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    encoded = plain("guest", "s3cret-three").decode()
+    assert not [line for line in seen if b"s3cret" in line or encoded.encode() in line]
+    assert not [event for event in logged if "s3cret" in repr(event) or encoded in repr(event)]
