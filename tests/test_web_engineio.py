@@ -95,6 +95,8 @@ async def test_engineio_requests_that_make_no_sense_get_its_own_400s(daemon):
         400, {"code": 2, "message": "Bad handshake method"})
     assert await call(daemon, EIO, "POST", params={"EIO": "4", "transport": "websocket"}) == (
         400, {"code": 2, "message": "Bad handshake method"})
+    assert await call(daemon, EIO, params={"EIO": "4", "transport": "websocket"}) == (
+        400, {"code": 3, "message": "Bad request"})  # no Upgrade header
 
 
 @pytest_twisted.ensureDeferred

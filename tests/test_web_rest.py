@@ -27,6 +27,7 @@ async def test_hello_world_healthz_and_unknown_paths(daemon):
     assert await call(daemon, "/healthz") == (200, "ok")
     assert await call(daemon, "/nope") == (404, {"error": "Not found"})
     assert await call(daemon, "/", "DELETE") == (405, {"error": "Method not allowed"})
+    assert (await call(daemon, "/static/"))[0] == 404  # no directory listings
 
 
 @pytest.mark.parametrize("form", FORMS)

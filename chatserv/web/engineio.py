@@ -401,6 +401,8 @@ class EngineResource(resource.Resource):
         if transport == "websocket":
             if request.method != b"GET":
                 return error_body(request, BAD_METHOD)
+            if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
+                return error_body(request, BAD_REQUEST)
             return self.websocket.render(request)
         if transport != "polling":
             return error_body(request, UNKNOWN_TRANSPORT)

@@ -14,7 +14,7 @@ import os
 
 from klein import Klein
 from twisted.logger import Logger
-from twisted.web import resource, static
+from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
@@ -72,6 +72,13 @@ def reference(params: dict, *names: str):
         if params.get(key) is not None:
             return params[key]
     raise BadRequest(f"missing parameter: {names[0]}")
+
+
+class StaticFiles(static.File):
+    """The files under chatserv/web/static, without directory listings."""
+
+    def directoryListing(self):
+        return pages.notFound()
 
 
 class Utf8Only(resource.Resource):
@@ -220,7 +227,7 @@ class WebAPI:
 
     @app.route("/static/", branch=True, methods=["GET"])
     def static_files(self, request):
-        return static.File(STATIC)
+        return StaticFiles(STATIC)
 
     @app.handle_errors(NotFound)
     def not_found(self, request, failure):
