@@ -1,6 +1,7 @@
 """IRC end to end, with real IRC clients: Twisted's IRCClient, the ``irc`` package, raw lines."""
 
 import base64
+import json
 import time
 
 import irc.client
@@ -493,3 +494,26 @@ async def test_passwords_never_reach_a_log_or_another_client(daemon):
     encoded = plain("guest", "s3cret-three").decode()
     assert not [line for line in seen if b"s3cret" in line or encoded.encode() in line]
     assert not [event for event in logged if "s3cret" in repr(event) or encoded in repr(event)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lobby_live_with_the_salted_port(daemon):
+    erin = await connect(daemon.port("salted"))
+
+    async def erin_hears(kind):
+        """The next event of that kind from someone else (the salted port echoes erin's own)."""
+        while (event := json.loads(await erin.receive()))["type"] != kind or "erin" in event.values():
+            pass
+        return event
+
+    erin.send(json.dumps({"user": "erin", "type": "guest"}).encode())
+    assert json.loads(await erin.receive()) == {"type": "login", "success": "true"}
+    bob = await bot(daemon, "bob")
+    bob.join("#lobby")
+    assert "erin" in (await bob.hear("names"))[2]
+    erin.send(json.dumps({"user": "erin", "type": "message", "message": "hi from the salted port"}).encode())
+    assert await bob.hear("privmsg") == ("privmsg", "erin", "#lobby", "hi from the salted port")
+    bob.msg("#lobby", "hi from IRC")
+    assert await erin_hears("message") == {"type": "message", "from": "bob", "message": "hi from IRC"}
+    bob.sendLine("@+typing=active TAGMSG #lobby")
+    assert await erin_hears("typing") == {"type": "typing", "user": "bob", "status": "true"}
