@@ -250,3 +250,17 @@ async def test_messages_over_rest_are_rate_limited():
         assert await call(daemon, "/saveMessage", "POST", json_body=message) == (400, {"error": "slow down"})
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_read_here_are_not_handed_over_again_as_new_elsewhere(daemon):
+    alice = await register_and_login(daemon, "alice")
+    bob = await register_and_login(daemon, "bob")
+    for text in ("one", "two"):
+        await call(daemon, "/saveMessage", "POST", data={
+            "sessionID": alice["sessionID"], "recipientID": "bob", "content": text})
+    await call(daemon, "/getContactMessages", params={"sessionID": bob["sessionID"], "contact": "alice"})
+    assert await daemon.chat.take_undelivered(daemon.chat.user("bob")) == []
+    await call(daemon, "/saveMessage", "POST", data={
+        "sessionID": alice["sessionID"], "recipientID": "bob", "content": "three"})
+    assert [m.body for m in await daemon.chat.take_undelivered(daemon.chat.user("bob"))] == ["three"]

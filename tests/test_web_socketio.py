@@ -73,6 +73,9 @@ async def test_add_contact_notifies_both_or_says_user_not_found(daemon):
     assert (await alice_client.next("contact_added"))["data"]["name"] == "bob"  # again: still answered
     alice_client.emit("add_contact", {"sessionID": alice["sessionID"], "contact_username": "nobody"})
     assert (await alice_client.next("error"))["data"] == {"message": "User not found"}
+    for someone_else in (bob["sessionID"], "forged"):  # an event speaks for its connection only
+        alice_client.emit("add_contact", {"sessionID": someone_else, "contact_username": "bob"})
+        assert (await alice_client.next("error"))["data"] == {"message": "Invalid session"}
     code, contacts = await call(daemon, "/getContacts", params={"sessionID": alice["sessionID"]})
     assert [c["name"] for c in contacts] == ["bob"]
     await alice_client.close()

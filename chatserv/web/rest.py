@@ -195,7 +195,9 @@ class WebAPI:
     async def get_contact_messages(self, request, params):
         user = self._user(params)
         other = api.user_reference(self.service, reference(params, "contact", "contactID"))
-        return [api.history_entry(m) for m in await self.service.direct_history(user, other)]
+        history = await self.service.direct_history(user, other)
+        await self.service.mark_delivered(user, history)  # seen here: not news on other ports
+        return [api.history_entry(m) for m in history]
 
     @app.route("/saveMessage", methods=BOTH)
     @endpoint
