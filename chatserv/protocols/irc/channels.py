@@ -53,8 +53,7 @@ class ChannelsMixin:
             except N.IRCError as exc:
                 self.reply(exc.numeric, **exc.fields)
             except errors.ChatError as exc:
-                outcome = self.error_table.reply(exc)
-                self.reply(outcome.numeric, target=target, command="*", text=exc.message)
+                self.domain_error(exc, target, "*")
 
     # JOIN and PART
 
@@ -191,7 +190,7 @@ class ChannelsMixin:
 
     def irc_MODE(self, line):
         if not line.params[0].startswith("#"):
-            return self.irc_user_MODE(line)
+            return self.user_mode(line)
         room = self.service_room(line.params[0])
         channel = "#" + room.name
         if len(line.params) == 1:

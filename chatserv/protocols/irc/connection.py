@@ -40,22 +40,16 @@ MOTD = (
 )
 
 
-@attrs.frozen
-class Outcome:
-    """How a domain failure reads on IRC: a numeric, or a FAIL code for IRCv3 commands."""
-
-    numeric: N.Numeric
-    fail: str
-
-
+# Domain failures that reach a command's reply (handlers check the usual cases first, to
+# answer with the precise numeric); each numeric is filled with the command's first parameter.
 ERRORS = ErrorTable({
-    errors.NotFound: Outcome(N.ERR_NOSUCHNICK, "INVALID_TARGET"),
-    errors.AlreadyExists: Outcome(N.ERR_NICKNAMEINUSE, "ACCOUNT_EXISTS"),
-    errors.Blocked: Outcome(N.ERR_BLOCKED, "INVALID_TARGET"),
-    errors.Denied: Outcome(N.ERR_NOTONCHANNEL, "INVALID_TARGET"),
-    errors.BadCredentials: Outcome(N.ERR_PASSWDMISMATCH, "INVALID_CREDENTIALS"),
-    errors.NotLoggedIn: Outcome(N.ERR_NOTREGISTERED, "NEED_REGISTRATION"),
-    errors.ChatError: Outcome(N.ERR_UNKNOWNERROR, "INVALID_PARAMS"),
+    errors.NotFound: N.ERR_NOSUCHNICK,
+    errors.AlreadyExists: N.ERR_NICKNAMEINUSE,
+    errors.Blocked: N.ERR_BLOCKED,
+    errors.Denied: N.ERR_NOTONCHANNEL,
+    errors.BadCredentials: N.ERR_PASSWDMISMATCH,
+    errors.NotLoggedIn: N.ERR_NOTREGISTERED,
+    errors.ChatError: N.ERR_UNKNOWNERROR,
 })
 
 
@@ -203,8 +197,10 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         except N.Fail as exc:
             self.send(serialise("FAIL", exc.command, exc.code, *exc.context, exc.text, prefix=SERVER))
         except errors.ChatError as exc:
-            outcome = ERRORS.reply(exc)
-            self.reply(outcome.numeric, target=line.param(0, "*"), command=line.command, text=exc.message)
+            self.domain_error(exc, line.param(0, "*"), line.command)
+
+    def domain_error(self, exc: errors.ChatError, target: str, command: str):
+        self.reply(self.error_table.reply(exc), target=target, command=command, text=exc.message)
 
     # registration
 
@@ -373,7 +369,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         lines.append(self.numeric(N.RPL_ENDOFWHOIS, target=name))
         self.send(b"".join(lines))
 
-    def irc_user_MODE(self, line):
+    def user_mode(self, line):
         if fold(line.params[0]) != fold(self.nick):
             raise N.IRCError(N.ERR_USERSDONTMATCH)
         if len(line.params) == 1:
@@ -481,7 +477,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
                                           lambda room=room: serialise("JOIN", "#" + room.name, prefix=prefix))
                         for room in shared)
 
-    def _render_kicked(self, event):
+    def _render_goodbye(self, event):
         return serialise("ERROR", f"Closing Link: {SERVER} ({event.reason})")
 
 
@@ -493,8 +489,8 @@ RENDERERS = {
     events.MembershipChanged: ChannelsMixin.render_membership,
     events.TopicChanged: ChannelsMixin.render_topic,
     events.OperatorChanged: ChannelsMixin.render_operator,
-    events.Kicked: IRCConnection._render_kicked,
-    events.ServerShutdown: IRCConnection._render_kicked,
+    events.Kicked: IRCConnection._render_goodbye,
+    events.ServerShutdown: IRCConnection._render_goodbye,
 }
 
 
