@@ -243,10 +243,10 @@ async def run(args) -> dict:
     report: dict = {"rooms": args.rooms, "members": args.members, "window": args.window}
     started = time.monotonic()
     senders = await open_many(args.host, args.port, [f"{prefix}{r}s" for r in range(args.rooms)],
-                              args.password, timeout=args.timeout)
+                              args.password, timeout=args.timeout, parallel=args.parallel)
     member_nicks = [f"{prefix}{r}m{m}" for r in range(args.rooms) for m in range(args.members)]
     members = await open_many(args.host, args.port, member_nicks, args.password, timeout=args.timeout,
-                              factory=Member)
+                              factory=Member, parallel=args.parallel)
     everyone = senders + members
     try:
         rooms = []
@@ -305,6 +305,7 @@ def options(argv=None):
     parser.add_argument("--max-backlog", type=int, default=2000, help="open loop: unanswered per room")
     parser.add_argument("--body", type=int, default=80, help="bytes of message text")
     parser.add_argument("--nick-prefix", default="b")
+    parser.add_argument("--parallel", type=int, default=100, help="connects in flight while setting up")
     parser.add_argument("--server-pid", type=int, default=None, help="report this process's CPU use")
     parser.add_argument("--timeout", type=float, default=30.0, help="bound on connecting, joining, draining")
     args = parser.parse_args(argv)

@@ -54,8 +54,13 @@ def machine() -> dict:
         "cpu": model,
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "loadavg_at_start": open("/proc/loadavg").read().split()[0],
     }
+
+
+def loadavg() -> str:
+    """The 1-minute load average: other work on the machine competes for the same cores."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
 
 
 def run_json(argv: list[str], timeout: float) -> dict:
@@ -93,8 +98,14 @@ class Bench:
     def password(kind: str) -> list[str]:
         return ["--password", "bench"] if kind == "twisted.words" else []
 
+    @staticmethod
+    def parallel(kind: str) -> str:
+        """Connects in flight: ngIRCd listens with a backlog of 10, more only cost SYN retries."""
+        return "8" if kind == "ngircd" else "100"
+
     def with_server(self, label: str, server: servers.Server, work):
-        progress(f"{label}: starting {server.name} on port {server.port}")
+        self.results.setdefault("loadavg", {})[label] = loadavg()
+        progress(f"{label}: starting {server.name} on port {server.port} (load average {loadavg()})")
         try:
             server.start()
         except Exception as e:
@@ -130,7 +141,7 @@ class Bench:
         return ["bench.fanout", "--port", str(server.port), "--server-pid", str(server.pid),
                 "--rooms", str(a.rooms), "--members", str(a.members), "--window", str(a.window),
                 "--duration", str(a.duration), "--warmup", str(a.warmup), "--rate", str(rate),
-                *self.password(kind)]
+                "--parallel", self.parallel(kind), *self.password(kind)]
 
     def fanout(self, label: str, kind: str, db: str = "sqlite"):
         a = self.args
@@ -203,10 +214,8 @@ class Bench:
         a = self.args
 
         def work(server):
-            # ngIRCd listens with a backlog of 10: more connects in flight only cost SYN retries
-            parallel = "8" if kind == "ngircd" else "200"
             return run_json(["bench.connections", "--port", str(server.port), "--server-pid", str(server.pid),
-                             "--count", str(a.connections), "--parallel", parallel,
+                             "--count", str(a.connections), "--parallel", self.parallel(kind),
                              "--budget", str(a.connect_budget), *self.password(kind)],
                             timeout=a.connect_budget + 90)
 
@@ -239,7 +248,7 @@ class Bench:
             else:
                 self.profile("sqlite")
                 self.profile("memory")
-                self.profile_logins(min(3000, a.connections or 3000))
+                self.profile_logins(min(2000, a.connections or 2000))
         if "crossproto" in a.only:
             self.crossproto()
         if "connections" in a.only and a.connections:
@@ -404,6 +413,8 @@ def write_results(path: Path, results: dict, args, command: str, took: float) ->
         f"- command: `{command}` ({took:.0f} s)",
         f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}; server and load generator share the CPUs",
+        "- load average (1 min) when each run started, other work on the machine included: "
+        + ", ".join(f"{label} {load}" for label, load in results.get("loadavg", {}).items()),
         "",
         table(results, args),
         "",
@@ -446,11 +457,11 @@ def options(argv=None):
     parser.add_argument("--members", type=int, default=50)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--rate", type=int, default=20000, help="fixed-rate phase, deliveries/s")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per phase")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per phase")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--outstanding", type=int, default=2000, help="storage: writes in flight")
     parser.add_argument("--connections", type=int, default=10000, help="0 skips the connections run")
-    parser.add_argument("--connect-budget", type=float, default=40.0,
+    parser.add_argument("--connect-budget", type=float, default=25.0,
                         help="connections run: seconds each server gets to register them")
     parser.add_argument("--cross-members", type=int, default=12, help="cross-protocol: members per wire")
     parser.add_argument("--only", nargs="+", choices=RUNS, default=RUNS, help="the runs to do")
