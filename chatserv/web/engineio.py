@@ -59,8 +59,8 @@ def decode_packet(text: str) -> eio.Packet:
 class EngineSocket:
     """One Engine.IO session, on whichever transport it currently uses."""
 
-    def __init__(self, server: EngineServer, sid: str):
-        self.server = server
+    def __init__(self, engine: EngineServer, sid: str):
+        self.server = engine
         self.sid = sid
         self.handler = None
         self.websocket: EngineWebSocket | None = None  # set once on WebSocket
@@ -68,13 +68,9 @@ class EngineSocket:
         self.closed = False
         self._outbox: list[str] = []
         self._outbox_size = 0
-        self._poll: server.Request | None = None
+        self._poll = None  # the GET being held until there is something to send
         self._ping_call = None
         self._pong_deadline = None
-
-    @property
-    def transport_name(self) -> str:
-        return "websocket" if self.websocket is not None else "polling"
 
     def open_packet(self, upgrades: list[str]) -> str:
         server = self.server

@@ -62,16 +62,16 @@ class SocketIOConnection:
         self.service = factory.service
         self.web_sessions: WebSessions = factory.web_sessions
         self.limits = factory.limits
-        self.web_session = None
-        self.session = None
+        self.web_session = None  # the session ID it connected with
+        self.session = None  # its service session, while it is in the namespace
+        self.user = None
         self.rate = TokenBucket(factory.clock, self.limits.messages_per_second, self.limits.message_burst)
         self._pending: collections.deque = collections.deque()
         self._busy = False
         self.closed = False
-        factory.tracker.add(self)
-        self.user = None
         self._deadline = None  # closes the Engine.IO session while nobody is in the namespace
         self._arm_deadline(self.limits.prelogin_timeout)
+        factory.tracker.add(self)
 
     @property
     def transport(self):
