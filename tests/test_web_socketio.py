@@ -59,6 +59,23 @@ async def test_polling_upgrade_and_websocket_clients_chat_and_see_each_other(dae
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_polling_only_client_sends_and_receives(daemon):
+    alice = await register_and_login(daemon, "alice")
+    bob = await register_and_login(daemon, "bob")
+    alice_client = await connected(daemon, alice["sessionID"], "polling")
+    bob_client = await connected(daemon, bob["sessionID"], "polling")
+    for i in range(15):  # within the rate burst; several arrive in one poll, in order
+        alice_client.emit("send_message", {"recipient_id": bob["user_id"], "content": f"m{i}"})
+    for i in range(15):
+        assert (await bob_client.next("new_message"))["data"]["content"] == f"m{i}"
+    bob_client.emit("send_message", {"recipient_id": alice["user_id"], "content": "back"})
+    assert (await alice_client.next("new_message", lambda e: e["data"]["content"] == "back"))
+    assert not [e for e in alice_client.events + bob_client.events if e["event"] == "upgrade"]
+    await alice_client.close()
+    await bob_client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_add_contact_notifies_both_or_says_user_not_found(daemon):
     alice = await register_and_login(daemon, "alice")
     bob = await register_and_login(daemon, "bob")

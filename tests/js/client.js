@@ -1,6 +1,6 @@
 // The real socket.io-client 4.x, driven line by line by a test (tests/test_web_socketio.py).
 //
-//   node client.js <url> <sessionID> <default|websocket> [seconds]
+//   node client.js <url> <sessionID> <default|websocket|polling> [seconds]
 //
 // stdin, one JSON object a line: {"emit": name, "data": {...}} (an "ack": true asks for the
 // server's acknowledgement), or {"close": true}. stdout, one JSON object a line: every
@@ -13,7 +13,7 @@ const readline = require("readline");
 
 const [url, sessionID, transports, seconds] = process.argv.slice(2);
 const options = { query: { sessionID }, reconnection: false };
-if (transports === "websocket") options.transports = ["websocket"];
+if (transports !== "default") options.transports = [transports]; // "websocket" or "polling"
 
 const out = (record) => process.stdout.write(JSON.stringify(record) + "\n");
 const finish = (code) => process.stdout.write("", () => process.exit(code));
