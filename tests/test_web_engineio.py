@@ -57,6 +57,9 @@ async def test_the_polling_handshake_and_a_socketio_connect(daemon):
     assert await post(daemon, opened["sid"], "40") == (200, "ok")
     [connected] = await poll(daemon, opened["sid"])
     assert connected == '40{"sid":"' + opened["sid"] + '"}'
+    code, metrics = await call(daemon, "/metrics")
+    assert 'chatserv_connections{protocol="socket.io"} 1\n' in metrics
+    assert "chatserv_engineio_sessions 1\n" in metrics
     to_myself = '421["send_message",{"recipient_id":1,"content":"me"}]'
     assert await post(daemon, opened["sid"], to_myself) == (200, "ok")
     packets = await poll_until(daemon, opened["sid"], "431")
