@@ -2,12 +2,13 @@
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import task
 
 from chatserv.limits import Limits
 from chatserv.web.sessions import InvalidSession, WebSessions
 from tests.support import Daemon, connect
-from tests.web_support import call, register_and_login
+from tests.web_support import base_url, call, register_and_login
 
 # The three ways the seed's clients sent parameters.
 FORMS = ["query", "form", "json"]
@@ -28,6 +29,19 @@ async def test_hello_world_healthz_and_unknown_paths(daemon):
     assert await call(daemon, "/nope") == (404, {"error": "Not found"})
     assert await call(daemon, "/", "DELETE") == (405, {"error": "Method not allowed"})
     assert (await call(daemon, "/static/"))[0] == 404  # no directory listings
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_front_end_from_another_origin_may_call_the_api(daemon):
+    response = await treq.request("OPTIONS", base_url(daemon) + "/login", headers={
+        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert response.code == 204
+    assert response.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+    assert response.headers.getRawHeaders("access-control-allow-headers") == ["content-type"]
+    response = await treq.get(base_url(daemon) + "/socket.io/", params={"EIO": "4", "transport": "polling"})
+    assert response.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+    await treq.content(response)
 
 
 @pytest.mark.parametrize("form", FORMS)

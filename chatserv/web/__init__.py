@@ -80,7 +80,7 @@ class WebSite(server.Site):
             clock, self._socket_opened, ping_interval=options["web-ping-interval"],
             ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,
             send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits))
-        super().__init__(rest.Utf8Only(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
+        super().__init__(rest.Root(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
         self.displayTracebacks = False
 
     def _socket_opened(self, engine_socket, query, address):

@@ -390,6 +390,7 @@ class EngineResource(resource.Resource):
         self.websocket = websocket
 
     def render(self, request):
+        request.setHeader(b"access-control-allow-origin", b"*")  # polling from another origin
         args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
         if args.get("EIO") != "4":
             return error_body(request, BAD_VERSION)

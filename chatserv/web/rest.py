@@ -81,8 +81,9 @@ class StaticFiles(static.File):
         return pages.notFound()
 
 
-class Utf8Only(resource.Resource):
-    """Answers 400 to a URL that is not UTF-8 before klein sees it (klein would log a traceback)."""
+class Root(resource.Resource):
+    """In front of klein: a URL that is not UTF-8 gets 400 (klein would log a traceback), and a
+    CORS preflight is answered, so a front end served from elsewhere may call the API."""
 
     isLeaf = True
 
@@ -99,6 +100,12 @@ class Utf8Only(resource.Resource):
             request.setResponseCode(400)
             request.setHeader(b"content-type", JSON)
             return dumps({"error": "the URL must be UTF-8"})
+        if request.method == b"OPTIONS":
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-allow-origin", b"*")
+            request.setHeader(b"access-control-allow-methods", b"GET, POST")
+            request.setHeader(b"access-control-allow-headers", b"content-type")
+            return b""
         return self.inner.render(request)
 
 
