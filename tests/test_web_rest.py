@@ -278,3 +278,18 @@ async def test_messages_read_here_are_not_handed_over_again_as_new_elsewhere(dae
     await call(daemon, "/saveMessage", "POST", data={
         "sessionID": alice["sessionID"], "recipientID": "bob", "content": "three"})
     assert [m.body for m in await daemon.chat.take_undelivered(daemon.chat.user("bob"))] == ["three"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_from_one_address_are_throttled():
+    daemon = await Daemon(extra=["--login-attempts", "2"]).start()
+    try:
+        await register_and_login(daemon, "alice")
+        wrong = {"username": "alice", "password": "wrong"}
+        for _ in range(2):
+            assert await call(daemon, "/login", "POST", data=wrong) == (
+                400, {"error": "Invalid username or password"})
+        assert await call(daemon, "/login", "POST", data={"username": "alice", "password": "pw"}) == (
+            400, {"error": "too many failed logins: try again later"})
+    finally:
+        await daemon.stop()

@@ -165,7 +165,8 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        user = await self.service.authenticate(username, password)
+        address = getattr(request.getClientAddress(), "host", "")  # failures are throttled per address
+        user = await self.service.authenticate(username, password, address)
         session = self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 
