@@ -4,10 +4,14 @@ import json
 
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.web.test.requesthelper import DummyRequest
 
+from chatserv import errors
 from chatserv.limits import Limits
+from chatserv.model import User
 from chatserv.protocols.base import ConnectionTracker
 from chatserv.web.engineio import EngineServer
 from chatserv.web.sessions import WebSessions
@@ -304,3 +308,51 @@ def test_a_socket_that_never_connects_to_the_namespace_is_closed_after_the_prelo
     assert socket.sid in server.sessions  # a last poll may still collect the goodbye...
     clock.advance(20)
     assert not server.sessions  # ...for a while
+
+
+class Service:
+    """The service as a connected socket sees it when nothing it names exists."""
+
+    def attach(self, user, sink, protocol, address):
+        return object()
+
+    def detach(self, session):
+        pass
+
+    def user(self, name):
+        raise errors.NotFound("no such user")
+
+    user_by_id = room_by_id = user
+
+    def contact_status(self, owner, other):
+        return None
+
+
+packet_texts = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda t, body: t + body, st.sampled_from(["4", "40", "41", "42", "43", "44", "45", "2", "5"]),
+              st.text(max_size=40)),
+    st.builds(lambda name, data: "42" + json.dumps([name, data]),
+              st.sampled_from(["send_message", "add_contact", "other"]),
+              st.dictionaries(st.sampled_from(["recipient_id", "content", "is_group", "type", "sessionID",
+                                               "contact_username"]),
+                              st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)))),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(packet_texts, max_size=8))
+def test_whatever_arrives_the_session_answers_or_closes_and_nothing_escapes(texts):
+    clock = task.Clock()
+    factory = Factory(clock)
+    factory.service = Service()
+    session_id = factory.web_sessions.start(User(1, "alice", "", None, 0.0)).token
+    server = EngineServer(
+        clock, lambda socket, query, address: SocketIOConnection(socket, query, address, factory),
+        ping_interval=25, ping_timeout=20, max_payload=1000, send_queue=100_000)
+    socket = server.open(None, {"sessionID": [session_id]}, "127.0.0.1")
+    socket.receive("40")
+    for text in texts:
+        socket.receive(text)  # raises nothing; errors are answered on the wire
+    clock.pump([1] * 60)  # every deadline passes (no pong comes): the session ends either way
+    assert socket.closed and not factory.tracker.connections
