@@ -27,6 +27,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -475,8 +476,13 @@ def options(argv=None):
     return args
 
 
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")  # so every started server is stopped too
+
+
 def main(argv=None):
     args = options(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and clients
     if args.connections + 200 > hard:
