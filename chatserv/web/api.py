@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 
 from chatserv import errors
-from chatserv.model import Message, User
+from chatserv.model import Message, Room, User
 from chatserv.protocols.base import BadRequest, ErrorTable
 from chatserv.service import ChatService
 
@@ -50,6 +50,15 @@ def user_reference(service: ChatService, value) -> User:
 
 def contact_entry(user: User, status: str) -> dict:
     return {"contact_id": user.id, "name": user.username, "url": "", "status": status}
+
+
+def presence_entry(user: User, online: bool) -> dict:
+    """The ``user_status`` event's shape, for ``/getPresence`` (the page starts from it)."""
+    return {"user_id": user.id, "username": user.username, "status": "online" if online else "offline"}
+
+
+def group_entry(room: Room) -> dict:
+    return {"group_id": room.id, "name": room.name}
 
 
 def history_entry(message: Message) -> dict:

@@ -26,6 +26,9 @@ log = Logger()
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 BOTH = ["GET", "POST"]
 JSON = b"application/json"
+# The page loads only its own scripts and talks only to its own origin: markup smuggled into
+# a message could not run even if it were ever rendered as HTML.
+CHAT_PAGE_POLICY = b"default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
 def dumps(payload) -> bytes:
@@ -72,6 +75,14 @@ def reference(params: dict, *names: str):
         if params.get(key) is not None:
             return params[key]
     raise BadRequest(f"missing parameter: {names[0]}")
+
+
+def group_id(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit() and len(value) < 19:
+        return int(value)
+    raise BadRequest("groupID must be a group id")
 
 
 class StaticFiles(static.File):
@@ -220,6 +231,38 @@ class WebAPI:
             raise errors.RateLimited("slow down")
         message = await self.service.send_direct(session.user, recipient, content, kind)
         return {"message_id": message.id}
+
+    # for the web chat page (chatserv/web/static): who is online, rooms by id, room history
+
+    @app.route("/getPresence", methods=BOTH)
+    @endpoint
+    async def get_presence(self, request, params):
+        return [api.presence_entry(u, self.service.is_online(u))
+                for u, _ in self.service.contacts(self._user(params))]
+
+    @app.route("/getGroups", methods=BOTH)
+    @endpoint
+    async def get_groups(self, request, params):
+        return [api.group_entry(room) for room in self.service.rooms_of(self._user(params))]
+
+    @app.route("/joinGroup", methods=BOTH)
+    @endpoint
+    async def join_group(self, request, params):
+        room = await self.service.join_room(self._user(params), text(params, "group"), create=True)
+        return api.group_entry(room)
+
+    @app.route("/getGroupMessages", methods=BOTH)
+    @endpoint
+    async def get_group_messages(self, request, params):
+        user = self._user(params)
+        room = self.service.room_by_id(group_id(reference(params, "groupID", "group")))
+        return [dict(api.history_entry(m), sender_username=m.sender_name)
+                for m in await self.service.room_history(user, room.name)]
+
+    @app.route("/chat", methods=["GET"])
+    def chat_page(self, request):
+        request.setHeader(b"content-security-policy", CHAT_PAGE_POLICY)
+        return static.File(os.path.join(STATIC, "chat.html"))
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request):
