@@ -140,6 +140,7 @@ async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restar
         wrong = await driver.next("wrong_password")
         assert (wrong["error"], wrong["chatHidden"]) == ("Invalid username or password", True)
         await driver.next("logged_in")
+        assert (await driver.next("unknown_contact"))["notice"] == "User not found"
         await driver.next("contact_online")  # bob, online on IRC, shows as online
 
         sent = await driver.next("sent")

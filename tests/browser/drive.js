@@ -97,6 +97,11 @@ async function steps(page) {
   await page.locator("#notice").waitFor({ state: "hidden" });
   report("logged_in");
 
+  await page.fill("#contact-name", "nobody");
+  await page.click("#add-contact button");
+  await notice(page).filter({ hasText: /\S/ }).waitFor();
+  report("unknown_contact", { notice: await notice(page).textContent() });
+
   await page.fill("#contact-name", "bob");
   await page.click("#add-contact button");
   const bob = page.locator('[data-user="bob"]');
