@@ -124,6 +124,7 @@ async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restar
     """The real ``twistd chatserv`` (stopped and started again on the same web port and store)."""
     browser_driver()  # skip before starting anything
     daemon = Twistd(tmp_path, "--shutdown-grace", "1")
+    driver = None
     try:
         skype = await connect(daemon.ports["skype"])  # bob's account comes from another port
         assert await skype.request(b"CREATE bob bob-pw") == b"200 OK"
@@ -181,5 +182,7 @@ async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restar
         assert await driver.ended.addTimeout(TIMEOUT, reactor) == 0
         assert "Traceback" not in daemon.stop()
     finally:
+        if driver is not None and not driver.ended.called:
+            driver.transport.signalProcess("TERM")  # playwright closes Chromium on SIGTERM
         if daemon.process.poll() is None:
             daemon.stop()
