@@ -131,7 +131,6 @@ function connectSocket() {
   });
   socket.on("disconnect", (reason) => {
     setComposer(false);
-    if (reason === "io client disconnect") return;
     notice("Connection lost — reconnecting…", "error");
     // The server ended the socket itself (shutdown, logout elsewhere): the client does not
     // reconnect by itself then, so we do; an ended session is refused and sends us to log in.
