@@ -13,6 +13,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
@@ -66,6 +67,8 @@ class ChatConnection(protocol.Protocol):
         self._closing = False
         self._input_ended = False
         self._timeout = None
+        self._in_flight = 0
+        self._drained: defer.Deferred | None = None
         self.failed_logins = 0
 
     # set up by the factory
@@ -190,6 +193,29 @@ class ChatConnection(protocol.Protocol):
         self._busy = False
         if not self._closing:
             self._next()
+
+    def in_background(self, work: defer.Deferred) -> defer.Deferred | None:
+        """Answer the next requests while ``work`` (a message being stored) finishes.
+
+        The caller has attached what to write when it lands. Stores commit in order, so a
+        sender's messages still land in the order sent; the store's commit latency no longer
+        limits one sender to one message per commit. Past ``max_pending_requests`` in flight,
+        returns a Deferred for the request to wait on until half of them have landed.
+        """
+        self._in_flight += 1
+        work.addBoth(self._landed)
+        if self._in_flight > self.limits.max_pending_requests:
+            self._drained = defer.Deferred()
+            return self._drained
+        return None
+
+    def _landed(self, result):
+        self._in_flight -= 1
+        if isinstance(result, Failure):
+            log.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
+        if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
 
     def handle(self, frame: bytes):
         """Answer one frame: returns reply bytes, None, or a Deferred (or coroutine) of them."""

@@ -394,7 +394,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             body, kind = text, "action"
         for target in line.params[0].split(",")[:4]:
             try:
-                await self._send_one(target, body, kind)
+                await self._send_one(target, body, kind, line.command, quiet)
             except (N.IRCError, errors.ChatError):
                 if not quiet:
                     raise
@@ -402,24 +402,37 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
     def irc_NOTICE(self, line):
         return self.irc_PRIVMSG(line, kind="notice")
 
-    async def _send_one(self, target: str, body: str, kind: str):
+    async def _send_one(self, target: str, body: str, kind: str, command: str, quiet: bool):
+        """Send one PRIVMSG/NOTICE; the next command is read while the message is stored."""
         if target.startswith("#"):
             room = self.channels.get(fold(target[1:]))
             if room is None:
                 self.service_room(target)  # 403 when there is no such channel
                 raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
-            message = await self.service.send_room(self.user, room, body, kind, origin=self.session)
+            sending = self.service.send_room(self.user, room, body, kind, origin=self.session)
             target = "#" + room.name
         elif fold(target) == fold(NICKSERV):
             return await self.nickserv(body)
         else:
             recipient = self.online_or_registered(target)
-            message = await self.service.send_direct(self.user, recipient, body, kind, origin=self.session)
+            sending = self.service.send_direct(self.user, recipient, body, kind, origin=self.session)
             target = recipient.username
             if recipient.id in self.factory.away and kind != "notice":
                 self.reply(N.RPL_AWAY, target=target, text=self.factory.away[recipient.id])
+        sending.addCallbacks(self._sent, self._not_sent, callbackArgs=(target,),
+                             errbackArgs=(target, command, quiet))
+        waiting = self.in_background(sending)
+        if waiting is not None:
+            await waiting
+
+    def _sent(self, message, target: str):
         if "echo-message" in self.caps:
             self.send(message_lines(message, target, self.tag_variant))
+
+    def _not_sent(self, failure, target: str, command: str, quiet: bool):
+        failure.trap(errors.ChatError)
+        if not quiet:
+            self.domain_error(failure.value, target, command)
 
     def irc_TAGMSG(self, line):
         """IRCv3 typing notifications (``+typing``) go to the room or user; other tags go nowhere."""
