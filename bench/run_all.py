@@ -40,6 +40,19 @@ ROOT = servers.ROOT
 PYTHON = servers.PYTHON
 
 
+def source() -> dict:
+    """Which chatserv was measured: the commit, and whether its tree had uncommitted changes."""
+    def git(*argv):
+        done = subprocess.run(["git", "-C", str(servers.SOURCE), *argv], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return {"path": str(servers.SOURCE), "commit": "unknown (not a git tree)"}
+    dirty = bool(git("status", "--porcelain", "--", "chatserv", "twisted"))
+    return {"path": str(servers.SOURCE), "commit": commit, "uncommitted_changes": dirty}
+
+
 def machine() -> dict:
     model = "unknown"
     with open("/proc/cpuinfo") as f:
@@ -412,6 +425,8 @@ def write_results(path: Path, results: dict, args, command: str, took: float) ->
         "",
         f"- date: {results['date']}",
         f"- command: `{command}` ({took:.0f} s)",
+        f"- chatserv measured: {results['source']['path']} at {results['source']['commit']}"
+        + (" with uncommitted changes in chatserv/" if results["source"].get("uncommitted_changes") else ""),
         f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}; server and load generator share the CPUs",
         "- load average (1 min) when each run started, other work on the machine included: "
@@ -493,6 +508,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="chatserv-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         bench.results["machine"] = machine()
+        bench.results["source"] = source()
         bench.results["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         bench.results["settings"] = {k: v for k, v in vars(args).items() if k != "output"}
         bench.run()

@@ -1,6 +1,6 @@
 """Start and stop the servers under test as real processes on loopback ports.
 
-chatserv runs as ``twistd -n chatserv`` from the source tree (``PYTHONPATH``), with every
+chatserv runs as ``twistd -n chatserv`` from a source tree (``PYTHONPATH``), with every
 port but the ones a run needs turned off, so it never collides with other daemons on the
 machine. The peers are Twisted's own IRC server (``bench/peers/twisted_words_server.py``)
 and ngIRCd with flood penalties off.
@@ -22,8 +22,11 @@ PYTHON = sys.executable
 TWISTD = str(Path(PYTHON).with_name("twistd"))
 PY_SPY = str(Path(PYTHON).with_name("py-spy"))
 NGIRCD = shutil.which("ngircd") or "/usr/sbin/ngircd"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # chatserv from this source tree, never an installed copy
+# The chatserv under test: this source tree, or another one (``CHATSERV_SOURCE``, e.g. an
+# export of an older commit to compare with); never an installed copy.
+SOURCE = Path(os.environ.get("CHATSERV_SOURCE", ROOT)).resolve()
+if str(SOURCE) not in sys.path:
+    sys.path.insert(0, str(SOURCE))
 
 
 def free_port() -> int:
@@ -143,7 +146,7 @@ def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path 
         if limit in accepted:
             argv += [f"--{limit}", "0"]
     argv += list(extra)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(SOURCE))
     first, *others = ports.values()
     return Server("chatserv", argv, first, workdir, env=env, profile_to=profile_to, also_ports=others)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -18,8 +19,7 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("CHATSERV_SOURCE", str(Path(__file__).resolve().parent.parent)))
 
 from chatserv.model import Message  # noqa: E402
 from chatserv.store.sqlite import SQLiteStore  # noqa: E402
