@@ -7,6 +7,7 @@ An event is shared by every recipient, so a protocol renders it once per wire va
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 
@@ -16,6 +17,7 @@ from chatserv.model import Message, Room, User
 @attrs.define(eq=False)
 class Event:
     _rendered: dict = attrs.field(factory=dict, init=False, repr=False)
+    ends_session: ClassVar[bool] = False  # the session is closed once this is rendered
 
     def render_once(self, key, render: Callable[[], bytes]) -> bytes:
         """Return ``render()``, computed once per ``key`` for all recipients of this event."""
@@ -93,9 +95,11 @@ class TopicChanged(Event):
 class Kicked(Event):
     """The service ends this session (a second login where the protocol forbids two)."""
 
+    ends_session: ClassVar[bool] = True
     reason: str
 
 
 @attrs.define(eq=False)
 class ServerShutdown(Event):
+    ends_session: ClassVar[bool] = True
     reason: str = "server shutting down"

@@ -65,6 +65,9 @@ class Session:
     # Hears direct messages but they count as delivered only once it says so (mark_delivered):
     # a wire whose pushes can fail (seed 001 connects to its client) leaves them in the inbox.
     confirms_direct: bool = False
+    # Hears the presence of the members of its user's rooms (IRC's JOIN and QUIT lines), not
+    # everyone's: a login costs one delivery per room-mate, not one per connection.
+    watches_room_presence: bool = False
 
 
 class ChatService(service.Service):
@@ -281,10 +284,10 @@ class ChatService(service.Service):
 
     def attach(self, user: User, sink, protocol: str, address: str = "", *,
                accepts_direct: bool = True, watches_presence: bool = False,
-               confirms_direct: bool = False) -> Session:
+               confirms_direct: bool = False, watches_room_presence: bool = False) -> Session:
         """Register a live session; the first one of a user brings them online."""
         session = Session(next(self._session_ids), user, protocol, address, sink,
-                          accepts_direct, watches_presence, confirms_direct)
+                          accepts_direct, watches_presence, confirms_direct, watches_room_presence)
         sessions = self._sessions.setdefault(user.id, [])
         sessions.append(session)
         if address:
@@ -320,6 +323,10 @@ class ChatService(service.Service):
         targets = set(self._watchers)
         for owner in self._contact_of.get(user.id, ()):
             targets.update(self._sessions.get(owner, ()))
+        for room in self._rooms.values():
+            if user.id in room.members:
+                for uid in room.members:
+                    targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
         targets.discard(origin)
         for session in targets:
             session.sink.deliver(event)

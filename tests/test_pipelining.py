@@ -50,19 +50,21 @@ async def test_commands_are_answered_while_messages_wait_for_the_store():
     sender, sent = await irc_client(chat, clock, limits, "alice")
     _, heard = await irc_client(chat, clock, limits, "bob")
 
-    sender.dataReceived(b"PRIVMSG #room :one\r\nPRIVMSG #room :two\r\nPING :still-here\r\n")
-    assert b"PONG" in sent.value() and b"one" not in heard.value()  # answered, nothing shown yet
+    sender.dataReceived(b"PRIVMSG #room :one\r\nPRIVMSG #room :two\r\nMODE alice\r\nPING :sync\r\n")
+    assert b" 221 alice" in sent.value() and b"one" not in heard.value()  # answered, nothing shown yet
     store.commit(1)
     assert b"#room one" in heard.value() and b"#room two" not in heard.value()
+    assert b"PONG" not in sent.value()  # PING answers once what was sent before it has landed
     store.commit(1)
+    assert b"PONG" in sent.value()
     assert heard.value().index(b"#room one") < heard.value().index(b"#room two")
     assert sent.value().index(b"#room one") < sent.value().index(b"#room two")  # echoes in order too
 
     sent.clear()
-    sender.dataReceived(b"".join(b"PRIVMSG #room :m%d\r\n" % n for n in range(6)) + b"PING :later\r\n")
-    assert b"PONG" not in sent.value()  # five in flight: past the bound of four, the sender waits
+    sender.dataReceived(b"".join(b"PRIVMSG #room :m%d\r\n" % n for n in range(6)) + b"MODE alice\r\n")
+    assert b" 221 " not in sent.value()  # five in flight: past the bound of four, the sender waits
     store.commit(3)  # down to two in flight, half the bound: reading goes on
-    assert b"PONG" in sent.value()
+    assert b" 221 " in sent.value()
     store.commit(len(store.writes))
     assert [line.split(b" ")[-1] for line in heard.value().splitlines()[2:]] == [
         b"m%d" % n for n in range(6)]

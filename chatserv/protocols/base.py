@@ -54,6 +54,7 @@ class ChatConnection(protocol.Protocol):
     error_table: ErrorTable
     accepts_direct = True
     watches_presence = False
+    watches_room_presence = False
 
     def __init__(self):
         self.session: Session | None = None
@@ -69,6 +70,7 @@ class ChatConnection(protocol.Protocol):
         self._timeout = None
         self._in_flight = 0
         self._drained: defer.Deferred | None = None
+        self._settled: list[defer.Deferred] = []
         self.failed_logins = 0
 
     # set up by the factory
@@ -216,6 +218,17 @@ class ChatConnection(protocol.Protocol):
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
+        if not self._in_flight:
+            settled, self._settled = self._settled, []
+            for d in settled:
+                d.callback(None)
+
+    def settled(self) -> defer.Deferred:
+        """Fires once every message this connection sent has landed (stored and delivered)."""
+        if not self._in_flight:
+            return defer.succeed(None)
+        self._settled.append(defer.Deferred())
+        return self._settled[-1]
 
     def handle(self, frame: bytes):
         """Answer one frame: returns reply bytes, None, or a Deferred (or coroutine) of them."""
@@ -304,6 +317,7 @@ class ChatConnection(protocol.Protocol):
             user, self, self.protocol_name, self.peer_host,
             accepts_direct=options.get("accepts_direct", self.accepts_direct),
             watches_presence=options.get("watches_presence", self.watches_presence),
+            watches_room_presence=options.get("watches_room_presence", self.watches_room_presence),
         )
         self._arm_timeout(self.limits.idle_timeout)
         return self.session
@@ -340,8 +354,11 @@ class ChatConnection(protocol.Protocol):
             log.failure("cannot render {event!r}", event=event)
             return
         if data:
-            self.write_raw(data)
-        if isinstance(event, (events.ServerShutdown, events.Kicked)):
+            if self._write_paused:
+                self.write_raw(data)  # queued, within the send-queue bound
+            else:
+                self.transport.write(data)  # the fan-out hot path: one call per recipient
+        if event.ends_session:
             self.logout()
             self.close()
 

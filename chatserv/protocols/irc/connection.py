@@ -96,7 +96,7 @@ COMMANDS = {
 class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
     protocol_name = "irc"
     error_table = ERRORS
-    watches_presence = True  # a peer's first login and last logout are JOIN and QUIT lines
+    watches_room_presence = True  # a room-mate's first login and last logout are JOIN and QUIT lines
 
     def __init__(self):
         super().__init__()
@@ -296,7 +296,10 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self.send(serialise("PING", SERVER))
         self._arm_timeout(self.ping_interval)
 
-    def irc_PING(self, line):
+    async def irc_PING(self, line):
+        """PONG once the messages sent before the PING have landed, so a client can use PING to
+        know its messages are stored and delivered, as with a server that handles them inline."""
+        await self.settled()
         self.send(serialise("PONG", SERVER, line.params[0], prefix=SERVER))
 
     def irc_PONG(self, line):
