@@ -53,6 +53,13 @@ def _message(row) -> Message:
     )
 
 
+class _ReaderPool(ThreadPool):
+    """The reader thread, like the writer, never keeps the process alive at exit."""
+
+    def threadFactory(self, *args, **kwargs):
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
 @implementer(IStore)
 class SQLiteStore:
     def __init__(self, path: str, reactor):
@@ -61,7 +68,7 @@ class SQLiteStore:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed: Deferred | None = None
-        self._readers = ThreadPool(minthreads=1, maxthreads=1, name="chatserv-store-read")
+        self._readers = _ReaderPool(minthreads=1, maxthreads=1, name="chatserv-store-read")
         self._reader_conn: sqlite3.Connection | None = None
 
     # life cycle
