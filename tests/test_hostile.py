@@ -121,13 +121,10 @@ async def test_total_connections_are_bounded_over_all_ports_together():
         salted = await connect(daemon.port("salted"))
         assert json.loads(await salted.request(b'{"type":"salt","user":"a"}'))["type"] == "salt"
 
-        for option in ("skype", "skype-framed", "salted", "chatroom", "rooms", "irc"):
-            refused = await connect(daemon.port(option))
+        for option in ("skype", "skype-framed", "salted", "chatroom", "rooms", "irc", "web"):
+            refused = await connect(daemon.port(option))  # the web port's HTTP connections count too
             await refused.wait_closed()
             assert refused.frames.pending == []  # closed without a word
-        handshake = {"EIO": "4", "transport": "polling"}
-        assert await call(daemon, "/socket.io/", params=handshake) == (
-            400, {"code": 4, "message": "Forbidden"})
 
         assert await skype.request(b"EXIT") == b"201 Goodbye"
         await skype.wait_closed()
@@ -170,6 +167,25 @@ async def test_guessing_locks_out_the_address_across_reconnects_and_ports_but_no
 
         frozen.advance(2.0)  # the first lockout (one second) is over
         assert await again.request(b"LOGIN alice right") == b"200 OK"
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_web_login_failures_count_against_the_callers_address():
+    daemon = await Daemon().start()
+    try:
+        frozen = task.Clock()
+        frozen.advance(reactor.seconds())
+        daemon.chat.clock = frozen
+        await daemon.chat.register("alice", "right")
+        for _ in range(Limits().login_attempts):
+            wrong = {"username": "alice", "password": "wrong"}
+            assert (await call(daemon, "/login", "POST", data=wrong))[0] == 400
+        skype = await connect(daemon.port("skype"))
+        assert await skype.request(b"LOGIN alice right") == b"300 Not OK"  # same address, other port
+        elsewhere = await connect_from("127.0.0.2", daemon.port("skype"))
+        assert await elsewhere.request(b"LOGIN alice right") == b"200 OK"
     finally:
         await daemon.stop()
 
@@ -462,3 +478,14 @@ async def test_a_port_given_an_ssl_endpoint_speaks_tls_only(tmp_path):
         assert plain.frames.pending == []
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_keep_alive_http_connection_is_closed_when_the_daemon_stops():
+    daemon = await Daemon().start()
+    client = await connect(daemon.port("web"))
+    client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await client.receive() == b"HTTP/1.1 200 OK"
+    await daemon.stop()  # the tracker closes it; a stopped daemon serves nothing more
+    await client.wait_closed()
+    assert daemon.ports["web"].factory.tracker.connections == set()

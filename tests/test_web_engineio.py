@@ -274,7 +274,8 @@ async def test_a_websocket_that_stops_reading_is_dropped_and_its_sender_goes_on(
 
 @pytest_twisted.ensureDeferred
 async def test_sessions_over_the_per_address_limit_are_refused():
-    daemon = await Daemon(extra=["--connections-per-ip", "1"]).start()
+    # Two: the client's one keep-alive HTTP connection counts too, then its first session.
+    daemon = await Daemon(extra=["--connections-per-ip", "2"]).start()
     try:
         await handshake(daemon)
         assert await call(daemon, EIO, params=polling()) == (400, {"code": 4, "message": "Forbidden"})

@@ -419,8 +419,11 @@ class ConnectionTracker(service.Service):
         return emptied
 
     def _force_close(self):
+        """The grace is over: abort what is left, and stop waiting for it."""
         for connection in list(self.connections):
-            connection.transport.abortConnection()
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+            self.discard(connection)
 
 
 class ChatFactory(protocol.Factory):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import io
 
-from twisted.web import server
+from twisted.web import http, server
 
 from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
@@ -65,8 +65,45 @@ class BoundedRequest(server.Request):
             super().requestReceived(command, path, version)
 
 
+class TrackedChannel(http.HTTPChannel):
+    """An HTTP connection, counted with every other connection: the total and per-address
+    limits apply to it, and a stopping daemon closes it instead of serving on."""
+
+    protocol_name = "http"
+    _transport = None
+
+    @property
+    def transport(self):
+        return self._transport
+
+    @transport.setter
+    def transport(self, value):
+        # A WebSocket upgrade (autobahn) takes the connection over by setting this to None:
+        # from then on the tracker counts the WebSocket session, not this channel.
+        if value is None and self._transport is not None:
+            self.site.tracker.discard(self)
+        self._transport = value
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.peer_host = getattr(self.transport.getPeer(), "host", "")
+        self.site.tracker.add(self)
+
+    def connectionLost(self, reason):
+        self.site.tracker.discard(self)
+        super().connectionLost(reason)
+
+    def deliver(self, event):
+        """At shutdown an idle keep-alive connection closes now, a busy one after its answer."""
+        if event.ends_session:
+            self.persistent = False
+            if not self.requests:
+                self.transport.loseConnection()
+
+
 class WebSite(server.Site):
     requestFactory = BoundedRequest
+    protocol = TrackedChannel
 
     def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock, options):
         self.service = service
@@ -82,6 +119,11 @@ class WebSite(server.Site):
             send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits))
         super().__init__(rest.Root(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
         self.displayTracebacks = False
+
+    def buildProtocol(self, addr):
+        if not self.tracker.admits(getattr(addr, "host", ""), self.limits):
+            return None
+        return super().buildProtocol(addr)
 
     def _socket_opened(self, engine_socket, query, address):
         return SocketIOConnection(engine_socket, query, address, self)
