@@ -37,14 +37,14 @@ PORTS = [
     Port("skype", "tcp:5001", "chatserv.protocols.skype.SkypeFactory", "seed 000, line form"),
     Port("skype-framed", "tcp:4000", "chatserv.protocols.skype.FramedSkypeFactory",
          "seed 000, 10-digit length-prefixed form (the C++ client)"),
+    Port("chatroom", "tcp:6789", "chatserv.protocols.chatroom.ChatroomFactory",
+         "seed 001 chat-room, JSON lines and key:value lines"),
     Port("salted", "tcp:5050", "chatserv.protocols.salted.SaltedFactory", "seed 002, salted JSON chat"),
     Port("rooms", "tcp:4444", "chatserv.protocols.rooms.RoomsFactory",
          "seed 003, Python-literal requests (the CS494 client)"),
-    Port("web", "tcp:5000", "chatserv.web.WebSite", "seed 004, REST and Socket.IO"),
-    Port("chatroom", "tcp:6789", "chatserv.protocols.chatroom.ChatroomFactory",
-         "seed 001 chat-room, JSON lines and key:value lines"),
     Port("irc", "tcp:6667", "chatserv.protocols.irc.IRCFactory",
          "IRC (RFC 1459/2812, IRCv3 basics): seed 003's rooms and inbox for IRC clients"),
+    Port("web", "tcp:5000", "chatserv.web.WebSite", "seed 004, REST and Socket.IO"),
 ]
 
 
