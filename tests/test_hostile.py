@@ -138,14 +138,19 @@ async def test_total_connections_are_bounded_over_all_ports_together():
 # login throttling
 
 
+def freeze_service_clock(daemon) -> task.Clock:
+    """The service's clock stands still, so a lockout cannot lapse while the test runs."""
+    frozen = task.Clock()
+    frozen.advance(reactor.seconds())
+    daemon.chat.clock = frozen
+    return frozen
+
+
 @pytest_twisted.ensureDeferred
 async def test_guessing_locks_out_the_address_across_reconnects_and_ports_but_not_other_addresses():
     daemon = await Daemon().start()
     try:
-        # The service's clock stands still, so the lockout cannot lapse while the test runs.
-        frozen = task.Clock()
-        frozen.advance(reactor.seconds())
-        daemon.chat.clock = frozen
+        frozen = freeze_service_clock(daemon)
         await daemon.chat.register("alice", "right")
         for _ in range(Limits().login_attempts):
             guesser = await connect(daemon.port("skype"))
@@ -175,9 +180,7 @@ async def test_guessing_locks_out_the_address_across_reconnects_and_ports_but_no
 async def test_web_login_failures_count_against_the_callers_address():
     daemon = await Daemon().start()
     try:
-        frozen = task.Clock()
-        frozen.advance(reactor.seconds())
-        daemon.chat.clock = frozen
+        freeze_service_clock(daemon)
         await daemon.chat.register("alice", "right")
         for _ in range(Limits().login_attempts):
             wrong = {"username": "alice", "password": "wrong"}

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Limits, TokenBucket
+from chatserv.limits import Deadline, Limits, TokenBucket
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
 
@@ -67,7 +67,7 @@ class ChatConnection(protocol.Protocol):
         self._queued_bytes = 0
         self._closing = False
         self._input_ended = False
-        self._timeout = None
+        self.deadline: Deadline | None = None  # set on connect: the connection's one timeout
         self._in_flight = 0
         self._drained: defer.Deferred | None = None
         self._settled: list[defer.Deferred] = []
@@ -98,12 +98,13 @@ class ChatConnection(protocol.Protocol):
         self.rate = TokenBucket(self.clock, self.limits.messages_per_second, self.limits.message_burst)
         self.transport.registerProducer(self, True)
         self.factory.tracker.add(self)
-        self._arm_timeout(self.limits.prelogin_timeout)
+        self.deadline = Deadline(self.clock, self.timed_out)
+        self.deadline.arm(self.limits.prelogin_timeout)
         self.greet()
 
     def connectionLost(self, reason=protocol.connectionDone):
         self._closing = True
-        self._cancel_timeout()
+        self.deadline.cancel()
         self._pending.clear()
         self.factory.tracker.discard(self)
         self.logout()
@@ -117,7 +118,7 @@ class ChatConnection(protocol.Protocol):
             return
         self._closing = True
         self._pending.clear()
-        self._cancel_timeout()
+        self.deadline.cancel()
         self._write_paused = False
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -145,7 +146,7 @@ class ChatConnection(protocol.Protocol):
     def _drain(self):
         while self._pending and not self._busy and not self._closing:
             frame = self._pending.popleft()
-            self._rearm_timeout()
+            self.deadline.push_back()
             if isinstance(frame, FrameError):
                 self.write(self.frame_error(frame))
                 if frame.fatal:
@@ -276,26 +277,7 @@ class ChatConnection(protocol.Protocol):
     def stopProducing(self):
         self._queued.clear()
 
-    # timeouts: a shorter one before login, the idle one after
-
-    def _arm_timeout(self, seconds):
-        self._cancel_timeout()
-        self._timeout_seconds = seconds
-        if seconds and seconds > 0:
-            self._timeout = self.clock.callLater(seconds, self._timed_out)
-
-    def _rearm_timeout(self):
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.reset(self._timeout_seconds)
-
-    def _cancel_timeout(self):
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
-
-    def _timed_out(self):
-        self._timeout = None
-        self.timed_out()
+    # timeouts: a shorter one before login, the idle one after (self.deadline)
 
     def timed_out(self):
         """Say goodbye in the protocol's own words; the default just closes."""
@@ -319,7 +301,7 @@ class ChatConnection(protocol.Protocol):
             watches_presence=options.get("watches_presence", self.watches_presence),
             watches_room_presence=options.get("watches_room_presence", self.watches_room_presence),
         )
-        self._arm_timeout(self.limits.idle_timeout)
+        self.deadline.arm(self.limits.idle_timeout)
         return self.session
 
     def logout(self):

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import TokenBucket
+from chatserv.limits import Deadline, TokenBucket
 from chatserv.protocols.base import BadRequest
 from chatserv.service import ISink
 from chatserv.web import api
@@ -69,8 +69,9 @@ class SocketIOConnection:
         self._pending: collections.deque = collections.deque()
         self._busy = False
         self.closed = False
-        self._deadline = None  # closes the Engine.IO session while nobody is in the namespace
-        self._arm_deadline(self.limits.prelogin_timeout)
+        # closes the Engine.IO session while nobody is in the namespace
+        self.deadline = Deadline(factory.clock, lambda: self.engine.close("server close"))
+        self.deadline.arm(self.limits.prelogin_timeout)
         factory.tracker.add(self)
 
     @property
@@ -112,7 +113,7 @@ class SocketIOConnection:
     def lost(self, reason: str):
         """Engine.IO: the session ended (closed by either side, timed out or aborted)."""
         self.closed = True
-        self._cancel_deadline()
+        self.deadline.cancel()
         self.factory.tracker.discard(self)
         self._leave()
 
@@ -140,25 +141,12 @@ class SocketIOConnection:
         except InvalidSession as e:
             self.send(encode(sio.CONNECT_ERROR, {"message": e.message}))
             return
-        self._cancel_deadline()
+        self.deadline.cancel()
         self.web_session = web_session
         web_session.sockets.add(self)
         self.user = web_session.user
         self.session = self.service.attach(self.user, self, PROTOCOL, self.peer_host)
         self.send(encode(sio.CONNECT, {"sid": self.engine.sid}))
-
-    def _arm_deadline(self, seconds: float):
-        self._cancel_deadline()
-        self._deadline = self.factory.clock.callLater(seconds, self._deadline_passed)
-
-    def _cancel_deadline(self):
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def _deadline_passed(self):
-        self._deadline = None
-        self.engine.close("server close")
 
     # events, one at a time and in order
 
@@ -268,6 +256,6 @@ class SocketIOConnection:
         if say_goodbye and self.session is not None:
             self.send(encode(sio.DISCONNECT))
             self._leave()
-            self._arm_deadline(GOODBYE_GRACE)
+            self.deadline.arm(GOODBYE_GRACE)
         else:
             self.engine.close("server close")

@@ -257,7 +257,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
 
     def login(self, user, **options):
         session = super().login(user, **options)
-        self._arm_timeout(self.ping_interval)
+        self.deadline.arm(self.ping_interval)
         return session
 
     def welcome(self):
@@ -294,7 +294,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             return self.error_and_close("Ping timeout")
         self._awaiting_pong = True
         self.send(serialise("PING", SERVER))
-        self._arm_timeout(self.ping_interval)
+        self.deadline.arm(self.ping_interval)
 
     async def irc_PING(self, line):
         """PONG once the messages sent before the PING have landed, so a client can use PING to
