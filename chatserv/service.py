@@ -84,6 +84,7 @@ class ChatService(service.Service):
         self._user_keys: dict[str, User] = {}
         self._guests: dict[str, User] = {}
         self._rooms: dict[str, Room] = {}
+        self._rooms_by_id: dict[int, Room] = {}
         self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
@@ -109,7 +110,7 @@ class ChatService(service.Service):
             self._users[user.id] = user
             self._user_keys[fold(user.username)] = user
         for room in snapshot.rooms:
-            self._rooms[fold(room.name)] = room
+            self._rooms[fold(room.name)] = self._rooms_by_id[room.id] = room
         for owner, contact, status in snapshot.contacts:
             self._index_contact(owner, contact, status)
         self.bans = set(snapshot.bans)
@@ -433,10 +434,10 @@ class ChatService(service.Service):
 
     def room_by_id(self, room_id) -> Room:
         """The room with that id (seed 004 names groups by id), else NotFound."""
-        for room in self._rooms.values():
-            if room.id == room_id:
-                return room
-        raise errors.NotFound("no such room")
+        room = self._rooms_by_id.get(room_id)
+        if room is None:
+            raise errors.NotFound("no such room")
+        return room
 
     def rooms(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
@@ -460,7 +461,7 @@ class ChatService(service.Service):
     async def _new_room(self, name, creator: User | None) -> Room:
         room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
                     self.clock.seconds())
-        self._rooms[fold(name)] = room
+        self._rooms[fold(name)] = self._rooms_by_id[room.id] = room
         if creator is not None and creator.guest:  # a guest creator is an operator while it lives
             self._operators.setdefault(room.id, set()).add(creator.id)
         await self.store.add_room(room)
