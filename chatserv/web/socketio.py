@@ -231,11 +231,10 @@ class SocketIOConnection:
             self.send(event.render_once(RENDER_KEY, lambda: event_packet(
                 "new_message", api.new_message(event.message))))
         elif isinstance(event, events.PresenceChanged):
-            self.emit("user_status", {"user_id": event.user.id, "username": event.user.username,
-                                      "status": "online" if event.online else "offline"})
+            self.emit("user_status", api.presence_entry(event.user, event.online))
         elif isinstance(event, events.ContactChanged):
             self._contact_changed(event)
-        elif isinstance(event, (events.ServerShutdown, events.Kicked)):
+        elif event.ends_session:
             self.close()
 
     def _contact_changed(self, event):
