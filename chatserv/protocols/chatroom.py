@@ -33,7 +33,7 @@ from chatserv.limits import TokenBucket
 from chatserv.model import LOBBY, Message, User, fold
 from chatserv.protocols import keyvalue
 from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
-from chatserv.protocols.framing import LineFramer
+from chatserv.protocols.framing import LineFramer, json_object
 from chatserv.service import ISink, Session
 
 log = Logger()
@@ -79,12 +79,9 @@ class JsonWire:
     @staticmethod
     def decode(line: bytes) -> dict:
         try:
-            fields = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError):
+            return json_object(line.decode("utf-8"))
+        except ValueError:  # bad UTF-8, not JSON, or not an object
             raise NotARequest() from None
-        if not isinstance(fields, dict):
-            raise NotARequest()
-        return fields
 
     @staticmethod
     def encode(fields: dict) -> bytes:

@@ -19,7 +19,7 @@ from chatserv.bans import ban_key
 from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
 from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
-from chatserv.protocols.framing import LineFramer
+from chatserv.protocols.framing import LineFramer, json_object
 
 PROTOCOL = "salted"
 DEFAULT_LOGIN_ATTEMPTS = 3
@@ -92,11 +92,9 @@ def text(request: dict, field: str) -> str:
 def parse(frame: bytes) -> dict:
     """One request object with a string ``type``; anything else is a BadRequest."""
     try:
-        request = json.loads(frame.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        request = json_object(frame.decode("utf-8"))
+    except ValueError:  # bad UTF-8, not JSON, or not an object
         raise BadRequest("not a JSON object") from None
-    if not isinstance(request, dict):
-        raise BadRequest("not a JSON object")
     if not isinstance(request.get("type"), str):
         raise BadRequest("'type' must be a string")
     if "user" in request and not isinstance(request["user"], str):

@@ -19,6 +19,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
 from chatserv.protocols.base import BadRequest
+from chatserv.protocols.framing import MalformedJSON, NotAnObject, json_object
 from chatserv.web import api
 
 log = Logger()
@@ -50,12 +51,11 @@ def read_params(request) -> dict:
     body = request.content.read() if request.content is not None else b""
     if content_type == JSON or body.lstrip().startswith(b"{"):
         try:
-            found = json.loads(body)
-        except (ValueError, RecursionError):
+            params.update(json_object(body))
+        except MalformedJSON:
             raise BadRequest("malformed JSON body") from None
-        if not isinstance(found, dict):
-            raise BadRequest("the JSON body must be an object")
-        params.update(found)
+        except NotAnObject:
+            raise BadRequest("the JSON body must be an object") from None
     return params
 
 
