@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test peers lint bench clean
 
-$(STAMP): pyproject.toml $(shell find chatserv twisted -name '*.py' 2>/dev/null)
+$(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet '.[test]'
+	# Editable (compat: the tree on sys.path, so Twisted finds twisted/plugins here): .venv/bin/twistd
+	# runs the code in this tree.
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	# Write Twisted's plugin cache now, so twistd never warns it cannot.
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
