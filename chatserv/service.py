@@ -26,6 +26,7 @@ from chatserv import errors, events
 from chatserv.credentials import Hasher, new_salt, password_digest
 from chatserv.limits import Limits
 from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
+from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
 
@@ -33,6 +34,14 @@ log = Logger()
 _USERNAME = re.compile(r"[A-Za-z_\[\]\\`^{|}][A-Za-z0-9_\-\[\]\\`^{|}]{0,31}\Z")
 _ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
 RESERVED_NAMES = frozenset({"nickserv", "chanserv", "server", "system"})
+
+
+def keepable(text: str, what: str) -> str:
+    """``text`` if the store can keep it (UTF-8 can encode it), else errors.Invalid. Every port
+    refuses such text as it decodes it: this is the last line of defence."""
+    if not encodable(text):
+        raise errors.Invalid(f"{what}: {NOT_UNICODE}")
+    return text
 
 
 class ISink(Interface):
@@ -204,6 +213,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.Invalid("empty password")
+        keepable(password, "password")
         self._check_free(username, guest)
         salt = new_salt()
         return await self.register_digest(username, salt, password_digest(salt, password), guest=guest)
@@ -214,6 +224,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.Invalid("empty password")
+        keepable(digest, "password")
         self._check_free(username, guest)
         verifier = await self.hasher.make_verifier(digest)
         self._check_free(username, guest)  # another registration may have won while we hashed
@@ -229,6 +240,8 @@ class ChatService(service.Service):
         """The user, if the plain password is theirs; else BadCredentials."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(password, "password")
         user = self._user_keys.get(fold(username))
         salt = user.salt if user else self.salt_for(username)
         return await self.authenticate_digest(username, password_digest(salt, password), address)
@@ -242,6 +255,8 @@ class ChatService(service.Service):
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(digest, "password")
         key = (fold(username), address)
         self._check_throttle(key)
         user = self._user_keys.get(fold(username))
@@ -270,7 +285,7 @@ class ChatService(service.Service):
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
-        user.public_key = key
+        user.public_key = key if key is None else keepable(key, "public key")
         await self.store.update_user(user)
 
     def guest(self, name) -> User:
@@ -456,7 +471,7 @@ class ChatService(service.Service):
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
             raise errors.Invalid("invalid room name")
-        return name
+        return keepable(name, "room name")
 
     async def _new_room(self, name, creator: User | None) -> Room:
         room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
@@ -534,19 +549,20 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.Denied("not a member")
-        room.topic = str(topic)[: self.limits.max_body]
+        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
         await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
         return room
 
     # messages
 
-    def _check_body(self, body) -> str:
+    def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
             raise errors.Invalid("empty message")
         if len(body) > self.limits.max_body:
             raise errors.Invalid("message too long")
-        return body
+        keepable(str(kind or "text"), "message type")
+        return keepable(body, "message")
 
     def _new_message(self, sender: User, body, kind, **target) -> Message:
         return Message(next(self._next_message), sender.id, sender.username, body,
@@ -556,7 +572,7 @@ class ChatService(service.Service):
     async def send_direct(self, sender: User, to, body, kind="text", *,
                           origin: Session | None = None) -> Message:
         """Store a direct message, then hand it to the recipient's live sessions (or inbox)."""
-        self._check_body(body)
+        self._check_body(body, kind)
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
@@ -584,7 +600,7 @@ class ChatService(service.Service):
         path, run once per message, and resuming a coroutine costs more than the call.
         """
         try:
-            self._check_body(body)
+            self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
             if sender.id not in room.members:
                 raise errors.Denied("not a member")

@@ -20,6 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from chatserv import errors
 from chatserv.protocols.base import BadRequest
 from chatserv.protocols.framing import MalformedJSON, NotAnObject, json_object
+from chatserv.text import UnencodableText
 from chatserv.web import api
 
 log = Logger()
@@ -56,6 +57,8 @@ def read_params(request) -> dict:
             raise BadRequest("malformed JSON body") from None
         except NotAnObject:
             raise BadRequest("the JSON body must be an object") from None
+        except UnencodableText as exc:
+            raise BadRequest(str(exc)) from None
     return params
 
 

@@ -19,6 +19,7 @@ from chatserv import errors, events
 from chatserv.limits import Deadline, TokenBucket
 from chatserv.protocols.base import BadRequest
 from chatserv.service import ISink
+from chatserv.text import UnencodableText, check_decoded
 from chatserv.web import api
 from chatserv.web.engineio import EngineSocket
 from chatserv.web.sessions import InvalidSession, WebSessions
@@ -167,6 +168,10 @@ class SocketIOConnection:
             raise BadRequest("Unknown event")
         if not isinstance(data, dict):
             raise BadRequest("event data must be an object")
+        try:
+            check_decoded(data)
+        except UnencodableText as exc:
+            raise BadRequest(str(exc)) from None
         if "sessionID" in data and self.web_sessions.get(data["sessionID"]).user is not self.user:
             raise InvalidSession("Invalid session")
         return defer.ensureDeferred(handler(data))
