@@ -7,6 +7,10 @@ goodbye on its own wire, then the service closes the store after its last write.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
@@ -138,11 +142,34 @@ class PortService(service.Service):
         return None
 
 
+def exit_failed(reactor, status: int = 1) -> None:
+    """Stop the daemon (a clean stop: goodbyes said, writes finished) and then make its process
+    exit with ``status``, so that a supervisor sees it failed and restarts it. (twistd itself
+    exits 0 after any stop.)"""
+    atexit.register(_exit_now, status)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+def _exit_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _store_broke(_, reactor) -> None:
+    log.critical("chatserv: the store can no longer write: stopping, so that a supervisor restarts it")
+    exit_failed(reactor)
+
+
 def build(options: Options, reactor) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services."""
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
+    store.when_broken().addCallback(_store_broke, reactor)
     hasher = Hasher(reactor, reactor.getThreadPool(), options.hash_cost())
     chat = ChatService(store, hasher, reactor, limits)
     chat.setServiceParent(root)

@@ -2,7 +2,10 @@
 
 Writes queue up while a transaction commits and then go out together in the next one, so
 persistence keeps pace with fan-out. Every Deferred fires on the reactor thread once its
-write is committed; no query ever runs on the reactor thread.
+write is committed; no query ever runs on the reactor thread. Whatever one write raises fails
+that write alone and the writer goes on; should the writer thread stop all the same, every
+waiting write fails, ``when_broken`` fires and ``close`` still ends. A clean close closes both
+connections and checkpoints the WAL into the main file, so that file alone is a full backup.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sqlite3
 import threading
 import time
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,6 +56,10 @@ def _message(row) -> Message:
     )
 
 
+class WriterStopped(RuntimeError):
+    """The writer thread is gone: no write can be acknowledged any more."""
+
+
 class _ReaderPool(ThreadPool):
     """The reader thread, like the writer, never keeps the process alive at exit."""
 
@@ -70,6 +77,10 @@ class SQLiteStore:
         self._closed: Deferred | None = None
         self._readers = _ReaderPool(minthreads=1, maxthreads=1, name="chatserv-store-read")
         self._reader_conn: sqlite3.Connection | None = None
+        self._batch: list = []  # the writes the writer thread is committing
+        self._stopped: Failure | None = None  # why the writer thread stopped, if it did unasked
+        self._open_failed = False
+        self._broken: list[Deferred] = []
 
     # life cycle
 
@@ -82,10 +93,28 @@ class SQLiteStore:
         return opened
 
     def close(self):
+        """Finish the queued writes, close both connections and checkpoint the WAL."""
         if self._closed is None:
             self._closed = Deferred()
-            self._queue.put(_STOP)
+            self._readers.stop()  # waits for a read in progress; queued ones never run
+            if self._reader_conn is not None:
+                self._reader_conn.close()
+                self._reader_conn = None
+            if self._stopped is not None or self._open_failed:
+                self._closed.callback(None)  # no writer left: nothing to wait for
+            else:
+                self._queue.put(_STOP)
         return self._closed
+
+    def when_broken(self) -> Deferred:
+        """Deferred[BaseException]: fires, with what stopped it, if the writer thread stops
+        unasked (never on a healthy store)."""
+        d = Deferred()
+        if self._stopped is not None:
+            d.callback(self._stopped.value)
+        else:
+            self._broken.append(d)
+        return d
 
     def _write_loop(self, opened: Deferred):
         try:
@@ -93,14 +122,27 @@ class SQLiteStore:
             migrate(conn)
             snapshot = self._load(conn)
         except Exception:
-            self._reactor.callFromThread(opened.errback, Failure())
+            self._reactor.callFromThread(self._failed_open, opened, Failure())
             return
         self._reactor.callFromThread(self._start_readers)
         self._reactor.callFromThread(opened.callback, snapshot)
+        try:
+            self._serve(conn)
+        except BaseException:
+            self._reactor.callFromThread(self._writer_stopped, Failure())
+            try:
+                conn.close()
+            except Exception:
+                pass  # already broken: the failure above says why
+            return
+        self._reactor.callFromThread(self._finish_close)
+
+    def _serve(self, conn):
+        """Commit batches until told to stop; then checkpoint the WAL and close."""
         while True:
             item = self._queue.get()
             stopping = item is _STOP
-            batch = [] if stopping else [item]
+            self._batch = batch = [] if stopping else [item]
             while len(batch) < _MAX_BATCH:
                 try:
                     more = self._queue.get_nowait()
@@ -112,52 +154,95 @@ class SQLiteStore:
                 batch.append(more)
             if batch:
                 self._commit(conn, batch)
+            self._batch = []
             if stopping:
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    log.warn("SQLite: no checkpoint at close ({why}): the data stays in the WAL", why=exc)
                 conn.close()
-                self._reactor.callFromThread(self._finish_close)
                 return
 
     def _commit(self, conn, batch):
-        """Commit a whole batch in one transaction; on failure retry each write alone."""
+        """Commit a whole batch in one transaction; if that fails, each write alone, so that what
+        one write raises (a value SQLite cannot bind, a constraint) fails that write only."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statements, _ in batch:
-                for sql, params in statements:
-                    conn.execute(sql, params)
-            conn.execute("COMMIT")
+            self._transaction(conn, [statement for statements, _ in batch for statement in statements])
             outcomes = [(d, None) for _, d in batch]
-        except sqlite3.Error:
-            conn.execute("ROLLBACK")
-            outcomes = [(d, self._commit_one(conn, statements)) for statements, d in batch]
+        except Exception:
+            if len(batch) == 1:
+                outcomes = [(batch[0][1], Failure())]
+            else:
+                outcomes = [(d, self._commit_one(conn, statements)) for statements, d in batch]
         self._reactor.callFromThread(_fire, outcomes)
 
+    @classmethod
+    def _commit_one(cls, conn, statements):
+        try:
+            cls._transaction(conn, statements)
+        except Exception:
+            return Failure()
+        return None
+
     @staticmethod
-    def _commit_one(conn, statements):
+    def _transaction(conn, statements):
         try:
             conn.execute("BEGIN IMMEDIATE")
             for sql, params in statements:
                 conn.execute(sql, params)
             conn.execute("COMMIT")
-        except sqlite3.Error:
-            conn.execute("ROLLBACK")
-            return Failure()
-        return None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _writer_stopped(self, failure: Failure):
+        """The writer thread died: fail what waits for it, and say so."""
+        log.failure("SQLite: the writer thread stopped; no write can be stored any more", failure)
+        self._stopped = failure
+        waiting = [d for _, d in self._batch]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                waiting.append(item[1])
+        for d in waiting:
+            if not d.called:
+                d.errback(WriterStopped("the store's writer thread stopped"))
+        broken, self._broken = self._broken, []
+        for d in broken:
+            d.callback(failure.value)
+        if self._closed is not None and not self._closed.called:
+            self._closed.callback(None)
+
+    def _failed_open(self, opened: Deferred, failure: Failure):
+        self._open_failed = True
+        if self._closed is not None and not self._closed.called:
+            self._closed.callback(None)
+        opened.errback(failure)
 
     def _start_readers(self):
-        self._readers.start()
+        if self._closed is None:  # not closed while it opened
+            self._readers.start()
 
     def _finish_close(self):
-        self._readers.stop()
         self._closed.callback(None)
 
     def _write(self, *statements):
         if self._closed is not None:
             raise RuntimeError("store is closed")
+        if self._stopped is not None:
+            return fail(WriterStopped("the store's writer thread stopped"))
         d = Deferred()
         self._queue.put((statements, d))
         return d
 
     def _read(self, sql, params, convert=None):
+        if self._closed is not None:
+            return fail(RuntimeError("store is closed"))
+
         def run():
             if self._reader_conn is None:
                 self._reader_conn = _connect(self.path)
