@@ -766,7 +766,9 @@ def test_outbound_pushes_are_bounded_in_number_and_time():
 FIELD_NAMES = ["type", "from", "to", "msg", "username", "password", "port", "target"]
 TYPES = ["auth", "message", "broadcast", "online", "block", "unblock", "logout", "address", "alive"]
 VALUES = st.one_of(st.sampled_from(["alice", "bob", "pw", "5001", *TYPES]), st.text(max_size=8))
-JSON_VALUES = st.one_of(VALUES, st.integers(), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
+WITH_SURROGATES = st.lists(st.characters(categories=["Cs"]) | st.characters(), max_size=8).map("".join)
+JSON_VALUES = st.one_of(VALUES, st.integers(), st.none(), st.booleans(), st.lists(st.integers(), max_size=2),
+                        WITH_SURROGATES)
 LINES = st.one_of(
     st.binary(max_size=64),
     st.dictionaries(st.sampled_from(FIELD_NAMES), JSON_VALUES).map(lambda d: json.dumps(d).encode()),

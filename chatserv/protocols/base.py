@@ -17,11 +17,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, Limits, TokenBucket
+from chatserv.limits import Deadline, Limits, QuietLog, TokenBucket
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
 
 log = Logger()
+quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
 
 
 class BadRequest(errors.ChatError):
@@ -189,7 +190,7 @@ class ChatConnection(protocol.Protocol):
         try:
             self._reply(self.error_table.reply(failure.value))
         except Exception:
-            log.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
             self._reply(self.internal_error())
 
     def _done(self, _):
@@ -215,7 +216,7 @@ class ChatConnection(protocol.Protocol):
     def _landed(self, result):
         self._in_flight -= 1
         if isinstance(result, Failure):
-            log.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
@@ -258,8 +259,8 @@ class ChatConnection(protocol.Protocol):
         self._queued.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes > self.limits.send_queue:
-            log.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
-                     peer=self.peer_host)
+            quiet.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
+                       peer=self.peer_host)
             self._queued.clear()
             self._closing = True
             self.transport.unregisterProducer()
@@ -333,7 +334,7 @@ class ChatConnection(protocol.Protocol):
         try:
             data = self.render(event)
         except Exception:
-            log.failure("cannot render {event!r}", event=event)
+            quiet.failure("cannot render {event!r}", event=event)
             return
         if data:
             if self._write_paused:

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, TokenBucket
+from chatserv.limits import Deadline, QuietLog, TokenBucket
 from chatserv.protocols.base import BadRequest
 from chatserv.service import ISink
 from chatserv.text import UnencodableText, check_decoded
@@ -25,6 +25,7 @@ from chatserv.web.engineio import EngineSocket
 from chatserv.web.sessions import InvalidSession, WebSessions
 
 log = Logger()
+quiet = QuietLog(log)  # bounds what clients can make us log
 
 PROTOCOL = "web"
 NAMESPACE = "/"
@@ -180,7 +181,7 @@ class SocketIOConnection:
         try:
             _, text = api.ERRORS.reply(failure.value)
         except Exception:
-            log.failure("unexpected failure in socket.io event {name}", failure, name=name)
+            quiet.failure("unexpected failure in socket.io event {name}", failure, name=name)
             text = "Internal server error"
         self.emit("error", {"message": text})
         return {"error": text}
