@@ -287,6 +287,21 @@ async def test_json_clients_chat_block_and_log_out(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_body_with_line_breaks_is_one_key_value_push_line(daemon):
+    await users(daemon, "alice", "bob")
+    alice = await connect(daemon.port("chatroom"))  # a key:value client that reads lines
+    assert await alice.request(b"password:pw:type:auth:username:alice") == b"result:ok"
+    bob = await json_login(daemon, "bob")
+    assert await bob.request(type="message", **{"from": "bob"}, to="alice", msg="one\ntwo\r\nthree") == {
+        "result": "ok"}
+    assert await bob.request(type="broadcast", **{"from": "bob"}, msg="four\nfive") == {"result": "ok"}
+    assert await alice.receive() == rb"type:message:from:bob:msg:one\ntwo\r\nthree"
+    assert keyvalue.parse((await alice.receive()).decode()) == {
+        "type": "message", "from": "bob", "msg": "four\nfive", "to": "alice"}
+    assert await alice.request(b"type:alive:from:alice") == b"result:ok"  # nothing was left over
+
+
+@pytest_twisted.ensureDeferred
 async def test_nobody_speaks_as_someone_else(daemon):
     await users(daemon, "alice", "bob")
     alice_port = await listener()
