@@ -99,7 +99,6 @@ class ChatService(service.Service):
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
-        self._last_address: dict[int, str] = {}
         self._operators: dict[int, set[int]] = {}
         self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
         self.bans: set[str] = set()
@@ -306,8 +305,6 @@ class ChatService(service.Service):
                           accepts_direct, watches_presence, confirms_direct, watches_room_presence)
         sessions = self._sessions.setdefault(user.id, [])
         sessions.append(session)
-        if address:
-            self._last_address[user.id] = address
         if watches_presence:
             self._watchers.add(session)
         self.stats["sessions"] += 1
@@ -355,9 +352,6 @@ class ChatService(service.Service):
 
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
-
-    def last_address(self, user: User) -> str:
-        return self._last_address.get(user.id, "")
 
     def kick_others(self, session: Session, reason: str) -> None:
         """End the user's other sessions on the same protocol (a second login kicks the first)."""
