@@ -14,6 +14,7 @@ import sys
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -147,10 +148,13 @@ def exit_failed(reactor, status: int = 1) -> None:
     exit with ``status``, so that a supervisor sees it failed and restarts it. (twistd itself
     exits 0 after any stop.)"""
     atexit.register(_exit_now, status)
-    if reactor.running:
-        reactor.stop()
-    else:
+    if not reactor.running:
         reactor.callWhenRunning(reactor.stop)
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # already stopping
 
 
 def _exit_now(status: int) -> None:

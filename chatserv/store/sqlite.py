@@ -159,7 +159,8 @@ class SQLiteStore:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error as exc:
-                    log.warn("SQLite: no checkpoint at close ({why}): the data stays in the WAL", why=exc)
+                    self._reactor.callFromThread(log.warn, "SQLite: no checkpoint at close ({why}): the data"
+                                                 " stays in the WAL", why=exc)
                 conn.close()
                 return
 
