@@ -31,9 +31,11 @@ _MAX_BATCH = 2000
 _MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
 
 
+_LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
+                         " m.room_id, m.delivered")
 # Every conversation of :user: direct ones (the other party, the newest message either way,
 # the unread ones received after the read mark) and the rooms in :rooms (a JSON array).
-_CONVERSATIONS = """
+_CONVERSATIONS = f"""
 WITH peers(peer, last_id) AS (
     SELECT CASE WHEN sender_id = :user THEN recipient_id ELSE sender_id END, MAX(id) FROM messages
     WHERE recipient_id = :user OR (sender_id = :user AND recipient_id IS NOT NULL) GROUP BY 1),
@@ -46,11 +48,11 @@ SELECT 'user', peer, (SELECT COUNT(*) FROM (SELECT 1 FROM messages
         WHERE recipient_id = :user AND sender_id = peer AND sender_id != :user AND id > COALESCE(
             (SELECT last_read_id FROM read_marks
              WHERE user_id = :user AND kind = 'user' AND target_id = peer), 0)
-        LIMIT :cap)), {columns}
+        LIMIT :cap)), {_LAST_MESSAGE_COLUMNS}
 FROM peers JOIN messages AS m ON m.id = peers.last_id
 UNION ALL
 SELECT 'room', room, CASE WHEN mark IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM (SELECT 1 FROM messages
-        WHERE room_id = room AND id > mark AND sender_id != :user LIMIT :cap)) END, {columns}
+        WHERE room_id = room AND id > mark AND sender_id != :user LIMIT :cap)) END, {_LAST_MESSAGE_COLUMNS}
 FROM rooms LEFT JOIN messages AS m ON m.id = rooms.last_id
 """
 
@@ -335,9 +337,8 @@ class SQLiteStore:
         def row(r):
             return r[0], r[1], _message(r[3:]) if r[3] is not None else None, r[2]
 
-        return self._read(_CONVERSATIONS.format(columns=", ".join(
-            f"m.{c}" for c in _MESSAGE_COLUMNS.split(", "))),
-            {"user": user_id, "rooms": json.dumps(list(room_ids)), "cap": unread_cap}, row)
+        return self._read(_CONVERSATIONS, {"user": user_id, "rooms": json.dumps(list(room_ids)),
+                                           "cap": unread_cap}, row)
 
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND delivered = 0" if undelivered_only else "")
