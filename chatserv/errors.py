@@ -47,3 +47,7 @@ class Offline(ChatError):
 
 class RateLimited(ChatError):
     """The session sends faster than its limit allows."""
+
+
+class TooManyRooms(ChatError):
+    """Creating a room is refused: the creator's or its address's rate or cap, or ``--max-rooms``."""

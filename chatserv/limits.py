@@ -19,6 +19,14 @@ class Limits:
     history: int = 50  # messages replayed or returned by default
     max_connections: int = 20000  # open connections on all ports together (0: unlimited)
     connections_per_ip: int = 100  # open connections from one address (0: unlimited)
+    # Room creation (0: unlimited). Rates are rooms a minute once the burst is spent.
+    max_rooms: int = 100_000  # rooms on the server
+    max_rooms_per_user: int = 100  # rooms one user created that still exist
+    max_rooms_per_address: int = 1000  # rooms created from one address (since start) that still exist
+    room_rate_per_user: float = 10.0
+    room_burst_per_user: int = 20
+    room_rate_per_address: float = 60.0
+    room_burst_per_address: int = 100
 
 
 class TokenBucket:
@@ -31,16 +39,44 @@ class TokenBucket:
         self._tokens = self._burst
         self._stamp = clock.seconds()
 
-    def allow(self) -> bool:
+    def ready(self) -> bool:
+        """Whether an event would be allowed now (nothing is taken)."""
         if not self._rate:
             return True
         now = self._clock.seconds()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
-        if self._tokens >= 1.0:
+        return self._tokens >= 1.0
+
+    def allow(self) -> bool:
+        if not self.ready():
+            return False
+        if self._rate:
             self._tokens -= 1.0
-            return True
-        return False
+        return True
+
+
+class RateTable:
+    """A token bucket per key (a user id, an address), made on first use. Bounded: past
+    ``max_keys`` the oldest bucket is forgotten, so its key starts afresh."""
+
+    def __init__(self, clock, per_minute: float, burst: int, max_keys: int = 100_000):
+        self._clock = clock
+        self._rate = per_minute / 60.0
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: dict = {}
+
+    def bucket(self, key) -> TokenBucket:
+        found = self._buckets.get(key)
+        if found is None:
+            found = self._buckets[key] = TokenBucket(self._clock, self._rate, self._burst)
+            while len(self._buckets) > self._max_keys:
+                del self._buckets[next(iter(self._buckets))]
+        return found
+
+    def forget(self, key):
+        self._buckets.pop(key, None)
 
 
 class Deadline:
