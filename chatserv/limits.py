@@ -5,6 +5,11 @@ from __future__ import annotations
 import attrs
 
 
+def _limit(default, help_text: str):
+    """A limit with its own ``--help`` text (the others get one made from their name)."""
+    return attrs.field(default=default, metadata={"help": help_text})
+
+
 @attrs.define
 class Limits:
     max_line: int = 8192  # bytes in one line or frame
@@ -20,13 +25,15 @@ class Limits:
     max_connections: int = 20000  # open connections on all ports together (0: unlimited)
     connections_per_ip: int = 100  # open connections from one address (0: unlimited)
     # Room creation (0: unlimited). Rates are rooms a minute once the burst is spent.
-    max_rooms: int = 100_000  # rooms on the server
-    max_rooms_per_user: int = 100  # rooms one user created that still exist
-    max_rooms_per_address: int = 1000  # rooms created from one address (since start) that still exist
-    room_rate_per_user: float = 10.0
-    room_burst_per_user: int = 20
-    room_rate_per_address: float = 60.0
-    room_burst_per_address: int = 100
+    max_rooms: int = _limit(100_000, "rooms on the server (0: unlimited)")
+    max_rooms_per_user: int = _limit(100, "rooms one user created that still exist (0: unlimited)")
+    max_rooms_per_address: int = _limit(
+        1000, "rooms created from one address since the start that still exist (0: unlimited)")
+    room_rate_per_user: float = _limit(10.0, "rooms a user may create a minute after its burst (0: no limit)")
+    room_burst_per_user: int = _limit(20, "rooms a user may create at once")
+    room_rate_per_address: float = _limit(
+        60.0, "rooms one address may create a minute after its burst (0: no limit)")
+    room_burst_per_address: int = _limit(100, "rooms one address may create at once")
 
 
 class TokenBucket:

@@ -91,7 +91,8 @@ class Options(usage.Options):
             ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
         ]
         + [
-            [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]
+            [_option_name(f.name), None, f.default,
+             f.metadata.get("help", f"limit: {f.name.replace('_', ' ')}"), type(f.default)]
             for f in attrs.fields(Limits)
         ]
     )
