@@ -13,8 +13,8 @@ from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
 from chatserv.store.migrations import MIGRATIONS
 from tests.support import Daemon
+from tests.test_chatroom import Instant
 from tests.test_irc import raw, until
-from tests.test_room_limits import Instant
 
 
 async def direct_history(client, nick: bytes) -> list[bytes]:

@@ -14,21 +14,12 @@ from chatserv.limits import Limits
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from tests.support import Daemon
+from tests.test_chatroom import Instant
 from tests.test_irc import raw, until
 from tests.test_rooms import logged_in as rooms_user
 from tests.test_service import Sink
 from tests.test_web_rest import register_and_login
 from tests.web_support import call
-
-
-class Instant:
-    """A hasher that costs nothing."""
-
-    def make_verifier(self, digest):
-        return defer.succeed("v:" + digest)
-
-    def check(self, verifier, digest):
-        return defer.succeed(verifier == "v:" + digest)
 
 
 def service(**limits) -> ChatService:

@@ -16,7 +16,7 @@ from chatserv.protocols.base import ConnectionTracker
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.web import WebSite
-from tests.test_room_limits import Instant
+from tests.test_chatroom import Instant
 
 OPTIONS = {"web-max-body": 65536, "web-session-ttl": 3600.0, "web-ping-interval": 40.0,
            "web-ping-timeout": 20.0, "web-header-timeout": 10.0, "web-request-timeout": 30.0}
