@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import itertools
 import re
-import secrets
 from collections.abc import Iterable
 
 import attrs
@@ -77,7 +76,7 @@ class ChatService(service.Service):
         self.clock = clock
         self.limits = limits or Limits()
         self.stats = collections.Counter()
-        self._secret = secrets.token_bytes(32)
+        self._salt_secret: bytes | None = None  # the store's, so fake salts outlive restarts
         self._ready: Deferred | None = None
         self._waiting: list[Deferred] = []
         self._users: dict[int, User] = {}
@@ -114,6 +113,7 @@ class ChatService(service.Service):
         for owner, contact, status in snapshot.contacts:
             self._index_contact(owner, contact, status)
         self.bans = set(snapshot.bans)
+        self._salt_secret = snapshot.salt_secret
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
         self._next_message = itertools.count(snapshot.next_message_id)
@@ -191,7 +191,7 @@ class ChatService(service.Service):
         user = self._user_keys.get(fold(name))
         if user is not None:
             return user.salt
-        mac = hmac.new(self._secret, fold(name).encode(), hashlib.sha256).digest()
+        mac = hmac.new(self._salt_secret, fold(name).encode(), hashlib.sha256).digest()
         return str(10**31 + int.from_bytes(mac, "big") % (9 * 10**31))
 
     @deferred

@@ -52,6 +52,13 @@ MIGRATIONS = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: secrets the daemon keeps across restarts (the one fake salts derive from)
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
 ]
 
 
