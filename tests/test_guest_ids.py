@@ -28,7 +28,8 @@ async def test_a_guest_after_a_restart_cannot_read_an_earlier_guests_direct_mess
     try:
         await daemon.chat.register("alice", "pw")
         visitor = await raw(daemon, "visitor", "batch")
-        visitor.send(b"PRIVMSG alice :for alice only")
+        visitor.send(b"PRIVMSG alice :for alice only", b"PING stored")
+        await until(visitor, b"PONG")
         own = await direct_history(visitor, b"alice")
         assert [line.endswith(b"for alice only") for line in own] == [True]  # a guest reads its own
         visitor.send(b"QUIT")
