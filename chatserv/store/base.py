@@ -21,8 +21,9 @@ class IStore(Interface):
     def update_user(user):
         """Persist a changed verifier or public key."""
 
-    def set_contact(owner_id, contact_id, status):
-        """Create or change the contact relation (status ``blocked`` is a block)."""
+    def set_contact(owner_id, contact_id, status, before_block=None):
+        """Create or change the contact relation (status ``blocked`` is a block; ``before_block``:
+        the status that block replaced, which unblocking restores)."""
 
     def remove_contact(owner_id, contact_id):
         """Delete the contact relation."""
@@ -53,6 +54,12 @@ class IStore(Interface):
 
     def inbox(user_id, limit, undelivered_only=False):
         """Deferred[list[Message]]: direct messages received by a user, oldest first."""
+
+    def note_guest_id(guest_id):
+        """Keep ``guest_id`` as the lowest guest id handed out (``Snapshot.last_guest_id``)."""
+
+    def forget_room_messages(room_id):
+        """Delete the messages of a room that was never persisted and has vanished."""
 
     def add_ban(address):
         """Persist an IP ban."""

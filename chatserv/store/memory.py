@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import attrs
 from twisted.internet.defer import succeed
 from zope.interface import implementer
@@ -21,11 +23,13 @@ class MemoryStore:
         self._users: dict[int, User] = {}
         self._rooms: dict[int, Room] = {}
         self._members: set[tuple[int, int]] = set()
-        self._contacts: dict[tuple[int, int], str] = {}
+        self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
         self._read_marks: dict[tuple[int, str, int], int] = {}
         self._tokens: dict[str, tuple[str, int, float, float]] = {}
+        self._last_guest_id = 0
+        self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
     def open(self):
         rooms = []
@@ -36,12 +40,15 @@ class MemoryStore:
             Snapshot(
                 users=[attrs.evolve(u) for u in self._users.values()],
                 rooms=rooms,
-                contacts=[(o, c, s) for (o, c), s in self._contacts.items()],
+                contacts=[(o, c, *relation) for (o, c), relation in self._contacts.items()],
                 bans=sorted(self._bans),
                 next_user_id=max(self._users, default=0) + 1,
-                next_room_id=max(self._rooms, default=0) + 1,
+                next_room_id=max([*self._rooms, *(m.room_id or 0 for m in self._messages.values())],
+                                 default=0) + 1,
                 next_message_id=max(self._messages, default=0) + 1,
                 tokens=list(self._tokens.values()),
+                last_guest_id=self._last_guest_id,
+                salt_secret=self._salt_secret,
             )
         )
 
@@ -54,8 +61,8 @@ class MemoryStore:
 
     update_user = add_user
 
-    def set_contact(self, owner_id, contact_id, status):
-        self._contacts[owner_id, contact_id] = status
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
+        self._contacts[owner_id, contact_id] = (status, before_block)
         return succeed(None)
 
     def remove_contact(self, owner_id, contact_id):
@@ -102,6 +109,15 @@ class MemoryStore:
             if m.recipient_id == user_id and not (undelivered_only and m.delivered)
         ]
         return succeed(_newest(found, limit, None))
+
+    def note_guest_id(self, guest_id):
+        self._last_guest_id = min(self._last_guest_id, guest_id)
+        return succeed(None)
+
+    def forget_room_messages(self, room_id):
+        for mid in [m.id for m in self._messages.values() if m.room_id == room_id]:
+            del self._messages[mid]
+        return succeed(None)
 
     def add_ban(self, address):
         self._bans.add(address)

@@ -52,7 +52,30 @@ MIGRATIONS = [
         created_at REAL NOT NULL
     );
     """,
-    # Per-user read state (the web page's unread counts), login tokens that outlive a restart
+    # 2: a block remembers the contact status it replaced, so unblocking restores it
+    # (seed 001's block/unblock over a seed 000/004 contact: one relation).
+    """
+    ALTER TABLE contacts ADD COLUMN status_before_block TEXT;
+    """,
+    # 3: secrets the daemon keeps across restarts (the one fake salts derive from)
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
+    # 4: guest ids are never reused, even across restarts: the lowest one handed out is kept,
+    # starting below any guest id the messages already name.
+    """
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'last_guest_id', MIN(0, COALESCE(MIN(sender_id), 0), COALESCE(MIN(recipient_id), 0))
+        FROM messages;
+    """,
+    # 5: per-user read state (the web page's unread counts), login tokens that outlive a restart
     # (seed 004 session IDs, kept as SHA-256 digests), and an index for "every conversation of
     # a user", which reads the direct messages a user sent as well as those received.
     """

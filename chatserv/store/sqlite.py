@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -203,23 +204,35 @@ class SQLiteStore:
         )}
         for room_id, user_id in conn.execute("SELECT room_id, user_id FROM room_members"):
             rooms[room_id].members.add(user_id)
-        contacts = conn.execute("SELECT owner_id, contact_id, status FROM contacts").fetchall()
+        contacts = conn.execute(
+            "SELECT owner_id, contact_id, status, status_before_block FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
         tokens = [tuple(row) for row in conn.execute(
             "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
+        # Made at the first start; whoever inserts first wins, so every reader gets the same one.
+        conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('salt', ?)",
+                     (secrets.token_bytes(32),))
+        (salt_secret,) = conn.execute("SELECT value FROM secrets WHERE name = 'salt'").fetchone()
 
         def next_id(table):
             return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
 
+        # A room that was never stored (a guest's) may have left messages behind in a crash:
+        # room ids are never reused, so they never show up in a new room.
+        (last_room_message,) = conn.execute(
+            "SELECT COALESCE(MAX(room_id), 0) FROM messages WHERE room_id IS NOT NULL").fetchone()
+        (last_guest_id,) = conn.execute("SELECT value FROM counters WHERE name = 'last_guest_id'").fetchone()
         return Snapshot(
             users=users,
             rooms=list(rooms.values()),
             contacts=[tuple(c) for c in contacts],
             bans=bans,
             next_user_id=next_id("users"),
-            next_room_id=next_id("rooms"),
+            next_room_id=max(next_id("rooms"), last_room_message + 1),
             next_message_id=next_id("messages"),
             tokens=tokens,
+            last_guest_id=last_guest_id,
+            salt_secret=salt_secret,
         )
 
     # writes
@@ -238,11 +251,12 @@ class SQLiteStore:
             (user.verifier, user.public_key, user.id),
         ))
 
-    def set_contact(self, owner_id, contact_id, status):
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
         return self._write((
-            "INSERT INTO contacts (owner_id, contact_id, status) VALUES (?, ?, ?)"
-            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status",
-            (owner_id, contact_id, status),
+            "INSERT INTO contacts (owner_id, contact_id, status, status_before_block) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status,"
+            " status_before_block = excluded.status_before_block",
+            (owner_id, contact_id, status, before_block),
         ))
 
     def remove_contact(self, owner_id, contact_id):
@@ -282,6 +296,14 @@ class SQLiteStore:
         return self._write(*[
             ("UPDATE messages SET delivered = 1 WHERE id = ?", (mid,)) for mid in message_ids
         ])
+
+    def note_guest_id(self, guest_id):
+        return self._write((
+            "UPDATE counters SET value = MIN(value, ?) WHERE name = 'last_guest_id'", (guest_id,),
+        ))
+
+    def forget_room_messages(self, room_id):
+        return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
 
     def add_ban(self, address):
         return self._write((

@@ -214,7 +214,7 @@ class WebAPI:
         public_key = params.get("public_key")
         if public_key is not None and not isinstance(public_key, str):
             raise BadRequest("public_key must be a string")
-        user = await self.service.register(username, password)
+        user = await self.service.register(username, password, address=self.port.client_address(request))
         if public_key:
             await self.service.set_public_key(user, public_key)
         return {"message": "User registered successfully", "user_id": user.id}
@@ -223,8 +223,8 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        address = self.port.client_address(request)  # failures are throttled per address
-        user = await self.service.authenticate(username, password, address)
+        # the service throttles logins and limits hashes per address
+        user = await self.service.authenticate(username, password, self.port.client_address(request))
         session = await self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 
@@ -296,7 +296,8 @@ class WebAPI:
     @app.route("/joinGroup", methods=BOTH)
     @endpoint
     async def join_group(self, request, params):
-        room = await self.service.join_room(self._user(params), text(params, "group"), create=True)
+        room = await self.service.join_room(self._user(params), text(params, "group"), create=True,
+                                            address=self.port.client_address(request))
         return api.group_entry(room)
 
     @app.route("/getGroupMessages", methods=BOTH)
