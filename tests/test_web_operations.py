@@ -1,6 +1,8 @@
 """Running the web port: methods and bodies real clients send, session IDs across a restart,
 refused connections, and clients behind a reverse proxy."""
 
+import json
+
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -72,6 +74,32 @@ async def test_logins_beyond_the_cap_end_the_oldest_session_id(daemon):
         400, {"error": "Invalid session"})
     assert (await call(daemon, "/getContacts", params={"sessionID": sessions[1]}))[0] == 200
     assert len(daemon.ports["web"].factory.web_sessions) == 10
+
+
+async def fresh_connection(daemon, method, **params):
+    """A request on a connection of its own (a client with many sockets, or many clients)."""
+    response = await treq.request(method, base_url(daemon) + EIO, persistent=False, **params).addTimeout(
+        TIMEOUT, reactor)
+    return response.code, (await treq.content(response)).decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_that_fills_its_address_quota_still_gets_its_own_connections():
+    # 200 socket.io clients behind one address with the default 100: 100 connect now, 12 did.
+    daemon = await Daemon(extra=["--connections-per-ip", "1"]).start()
+    try:
+        alice = await daemon.chat.register("alice", "pw")
+        session = await daemon.ports["web"].factory.web_sessions.start(alice)
+        code, opened = await fresh_connection(daemon, "GET", params=polling(sessionID=session.token))
+        sid = json.loads(opened[1:])["sid"]
+        # The quota is the session's now; its POST and its next poll come on new connections.
+        assert await fresh_connection(daemon, "POST", params=polling(sid=sid), data=b"40") == (200, "ok")
+        code, connected = await fresh_connection(daemon, "GET", params=polling(sid=sid))
+        assert connected.startswith('40{"sid"')
+        code, refused = await fresh_connection(daemon, "GET", params=polling())  # a second session
+        assert json.loads(refused) == {"code": 4, "message": "Forbidden"}
+    finally:
+        await daemon.stop()
 
 
 class LogLines:

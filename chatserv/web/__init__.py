@@ -182,9 +182,15 @@ class WebSite(server.Site):
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", "")
-        # A trusted proxy brings many clients over its connections: the per-address limit
-        # applies to each client's address (X-Forwarded-For) once its request is read.
-        limits = attrs.evolve(self.limits, connections_per_ip=0) if self.proxies.trusts(host) else self.limits
+        limits = self.limits
+        if self.proxies.trusts(host):
+            # A trusted proxy brings many clients over its connections: the per-address limit
+            # applies to each client's address (X-Forwarded-For) once its request is read.
+            limits = attrs.evolve(limits, connections_per_ip=0)
+        elif limits.connections_per_ip and self.engine.follow_ups(host):
+            # This may be a connection of one of the address's sessions: room for those.
+            limits = attrs.evolve(limits, connections_per_ip=limits.connections_per_ip
+                                  + self.engine.follow_ups(host))
         if not self.tracker.admits(host, limits):
             return Refused(self.clock)
         return super().buildProtocol(addr)

@@ -11,6 +11,7 @@ handler gets ``message(text)`` and ``lost(reason)`` calls and sends with ``send`
 from __future__ import annotations
 
 import binascii
+import collections
 import json
 import secrets
 from collections.abc import Callable
@@ -28,6 +29,10 @@ log = Logger()
 
 SEPARATOR = "\x1e"  # between packets of one polling payload
 POLLING_CHANNELS = 2  # HTTP connections of one polling session counted as that session: a GET and a POST
+# Connections a live session may still open beyond the per-address limit: its polling GET and
+# POST, and the WebSocket it upgrades to. Without them, sessions that filled an address's
+# quota could not finish connecting (200 clients behind one address: 12 of them got in).
+FOLLOW_UP_CONNECTIONS = POLLING_CHANNELS + 1
 CLOSE_PACKET = eio.Packet(eio.CLOSE).encode()
 NOOP_PACKET = eio.Packet(eio.NOOP).encode()
 PING_PACKET = eio.Packet(eio.PING).encode()
@@ -70,6 +75,7 @@ class EngineSocket:
         self._outbox: list[str] = []
         self._outbox_size = 0
         self.channels: set = set()  # HTTP connections counted as part of this session
+        self.address = ""
         self._poll = None  # the GET being held until there is something to send
         self._ping_call = None
         self._pong_deadline = None
@@ -245,6 +251,7 @@ class EngineSocket:
         for channel in self.channels:
             self.server.channels.unshare(channel)
         self.channels.clear()
+        self.server.ended(self)
         if not self._outbox or self.websocket is not None:
             self.server.forget(self)
         else:
@@ -362,6 +369,7 @@ class EngineServer:
         self.max_payload = max_payload
         self.send_queue = send_queue
         self.sessions: dict[str, EngineSocket] = {}
+        self.per_address: collections.Counter = collections.Counter()  # live sessions by client address
         factory = WebSocketServerFactory()
         factory.protocol = EngineWebSocket
         factory.engine = self
@@ -379,6 +387,8 @@ class EngineServer:
     def open(self, websocket: EngineWebSocket | None, query: dict, address: str) -> EngineSocket:
         """A new session: on ``websocket`` directly, or (None) by a polling handshake."""
         socket = self._new_socket()
+        socket.address = address
+        self.per_address[address] += 1
         query = {k: v[0] for k, v in query.items() if v}
         if websocket is not None:
             socket.websocket = websocket
@@ -391,6 +401,15 @@ class EngineServer:
     def forget(self, socket: EngineSocket):
         if self.sessions.get(socket.sid) is socket:
             del self.sessions[socket.sid]
+
+    def ended(self, socket: EngineSocket):
+        self.per_address[socket.address] -= 1
+        if not self.per_address[socket.address]:
+            del self.per_address[socket.address]
+
+    def follow_ups(self, address: str) -> int:
+        """Connections the live sessions from ``address`` may still open beyond its limit."""
+        return FOLLOW_UP_CONNECTIONS * self.per_address.get(address, 0)
 
     def adopt(self, socket: EngineSocket, channel):
         """``channel`` carries ``socket``'s polling requests: it counts as part of the session
