@@ -94,8 +94,8 @@ class HeldStore(MemoryStore):
         super().__init__()
         self.held: list[defer.Deferred] = []
 
-    def set_contact(self, owner_id, contact_id, status):
-        super().set_contact(owner_id, contact_id, status)
+    def set_contact(self, *args, **kwargs):
+        super().set_contact(*args, **kwargs)
         self.held.append(defer.Deferred())
         return self.held[-1]
 
