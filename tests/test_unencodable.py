@@ -17,7 +17,7 @@ from tests.test_chatroom import json_login
 from tests.test_irc import raw, until
 from tests.test_rooms import error, logged_in
 from tests.test_salted import register, salted
-from tests.test_web_engineio import handshake, poll_until, post
+from tests.test_web_engineio import handshake, poll, poll_until, post
 from tests.web_support import call, register_and_login
 
 LONE = "\ud800"  # JSON writes it as the escape \ud800; repr() as the literal '\ud800'
@@ -98,6 +98,8 @@ async def test_socketio_event_arguments(daemon):
     good = "422" + json.dumps(["send_message", {"recipient_id": alice["user_id"], "content": "still here"}])
     assert await post(daemon, sid, good) == (200, "ok")
     assert (await poll_until(daemon, sid, "432"))[-1] == '432[{"message_id":1}]'
+    assert await post(daemon, sid, "41") == (200, "ok")  # leave, so the daemon stops at once
+    assert await poll(daemon, sid) == ["1"]
 
 
 @pytest_twisted.ensureDeferred
