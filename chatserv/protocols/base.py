@@ -350,9 +350,6 @@ class ChatConnection(protocol.Protocol):
         return None
 
 
-REFUSALS_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections
-
-
 class ConnectionTracker(service.Service):
     """Knows every open connection, so a stopping daemon can say goodbye on each wire."""
 
@@ -362,8 +359,7 @@ class ConnectionTracker(service.Service):
         self.connections: set = set()
         self.per_host: collections.Counter = collections.Counter()
         self.refused = 0
-        self._unlogged_refusals = 0
-        self._refusals_logged_at: float | None = None
+        self._quiet = QuietLog(log, clock=clock)  # refusals: one line a minute at most
         self._shared: set = set()
         self._emptied: list[defer.Deferred] = []
 
@@ -378,15 +374,9 @@ class ConnectionTracker(service.Service):
         return True
 
     def _refuse(self, host: str, limit: str):
-        """Count a refusal; log at most one line a minute, saying how many since the last."""
+        """Count a refusal; the log has a line a minute at most, saying how many were held back."""
         self.refused += 1
-        self._unlogged_refusals += 1
-        now = self.clock.seconds()
-        if self._refusals_logged_at is None or now - self._refusals_logged_at >= REFUSALS_LOG_INTERVAL:
-            log.warn("refused {count} connection(s) since the last report; the latest from {host}, "
-                     "over {limit}", count=self._unlogged_refusals, host=host, limit=limit)
-            self._refusals_logged_at = now
-            self._unlogged_refusals = 0
+        self._quiet.warn("refused a connection from {host}, over {limit}", host=host, limit=limit)
 
     def add(self, connection):
         self.connections.add(connection)
