@@ -54,6 +54,22 @@ class IStore(Interface):
     def inbox(user_id, limit, undelivered_only=False):
         """Deferred[list[Message]]: direct messages received by a user, oldest first."""
 
+    def message_range(bounds, limit, room_id=None, pair=None):
+        """Deferred[list[Message]], oldest first: a room's messages, or those between the two
+        users of ``pair``, within ``bounds`` (a HistoryBounds): the newest ``limit``, or the
+        oldest with ``bounds.oldest``."""
+
+    def conversations(user_id, room_ids, after_time, before_time, limit):
+        """Deferred[list[(room_id, other_user_id, latest sent_at)]]: the rooms among ``room_ids``
+        and the user's direct partners (one of the two ids set) with messages sent in
+        [after_time, before_time), each with its latest time; the ``limit`` earliest by it."""
+
+    def last_seen(user_id):
+        """Deferred[dict[room_id, message_id]]: what ``set_last_seen`` recorded for the user."""
+
+    def set_last_seen(user_id, room_id, message_id):
+        """Record that the user was shown the room's messages up to ``message_id`` (never back)."""
+
     def add_ban(address):
         """Persist an IP ban."""
 

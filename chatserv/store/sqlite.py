@@ -7,6 +7,7 @@ write is committed; no query ever runs on the reactor thread.
 
 from __future__ import annotations
 
+import json
 import queue
 import sqlite3
 import threading
@@ -288,6 +289,56 @@ class SQLiteStore:
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND delivered = 0" if undelivered_only else "")
         return self._newest(where, (user_id,), limit, None)
+
+    def message_range(self, bounds, limit, room_id=None, pair=None):
+        if room_id is not None:
+            where, params = "room_id = ?", [room_id]
+        else:
+            user_id, other_id = pair
+            where = "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))"
+            params = [user_id, other_id, other_id, user_id]
+        if bounds.after_id is not None:
+            where += " AND id > ?"
+            params.append(bounds.after_id)
+        if bounds.before_id is not None:
+            where += " AND id < ?"
+            params.append(bounds.before_id)
+        if bounds.since is not None:
+            where += " AND sent_at >= ?"
+            params.append(bounds.since)
+        if bounds.until is not None:
+            where += " AND sent_at < ?"
+            params.append(bounds.until)
+        sql = (f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               " ORDER BY id ASC LIMIT ?) ORDER BY id") if bounds.oldest else (
+               f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               " ORDER BY id DESC LIMIT ?) ORDER BY id")
+        return self._read(sql, (*params, limit), _message)
+
+    def conversations(self, user_id, room_ids, after_time, before_time, limit):
+        sql = (
+            "SELECT room_id, other_id, MAX(sent_at) AS latest FROM ("
+            " SELECT room_id, NULL AS other_id, sent_at FROM messages"
+            "  WHERE room_id IN (SELECT value FROM json_each(?)) AND sent_at >= ? AND sent_at < ?"
+            " UNION ALL SELECT NULL, CASE WHEN sender_id = ? THEN recipient_id ELSE sender_id END, sent_at"
+            "  FROM messages WHERE (recipient_id = ? OR (sender_id = ? AND recipient_id IS NOT NULL))"
+            "  AND sent_at >= ? AND sent_at < ?"
+            ") GROUP BY room_id, other_id ORDER BY latest LIMIT ?"
+        )
+        params = (json.dumps(list(room_ids)), after_time, before_time, user_id, user_id, user_id, after_time,
+                  before_time, limit)
+        return self._read(sql, params, tuple)
+
+    def last_seen(self, user_id):
+        found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))
+        return found.addCallback(dict)
+
+    def set_last_seen(self, user_id, room_id, message_id):
+        return self._write((
+            "INSERT INTO last_seen (user_id, room_id, message_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET message_id = MAX(message_id, excluded.message_id)",
+            (user_id, room_id, message_id),
+        ))
 
 
 def _fire(outcomes):
