@@ -363,9 +363,10 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
     def irc_PONG(self, line):
         """Any line proves the client alive (see ``handle``)."""
 
-    def irc_QUIT(self, line):
-        reason = f"Quit: {line.param(0)}" if line.param(0) else "Quit"
-        self.error_and_close(reason)
+    async def irc_QUIT(self, line):
+        """Messages sent before land first (and count as seen), then the goodbye."""
+        await self.settled()
+        self.error_and_close(f"Quit: {line.param(0)}" if line.param(0) else "Quit")
 
     # users
 
@@ -513,6 +514,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             await waiting
 
     def _sent(self, message, target: str, tags):
+        if message.room_id is not None:  # what it said itself is seen, for its next replay
+            self.seen[message.room_id] = max(self.seen.get(message.room_id, 0), message.id)
         if "echo-message" in self.caps:
             self.send(message_lines(message, target, self.tag_variant, prefix=self.own_mask(),
                                     client_tags=tags))

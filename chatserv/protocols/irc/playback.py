@@ -33,9 +33,10 @@ class PlaybackMixin:
         verb = words[0].upper() if words else "HELP"
         if verb == "PLAY" and 2 <= len(words) <= 4:
             try:
-                since, until = (float(word) for word in (words[2:] + ["0", "inf"])[:2])
+                since = float(words[2]) if len(words) > 2 else 0.0
+                until = float(words[3]) if len(words) > 3 else math.inf
             except ValueError:
-                return self.playback_says("PLAY: times are seconds since 1970")
+                since = until = math.nan
             if math.isnan(since) or math.isnan(until):
                 return self.playback_says("PLAY: times are seconds since 1970")
             return await self._play(words[1], since, until)
@@ -63,8 +64,7 @@ class PlaybackMixin:
     async def _buffers(self, patterns: str, since: float, until: float) -> list:
         """The channels this client is on and the conversations with messages in the period
         whose names match ``patterns``, each with its newest message time, oldest first."""
-        end = until if not math.isinf(until) else self.clock.seconds() + 1
-        found = await self.service.conversations(self.user, max(since, 0.0), end, 10_000)
+        found = await self.service.conversations(self.user, max(since, 0.0), until, 10_000)
         wanted = [fold(p) for p in patterns.split(",") if p]
         return [(target, latest) for target, latest in found
                 if (not isinstance(target, Room) or fold(target.name) in self.channels)
