@@ -322,6 +322,7 @@ def texts(lines, command=b"PRIVMSG") -> list[bytes]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_replay_is_framed_and_an_account_gets_only_what_it_missed(daemon):
+    daemon.chat.clock = Ticking()
     await daemon.chat.register("alice", "pw")
     bob = await watcher(daemon, "bob")
     bob.join("#r")
@@ -333,9 +334,10 @@ async def test_a_replay_is_framed_and_an_account_gets_only_what_it_missed(daemon
     alice.send(b"JOIN #r")
     first = await until(alice, b"End of replay")
     assert [line.split(b"] ", 1)[1] for line in first if b" PRIVMSG " in line] == [b"one", b"two"]
-    opening = [line for line in first if b"Replay:" in line][0]
-    day = time.strftime("%Y-%m-%d", time.gmtime(daemon.chat.clock.seconds()))
-    assert opening.startswith(b":chatserv NOTICE #r :Replay: 2 messages sent from " + day.encode())
+    one, two = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.sent_at))
+                for m in await daemon.chat.room_history(daemon.chat.user("alice"), "r"))
+    period = f"{one} to {two[11:] if one[:10] == two[:10] else two}"
+    assert f":chatserv NOTICE #r :Replay: 2 messages sent from {period} UTC".encode() in first
     assert first[-1] == b":chatserv NOTICE #r :End of replay: live messages follow"
     alice.send(b"PRIVMSG #r :mine", b"QUIT")
     await alice.wait_closed()
@@ -345,7 +347,7 @@ async def test_a_replay_is_framed_and_an_account_gets_only_what_it_missed(daemon
     back = await raw(daemon, "alice", before=[b"PASS pw"])  # the account rejoins #r at login
     again = await until(back, b"End of replay")
     assert [line.split(b"] ", 1)[1] for line in again if b" PRIVMSG " in line] == [b"while you were out"]
-    assert b"Replay: 1 message sent from " in [line for line in again if b"Replay:" in line][0]
+    assert b"Replay: 1 message sent at " in [line for line in again if b"Replay:" in line][0]
     back.send(b"QUIT")
     await back.wait_closed()
 

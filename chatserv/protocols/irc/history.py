@@ -122,9 +122,13 @@ class HistoryMixin:
         if not messages:
             return b""
         channel = "#" + room.name
-        period = f"{_clock(messages[0].sent_at)} to {_clock(messages[-1].sent_at)} UTC"
+        first, last = _clock(messages[0].sent_at), _clock(messages[-1].sent_at)
+        if first == last:
+            period = f"at {first} UTC"
+        else:
+            period = f"from {first} to {last[11:] if last[:10] == first[:10] else last} UTC"
         count = f"{len(messages)} message" + ("s" if len(messages) > 1 else "")
-        return (serialise("NOTICE", channel, f"Replay: {count} sent from {period}", prefix=self.server)
+        return (serialise("NOTICE", channel, f"Replay: {count} sent {period}", prefix=self.server)
                 + self.history_lines(messages, lambda m: channel, channel)
                 + serialise("NOTICE", channel, "End of replay: live messages follow", prefix=self.server))
 
