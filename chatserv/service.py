@@ -94,6 +94,7 @@ class ChatService(service.Service):
         self._watchers: set[Session] = set()
         self._last_address: dict[int, str] = {}
         self._operators: dict[int, set[int]] = {}
+        self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
         self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
@@ -700,6 +701,7 @@ class ChatService(service.Service):
 
     def _fan_out(self, _, event: events.RoomMessage, origin: Session | None) -> Message:
         self.stats["messages"] += 1
+        self._newest[event.room.id] = event.message.id
         blockers = self._blocked_by.get(event.sender.id) or ()
         sessions = self._sessions
         for uid in event.room.members:
@@ -782,6 +784,10 @@ class ChatService(service.Service):
         if user.guest:
             return succeed({})
         return self.store.last_seen(user.id)
+
+    def newest_message_id(self, room: Room) -> int | None:
+        """The id of the newest message handed to the room's members since the service started."""
+        return self._newest.get(room.id)
 
     def note_seen(self, user: User, seen: dict) -> None:
         """Record that the account was shown room messages up to these ids ({room id: id});

@@ -457,27 +457,36 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
                 return None  # CTCP queries stay off the other ports' inboxes: never stored or relayed
             body, kind = text, "action"
         tags = line.client_tags or None
-        await self.each_recipient(line, quiet, lambda target: self._send_one(
-            target, body, kind, line.command, quiet, tags))
-
-    async def each_recipient(self, line, quiet: bool, send):
-        """Send to each of a PRIVMSG's (NOTICE's, TAGMSG's) targets, once each: a bad target gets
-        its error and the others still get the message; past TARGMAX, 407 and nothing more."""
-        targets = list({fold(t): t for t in reversed(line.params[0].split(",")) if t}.values())[::-1]
-        if not targets and not quiet:
-            return self.reply(N.ERR_NORECIPIENT, command=line.command)
-        for index, target in enumerate(targets):
-            if index == MAX_TARGETS:
-                return None if quiet else self.reply(N.ERR_TOOMANYTARGETS, target=target)
+        targets, dropped = self.recipients(line, quiet)
+        for target in targets:
             try:
-                await send(target)
-            except N.IRCError as exc:
-                if not quiet:
-                    self.reply(exc.numeric, **exc.fields)
-            except errors.ChatError as exc:
-                if not quiet:
-                    self.domain_error(exc, target, line.command)
-        return None
+                await self._send_one(target, body, kind, line.command, quiet, tags)
+            except (N.IRCError, errors.ChatError) as exc:
+                self.not_sent(exc, target, line.command, quiet)
+        if dropped:
+            self.reply(N.ERR_TOOMANYTARGETS, target=dropped)
+
+    def recipients(self, line, quiet: bool) -> tuple[list[str], str]:
+        """A PRIVMSG's (NOTICE's, TAGMSG's) targets, each once, and the first one past TARGMAX
+        (which gets 407 once the others were sent to; a NOTICE's gets nothing)."""
+        field = line.params[0]
+        targets = [field] if "," not in field else list(
+            {fold(t): t for t in reversed(field.split(",")) if t}.values())[::-1]
+        if not targets or not targets[0]:
+            if not quiet:
+                self.reply(N.ERR_NORECIPIENT, command=line.command)
+            return [], ""
+        dropped = targets[MAX_TARGETS] if len(targets) > MAX_TARGETS and not quiet else ""
+        return targets[:MAX_TARGETS], dropped
+
+    def not_sent(self, exc: Exception, target: str, command: str, quiet: bool):
+        """One target's error; the others are still sent to. A NOTICE draws none."""
+        if quiet:
+            return
+        if isinstance(exc, N.IRCError):
+            self.reply(exc.numeric, **exc.fields)
+        else:
+            self.domain_error(exc, target, command)
 
     def irc_NOTICE(self, line):
         return self.irc_PRIVMSG(line, kind="notice")
@@ -514,8 +523,6 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             await waiting
 
     def _sent(self, message, target: str, tags):
-        if message.room_id is not None:  # what it said itself is seen, for its next replay
-            self.seen[message.room_id] = max(self.seen.get(message.room_id, 0), message.id)
         if "echo-message" in self.caps:
             self.send(message_lines(message, target, self.tag_variant, prefix=self.own_mask(),
                                     client_tags=tags))
@@ -529,10 +536,18 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         """Client-only tags on their own, relayed to clients with ``message-tags`` and never
         stored; ``+typing`` also reaches the other ports that show typing."""
         tags = line.client_tags
-        if tags:
-            await self.each_recipient(line, False, lambda target: self._tags_to(target, tags))
+        if not tags:
+            return
+        targets, dropped = self.recipients(line, False)
+        for target in targets:
+            try:
+                self._tags_to(target, tags)
+            except (N.IRCError, errors.ChatError) as exc:
+                self.not_sent(exc, target, line.command, False)
+        if dropped:
+            self.reply(N.ERR_TOOMANYTARGETS, target=dropped)
 
-    async def _tags_to(self, target: str, tags: dict):
+    def _tags_to(self, target: str, tags: dict):
         where = {"room": self.sendable_room(target)} if target.startswith("#") else {
             "to": self.online_or_registered(target)}
         state = tags.get("+typing")
@@ -558,20 +573,17 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         return renderer(self, event) if renderer else None
 
     def _render_room_message(self, event):
-        """The fan-out hot path. Rooms this client was not shown are skipped; lines for a room
-        whose replay is being fetched wait for it (history.py)."""
-        room = event.room
-        if fold(room.name) not in self.channels:
-            return None
+        """The fan-out hot path. Lines for a room whose replay is being fetched wait for it
+        (history.py)."""
         variant = self.tag_variant
         data = event.render_once(self.render_key, lambda: message_lines(
-            event.message, "#" + room.name, variant, prefix=self.mask_of(event.sender),
+            event.message, "#" + event.room.name, variant, prefix=self.mask_of(event.sender),
             client_tags=event.tags if variant[1] else None))
-        held = self.held.get(room.id)
-        if held is not None:
-            held.append((event.message.id, data))
-            return None
-        self.seen[room.id] = event.message.id
+        if self.held:
+            held = self.held.get(event.room.id)
+            if held is not None:
+                held.append((event.message.id, data))
+                return None
         return data
 
     def _render_direct_message(self, event):

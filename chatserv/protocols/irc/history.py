@@ -114,8 +114,6 @@ class HistoryMixin:
         messages = [m for m in messages if m.id not in live]
         if messages:
             self.seen[room.id] = max(self.seen.get(room.id, 0), messages[-1].id)
-        for message_id, _ in held:
-            self.seen[room.id] = max(self.seen.get(room.id, 0), message_id)
         self.send(self.replay_lines(room, messages) + b"".join(data for _, data in held))
 
     def replay_lines(self, room: Room, messages: list) -> bytes:
@@ -133,9 +131,17 @@ class HistoryMixin:
                 + serialise("NOTICE", channel, "End of replay: live messages follow", prefix=self.server))
 
     def remember_seen(self):
-        """Record, for the account, the newest message of each room this connection was shown."""
-        if self.session is not None and self.seen:
-            self.service.note_seen(self.session.user, self.seen)
+        """Record, for the account, the newest message of each room this connection was shown:
+        what was replayed, and whatever its rooms were handed live since."""
+        if self.session is None:
+            return
+        seen = dict(self.seen)
+        for room in self.channels.values():
+            newest = self.service.newest_message_id(room)
+            if newest is not None and newest > seen.get(room.id, 0):
+                seen[room.id] = newest
+        if seen:
+            self.service.note_seen(self.session.user, seen)
 
     async def logged_in(self, user):
         """An account came online here: its rooms are joined and its waiting messages delivered."""
