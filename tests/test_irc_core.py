@@ -498,3 +498,21 @@ async def test_labeled_responses(daemon):
     client.send(b"@label=p6 PRIVMSG #lab :caf\xe9")
     assert await client.receive() == (b"@label=p6 :chatserv FAIL PRIVMSG INVALID_UTF8 :Message rejected: "
                                       b"this network takes UTF-8 only (UTF8ONLY)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_numbers_and_times_get_their_error_not_a_traceback(daemon):
+    """Superscript digits pass str.isdigit and fail int(); ids past SQLite's integers and
+    infinite times overflow: each gets a reply, and the daemon logs nothing (conftest)."""
+    client = await joined(daemon, "odd", "#o", "draft/chathistory batch")
+    client.send("CAP LS \u00b2".encode(), "CHATHISTORY LATEST #o * \u00b2".encode(),
+                b"CHATHISTORY BEFORE #o msgid=99999999999999999999999 10",
+                b"PRIVMSG *playback :PLAY * inf", b"PING done")
+    lines = await until(client, b"PONG")
+    assert lines[0].startswith(b":chatserv CAP odd LS :")
+    assert lines[1:] == [
+        b":chatserv FAIL CHATHISTORY INVALID_PARAMS LATEST :Invalid parameters",
+        b":chatserv FAIL CHATHISTORY INVALID_MSGREFTYPE BEFORE msgid=99999999999999999999999 :References are "
+        b"msgid=<id> or timestamp=<ISO 8601>, or * for LATEST",
+        b":*playback!znc@znc.in PRIVMSG odd :PLAY: times are seconds since 1970",
+        b":chatserv PONG chatserv done"]

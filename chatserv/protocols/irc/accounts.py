@@ -14,7 +14,7 @@ import binascii
 from chatserv import errors
 from chatserv.model import fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import mask, serialise
+from chatserv.protocols.irc.message import is_number, mask, serialise
 
 CAPABILITIES = {
     "batch": "",
@@ -51,7 +51,7 @@ class AccountsMixin:
         who = self.nick or "*"
         if subcommand == "LS":
             self.negotiating = not self.registered
-            with_values = line.param(1).isdigit() and int(line.param(1)) >= 302
+            with_values = is_number(line.param(1)) and int(line.param(1)) >= 302
             offered = " ".join(f"{name}={value}" if with_values and value else name
                                for name, value in CAPABILITIES.items())
             self.send(serialise("CAP", who, "LS", offered, prefix=self.server))

@@ -24,6 +24,7 @@ from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.message import (
     MAX_LINE,
     fit,
+    is_number,
     mask,
     serialise,
     server_time,
@@ -31,6 +32,7 @@ from chatserv.protocols.irc.message import (
 )
 
 HISTORY_SUBCOMMANDS = ("LATEST", "BEFORE", "AFTER", "AROUND", "BETWEEN")
+MAX_ID = 2**63  # message ids are SQLite integers
 
 
 def message_lines(message: Message, target: str, variant: tuple[bool, bool], *, prefix: str = "",
@@ -187,7 +189,7 @@ class HistoryMixin:
         self.send(lines)
 
     def _history_limit(self, subcommand: str, count: str) -> int:
-        if not count.isdigit() or not 0 < int(count) <= self.limits.history:
+        if not is_number(count) or not 0 < int(count) <= self.limits.history:
             raise N.Fail("CHATHISTORY", "INVALID_PARAMS", subcommand)
         return int(count)
 
@@ -228,7 +230,7 @@ def _reference(subcommand: str, reference: str) -> tuple[str, int]:
     """A ``msgid=<id>`` or ``timestamp=<ISO 8601>`` reference: its kind and value (an id, or a
     time in whole milliseconds, the precision of the ``time`` tag)."""
     kind, _, value = reference.partition("=")
-    if kind == "msgid" and value.isdigit():
+    if kind == "msgid" and is_number(value) and int(value) < MAX_ID:
         return kind, int(value)
     if kind == "timestamp":
         try:

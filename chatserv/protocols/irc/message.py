@@ -175,6 +175,11 @@ def split_text(text: str, budget: int) -> list[str]:
     return chunks or [" "]
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes superscripts, which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def glob_match(pattern: str, text: str) -> bool:
     """IRC wildcards: ``*`` any run of characters, ``?`` one; nothing else is special."""
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)

@@ -37,7 +37,7 @@ class PlaybackMixin:
                 until = float(words[3]) if len(words) > 3 else math.inf
             except ValueError:
                 since = until = math.nan
-            if math.isnan(since) or math.isnan(until):
+            if not math.isfinite(since) or math.isnan(until):
                 return self.playback_says("PLAY: times are seconds since 1970")
             return await self._play(words[1], since, until)
         if verb == "LIST" and len(words) == 1:
