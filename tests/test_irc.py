@@ -339,8 +339,8 @@ async def test_chathistory_for_rooms_and_direct_messages(daemon):
     bob = await raw(daemon, "bob", "message-tags")
     bob.send(b"@+typing=active TAGMSG alice", b"@+typing=done;+other=x TAGMSG alice", b"TAGMSG nobody")
     assert [await alice.receive() for _ in range(2)] == [
-        b"@+typing=active :bob!u@chatserv TAGMSG alice",
-        b"@+typing=done;+other=x :bob!u@chatserv TAGMSG alice"]
+        b"@+typing=active;msgid=t1 :bob!u@chatserv TAGMSG alice",
+        b"@+typing=done;+other=x;msgid=t2 :bob!u@chatserv TAGMSG alice"]
     bob.send(b"PRIVMSG alice :direct one")
     await until(alice, b"direct one")
     assert await history(b"CHATHISTORY LATEST bob * 10") == [b"direct one"]

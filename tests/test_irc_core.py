@@ -222,9 +222,11 @@ async def test_client_only_tags_reach_clients_that_take_them_and_big_tags_get_41
     relayed = (await until(tagged, b"PRIVMSG"))[-1]
     assert relayed.split(b" ", 1)[0] == echo.split(b" ", 1)[0]
     assert (await until(plain_client, b"PRIVMSG"))[-1] == b":sender!u@chatserv PRIVMSG #t hi"
-    sender.send(b"@+draft/react=y TAGMSG #t")
-    assert (await until(tagged, b"TAGMSG"))[-1] == b"@+draft/react=y :sender!u@chatserv TAGMSG #t"
-    assert (await until(sender, b"TAGMSG"))[-1] == b"@+draft/react=y :sender!u@chatserv TAGMSG #t"
+    sender.send(b"@+draft/react=y;cat=dog TAGMSG #t")  # cat is not a client-only tag: not relayed
+    relayed = (await until(tagged, b"TAGMSG"))[-1]
+    assert relayed.startswith(b"@+draft/react=y;msgid=t")
+    assert relayed.endswith(b" :sender!u@chatserv TAGMSG #t")
+    assert (await until(sender, b"TAGMSG"))[-1] == relayed  # the echo has the same msgid
     sender.send(b"@+big=" + b"a" * 4096 + b" PRIVMSG #t :too much")
     assert await sender.receive() == b":chatserv 417 sender :Input line was too long"
     sender.send(b"PRIVMSG #t :after")

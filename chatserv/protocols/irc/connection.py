@@ -10,6 +10,7 @@ or a nick the account took.
 from __future__ import annotations
 
 import hmac
+import itertools
 import time
 
 import attrs
@@ -548,8 +549,10 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             self.reply(N.ERR_TOOMANYTARGETS, target=dropped)
 
     def _tags_to(self, target: str, tags: dict):
+        """One TAGMSG target; the relayed tags and the echo share a ``msgid`` of their own."""
         where = {"room": self.sendable_room(target)} if target.startswith("#") else {
             "to": self.online_or_registered(target)}
+        tags = {**tags, "msgid": f"t{next(self.factory.tag_ids)}"}  # never a stored message's id
         state = tags.get("+typing")
         if state in ("active", "paused", "done"):
             self.service.typing(self.user, state == "active", origin=self.session, tags=tags, **where)
@@ -648,6 +651,7 @@ class IRCFactory(ChatFactory):
         super().__init__(*args, **kwargs)
         self.away: dict[int, str] = {}  # user id -> away message, while they are online here
         self.topic_open: set[int] = set()  # rooms set -t: any member may change the topic
+        self.tag_ids = itertools.count(1)  # msgids of TAGMSGs, which are never stored
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))
         self.server_name = self.options.get("irc-server-name") or "chatserv"
         self.network = self.options.get("irc-network") or "chatserv"
