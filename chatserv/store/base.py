@@ -21,8 +21,9 @@ class IStore(Interface):
     def update_user(user):
         """Persist a changed verifier or public key."""
 
-    def set_contact(owner_id, contact_id, status):
-        """Create or change the contact relation (status ``blocked`` is a block)."""
+    def set_contact(owner_id, contact_id, status, before_block=None):
+        """Create or change the contact relation (status ``blocked`` is a block; ``before_block``:
+        the status that block replaced, which unblocking restores)."""
 
     def remove_contact(owner_id, contact_id):
         """Delete the contact relation."""
@@ -59,19 +60,36 @@ class IStore(Interface):
         users of ``pair``, within ``bounds`` (a HistoryBounds): the newest ``limit``, or the
         oldest with ``bounds.oldest``."""
 
-    def conversations(user_id, room_ids, after_time, before_time, limit):
-        """Deferred[list[(room_id, other_user_id, latest sent_at)]]: the rooms among ``room_ids``
-        and the user's direct partners (one of the two ids set) with messages sent in
-        [after_time, before_time), each with its latest time; the ``limit`` earliest by it."""
-
     def last_seen(user_id):
         """Deferred[dict[room_id, message_id]]: what ``set_last_seen`` recorded for the user."""
 
     def set_last_seen(user_id, room_id, message_id):
         """Record that the user was shown the room's messages up to ``message_id`` (never back)."""
 
+    def note_guest_id(guest_id):
+        """Keep ``guest_id`` as the lowest guest id handed out (``Snapshot.last_guest_id``)."""
+
+    def forget_room_messages(room_id):
+        """Delete the messages of a room that was never persisted and has vanished."""
+
     def add_ban(address):
         """Persist an IP ban."""
 
     def remove_ban(address):
         """Lift an IP ban."""
+
+    def set_read_mark(user_id, kind, target_id, message_id):
+        """The user has read a conversation (``kind`` ``user`` or ``room``) up to ``message_id``;
+        a mark never moves back."""
+
+    def conversations(user_id, room_ids, unread_cap):
+        """Deferred[list[(kind, target_id, last Message or None, unread)]]: every direct
+        conversation of the user (``user``, the other party's id) and each of ``room_ids``
+        (``room``). ``unread`` counts others' messages after the read mark, at most
+        ``unread_cap``; a room without a mark counts none."""
+
+    def save_token(digest, user_id, created_at, last_used):
+        """Create or refresh a login token (kept as the digest of the token)."""
+
+    def remove_token(digest):
+        """Forget a login token."""

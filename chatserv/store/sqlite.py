@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -29,6 +30,32 @@ log = Logger()
 _STOP = object()
 _MAX_BATCH = 2000
 _MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
+
+
+_LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
+                         " m.room_id, m.delivered")
+# Every conversation of :user: direct ones (the other party, the newest message either way,
+# the unread ones received after the read mark) and the rooms in :rooms (a JSON array).
+_CONVERSATIONS = f"""
+WITH peers(peer, last_id) AS (
+    SELECT CASE WHEN sender_id = :user THEN recipient_id ELSE sender_id END, MAX(id) FROM messages
+    WHERE recipient_id = :user OR (sender_id = :user AND recipient_id IS NOT NULL) GROUP BY 1),
+rooms(room, last_id, mark) AS (
+    SELECT r.value, (SELECT MAX(id) FROM messages WHERE room_id = r.value),
+           (SELECT last_read_id FROM read_marks
+            WHERE user_id = :user AND kind = 'room' AND target_id = r.value)
+    FROM json_each(:rooms) AS r)
+SELECT 'user', peer, (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE recipient_id = :user AND sender_id = peer AND sender_id != :user AND id > COALESCE(
+            (SELECT last_read_id FROM read_marks
+             WHERE user_id = :user AND kind = 'user' AND target_id = peer), 0)
+        LIMIT :cap)), {_LAST_MESSAGE_COLUMNS}
+FROM peers JOIN messages AS m ON m.id = peers.last_id
+UNION ALL
+SELECT 'room', room, CASE WHEN mark IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE room_id = room AND id > mark AND sender_id != :user LIMIT :cap)) END, {_LAST_MESSAGE_COLUMNS}
+FROM rooms LEFT JOIN messages AS m ON m.id = rooms.last_id
+"""
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -177,20 +204,35 @@ class SQLiteStore:
         )}
         for room_id, user_id in conn.execute("SELECT room_id, user_id FROM room_members"):
             rooms[room_id].members.add(user_id)
-        contacts = conn.execute("SELECT owner_id, contact_id, status FROM contacts").fetchall()
+        contacts = conn.execute(
+            "SELECT owner_id, contact_id, status, status_before_block FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
+        tokens = [tuple(row) for row in conn.execute(
+            "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
+        # Made at the first start; whoever inserts first wins, so every reader gets the same one.
+        conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('salt', ?)",
+                     (secrets.token_bytes(32),))
+        (salt_secret,) = conn.execute("SELECT value FROM secrets WHERE name = 'salt'").fetchone()
 
         def next_id(table):
             return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
 
+        # A room that was never stored (a guest's) may have left messages behind in a crash:
+        # room ids are never reused, so they never show up in a new room.
+        (last_room_message,) = conn.execute(
+            "SELECT COALESCE(MAX(room_id), 0) FROM messages WHERE room_id IS NOT NULL").fetchone()
+        (last_guest_id,) = conn.execute("SELECT value FROM counters WHERE name = 'last_guest_id'").fetchone()
         return Snapshot(
             users=users,
             rooms=list(rooms.values()),
             contacts=[tuple(c) for c in contacts],
             bans=bans,
             next_user_id=next_id("users"),
-            next_room_id=next_id("rooms"),
+            next_room_id=max(next_id("rooms"), last_room_message + 1),
             next_message_id=next_id("messages"),
+            tokens=tokens,
+            last_guest_id=last_guest_id,
+            salt_secret=salt_secret,
         )
 
     # writes
@@ -209,11 +251,12 @@ class SQLiteStore:
             (user.verifier, user.public_key, user.id),
         ))
 
-    def set_contact(self, owner_id, contact_id, status):
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
         return self._write((
-            "INSERT INTO contacts (owner_id, contact_id, status) VALUES (?, ?, ?)"
-            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status",
-            (owner_id, contact_id, status),
+            "INSERT INTO contacts (owner_id, contact_id, status, status_before_block) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status,"
+            " status_before_block = excluded.status_before_block",
+            (owner_id, contact_id, status, before_block),
         ))
 
     def remove_contact(self, owner_id, contact_id):
@@ -254,6 +297,14 @@ class SQLiteStore:
             ("UPDATE messages SET delivered = 1 WHERE id = ?", (mid,)) for mid in message_ids
         ])
 
+    def note_guest_id(self, guest_id):
+        return self._write((
+            "UPDATE counters SET value = MIN(value, ?) WHERE name = 'last_guest_id'", (guest_id,),
+        ))
+
+    def forget_room_messages(self, room_id):
+        return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
+
     def add_ban(self, address):
         return self._write((
             "INSERT OR IGNORE INTO bans (address, created_at) VALUES (?, ?)",
@@ -262,6 +313,24 @@ class SQLiteStore:
 
     def remove_ban(self, address):
         return self._write(("DELETE FROM bans WHERE address = ?", (address,)))
+
+    def set_read_mark(self, user_id, kind, target_id, message_id):
+        return self._write((
+            "INSERT INTO read_marks (user_id, kind, target_id, last_read_id) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, kind, target_id)"
+            " DO UPDATE SET last_read_id = MAX(last_read_id, excluded.last_read_id)",
+            (user_id, kind, target_id, message_id),
+        ))
+
+    def save_token(self, digest, user_id, created_at, last_used):
+        return self._write((
+            "INSERT INTO login_tokens (digest, user_id, created_at, last_used) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used",
+            (digest, user_id, created_at, last_used),
+        ))
+
+    def remove_token(self, digest):
+        return self._write(("DELETE FROM login_tokens WHERE digest = ?", (digest,)))
 
     # reads
 
@@ -285,6 +354,13 @@ class SQLiteStore:
             limit,
             before_id,
         )
+
+    def conversations(self, user_id, room_ids, unread_cap):
+        def row(r):
+            return r[0], r[1], _message(r[3:]) if r[3] is not None else None, r[2]
+
+        return self._read(_CONVERSATIONS, {"user": user_id, "rooms": json.dumps(list(room_ids)),
+                                           "cap": unread_cap}, row)
 
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND delivered = 0" if undelivered_only else "")
@@ -314,20 +390,6 @@ class SQLiteStore:
                f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where}"
                " ORDER BY id DESC LIMIT ?) ORDER BY id")
         return self._read(sql, (*params, limit), _message)
-
-    def conversations(self, user_id, room_ids, after_time, before_time, limit):
-        sql = (
-            "SELECT room_id, other_id, MAX(sent_at) AS latest FROM ("
-            " SELECT room_id, NULL AS other_id, sent_at FROM messages"
-            "  WHERE room_id IN (SELECT value FROM json_each(?)) AND sent_at >= ? AND sent_at < ?"
-            " UNION ALL SELECT NULL, CASE WHEN sender_id = ? THEN recipient_id ELSE sender_id END, sent_at"
-            "  FROM messages WHERE (recipient_id = ? OR (sender_id = ? AND recipient_id IS NOT NULL))"
-            "  AND sent_at >= ? AND sent_at < ?"
-            ") GROUP BY room_id, other_id ORDER BY latest LIMIT ?"
-        )
-        params = (json.dumps(list(room_ids)), after_time, before_time, user_id, user_id, user_id, after_time,
-                  before_time, limit)
-        return self._read(sql, params, tuple)
 
     def last_seen(self, user_id):
         found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))

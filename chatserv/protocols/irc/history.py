@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import math
 import time
 
 from chatserv import errors
@@ -205,6 +206,21 @@ class HistoryMixin:
         other = self.online_or_registered(target)
         return other, lambda m: self.nick_of(other) if m.recipient_id == other.id else self.nick
 
+    async def active_conversations(self, since: float, until: float) -> list:
+        """(room or user, time of its newest message in [since, until)) for this user's rooms
+        and direct conversations with messages then, the least recently active first."""
+        found = []
+        window = HistoryBounds(since=since if math.isfinite(since) else None,
+                               until=until if math.isfinite(until) else None)
+        for conversation in await self.service.conversations(self.user):
+            if conversation.last is None or conversation.last.sent_at < since:
+                continue
+            target = conversation.room or conversation.peer
+            newest = await self.service.history_range(self.user, target, window, 1)
+            if newest:
+                found.append((target, newest[-1].sent_at))
+        return sorted(found, key=lambda pair: pair[1])
+
     async def _history_targets(self, line):
         """``CHATHISTORY TARGETS <timestamp> <timestamp> <limit>``: conversations active between."""
         if len(line.params) < 4:
@@ -216,7 +232,7 @@ class HistoryMixin:
                 raise N.Fail("CHATHISTORY", "INVALID_PARAMS", "TARGETS")
             moments.append(_reference("TARGETS", reference)[1])
         earliest, latest = sorted(moments)
-        found = await self.service.conversations(self.user, earliest / 1000, latest / 1000, limit)
+        found = (await self.active_conversations(earliest / 1000, latest / 1000))[:limit]
         reference, opening, closing = self.open_batch("draft/chathistory-targets")
         tags = {"batch": reference} if reference else None
         body = b"".join(serialise("CHATHISTORY", "TARGETS",

@@ -64,7 +64,7 @@ class PlaybackMixin:
     async def _buffers(self, patterns: str, since: float, until: float) -> list:
         """The channels this client is on and the conversations with messages in the period
         whose names match ``patterns``, each with its newest message time, oldest first."""
-        found = await self.service.conversations(self.user, max(since, 0.0), until, 10_000)
+        found = await self.active_conversations(since, until)
         wanted = [fold(p) for p in patterns.split(",") if p]
         return [(target, latest) for target, latest in found
                 if (not isinstance(target, Room) or fold(target.name) in self.channels)
