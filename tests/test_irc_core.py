@@ -20,10 +20,15 @@ class Watcher(Bot):
         self.heard.put(("renamed", oldname, newname))
 
 
-async def watcher(daemon, nickname, password=None) -> Watcher:
+async def watcher(daemon, nickname, channel="", password=None) -> Watcher:
+    """Twisted's client, signed on (and on ``channel``, its JOIN answered)."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port("irc"))
     client = await endpoints.connectProtocol(endpoint, Watcher(nickname, password))
-    return await client.signed_on.addTimeout(TIMEOUT, reactor)
+    await client.signed_on.addTimeout(TIMEOUT, reactor)
+    if channel:
+        client.join(channel)
+        await client.hear("joined")
+    return client
 
 
 class Ticking:
@@ -77,9 +82,7 @@ async def test_a_bad_target_does_not_stop_the_others_and_a_fifth_gets_407(daemon
 
 @pytest_twisted.ensureDeferred
 async def test_others_see_the_quit_reason(daemon):
-    stays = await watcher(daemon, "stays")
-    stays.join("#q")
-    await stays.hear("joined")
+    stays = await watcher(daemon, "stays", "#q")
     leaves = await joined(daemon, "leaves", "#q")
     leaves.send(b"QUIT :gone fishing")
     assert await until(leaves, b"ERROR") == [b"ERROR :Closing Link: chatserv (Quit: gone fishing)"]
@@ -93,9 +96,7 @@ async def test_others_see_the_quit_reason(daemon):
 async def test_nick_changes_after_registration_and_an_account_keeps_its_account(daemon):
     await daemon.chat.register("alice", "pw")
     await daemon.chat.register("carol", "pw")
-    bob = await watcher(daemon, "bob")
-    bob.join("#n")
-    await bob.hear("joined")
+    bob = await watcher(daemon, "bob", "#n")
     alice = await joined(daemon, "alice", "#n", before=[b"PASS pw"])
     guest = await joined(daemon, "gina", "#n")
 
@@ -133,9 +134,7 @@ async def test_nick_changes_after_registration_and_an_account_keeps_its_account(
 @pytest_twisted.ensureDeferred
 async def test_identify_shows_everyone_a_nick_change(daemon):
     await daemon.chat.register("alice", "pw")
-    bob = await watcher(daemon, "bob")
-    bob.join("#i")
-    await bob.hear("joined")
+    bob = await watcher(daemon, "bob", "#i")
     alice = await watcher(daemon, "alice")  # 433: the client falls back to alice_
     assert alice.nickname == "alice_"
     alice.join("#i")
@@ -326,9 +325,7 @@ def texts(lines, command=b"PRIVMSG") -> list[bytes]:
 async def test_a_replay_is_framed_and_an_account_gets_only_what_it_missed(daemon):
     daemon.chat.clock = Ticking()
     await daemon.chat.register("alice", "pw")
-    bob = await watcher(daemon, "bob")
-    bob.join("#r")
-    await bob.hear("joined")
+    bob = await watcher(daemon, "bob", "#r")
     for text in ("one", "two"):
         bob.msg("#r", text)
     await bob.sync()
@@ -360,9 +357,7 @@ async def test_a_replay_is_framed_and_an_account_gets_only_what_it_missed(daemon
 
 @pytest_twisted.ensureDeferred
 async def test_clients_that_fetch_history_get_no_automatic_replay(daemon):
-    bob = await watcher(daemon, "bob")
-    bob.join("#f")
-    await bob.hear("joined")
+    bob = await watcher(daemon, "bob", "#f")
     bob.msg("#f", "old news")
     await bob.sync()
     for cap in ("draft/chathistory", "znc.in/playback"):
@@ -378,9 +373,7 @@ async def test_clients_that_fetch_history_get_no_automatic_replay(daemon):
 async def test_znc_playback_plays_what_came_after_a_time(daemon):
     daemon.chat.clock = Ticking()
     await daemon.chat.register("alice", "pw")
-    bob = await watcher(daemon, "bob")
-    bob.join("#z")
-    await bob.hear("joined")
+    bob = await watcher(daemon, "bob", "#z")
     alice = await raw(daemon, "alice", "znc.in/playback server-time batch", [b"PASS pw"])
     alice.send(b"JOIN #z")
     await until(alice, b" 366 ")
