@@ -82,13 +82,16 @@ def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
 # one connection, a fake clock
 
 
-async def connect(**options):
-    clock = MemoryReactorClock()
+async def connect(chat=None, **options):
+    """A registered-to-nothing IRC connection on a fake clock (``chat``: a service of the
+    test's own, on its clock)."""
     limits = Limits(prelogin_timeout=30, send_queue=1000)
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, limits)
-    chat.startService()
-    await chat.when_ready()
+    if chat is None:
+        chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
+                           MemoryReactorClock(), limits)
+        chat.startService()
+        await chat.when_ready()
+    clock = chat.clock
     settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
     factory = IRCFactory(chat, ConnectionTracker(clock), limits, clock, settings)
     connection = factory.buildProtocol(None)
@@ -153,6 +156,18 @@ async def test_a_reader_past_its_send_queue_gets_an_error_line_and_is_dropped():
     for _ in range(20):
         connection.dataReceived(b"MOTD\r\n")
     assert transport.value().endswith(b"ERROR :Closing Link: SendQ exceeded\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_nick_changes_count_against_the_flood_bucket():
+    """Every room-mate hears each NICK: a storm of them is slowed down like any other command."""
+    clock, connection, transport = await connect(**{"irc-flood-rate": 2.0, "irc-flood-burst": 2})
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    take(transport)
+    connection.dataReceived(b"".join(b"NICK ann%d\r\n" % n for n in range(4)))
+    assert [line.split(b" ")[-1] for line in take(transport)] == [b"ann0", b"ann1"]
+    clock.advance(0.5)
+    assert [line.split(b" ")[-1] for line in take(transport)] == [b"ann2"]
 
 
 # what the service gained for IRC
