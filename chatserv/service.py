@@ -461,16 +461,20 @@ class ChatService(service.Service):
         rooms = self.rooms_of(guest)
         if self.is_online(account):
             for room in rooms:
+                self._check_attached(session)
                 if account.id not in room.members:
                     await self._add_member(room, account, origin=session)
                 self._take_grants(room, guest, account)
+            self._check_attached(session)
             self.detach(session, reason=f"Logged in as {account.username}")
             self._attach_session(session, account)
             return
         for room in rooms:
+            self._check_attached(session)
             if account.id not in room.members:
                 await self._enroll(room, account)
             self._take_grants(room, guest, account)
+        self._check_attached(session)
         self._deliver_to_users(events.Renamed(account, guest.username, before=guest),
                                self._room_mates(guest), session)
         self._sessions.pop(guest.id, None)
@@ -479,6 +483,12 @@ class ChatService(service.Service):
         self._forget_guest(guest)  # gone without a word where the rename was shown
         self._presence(guest, False, session.protocol, origin=session,
                        reason=f"Logged in as {account.username}")
+
+    def _check_attached(self, session: Session) -> None:
+        """NotLoggedIn once ``session`` has ended (its client left while ``become`` waited on
+        the store): it must not be attached again, as a session nobody would ever detach."""
+        if session not in self._sessions.get(session.user.id, ()):
+            raise errors.NotLoggedIn("the session has ended")
 
     def _take_grants(self, room: Room, guest: User, account: User) -> None:
         grants = self._operators.get(room.id, set())

@@ -4,7 +4,7 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
@@ -17,6 +17,7 @@ from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from tests.test_chatroom import Gated, Instant
 
 # lines
 
@@ -168,6 +169,109 @@ async def test_nick_changes_count_against_the_flood_bucket():
     assert [line.split(b" ")[-1] for line in take(transport)] == [b"ann0", b"ann1"]
     clock.advance(0.5)
     assert [line.split(b" ")[-1] for line in take(transport)] == [b"ann2"]
+
+
+# a client that leaves while its login is under way leaves nothing behind
+
+
+class Held:
+    """Replaces ``owner.name`` with a version whose calls wait until ``release()``."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name, self.real = owner, name, getattr(owner, name)
+        self.waiting: list[defer.Deferred] = []
+        setattr(owner, name, self._held)
+
+    def _held(self, *args, **kwargs):
+        self.waiting.append(defer.Deferred().addCallback(lambda _: self.real(*args, **kwargs)))
+        return self.waiting[-1]
+
+    def release(self):
+        setattr(self.owner, self.name, self.real)
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+async def identify_and_leave(held_owner, held_name):
+    """A guest on a room kept in the store logs in to dave and drops its connection while
+    ``held_owner.held_name`` (a step of the login) waits; then that step goes on. Returns the
+    service."""
+    hasher = Gated()
+    chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
+    await chat.create_room(owner, "kept")
+    await chat.create_room(dave, "daves")  # replayed at login, as the guest is not on it
+    await chat.send_direct(owner, dave, "waiting for dave")
+    clock, connection, transport = await connect(chat)
+    connection.dataReceived(b"NICK gina\r\nUSER g 0 * :G\r\nJOIN #kept\r\n")
+    held = Held(held_owner(chat), held_name)
+    connection.dataReceived(b"PRIVMSG NickServ :IDENTIFY dave pw\r\n")
+    hasher.release()
+    assert held.waiting  # the login is at that step
+    connection.connectionLost()  # the client is gone while its login is under way
+    held.release()
+    hasher.release()
+    return chat
+
+
+@pytest.mark.parametrize("held_owner, held_name", [
+    (lambda chat: chat.hasher, "check"),
+    (lambda chat: chat.store, "add_member"),
+    (lambda chat: chat.store, "message_range"),
+], ids=["password-check", "joining-the-guests-rooms", "replaying-them"])
+@pytest_twisted.ensureDeferred
+async def test_a_guest_that_leaves_while_it_logs_in_is_gone_and_its_messages_wait(held_owner, held_name):
+    chat = await identify_and_leave(held_owner, held_name)
+    dave = chat.user("dave")
+    assert not chat.is_online(dave)
+    assert chat.sessions_of(dave) == []
+    assert [m.body for m in await chat.undelivered(dave)] == ["waiting for dave"]
+    later = await chat.send_direct(chat.user("owner"), dave, "sent after")
+    assert not later.delivered
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_that_leaves_while_it_logs_in_to_an_account_online_elsewhere_leaves_no_session():
+    hasher = Gated()
+    chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
+    await chat.create_room(owner, "kept")
+    elsewhere = chat.attach(dave, Sink(), "web")
+    clock, connection, transport = await connect(chat)
+    connection.dataReceived(b"NICK gina\r\nUSER g 0 * :G\r\nJOIN #kept\r\n")
+    held = Held(chat.store, "add_member")
+    connection.dataReceived(b"PRIVMSG NickServ :IDENTIFY dave pw\r\n")
+    hasher.release()
+    assert held.waiting
+    connection.connectionLost()
+    held.release()
+    assert chat.sessions_of(dave) == [elsewhere]
+    chat.detach(elsewhere)
+    assert not chat.is_online(dave)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_that_leaves_during_its_replay_still_has_its_messages_waiting():
+    chat = ChatService(MemoryStore(), Instant(), MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
+    await chat.create_room(owner, "kept")
+    await chat.join_room(dave, "kept")
+    await chat.send_direct(owner, dave, "waiting for dave")
+    clock, connection, transport = await connect(chat)
+    held = Held(chat.store, "message_range")
+    connection.dataReceived(b"PASS pw\r\nNICK dave\r\nUSER d 0 * :D\r\n")
+    assert held.waiting
+    connection.connectionLost()
+    held.release()
+    assert b"waiting for dave" not in transport.value()
+    assert [m.body for m in await chat.undelivered(dave)] == ["waiting for dave"]
 
 
 # what the service gained for IRC

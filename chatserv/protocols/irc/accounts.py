@@ -139,6 +139,8 @@ class AccountsMixin:
             self.error_and_close("Too many failed logins")
 
     async def logged_in_as(self, user):
+        if self._closing:
+            return  # the client left while its password was checked
         if not self.registered:
             self.account = user
             shown = mask(self.nick or user.username, self.ident)
