@@ -363,9 +363,12 @@ class ChatService(service.Service):
             self._drop_alias(session.user)
             if session.user.guest:
                 self._forget_guest(session.user)
+                self._unwatch(session.user)
 
     def _forget_guest(self, user):
+        """A guest has gone, for good (its id is never reused): nothing kept by its id stays."""
         self._guests.pop(fold(user.username), None)
+        self._last_address.pop(user.id, None)
         self._user_room_rate.forget(user.id)
         for room in list(self._rooms_of.get(user.id, ())):
             self._drop_member(room, user.id)
@@ -392,6 +395,11 @@ class ChatService(service.Service):
         for user in users:
             watching.add(user.id)
             self._presence_watchers[user.id].add(session)
+
+    def _unwatch(self, guest: User) -> None:
+        """Sessions stop watching a guest that has gone (once they heard it go)."""
+        for watcher in self._presence_watchers.pop(guest.id, ()):
+            self._watching.get(watcher, set()).discard(guest.id)
 
     def sessions_of(self, user: User) -> list[Session]:
         return list(self._sessions.get(user.id, ()))
@@ -483,6 +491,7 @@ class ChatService(service.Service):
         self._forget_guest(guest)  # gone without a word where the rename was shown
         self._presence(guest, False, session.protocol, origin=session,
                        reason=f"Logged in as {account.username}")
+        self._unwatch(guest)
 
     def _check_attached(self, session: Session) -> None:
         """NotLoggedIn once ``session`` has ended (its client left while ``become`` waited on
@@ -850,7 +859,8 @@ class ChatService(service.Service):
 
     def _fan_out(self, _, event: events.RoomMessage, origin: Session | None) -> Message:
         self.stats["messages"] += 1
-        self._newest[event.room.id] = event.message.id
+        if self._rooms_by_id.get(event.room.id) is event.room:  # not a guest's room gone meanwhile
+            self._newest[event.room.id] = event.message.id
         blockers = self._blocked_by.get(event.sender.id) or ()
         sessions = self._sessions
         delivered = 0

@@ -274,6 +274,54 @@ async def test_an_account_that_leaves_during_its_replay_still_has_its_messages_w
     assert [m.body for m in await chat.undelivered(dave)] == ["waiting for dave"]
 
 
+TABLES = (dict, set, list)
+
+
+def table_sizes(*owners) -> dict:
+    """The size of every dict, set and list held by ``owners``, and of those they hold: what
+    grows with use."""
+    def size(table):
+        inner = table.values() if isinstance(table, dict) else table
+        return len(table) + sum(len(value) for value in inner if isinstance(value, TABLES))
+
+    return {(type(owner).__name__, name): size(value) for owner in owners
+            for name, value in vars(owner).items() if isinstance(value, TABLES)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_guests_that_came_and_went_leave_the_tables_as_they_were():
+    """Guest ids are never reused, so whatever is kept by a guest's id once it has gone is
+    kept for good: a stream of guests would grow the daemon without bound."""
+    chat = ChatService(MemoryStore(), Gated(), MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    await chat.register("dave", "pw")
+    web = chat.attach(await chat.register("wendy", "pw"), Sink(), "web", "10.0.0.9")
+    factory = IRCFactory(chat, ConnectionTracker(chat.clock), chat.limits, chat.clock,
+                         {"irc-flood-rate": 0.0, "irc-ping-interval": 100.0})
+
+    async def guest_visit(number: int, identify: bool = False, in_flight: bool = False):
+        connection = factory.buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        connection.dataReceived(b"NICK g%d\r\nUSER g 0 * :G\r\nJOIN #g%d\r\nAWAY :out\r\n" % (number, number))
+        chat.watch_presence_of(web, [connection.session.user])  # wendy's page talks with it
+        held = Held(chat.store, "add_message") if in_flight else None
+        connection.dataReceived(b"PRIVMSG #g%d :hello\r\n" % number)
+        if identify:
+            connection.dataReceived(b"PRIVMSG NickServ :IDENTIFY dave pw\r\nPART #g%d\r\n" % number)
+            chat.hasher.release()
+        connection.connectionLost()  # a message may still be on its way to the store
+        if held is not None:
+            held.release()
+
+    await guest_visit(0, identify=True)  # the first visit makes what every later one reuses
+    before = table_sizes(chat, factory)
+    await guest_visit(1)
+    await guest_visit(2, in_flight=True)
+    await guest_visit(3, identify=True)
+    assert table_sizes(chat, factory) == before
+
+
 # what the service gained for IRC
 
 

@@ -151,7 +151,10 @@ class AccountsMixin:
     async def become(self, user):
         """A guest logged in after registration: it turns into the account, channels and
         operator grants and all, and goes by the account's name."""
+        guest = self.session.user
         await self.service.become(self.session, user)
+        if guest.id in self.factory.away:  # still away, now as the account
+            self.factory.away[user.id] = self.factory.away.pop(guest.id)
         if self.nick != self.nick_of(user):
             self.show_own_nick(self.nick_of(user))
         self.reply(N.RPL_LOGGEDIN, mask=self.own_mask(), account=user.username)
