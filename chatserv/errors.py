@@ -47,3 +47,38 @@ class Offline(ChatError):
 
 class RateLimited(ChatError):
     """The session sends faster than its limit allows."""
+
+
+# Room settings refusing a join or a message (every port that joins or speaks honours them).
+
+
+class Banned(Denied):
+    """A ban mask of the room matches the user: they may not join it."""
+
+
+class InviteOnly(Denied):
+    """The room is invite-only and the user was not invited."""
+
+
+class WrongKey(Denied):
+    """The room has a key and the user did not give it."""
+
+
+class RoomFull(Denied):
+    """The room has as many members as its limit allows."""
+
+
+class CannotSend(Denied):
+    """The room is moderated (or the sender is banned) and the sender has no voice there."""
+
+
+class NotOperator(Denied):
+    """Only a room operator (or a server operator) may do this."""
+
+
+class InvalidKey(Invalid):
+    """A room key must be 1-23 visible characters without spaces or commas."""
+
+
+class ListFull(Invalid):
+    """The room's ban list holds as many masks as it may."""

@@ -26,6 +26,7 @@ from chatserv import errors, events
 from chatserv.credentials import Hasher, new_salt, password_digest
 from chatserv.limits import Limits
 from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
+from chatserv.room_settings import RoomSettings
 
 log = Logger()
 
@@ -68,9 +69,10 @@ class Session:
     # Hears the presence of the members of its user's rooms (IRC's JOIN and QUIT lines), not
     # everyone's: a login costs one delivery per room-mate, not one per connection.
     watches_room_presence: bool = False
+    server_operator: bool = False  # may manage every room (see RoomSettings.make_server_operator)
 
 
-class ChatService(service.Service):
+class ChatService(RoomSettings, service.Service):
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None):
         self.store = store
         self.hasher = hasher
@@ -91,7 +93,7 @@ class ChatService(service.Service):
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
         self._last_address: dict[int, str] = {}
-        self._operators: dict[int, set[int]] = {}
+        self._invites: dict[int, set[int]] = {}  # room id -> users invited, until they join
         self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
@@ -318,6 +320,7 @@ class ChatService(service.Service):
         self._guests.pop(fold(user.username), None)
         for room in self._rooms.values():
             room.members.discard(user.id)
+        self._forget_roles(user)
 
     def _presence(self, user, online, protocol, origin):
         event = events.PresenceChanged(user, online, protocol)
@@ -337,6 +340,9 @@ class ChatService(service.Service):
 
     def is_online(self, user: User) -> bool:
         return user.id in self._sessions
+
+    def online_count(self) -> int:
+        return len(self._sessions)
 
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
@@ -442,6 +448,9 @@ class ChatService(service.Service):
     def rooms(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
+    def room_count(self) -> int:
+        return len(self._rooms)
+
     def rooms_of(self, user: User) -> list[Room]:
         return [r for r in self.rooms() if user.id in r.members]
 
@@ -462,8 +471,6 @@ class ChatService(service.Service):
         room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
                     self.clock.seconds())
         self._rooms[fold(name)] = self._rooms_by_id[room.id] = room
-        if creator is not None and creator.guest:  # a guest creator is an operator while it lives
-            self._operators.setdefault(room.id, set()).add(creator.id)
         await self.store.add_room(room)
         return room
 
@@ -478,20 +485,28 @@ class ChatService(service.Service):
         return room
 
     @deferred
-    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None) -> Room:
-        """Join (and with ``create``, first create) a room; members hear of it."""
+    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
+                        key: str = "") -> Room:
+        """Join (and with ``create``, first create) a room; members hear of it.
+
+        The room's settings may refuse it (``errors.Banned``, ``InviteOnly``, ``WrongKey``,
+        ``RoomFull``): see ``RoomSettings``.
+        """
         if create and fold(self.validate_room_name(name)) not in self._rooms:
             room = await self._new_room(name, user)
         else:
             room = self.room(name)
         if user.id not in room.members:
+            self._check_join(user, room, key)
             await self._add_member(room, user, origin)
         return room
 
     async def _add_member(self, room, user, origin):
+        roles = self._joined(room, user)
         room.members.add(user.id)
         if not user.guest:
             await self.store.add_member(room.id, user.id)
+        await roles
         self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
 
     @deferred
@@ -499,34 +514,17 @@ class ChatService(service.Service):
                          by: User | None = None, reason: str = "") -> Room:
         """End a membership; members, and the one leaving, hear of it."""
         room = self.room(name)
+        if by is not None and by.id != user.id and not self.can_manage(by, room):
+            raise errors.NotOperator("not an operator of this room")
         if user.id not in room.members:
             raise errors.Denied("not a member")
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
         room.members.discard(user.id)
+        roles = self._left(room, user)
         if not user.guest:
             await self.store.remove_member(room.id, user.id)
-        return room
-
-    def is_operator(self, user: User, room: Room) -> bool:
-        """The room's creator, or someone an operator made one (grants live in memory only)."""
-        if room.created_by is not None and room.created_by == user.id:
-            return True
-        return user.id in self._operators.get(room.id, ())
-
-    def set_operator(self, by: User, name, user: User, granted: bool) -> Room:
-        """An operator grants (or takes back) operator rights; the room's members hear of it.
-
-        The creator stays an operator whatever is taken back.
-        """
-        room = self.room(name)
-        if not self.is_operator(by, room):
-            raise errors.Denied("not an operator")
-        if user.id not in room.members:
-            raise errors.NotFound("not a member")
-        grants = self._operators.setdefault(room.id, set())
-        grants.add(user.id) if granted else grants.discard(user.id)
-        self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
+        await roles
         return room
 
     @deferred
@@ -534,7 +532,10 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.Denied("not a member")
+        if room.topic_locked and not self.can_manage(user, room):
+            raise errors.NotOperator("the topic is for operators")
         room.topic = str(topic)[: self.limits.max_body]
+        room.topic_by, room.topic_at = user.username, self.clock.seconds()
         await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
         return room
@@ -586,8 +587,7 @@ class ChatService(service.Service):
         try:
             self._check_body(body)
             room = name if isinstance(name, Room) else self.room(name)
-            if sender.id not in room.members:
-                raise errors.Denied("not a member")
+            self._check_speak(sender, room)
         except errors.ChatError:
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)

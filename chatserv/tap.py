@@ -18,6 +18,7 @@ from chatserv.bans import BanFile
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
+from chatserv.protocols.irc.operators import oper_entry
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
 from chatserv.store import open_store
@@ -91,6 +92,14 @@ class Options(usage.Options):
             for f in attrs.fields(Limits)
         ]
     )
+
+    def __init__(self):
+        super().__init__()
+        self["irc-oper"] = []
+
+    def opt_irc_oper(self, value):
+        """IRC: a server operator, NAME:PASSWORD or NAME:<argon2 hash> (repeatable; kept hashed)"""
+        self["irc-oper"].append(oper_entry(value))
 
     def limits(self) -> Limits:
         return Limits(**{f.name: self[_option_name(f.name)] for f in attrs.fields(Limits)})

@@ -168,14 +168,16 @@ async def test_operators_grant_and_take_back_and_members_hear_of_it():
     await chat.join_room(bob, "ops")
     sink = Sink()
     chat.attach(bob, sink, "test")
-    room = chat.set_operator(alice, "ops", bob, True)
-    assert chat.is_operator(bob, room) and sink.events[-1].granted and sink.events[-1].by is alice
-    chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
+    room = chat.room("ops")
+    await chat.set_operator(alice, "ops", bob, True)
+    granted = sink.events[-1]
+    assert chat.is_operator(bob, room) and granted.changes[0].value and granted.by is alice
+    await chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
     assert chat.is_operator(alice, room)
-    chat.set_operator(alice, "ops", bob, False)
+    await chat.set_operator(alice, "ops", bob, False)
     assert not chat.is_operator(bob, room)
-    with pytest.raises(errors.Denied):
-        chat.set_operator(bob, "ops", bob, True)
+    with pytest.raises(errors.NotOperator):
+        await chat.set_operator(bob, "ops", bob, True)
 
 
 @pytest_twisted.ensureDeferred

@@ -52,6 +52,32 @@ MIGRATIONS = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: room settings (IRC's channel modes), who set the topic, roles and ban masks
+    """
+    ALTER TABLE rooms ADD COLUMN topic_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN topic_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN invite_only INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN room_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN member_limit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN moderated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN secret INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN no_external INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE rooms ADD COLUMN topic_locked INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE room_roles (
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id, role)
+    );
+    CREATE TABLE room_bans (
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        mask_key TEXT NOT NULL,
+        mask TEXT NOT NULL,
+        set_by TEXT NOT NULL,
+        set_at REAL NOT NULL,
+        PRIMARY KEY (room_id, mask_key)
+    );
+    """,
 ]
 
 

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from chatserv.model import Message, Room, Snapshot, User, fold
+from chatserv.model import Message, Room, RoomBan, Snapshot, User, fold
 from chatserv.store.base import IStore
 from chatserv.store.migrations import migrate
 
@@ -28,6 +28,14 @@ log = Logger()
 _STOP = object()
 _MAX_BATCH = 2000
 _MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
+# The Room fields after ``members``, in the order of their columns below.
+_ROOM_SETTINGS = ("topic_by", "topic_at", "invite_only", "key", "limit", "moderated", "secret", "no_external",
+                  "topic_locked")
+_ROOM_SETTING_COLUMNS = ("topic_by, topic_at, invite_only, room_key, member_limit, moderated, secret,"
+                         " no_external, topic_locked")
+_ROOM_SETTING_UPDATE = ("topic_by = ?, topic_at = ?, invite_only = ?, room_key = ?, member_limit = ?,"
+                        " moderated = ?, secret = ?, no_external = ?, topic_locked = ?")
+_FLAG_COLUMNS = {"invite_only", "moderated", "secret", "no_external", "topic_locked"}
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -171,11 +179,19 @@ class SQLiteStore:
         users = [User(*row) for row in conn.execute(
             "SELECT id, username, salt, verifier, created_at, public_key FROM users ORDER BY id"
         )]
-        rooms = {row[0]: Room(*row) for row in conn.execute(
-            "SELECT id, name, created_by, created_at, topic FROM rooms ORDER BY id"
-        )}
+        rooms = {}
+        query = f"SELECT id, name, created_by, created_at, topic, {_ROOM_SETTING_COLUMNS} FROM rooms"
+        for row in conn.execute(query):
+            settings = {field: bool(value) if field in _FLAG_COLUMNS else value
+                        for field, value in zip(_ROOM_SETTINGS, row[5:], strict=True)}
+            rooms[row[0]] = Room(*row[:5], **settings)
         for room_id, user_id in conn.execute("SELECT room_id, user_id FROM room_members"):
             rooms[room_id].members.add(user_id)
+        for room_id, user_id, role in conn.execute("SELECT room_id, user_id, role FROM room_roles"):
+            (rooms[room_id].operators if role == "operator" else rooms[room_id].voiced).add(user_id)
+        for room_id, mask_key, mask, set_by, set_at in conn.execute(
+                "SELECT room_id, mask_key, mask, set_by, set_at FROM room_bans ORDER BY set_at"):
+            rooms[room_id].bans[mask_key] = RoomBan(mask, set_by, set_at)
         contacts = conn.execute("SELECT owner_id, contact_id, status FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
 
@@ -228,7 +244,30 @@ class SQLiteStore:
         ))
 
     def update_room(self, room):
-        return self._write(("UPDATE rooms SET topic = ? WHERE id = ?", (room.topic, room.id)))
+        values = [getattr(room, field) for field in _ROOM_SETTINGS]
+        return self._write((f"UPDATE rooms SET topic = ?, {_ROOM_SETTING_UPDATE} WHERE id = ?",
+                            (room.topic, *values, room.id)))
+
+    def set_room_role(self, room_id, user_id, role, held):
+        if held:
+            return self._write((
+                "INSERT OR IGNORE INTO room_roles (room_id, user_id, role) VALUES (?, ?, ?)",
+                (room_id, user_id, role),
+            ))
+        return self._write(("DELETE FROM room_roles WHERE room_id = ? AND user_id = ? AND role = ?",
+                            (room_id, user_id, role)))
+
+    def add_room_ban(self, room_id, ban):
+        return self._write((
+            "INSERT OR REPLACE INTO room_bans (room_id, mask_key, mask, set_by, set_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (room_id, fold(ban.mask), ban.mask, ban.set_by, ban.set_at),
+        ))
+
+    def remove_room_ban(self, room_id, mask):
+        return self._write((
+            "DELETE FROM room_bans WHERE room_id = ? AND mask_key = ?", (room_id, fold(mask)),
+        ))
 
     def add_member(self, room_id, user_id):
         return self._write((

@@ -25,6 +25,7 @@ CAPABILITIES = {
     "multi-prefix": "",
     "sasl": "PLAIN",
     "server-time": "",
+    "userhost-in-names": "",
 }
 SASL_CHUNK = 400  # bytes of base64 per AUTHENTICATE line (IRCv3 SASL)
 SASL_MAX = 4 * SASL_CHUNK  # a PLAIN payload never needs more

@@ -1,8 +1,10 @@
 """The IRC connection: registration state machine, the command table, users and messages.
 
-Channel commands live in ``channels.py``, accounts (CAP, SASL, REGISTER, NickServ) in
-``accounts.py``, history in ``history.py``; each is a mixin of ``IRCConnection``. A nick is
-a chatserv username: an account's name once logged in, else a guest's.
+Channel commands live in ``channels.py``, MODE in ``modes.py``, accounts (CAP, SASL,
+REGISTER, NickServ) in ``accounts.py``, history in ``history.py``, OPER, KILL and WALLOPS in
+``operators.py``, WHO, WHOWAS and the server queries in ``queries.py``; each is a mixin of
+``IRCConnection``. A nick is a chatserv username: an account's name once logged in, else a
+guest's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from chatserv.protocols.irc.message import (
     raw_line,
     serialise,
 )
+from chatserv.protocols.irc.modes import CHANNEL_MODES, PARAMETER_MODES, USER_MODES, ModesMixin
+from chatserv.protocols.irc.modes import ISUPPORT as MODE_TOKENS
+from chatserv.protocols.irc.operators import OperatorBook, OperatorsMixin
+from chatserv.protocols.irc.queries import Census, QueriesMixin
 
 VERSION = "chatserv-0.1"
 NICKSERV = "NickServ"
@@ -47,6 +53,14 @@ ERRORS = ErrorTable({
     errors.AlreadyExists: N.ERR_NICKNAMEINUSE,
     errors.Blocked: N.ERR_BLOCKED,
     errors.Denied: N.ERR_NOTONCHANNEL,
+    errors.Banned: N.ERR_BANNEDFROMCHAN,
+    errors.InviteOnly: N.ERR_INVITEONLYCHAN,
+    errors.WrongKey: N.ERR_BADCHANNELKEY,
+    errors.RoomFull: N.ERR_CHANNELISFULL,
+    errors.CannotSend: N.ERR_CANNOTSENDTOCHAN,
+    errors.NotOperator: N.ERR_CHANOPRIVSNEEDED,
+    errors.InvalidKey: N.ERR_INVALIDKEY,
+    errors.ListFull: N.ERR_BANLISTFULL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
     errors.ChatError: N.ERR_UNKNOWNERROR,
@@ -90,10 +104,20 @@ COMMANDS = {
     "MODE": Command("irc_MODE", 1),
     "MOTD": Command("irc_MOTD"),
     "CHATHISTORY": Command("irc_CHATHISTORY", 3),
+    "INVITE": Command("irc_INVITE", 2),
+    "OPER": Command("irc_OPER", 2),
+    "KILL": Command("irc_KILL", 1),
+    "WALLOPS": Command("irc_WALLOPS", 1),
+    "WHOWAS": Command("irc_WHOWAS"),
+    "LUSERS": Command("irc_LUSERS"),
+    "VERSION": Command("irc_VERSION"),
+    "TIME": Command("irc_TIME"),
+    "INFO": Command("irc_INFO"),
 }
 
 
-class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
+class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ModesMixin, OperatorsMixin, QueriesMixin,
+                    ChatConnection):
     protocol_name = "irc"
     error_table = ERRORS
     watches_room_presence = True  # a room-mate's first login and last logout are JOIN and QUIT lines
@@ -108,6 +132,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self.tag_variant = (False, False)  # (server-time, message-tags)
         self.render_key = ("irc", *self.tag_variant)  # one rendering per variant, shared by recipients
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
+        self.user_modes = {"i"}
         self._awaiting_pong = False
         self._batches = 0
 
@@ -261,23 +286,28 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         return session
 
     def welcome(self):
-        limits = self.limits
-        tokens = [
-            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=,,,nt", "CHANNELLEN=51",
-            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp", "NETWORK=chatserv",
-            "NICKLEN=32", "PREFIX=(o)@", f"TOPICLEN={limits.max_body}", "UTF8ONLY",
-            "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,NAMES:1,WHOIS:1",
-        ]
         lines = [
             self.numeric(N.RPL_WELCOME, network="chatserv", nick=mask(self.nick)),
             self.numeric(N.RPL_YOURHOST, server=SERVER, version=VERSION),
             self.numeric(N.RPL_CREATED, created=self.factory.started),
-            self.numeric(N.RPL_MYINFO, server=SERVER, version=VERSION),
+            self.numeric(N.RPL_MYINFO, server=SERVER, version=VERSION, user_modes=USER_MODES,
+                         channel_modes=CHANNEL_MODES, parameter_modes=PARAMETER_MODES),
         ]
-        for start in range(0, len(tokens), 12):
-            lines.append(self.numeric(N.RPL_ISUPPORT, tokens=" ".join(tokens[start : start + 12])))
-        self.send(b"".join(lines))
+        self.send(b"".join(lines + self.isupport_lines()))
+        self.counted()
+        self.irc_LUSERS(None)
         self.irc_MOTD(None)
+
+    def isupport_lines(self) -> list[bytes]:
+        limits = self.limits
+        tokens = [
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANNELLEN=51",
+            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp", "NETWORK=chatserv",
+            "NICKLEN=32", f"TOPICLEN={limits.max_body}", "UTF8ONLY",
+            "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,NAMES:1,WHOIS:1,KICK:", "WHOX", *MODE_TOKENS,
+        ]
+        return [self.numeric(N.RPL_ISUPPORT, tokens=" ".join(tokens[start : start + 12]))
+                for start in range(0, len(tokens), 12)]
 
     def irc_MOTD(self, line):
         lines = [self.numeric(N.RPL_MOTDSTART, server=SERVER)]
@@ -358,28 +388,22 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             self.reply(N.ERR_NOSUCHNICK, target=nick)
             return self.reply(N.RPL_ENDOFWHOIS, target=nick)
         name = user.username
-        rooms = " ".join(self.prefixed(user, room) + "#" + room.name for room in self.service.rooms_of(user))
+        rooms = " ".join(self.prefixed(user, room) + "#" + room.name for room in self.service.rooms_of(user)
+                         if self.sees_inside(room))
         protocols = sorted({s.protocol for s in self.service.sessions_of(user)})
         lines = [self.numeric(N.RPL_WHOISUSER, target=name, host=HOST)]
         if rooms:
             lines.append(self.numeric(N.RPL_WHOISCHANNELS, target=name, channels=rooms))
         lines.append(self.numeric(N.RPL_WHOISSERVER, target=name, server=SERVER,
                                   where="connected with " + ", ".join(protocols)))
+        if self.service.is_server_operator(user):
+            lines.append(self.numeric(N.RPL_WHOISOPERATOR, target=name))
         if not user.guest:
             lines.append(self.numeric(N.RPL_WHOISACCOUNT, target=name, account=name))
         if user.id in self.factory.away:
             lines.append(self.numeric(N.RPL_AWAY, target=name, text=self.factory.away[user.id]))
         lines.append(self.numeric(N.RPL_ENDOFWHOIS, target=name))
         self.send(b"".join(lines))
-
-    def user_mode(self, line):
-        if fold(line.params[0]) != fold(self.nick):
-            raise N.IRCError(N.ERR_USERSDONTMATCH)
-        if len(line.params) == 1:
-            return self.reply(N.RPL_UMODEIS, modes="+i")
-        if any(char not in "+-iw" for char in line.params[1]):
-            raise N.IRCError(N.ERR_UMODEUNKNOWNFLAG)
-        # i and w are how everyone is here already: nothing changes.
 
     # messages
 
@@ -410,8 +434,9 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         if target.startswith("#"):
             room = self.channels.get(fold(target[1:]))
             if room is None:
-                self.service_room(target)  # 403 when there is no such channel
-                raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
+                room = self.service_room(target)  # 403 when there is no such channel
+                if room.no_external:
+                    raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
             sending = self.service.send_room(self.user, room, body, kind, origin=self.session)
             target = "#" + room.name
         elif fold(target) == fold(NICKSERV):
@@ -504,7 +529,8 @@ RENDERERS = {
     events.Typing: IRCConnection._render_typing,
     events.MembershipChanged: ChannelsMixin.render_membership,
     events.TopicChanged: ChannelsMixin.render_topic,
-    events.OperatorChanged: ChannelsMixin.render_operator,
+    events.RoomChanged: ModesMixin.render_room_changed,
+    events.Invited: ChannelsMixin.render_invited,
     events.Kicked: IRCConnection._render_goodbye,
     events.ServerShutdown: IRCConnection._render_goodbye,
 }
@@ -512,9 +538,11 @@ RENDERERS = {
 
 class IRCFactory(ChatFactory):
     protocol = IRCConnection
+    version = VERSION
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.away: dict[int, str] = {}  # user id -> away message, while they are online here
-        self.topic_open: set[int] = set()  # rooms set -t: any member may change the topic
+        self.census = Census()
+        self.operators = OperatorBook(self.service.hasher, self.options.get("irc-oper", ()))
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))
