@@ -515,7 +515,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ModesMixin, Oper
         if not event.online:
             return event.render_once("irc-quit", lambda: serialise("QUIT", "Quit", prefix=prefix))
         return b"".join(event.render_once(("irc-join", room.id),
-                                          lambda room=room: serialise("JOIN", "#" + room.name, prefix=prefix))
+                                          lambda room=room: serialise("JOIN", "#" + room.name, prefix=prefix)
+                                          + self.role_modes(room, event.user))
                         for room in shared)
 
     def _render_goodbye(self, event):

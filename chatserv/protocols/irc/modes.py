@@ -209,6 +209,7 @@ class ModesMixin:
                 continue  # only OPER makes an operator
             elif (char in self.user_modes) != (sign == "+"):
                 (self.user_modes.add if sign == "+" else self.user_modes.discard)(char)
+                self.factory.census.mode_changed(self, char, sign == "+")
                 if char == "o":
                     self.service.make_server_operator(self.session, False)
                 changed.append(sign + char)

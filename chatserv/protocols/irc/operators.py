@@ -58,6 +58,7 @@ class OperatorsMixin:
         self.reply(N.RPL_YOUREOPER)
         if "o" not in self.user_modes:
             self.user_modes.add("o")
+            self.factory.census.mode_changed(self, "o", True)
             self.send(serialise("MODE", self.nick, "+o", prefix=mask(self.nick)))
 
     def need_server_operator(self):

@@ -44,6 +44,14 @@ class Census:
         self.most_local = self.most_global = 0
         self.departures: collections.deque[Departure] = collections.deque(maxlen=WHOWAS_KEPT)
 
+    def mode_changed(self, connection, mode: str, on: bool):
+        if connection not in self.clients:
+            return
+        if mode == "i":
+            self.invisible += 1 if on else -1
+        elif mode == "o":
+            (self.operators.add if on else self.operators.discard)(connection)
+
 
 class QueriesMixin:
     # who a user is, as IRC shows it
