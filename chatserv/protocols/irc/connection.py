@@ -545,5 +545,7 @@ class IRCFactory(ChatFactory):
         super().__init__(*args, **kwargs)
         self.away: dict[int, str] = {}  # user id -> away message, while they are online here
         self.census = Census()
-        self.operators = OperatorBook(self.service.hasher, self.options.get("irc-oper", ()))
+        declared = self.options.get("irc-oper", [])
+        self.operators = OperatorBook(self.service.hasher, list(declared))
+        declared.clear()  # the plain passwords go once handed to the hasher
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))

@@ -34,7 +34,8 @@ class Departure:
 
 
 class Census:
-    """What LUSERS counts, kept up to date as IRC clients come and go (no walk over everyone)."""
+    """The IRC port's clients: what LUSERS counts, kept up to date as they come, change modes and
+    go (no walk over everyone at each registration), and who left, for WHOWAS."""
 
     def __init__(self):
         self.connections = 0  # IRC connections, registered or not
