@@ -49,6 +49,11 @@ class RateLimited(ChatError):
     """The session sends faster than its limit allows."""
 
 
+class Busy(ChatError):
+    """The server cannot check a password now (too many logins in flight, or hashing failed):
+    nothing was tried, so nothing counts against the caller; try again shortly."""
+
+
 # Room settings refusing a join or a message (every port that joins or speaks honours them).
 
 

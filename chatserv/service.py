@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import itertools
 import re
-import secrets
 from collections.abc import Iterable
 
 import attrs
@@ -23,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from chatserv import errors, events
-from chatserv.credentials import Hasher, new_salt, password_digest
+from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits
 from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
 from chatserv.room_settings import RoomSettings
@@ -79,7 +78,7 @@ class ChatService(RoomSettings, service.Service):
         self.clock = clock
         self.limits = limits or Limits()
         self.stats = collections.Counter()
-        self._secret = secrets.token_bytes(32)
+        self._salt_secret: bytes | None = None  # the store's, so fake salts outlive restarts
         self._ready: Deferred | None = None
         self._waiting: list[Deferred] = []
         self._users: dict[int, User] = {}
@@ -90,11 +89,12 @@ class ChatService(RoomSettings, service.Service):
         self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
+        self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
         self._last_address: dict[int, str] = {}
         self._invites: dict[int, set[int]] = {}  # room id -> users invited, until they join
-        self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
+        self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
         self._guest_ids = itertools.count(-1, -1)
@@ -113,9 +113,10 @@ class ChatService(RoomSettings, service.Service):
             self._user_keys[fold(user.username)] = user
         for room in snapshot.rooms:
             self._rooms[fold(room.name)] = self._rooms_by_id[room.id] = room
-        for owner, contact, status in snapshot.contacts:
-            self._index_contact(owner, contact, status)
+        for owner, contact, status, before_block in snapshot.contacts:
+            self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
+        self._salt_secret = snapshot.salt_secret
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
         self._next_message = itertools.count(snapshot.next_message_id)
@@ -193,31 +194,35 @@ class ChatService(RoomSettings, service.Service):
         user = self._user_keys.get(fold(name))
         if user is not None:
             return user.salt
-        mac = hmac.new(self._secret, fold(name).encode(), hashlib.sha256).digest()
+        mac = hmac.new(self._salt_secret, fold(name).encode(), hashlib.sha256).digest()
         return str(10**31 + int.from_bytes(mac, "big") % (9 * 10**31))
 
     @deferred
-    async def register(self, username, password, *, guest: User | None = None) -> User:
+    async def register(self, username, password, *, guest: User | None = None, address: str = "") -> User:
         """Create an account from a plain password.
 
         ``guest``: the caller's own guest user, whose name may become the account's (the guest
-        keeps its sessions until the caller moves them to the account).
+        keeps its sessions until the caller moves them to the account). ``address``: the
+        caller's, whose hashes in flight are limited as its logins are.
         """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.Invalid("empty password")
         self._check_free(username, guest)
         salt = new_salt()
-        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest)
+        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest,
+                                          address=address)
 
     @deferred
-    async def register_digest(self, username, salt, digest, *, guest: User | None = None) -> User:
+    async def register_digest(self, username, salt, digest, *, guest: User | None = None,
+                              address: str = "") -> User:
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.Invalid("empty password")
         self._check_free(username, guest)
-        verifier = await self.hasher.make_verifier(digest)
+        with self.throttle.hashing(address):
+            verifier = await self.hasher.make_verifier(digest)
         self._check_free(username, guest)  # another registration may have won while we hashed
         user = User(next(self._next_user), username, salt, verifier, self.clock.seconds())
         self._users[user.id] = user
@@ -239,36 +244,21 @@ class ChatService(RoomSettings, service.Service):
     async def authenticate_digest(self, username, digest, address: str = "") -> User:
         """The user, if ``digest`` is their ``sha256_hex(salt + password)``; else BadCredentials.
 
-        Failures from one address against one name lock that pair out for a doubling time,
-        across reconnects (RateLimited), without locking the account for anyone else.
+        ``self.throttle`` admits the check (RateLimited: this name or address is locked out;
+        Busy: this address has its logins in flight), and the hasher may answer Busy; neither
+        counts as a failure.
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
-        key = (fold(username), address)
-        self._check_throttle(key)
         user = self._user_keys.get(fold(username))
-        ok = await self.hasher.check(user.verifier if user else None, digest)
+        with self.throttle.attempt(fold(username), address, account=user is not None) as attempt:
+            ok = await self.hasher.check(user.verifier if user else None, digest)
+            attempt.checked(ok)
         if not ok:
             self.stats["login_failures"] += 1
-            self._note_failure(key)
             raise errors.BadCredentials("bad credentials")
-        self._login_failures.pop(key, None)
         self.stats["logins"] += 1
         return user
-
-    def _check_throttle(self, key):
-        failures, until = self._login_failures.get(key, (0, 0.0))
-        if until > self.clock.seconds():
-            raise errors.RateLimited("too many failed logins: try again later")
-
-    def _note_failure(self, key):
-        failures, _ = self._login_failures.pop(key, (0, 0.0))
-        failures += 1
-        excess = failures - self.limits.login_attempts
-        until = self.clock.seconds() + min(2.0**excess, 300.0) if excess >= 0 else 0.0
-        self._login_failures[key] = (failures, until)
-        while len(self._login_failures) > 100_000:  # bounded: the oldest entry goes first
-            del self._login_failures[next(iter(self._login_failures))]
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
@@ -358,18 +348,23 @@ class ChatService(RoomSettings, service.Service):
 
     # contacts and blocks
 
-    def _index_contact(self, owner, contact, status):
+    def _index_contact(self, owner, contact, status, before_block=None):
         self._contacts[owner][contact] = status
         self._contact_of[contact].add(owner)
         if status == "blocked":
             self._blocked_by[contact].add(owner)
         else:
             self._blocked_by[contact].discard(owner)
+        if before_block is not None:
+            self._before_block[owner, contact] = before_block
+        else:
+            self._before_block.pop((owner, contact), None)
 
     def _unindex_contact(self, owner, contact):
         self._contacts[owner].pop(contact, None)
         self._contact_of[contact].discard(owner)
         self._blocked_by[contact].discard(owner)
+        self._before_block.pop((owner, contact), None)
 
     def contacts(self, owner: User) -> list[tuple[User, str]]:
         """The owner's contact list with each status, by name."""
@@ -392,17 +387,22 @@ class ChatService(RoomSettings, service.Service):
 
     @deferred
     async def set_contact(self, owner: User, name, status="friend", *, keep_existing=False) -> User:
-        """Create or change a contact relation; ``keep_existing`` leaves a present one as it is."""
+        """Create or change a contact relation; ``keep_existing`` leaves a present one as it is.
+
+        A block remembers the status it replaces, for ``unblock`` to restore. Lifting a block is
+        heard by the owner alone: the other was never told of the block, and is not "added".
+        """
         if status not in CONTACT_STATUSES:
             raise errors.Invalid("unknown contact status")
         other = self._registered_other(owner, name)
         current = self.contact_status(owner, other)
         if current == status or (keep_existing and current is not None):
             return other
-        self._index_contact(owner.id, other.id, status)
-        await self.store.set_contact(owner.id, other.id, status)
+        before_block = current if status == "blocked" else None
+        self._index_contact(owner.id, other.id, status, before_block)
+        await self.store.set_contact(owner.id, other.id, status, before_block)
         event = events.ContactChanged(owner, other, status)
-        self._deliver_to_users(event, (owner.id, other.id))
+        self._deliver_to_users(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
 
     def add_contact(self, owner: User, name, status="friend"):
@@ -424,11 +424,15 @@ class ChatService(RoomSettings, service.Service):
 
     @deferred
     async def unblock(self, owner: User, name) -> User:
-        """Lift a block; the relation goes away with it."""
+        """Lift a block: the relation goes back to what the block replaced (a seed 000 or web
+        contact keeps its status), or away if there was none."""
         other = self._registered_other(owner, name)
-        if self.contact_status(owner, other) == "blocked":
-            await self.remove_contact(owner, name)
-        return other
+        if self.contact_status(owner, other) != "blocked":
+            return other
+        restored = self._before_block.get((owner.id, other.id))
+        if restored is None:
+            return await self.remove_contact(owner, name)
+        return await self.set_contact(owner, name, restored)
 
     # rooms
 

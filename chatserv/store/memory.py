@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import attrs
 from twisted.internet.defer import succeed
 from zope.interface import implementer
@@ -23,9 +25,10 @@ class MemoryStore:
         self._members: set[tuple[int, int]] = set()
         self._roles: set[tuple[int, int, str]] = set()
         self._room_bans: dict[int, dict] = {}
-        self._contacts: dict[tuple[int, int], str] = {}
+        self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
+        self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
     def open(self):
         rooms = []
@@ -39,11 +42,12 @@ class MemoryStore:
             Snapshot(
                 users=[attrs.evolve(u) for u in self._users.values()],
                 rooms=rooms,
-                contacts=[(o, c, s) for (o, c), s in self._contacts.items()],
+                contacts=[(o, c, *relation) for (o, c), relation in self._contacts.items()],
                 bans=sorted(self._bans),
                 next_user_id=max(self._users, default=0) + 1,
                 next_room_id=max(self._rooms, default=0) + 1,
                 next_message_id=max(self._messages, default=0) + 1,
+                salt_secret=self._salt_secret,
             )
         )
 
@@ -56,8 +60,8 @@ class MemoryStore:
 
     update_user = add_user
 
-    def set_contact(self, owner_id, contact_id, status):
-        self._contacts[owner_id, contact_id] = status
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
+        self._contacts[owner_id, contact_id] = (status, before_block)
         return succeed(None)
 
     def remove_contact(self, owner_id, contact_id):

@@ -52,7 +52,19 @@ MIGRATIONS = [
         created_at REAL NOT NULL
     );
     """,
-    # 2: room settings (IRC's channel modes), who set the topic, roles and ban masks
+    # 2: a block remembers the contact status it replaced, so unblocking restores it
+    # (seed 001's block/unblock over a seed 000/004 contact: one relation).
+    """
+    ALTER TABLE contacts ADD COLUMN status_before_block TEXT;
+    """,
+    # 3: secrets the daemon keeps across restarts (the one fake salts derive from)
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
+    # 4: room settings (IRC's channel modes), who set the topic, roles and ban masks
     """
     ALTER TABLE rooms ADD COLUMN topic_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE rooms ADD COLUMN topic_at REAL NOT NULL DEFAULT 0;

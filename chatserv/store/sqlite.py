@@ -8,6 +8,7 @@ write is committed; no query ever runs on the reactor thread.
 from __future__ import annotations
 
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -192,8 +193,13 @@ class SQLiteStore:
         for room_id, mask_key, mask, set_by, set_at in conn.execute(
                 "SELECT room_id, mask_key, mask, set_by, set_at FROM room_bans ORDER BY set_at"):
             rooms[room_id].bans[mask_key] = RoomBan(mask, set_by, set_at)
-        contacts = conn.execute("SELECT owner_id, contact_id, status FROM contacts").fetchall()
+        contacts = conn.execute(
+            "SELECT owner_id, contact_id, status, status_before_block FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
+        # Made at the first start; whoever inserts first wins, so every reader gets the same one.
+        conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('salt', ?)",
+                     (secrets.token_bytes(32),))
+        (salt_secret,) = conn.execute("SELECT value FROM secrets WHERE name = 'salt'").fetchone()
 
         def next_id(table):
             return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
@@ -206,6 +212,7 @@ class SQLiteStore:
             next_user_id=next_id("users"),
             next_room_id=next_id("rooms"),
             next_message_id=next_id("messages"),
+            salt_secret=salt_secret,
         )
 
     # writes
@@ -224,11 +231,12 @@ class SQLiteStore:
             (user.verifier, user.public_key, user.id),
         ))
 
-    def set_contact(self, owner_id, contact_id, status):
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
         return self._write((
-            "INSERT INTO contacts (owner_id, contact_id, status) VALUES (?, ?, ?)"
-            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status",
-            (owner_id, contact_id, status),
+            "INSERT INTO contacts (owner_id, contact_id, status, status_before_block) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status,"
+            " status_before_block = excluded.status_before_block",
+            (owner_id, contact_id, status, before_block),
         ))
 
     def remove_contact(self, owner_id, contact_id):

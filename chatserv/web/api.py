@@ -28,6 +28,7 @@ ERRORS = ErrorTable({
     errors.AlreadyExists: lambda e: (400, "Username already exists" if e.message == "username taken"
                                      else e.message),
     errors.Blocked: (400, "You are blocked by this user"),
+    errors.Busy: (503, "Server busy, try again"),
     errors.ChatError: lambda e: (400, e.message),
 })
 
