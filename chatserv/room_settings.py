@@ -190,12 +190,19 @@ class RoomSettings:
             del room.bans[key]
         return True
 
-    def set_operator(self, by: User, name, user: User, granted: bool) -> Deferred:
-        """Deferred[list[RoomChange]]: ``by`` makes ``user`` an operator (or takes it back).
+    def take_over_rooms(self, guest: User, account: User, origin=None) -> Deferred:
+        """The account a guest logged in to takes over the guest's rooms and roles there, past the
+        rooms' settings (the guest was let in already). Deferred: done and stored."""
+        return Deferred.fromCoroutine(self._take_over_rooms(guest, account, origin))
 
-        The founder stays an operator whatever is taken back.
-        """
-        return self.change_room(by, name, [RoomChange("operator", granted, user=user)])
+    async def _take_over_rooms(self, guest: User, account: User, origin) -> None:
+        for room in self.rooms_of(guest):
+            for role, holders in (("operator", room.operators), ("voice", room.voiced)):
+                if guest.id in holders and account.id not in holders:
+                    holders.add(account.id)
+                    await self.store.set_room_role(room.id, account.id, role, True)
+            if account.id not in room.members:
+                await self._add_member(room, account, origin)
 
     def invite(self, by: User, name, user: User) -> Room:
         """``by``, a member, invites ``user``: one join past invite-only, the key and the limit."""

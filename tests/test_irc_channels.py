@@ -113,6 +113,24 @@ async def test_the_founder_regains_operator_status_on_joining(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_guest_that_logs_in_keeps_its_rooms_and_roles_past_their_settings(daemon):
+    await daemon.chat.register("alice", "pw")
+    guest = await joined(await member(daemon, "alice"), "#vault")  # 433: IRCClient goes on as alice_
+    guest.mode("#vault", True, "ik", user="sesame")
+    await guest.hear("mode")
+    bob = await member(daemon, "bob")
+    guest.invite("bob", "#vault")
+    await bob.numeric("INVITE")
+    await joined(bob, "#vault", "sesame")
+    guest.msg("NickServ", "IDENTIFY alice pw")
+    assert await guest.hear("nick") == ("nick", "alice")
+    assert await bob.hear("userJoined") == ("userJoined", "alice", "#vault")
+    assert await bob.hear("mode") == ("mode", "chatserv", "#vault", "+o", ("alice",))
+    guest.topic("#vault", "still mine")
+    assert await bob.hear("topic") == ("topic", "alice", "#vault", "still mine")
+
+
+@pytest_twisted.ensureDeferred
 async def test_every_mode_change_reaches_every_member_and_modes_can_be_asked_for(daemon):
     alice = await joined(await member(daemon, "alice"), "#c")
     bob = await joined(await member(daemon, "bob"), "#c")

@@ -11,6 +11,7 @@ from twisted.logger import globalLogPublisher
 from chatserv import errors
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
+from chatserv.model import RoomChange
 from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
@@ -169,15 +170,15 @@ async def test_operators_grant_and_take_back_and_members_hear_of_it():
     sink = Sink()
     chat.attach(bob, sink, "test")
     room = chat.room("ops")
-    await chat.set_operator(alice, "ops", bob, True)
+    await chat.change_room(alice, "ops", [RoomChange("operator", True, user=bob)])
     granted = sink.events[-1]
     assert chat.is_operator(bob, room) and granted.changes[0].value and granted.by is alice
-    await chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
+    await chat.change_room(bob, "ops", [RoomChange("operator", False, user=alice)])  # the creator stays one
     assert chat.is_operator(alice, room)
-    await chat.set_operator(alice, "ops", bob, False)
+    await chat.change_room(alice, "ops", [RoomChange("operator", False, user=bob)])
     assert not chat.is_operator(bob, room)
     with pytest.raises(errors.NotOperator):
-        await chat.set_operator(bob, "ops", bob, True)
+        await chat.change_room(bob, "ops", [RoomChange("operator", True, user=bob)])
 
 
 @pytest_twisted.ensureDeferred
