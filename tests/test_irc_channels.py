@@ -63,6 +63,16 @@ async def joined(client: Member, channel: str, key=None) -> Member:
     return client
 
 
+async def operator_and_member(daemon, channel: str, modes: str = "") -> tuple[Member, Member]:
+    """alice, the channel's operator, and bob in it, once bob has seen alice set ``modes``."""
+    alice = await joined(await member(daemon, "alice"), channel)
+    bob = await joined(await member(daemon, "bob"), channel)
+    if modes:
+        alice.mode(channel, True, modes)
+        await bob.hear("mode")
+    return alice, bob
+
+
 OPER_HASH = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("letmein")
 
 
@@ -132,8 +142,7 @@ async def test_a_guest_that_logs_in_keeps_its_rooms_and_roles_past_their_setting
 
 @pytest_twisted.ensureDeferred
 async def test_every_mode_change_reaches_every_member_and_modes_can_be_asked_for(daemon):
-    alice = await joined(await member(daemon, "alice"), "#c")
-    bob = await joined(await member(daemon, "bob"), "#c")
+    alice, bob = await operator_and_member(daemon, "#c")
     alice.mode("#c", False, "t")
     assert await alice.hear("mode") == ("mode", "alice", "#c", "-t", (None,))
     assert await bob.hear("mode") == ("mode", "alice", "#c", "-t", (None,))
@@ -196,10 +205,7 @@ async def test_004_and_005_advertise_the_modes_there_are_and_each_user_mode_can_
 
 @pytest_twisted.ensureDeferred
 async def test_invite_only_channels_let_in_whom_an_operator_invites(daemon):
-    alice = await joined(await member(daemon, "alice"), "#club")
-    bob = await joined(await member(daemon, "bob"), "#club")
-    alice.mode("#club", True, "i")
-    await bob.hear("mode")
+    alice, bob = await operator_and_member(daemon, "#club", "i")
     carol = await member(daemon, "carol")
     carol.join("#club")
     assert await carol.numeric("473") == ["#club", "Cannot join channel (+i)"]
@@ -269,8 +275,7 @@ async def test_keys_limits_and_bans_refuse_joins_as_the_irc_package_names_them(d
 
 @pytest_twisted.ensureDeferred
 async def test_bans_are_listed_keep_banned_members_quiet_and_can_be_lifted(daemon):
-    alice = await joined(await member(daemon, "alice"), "#b")
-    bob = await joined(await member(daemon, "bob"), "#b")
+    alice, bob = await operator_and_member(daemon, "#b")
     alice.mode("#b", True, "b", mask="*!*@*.example")
     alice.sendLine("MODE #b +b b?b")
     assert (await bob.hear("mode"))[3:] == ("+b", ("*!*@*.example",))
@@ -300,10 +305,7 @@ async def test_bans_are_listed_keep_banned_members_quiet_and_can_be_lifted(daemo
 
 @pytest_twisted.ensureDeferred
 async def test_moderated_channels_hear_operators_and_voiced_members_shown_with_prefixes(daemon):
-    alice = await joined(await member(daemon, "alice"), "#m")
-    bob = await joined(await member(daemon, "bob"), "#m")
-    alice.mode("#m", True, "m")
-    await bob.hear("mode")
+    alice, bob = await operator_and_member(daemon, "#m", "m")
     bob.msg("#m", "hello?")
     assert await bob.numeric("404") == ["#m", "Cannot send to channel"]
     alice.mode("#m", True, "vv", user="bob alice")
