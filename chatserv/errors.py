@@ -54,6 +54,10 @@ class Busy(ChatError):
     nothing was tried, so nothing counts against the caller; try again shortly."""
 
 
+class TooManyRooms(ChatError):
+    """Creating a room is refused: the creator's or its address's rate or cap, or ``--max-rooms``."""
+
+
 # Room settings refusing a join or a message (every port that joins or speaks honours them).
 
 

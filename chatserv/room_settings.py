@@ -55,7 +55,7 @@ class RoomSettings:
         return any(ban.matches(user.username) for ban in room.bans.values())
 
     def is_invited(self, user: User, room: Room) -> bool:
-        return user.id in self._invites.get(room.id, ())
+        return room.id in self._invites.get(user.id, ())
 
     def listed_rooms(self, user: User) -> list[Room]:
         """Every room but the secret ones ``user`` is not in."""
@@ -94,11 +94,10 @@ class RoomSettings:
 
         A join into an empty room without a founder makes the joiner its operator.
         """
-        self._invites.get(room.id, set()).discard(user.id)
+        self._invites.get(user.id, set()).discard(room.id)
         if not room.members and room.founder is None and fold(room.name) != fold(LOBBY):
             room.operators.add(user.id)
-            if not user.guest:
-                return self.store.set_room_role(room.id, user.id, "operator", True)
+            return self._store_role(room, user, "operator", True)
         return succeed(None)
 
     def _left(self, room: Room, user: User) -> Deferred:
@@ -107,17 +106,20 @@ class RoomSettings:
                 if user.id in holders]
         room.operators.discard(user.id)
         room.voiced.discard(user.id)
-        if user.guest or not lost:
+        return gatherResults([self._store_role(room, user, role, False) for role in lost])
+
+    def _store_role(self, room: Room, user: User, role: str, held: bool) -> Deferred:
+        """Roles are stored for accounts in rooms that are stored (a guest's room never is)."""
+        if user.guest or not room.persistent:
             return succeed(None)
-        return gatherResults([self.store.set_room_role(room.id, user.id, role, False) for role in lost])
+        return self.store.set_room_role(room.id, user.id, role, held)
 
     def _forget_roles(self, user: User) -> None:
-        """A guest is gone: so are its roles and invitations (nothing of it was stored)."""
-        for room in self._rooms.values():
+        """A guest is going: so are its roles and invitations (nothing of it was stored)."""
+        for room in self.rooms_of(user):
             room.operators.discard(user.id)
             room.voiced.discard(user.id)
-        for invited in self._invites.values():
-            invited.discard(user.id)
+        self._invites.pop(user.id, None)
 
     # changes
 
@@ -135,17 +137,21 @@ class RoomSettings:
         applied = [change for change in changes if self._apply(room, by, change)]
         if not applied:
             return applied
+        if room.persistent:
+            await self._store_changes(room, applied)
+        self._deliver_to_users(events.RoomChanged(room, by, tuple(applied)), room.members)
+        return applied
+
+    async def _store_changes(self, room: Room, applied: list[RoomChange]) -> None:
         if any(change.setting in ROOM_FLAGS or change.setting in ROOM_VALUES for change in applied):
             await self.store.update_room(room)
         for change in applied:
-            if change.setting in ROOM_ROLES and not change.user.guest:
-                await self.store.set_room_role(room.id, change.user.id, change.setting, bool(change.value))
+            if change.setting in ROOM_ROLES:
+                await self._store_role(room, change.user, change.setting, bool(change.value))
             elif change.setting == "ban" and change.value:
                 await self.store.add_room_ban(room.id, room.bans[fold(change.mask)])
             elif change.setting == "ban":
                 await self.store.remove_room_ban(room.id, change.mask)
-        self._deliver_to_users(events.RoomChanged(room, by, tuple(applied)), room.members)
-        return applied
 
     def _check_change(self, room: Room, change: RoomChange) -> None:
         setting, value = change.setting, change.value
@@ -200,7 +206,7 @@ class RoomSettings:
             for role, holders in (("operator", room.operators), ("voice", room.voiced)):
                 if guest.id in holders and account.id not in holders:
                     holders.add(account.id)
-                    await self.store.set_room_role(room.id, account.id, role, True)
+                    await self._store_role(room, account, role, True)
             if account.id not in room.members:
                 await self._add_member(room, account, origin)
 
@@ -213,7 +219,7 @@ class RoomSettings:
             raise errors.NotOperator("only operators invite to an invite-only room")
         if user.id in room.members:
             raise errors.AlreadyExists("already a member")
-        self._invites.setdefault(room.id, set()).add(user.id)
+        self._invites.setdefault(user.id, set()).add(room.id)
         self._deliver_to_users(events.Invited(room, by, user), (user.id,))
         return room
 

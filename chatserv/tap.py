@@ -77,6 +77,10 @@ class Options(usage.Options):
              int],
             ["web-session-ttl", None, 3600.0, "seed 004: seconds a REST session ID lives unused", float],
             ["web-max-body", None, 65536, "seed 004: bytes in one HTTP body or WebSocket message", int],
+            ["web-header-timeout", None, 10.0,
+             "seed 004: seconds for a request's headers to arrive, however slowly they trickle", float],
+            ["web-request-timeout", None, 30.0, "seed 004: seconds for a whole request (body too) to arrive",
+             float],
             ["web-ping-interval", None, 25.0, "seed 004: seconds between Engine.IO pings", float],
             ["web-ping-timeout", None, 20.0, "seed 004: seconds a client has to answer a ping", float],
             ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
@@ -92,7 +96,8 @@ class Options(usage.Options):
             ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
         ]
         + [
-            [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]
+            [_option_name(f.name), None, f.default,
+             f.metadata.get("help", f"limit: {f.name.replace('_', ' ')}"), type(f.default)]
             for f in attrs.fields(Limits)
         ]
     )

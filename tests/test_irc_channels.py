@@ -102,6 +102,27 @@ async def test_a_channel_a_guest_made_is_not_left_without_an_operator(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_guests_room_takes_modes_and_roles_in_memory_and_vanishes_with_them(daemon):
+    gina = await raw(daemon, "gina")
+    gina.send(b"JOIN #tmp")
+    await until(gina, b" 366 ")
+    await daemon.chat.register("acct", "pw")
+    acct = await joined(await member(daemon, "acct", "pw"), "#tmp")
+    gina.send(b"MODE #tmp +mvb acct x", b"MODE #tmp +o acct")
+    assert (await acct.hear("mode"))[3:] == ("+mvb", (None, "acct", "x!*@*"))
+    assert (await acct.hear("mode"))[3:] == ("+o", ("acct",))
+    assert not daemon.chat.room("tmp").persistent
+    acct.leave("#tmp")
+    await until(gina, b"PART")
+    gina.send(b"QUIT")
+    await gina.wait_closed()
+    acct.join("#tmp")  # a new room: acct's, with none of the old settings
+    assert await acct.hear("names") == ("names", "#tmp", ["@acct"])
+    room = daemon.chat.room("tmp")
+    assert room.persistent and not room.moderated and not room.bans
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_founder_regains_operator_status_on_joining(daemon):
     await daemon.chat.register("alice", "pw")
     alice = await joined(await member(daemon, "alice", "pw"), "#den")

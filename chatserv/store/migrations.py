@@ -64,7 +64,18 @@ MIGRATIONS = [
         value BLOB NOT NULL
     );
     """,
-    # 4: room settings (IRC's channel modes), who set the topic, roles and ban masks
+    # 4: guest ids are never reused, even across restarts: the lowest one handed out is kept,
+    # starting below any guest id the messages already name.
+    """
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'last_guest_id', MIN(0, COALESCE(MIN(sender_id), 0), COALESCE(MIN(recipient_id), 0))
+        FROM messages;
+    """,
+    # 5: room settings (IRC's channel modes), who set the topic, roles and ban masks
     """
     ALTER TABLE rooms ADD COLUMN topic_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE rooms ADD COLUMN topic_at REAL NOT NULL DEFAULT 0;

@@ -67,10 +67,19 @@ class BoundedRequest(server.Request):
 
 class TrackedChannel(http.HTTPChannel):
     """An HTTP connection, counted with every other connection: the total and per-address
-    limits apply to it, and a stopping daemon closes it instead of serving on."""
+    limits apply to it, and a stopping daemon closes it instead of serving on.
+
+    A request's headers must have arrived within the site's ``header_timeout`` of its first
+    byte (of the connection's opening, for the first request), and all of it within
+    ``request_timeout``; bytes arriving do not extend either, so a client trickling a request
+    (slowloris) is cut off. Once a request is in, nothing times it: a long poll or a WebSocket
+    takes as long as it needs.
+    """
 
     protocol_name = "http"
     _transport = None
+    _receiving = False
+    _header_deadline = _request_deadline = _linger = None
 
     @property
     def transport(self):
@@ -85,13 +94,54 @@ class TrackedChannel(http.HTTPChannel):
         self._transport = value
 
     def connectionMade(self):
+        self.callLater = self.site.clock.callLater  # the idle timeout too runs on the site's clock
         super().connectionMade()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
         self.site.tracker.add(self)
+        self._request_begins()
 
     def connectionLost(self, reason):
+        self._stop_deadlines()
+        self._cancel(self._linger)
         self.site.tracker.discard(self)
         super().connectionLost(reason)
+
+    def dataReceived(self, data):
+        if data and not self._receiving and not self._handlingRequest:
+            self._request_begins()  # the first byte of the next request on a kept-alive connection
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._cancel(self._header_deadline)
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        self._stop_deadlines()
+        super().allContentReceived()
+
+    def _request_begins(self):
+        self._receiving = True
+        clock, site = self.site.clock, self.site
+        self._header_deadline = clock.callLater(site.header_timeout, self._too_slow)
+        self._request_deadline = clock.callLater(site.request_timeout, self._too_slow)
+
+    def _stop_deadlines(self):
+        self._receiving = False
+        self._cancel(self._header_deadline)
+        self._cancel(self._request_deadline)
+
+    @staticmethod
+    def _cancel(call):
+        if call is not None and call.active():
+            call.cancel()
+
+    def _too_slow(self):
+        """A request did not arrive in time: close without an answer (abort if the close hangs)."""
+        self._stop_deadlines()
+        self.site.counters["slow_requests"] += 1
+        transport = self.transport
+        transport.loseConnection()
+        self._linger = self.site.clock.callLater(LINGER, transport.abortConnection)
 
     def deliver(self, event):
         """At shutdown an idle keep-alive connection closes now, a busy one after its answer."""
@@ -111,6 +161,8 @@ class WebSite(server.Site):
         self.limits = limits
         self.clock = clock
         self.max_body = options["web-max-body"]
+        self.header_timeout = options["web-header-timeout"]
+        self.request_timeout = options["web-request-timeout"]
         self.counters = collections.Counter()
         self.web_sessions = WebSessions(clock, options["web-session-ttl"], limits)
         self.engine = EngineServer(

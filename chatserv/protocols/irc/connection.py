@@ -63,6 +63,7 @@ ERRORS = ErrorTable({
     errors.ListFull: N.ERR_BANLISTFULL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
+    errors.TooManyRooms: N.ERR_TOOMANYCHANNELS,
     errors.Busy: N.RPL_TRYAGAIN,
     errors.ChatError: N.ERR_UNKNOWNERROR,
 })
