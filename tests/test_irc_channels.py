@@ -13,12 +13,16 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor, threads
 
-from chatserv.credentials import HashCost, Hasher
+from chatserv import errors
+from chatserv.credentials import HashCost, Hasher, LoginThrottle
+from chatserv.limits import Limits
 from chatserv.model import RoomBan, RoomChange
 from chatserv.protocols.irc.modes import ban_mask, mode_lines
+from chatserv.protocols.irc.operators import OperatorBook
 from chatserv.service import ChatService
 from chatserv.store import open_store
 from tests.support import TIMEOUT, Daemon
+from tests.test_chatroom import Instant
 from tests.test_irc import Bot, raw, until
 from tests.test_rooms import error, logged_in
 
@@ -565,3 +569,17 @@ def test_many_mode_changes_are_split_to_fit_a_line():
     assert masks == [change.mask.encode() for change in changes]
     assert mode_lines("s", "#c", [RoomChange("moderated"), RoomChange("key", ""), RoomChange("limit", 5),
                                   RoomChange("secret", False)]) == b":s MODE #c +m-k+l-s * 5\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_oper_guesses_meet_the_login_throttle_across_connections():
+    clock = [1000.0]
+    throttle = LoginThrottle(lambda: clock[0], Limits(login_attempts=3))
+    book = OperatorBook(Instant(), throttle, [("root", "sesame")])
+    assert await book.check("nobody", "x", "10.0.0.1") is None
+    assert [await book.check("root", "guess", "10.0.0.1") for _ in range(3)] == [False] * 3
+    with pytest.raises(errors.RateLimited):  # locked out, the right password too, whatever the connection
+        await book.check("root", "sesame", "10.0.0.1")
+    assert await book.check("root", "sesame", "10.0.0.2")  # another address is not
+    clock[0] += 1.5
+    assert await book.check("root", "sesame", "10.0.0.1")

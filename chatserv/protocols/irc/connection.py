@@ -551,6 +551,6 @@ class IRCFactory(ChatFactory):
         self.away: dict[int, str] = {}  # user id -> away message, while they are online here
         self.census = Census()
         declared = self.options.get("irc-oper", [])
-        self.operators = OperatorBook(self.service.hasher, list(declared))
+        self.operators = OperatorBook(self.service.hasher, self.service.throttle, list(declared))
         declared.clear()  # the plain passwords go once handed to the hasher
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))

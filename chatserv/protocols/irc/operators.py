@@ -26,10 +26,12 @@ def oper_entry(value: str) -> tuple[str, str]:
 
 
 class OperatorBook:
-    """The operators' names and argon2 hashes of their passwords."""
+    """The operators' names and argon2 hashes of their passwords. Checks go through the
+    service's login throttle, as account logins do (``oper:<name>`` is no account's name)."""
 
-    def __init__(self, hasher, entries):
+    def __init__(self, hasher, throttle, entries):
         self._hasher = hasher
+        self._throttle = throttle
         self._verifiers: dict[str, str] = {}
         hashing = []
         for name, secret in entries:
@@ -40,18 +42,23 @@ class OperatorBook:
                     lambda verifier, name=name: self._verifiers.__setitem__(name, verifier)))
         self._ready = gatherResults(hashing).addCallback(lambda _: None)
 
-    async def check(self, name: str, password: str) -> bool | None:
-        """None: no operator of that name; else whether the password is theirs."""
+    async def check(self, name: str, password: str, address: str) -> bool | None:
+        """None: no operator of that name; else whether the password is theirs.
+
+        RateLimited or Busy when the throttle refuses the check.
+        """
         await self._ready
         verifier = self._verifiers.get(name)
-        matched = await self._hasher.check(verifier, password)  # as slow for an unknown name
+        with self._throttle.attempt(f"oper:{name}", address, account=verifier is not None) as attempt:
+            matched = await self._hasher.check(verifier, password)  # as slow for an unknown name
+            attempt.checked(matched)
         return None if verifier is None else matched
 
 
 class OperatorsMixin:
     async def irc_OPER(self, line):
         name, password = line.params[:2]
-        matched = await self.factory.operators.check(name, password)
+        matched = await self.factory.operators.check(name, password, self.peer_host)
         if not matched:
             return self._login_refused(N.ERR_NOOPERHOST if matched is None else N.ERR_PASSWDMISMATCH)
         self.service.make_server_operator(self.session)
