@@ -26,6 +26,7 @@ from chatserv.protocols.irc.operators import oper_entry
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from chatserv.web.proxy import trusted_proxies
 
 log = Logger()
 
@@ -83,6 +84,10 @@ class Options(usage.Options):
              float],
             ["web-ping-interval", None, 25.0, "seed 004: seconds between Engine.IO pings", float],
             ["web-ping-timeout", None, 20.0, "seed 004: seconds a client has to answer a ping", float],
+            ["web-sessions-per-user", None, 10,
+             "seed 004: session IDs one user may hold; a login beyond ends the oldest (0: no cap)", int],
+            ["web-trusted-proxies", None, "", "seed 004: reverse proxies (addresses or networks, comma-"
+             "separated) whose X-Forwarded-For names the client", trusted_proxies],
             ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
             ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
              float],

@@ -7,6 +7,7 @@ write is committed; no query ever runs on the reactor thread.
 
 from __future__ import annotations
 
+import json
 import queue
 import secrets
 import sqlite3
@@ -37,6 +38,32 @@ _ROOM_SETTING_COLUMNS = ("topic_by, topic_at, invite_only, room_key, member_limi
 _ROOM_SETTING_UPDATE = ("topic_by = ?, topic_at = ?, invite_only = ?, room_key = ?, member_limit = ?,"
                         " moderated = ?, secret = ?, no_external = ?, topic_locked = ?")
 _FLAG_COLUMNS = {"invite_only", "moderated", "secret", "no_external", "topic_locked"}
+
+
+_LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
+                         " m.room_id, m.delivered")
+# Every conversation of :user: direct ones (the other party, the newest message either way,
+# the unread ones received after the read mark) and the rooms in :rooms (a JSON array).
+_CONVERSATIONS = f"""
+WITH peers(peer, last_id) AS (
+    SELECT CASE WHEN sender_id = :user THEN recipient_id ELSE sender_id END, MAX(id) FROM messages
+    WHERE recipient_id = :user OR (sender_id = :user AND recipient_id IS NOT NULL) GROUP BY 1),
+rooms(room, last_id, mark) AS (
+    SELECT r.value, (SELECT MAX(id) FROM messages WHERE room_id = r.value),
+           (SELECT last_read_id FROM read_marks
+            WHERE user_id = :user AND kind = 'room' AND target_id = r.value)
+    FROM json_each(:rooms) AS r)
+SELECT 'user', peer, (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE recipient_id = :user AND sender_id = peer AND sender_id != :user AND id > COALESCE(
+            (SELECT last_read_id FROM read_marks
+             WHERE user_id = :user AND kind = 'user' AND target_id = peer), 0)
+        LIMIT :cap)), {_LAST_MESSAGE_COLUMNS}
+FROM peers JOIN messages AS m ON m.id = peers.last_id
+UNION ALL
+SELECT 'room', room, CASE WHEN mark IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE room_id = room AND id > mark AND sender_id != :user LIMIT :cap)) END, {_LAST_MESSAGE_COLUMNS}
+FROM rooms LEFT JOIN messages AS m ON m.id = rooms.last_id
+"""
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -196,6 +223,8 @@ class SQLiteStore:
         contacts = conn.execute(
             "SELECT owner_id, contact_id, status, status_before_block FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
+        tokens = [tuple(row) for row in conn.execute(
+            "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
         # Made at the first start; whoever inserts first wins, so every reader gets the same one.
         conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('salt', ?)",
                      (secrets.token_bytes(32),))
@@ -217,6 +246,7 @@ class SQLiteStore:
             next_user_id=next_id("users"),
             next_room_id=max(next_id("rooms"), last_room_message + 1),
             next_message_id=next_id("messages"),
+            tokens=tokens,
             last_guest_id=last_guest_id,
             salt_secret=salt_secret,
         )
@@ -323,6 +353,24 @@ class SQLiteStore:
     def remove_ban(self, address):
         return self._write(("DELETE FROM bans WHERE address = ?", (address,)))
 
+    def set_read_mark(self, user_id, kind, target_id, message_id):
+        return self._write((
+            "INSERT INTO read_marks (user_id, kind, target_id, last_read_id) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, kind, target_id)"
+            " DO UPDATE SET last_read_id = MAX(last_read_id, excluded.last_read_id)",
+            (user_id, kind, target_id, message_id),
+        ))
+
+    def save_token(self, digest, user_id, created_at, last_used):
+        return self._write((
+            "INSERT INTO login_tokens (digest, user_id, created_at, last_used) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used",
+            (digest, user_id, created_at, last_used),
+        ))
+
+    def remove_token(self, digest):
+        return self._write(("DELETE FROM login_tokens WHERE digest = ?", (digest,)))
+
     # reads
 
     def _newest(self, where, params, limit, before_id):
@@ -345,6 +393,13 @@ class SQLiteStore:
             limit,
             before_id,
         )
+
+    def conversations(self, user_id, room_ids, unread_cap):
+        def row(r):
+            return r[0], r[1], _message(r[3:]) if r[3] is not None else None, r[2]
+
+        return self._read(_CONVERSATIONS, {"user": user_id, "rooms": json.dumps(list(room_ids)),
+                                           "cap": unread_cap}, row)
 
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND delivered = 0" if undelivered_only else "")
