@@ -47,3 +47,13 @@ class Offline(ChatError):
 
 class RateLimited(ChatError):
     """The session sends faster than its limit allows."""
+
+
+class StoreUnavailable(ChatError):
+    """The database cannot be reached or opened: nothing was stored, so nothing is acknowledged,
+    and the same request can succeed once it is back. A client is told only that; ``str()``
+    holds the details, for the log."""
+
+    def __init__(self, detail: str):
+        super().__init__("storage unavailable, try again later")
+        self.args = (detail,)

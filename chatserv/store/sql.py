@@ -1,0 +1,448 @@
+"""What the SQL stores share: one writer thread with group commit, reader threads, the
+statements and the snapshot load. ``sqlite.py`` and ``postgres.py`` add their connections and
+the few places where the engines differ.
+
+Writes queue up while a transaction commits and then go out together in the next one, so
+persistence keeps pace with fan-out. Every Deferred fires on the reactor thread once its
+write is committed; no query ever runs on the reactor thread. A write that fails fails alone:
+the rest of its batch commits (one whose text the database cannot hold fails with
+``Invalid``, as input should). A write that finds the database gone fails with
+``StoreUnavailable`` (nothing was stored, so nothing is acknowledged); an engine whose
+connection can be lost opens a new one for the next batch.
+
+Statements are written once, with ``?`` placeholders, in SQL that both engines read alike
+(``ON CONFLICT``, ``TRUE``/``FALSE``, an alias on every subquery); an engine translates the
+placeholders for its driver.
+
+Ids: today the service numbers users, rooms and messages itself, counting from the
+``Snapshot.next_*_id`` that ``open()`` returns, and every insert names its id. When the store
+assigns ids (issue 14), ``add_user``, ``add_room`` and ``add_message`` will leave the id out and
+end in ``RETURNING id``; the statement runs in the writer's batch like any other and its
+Deferred fires with the id once committed. SQLite then takes the next rowid; PostgreSQL takes
+``nextval`` of the table's identity sequence, which is not transactional, so ids stay unique
+across nodes and are never reused (a rolled-back insert leaves a gap). ``PostgresStore.open``
+already moves each sequence past the highest stored id and hands out the sequence's next
+value as the snapshot's next id, so ids the service names and ids a sequence hands out never
+clash, whichever code wrote the database before.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from contextlib import closing
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from chatserv.errors import Invalid, StoreUnavailable
+from chatserv.model import Message, Room, Snapshot, User, fold
+from chatserv.store.base import IStore
+
+log = Logger()
+
+_STOP = object()
+_MAX_BATCH = 2000
+MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
+_INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Tables whose ids the service hands out today (and the store, later).
+ID_TABLES = ("users", "rooms", "messages")
+
+
+def _message(row) -> Message:
+    return Message(
+        id=row[0],
+        sender_id=row[1],
+        sender_name=row[2],
+        body=row[3],
+        sent_at=row[4],
+        kind=row[5],
+        recipient_id=row[6],
+        room_id=row[7],
+        delivered=bool(row[8]),
+    )
+
+
+def _runs(statements):
+    """Consecutive statements with the same SQL as one ``(sql, [params, ...])`` run, for
+    ``executemany``: a batch of room messages is one run."""
+    runs = []
+    for sql, params in statements:
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].append(params)
+        else:
+            runs.append((sql, [params]))
+    return runs
+
+
+class _DaemonThreadPool(ThreadPool):
+    """Reader threads, like the writer, never keep the process alive at exit."""
+
+    def threadFactory(self, *args, **kwargs):
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
+@implementer(IStore)
+class SQLStore:
+    """The engine-neutral part; a subclass provides the hooks under "engine" below."""
+
+    engine: str  # the key of this engine's SQL in ``migrations.PerEngine``
+    reader_threads = 1
+    refused_values: tuple[type[Exception], ...] = ()  # the driver's "this value cannot be stored"
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed: Deferred | None = None
+        self._readers = _DaemonThreadPool(minthreads=1, maxthreads=self.reader_threads,
+                                          name=f"chatserv-{self.engine}-read")
+        self._reader_local = threading.local()
+        self._reader_conns: set = set()
+        self._reader_lock = threading.Lock()
+
+    # engine
+
+    def _connect(self):
+        """A new connection; StoreUnavailable if the database cannot be reached."""
+        raise NotImplementedError
+
+    def _migrate(self, conn):
+        raise NotImplementedError
+
+    def _transaction(self, conn):
+        """A context manager: one transaction that commits at the end or rolls back on error."""
+        raise NotImplementedError
+
+    def _lost(self, conn) -> bool:
+        """Has ``conn`` lost its database (after an error)?"""
+        return False
+
+    def _sql(self, sql: str) -> str:
+        """A statement written with ``?`` placeholders, as this engine's driver takes it."""
+        return sql
+
+    def _next_ids(self, conn) -> dict[str, int]:
+        """The next id of each of ``ID_TABLES``."""
+        return {table: self._query(conn, f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")[0][0]
+                for table in ID_TABLES}
+
+    def _describe(self) -> str:
+        """The database, for log lines (never a password)."""
+        raise NotImplementedError
+
+    # life cycle
+
+    def open(self):
+        opened = Deferred()
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(opened,), name=f"chatserv-{self.engine}-write", daemon=True
+        )
+        self._writer.start()
+        return opened
+
+    def close(self):
+        if self._closed is None:
+            self._closed = Deferred()
+            if self._writer is None:  # never opened, or failed to: nothing to finish
+                self._closed.callback(None)
+            else:
+                self._queue.put(_STOP)
+        return self._closed
+
+    def _open_failed(self, opened: Deferred, failure: Failure):
+        self._writer = None
+        if self._closed is not None and not self._closed.called:
+            self._closed.callback(None)
+        opened.errback(failure)
+
+    def _write_loop(self, opened: Deferred):
+        try:
+            conn = self._connect()
+            self._migrate(conn)
+            snapshot = self._load(conn)
+        except Exception:
+            self._reactor.callFromThread(self._open_failed, opened, Failure())
+            return
+        self._reactor.callFromThread(self._readers.start)
+        self._reactor.callFromThread(opened.callback, snapshot)
+        while True:
+            item = self._queue.get()
+            stopping = item is _STOP
+            batch = [] if stopping else [item]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stopping = True
+                    continue
+                batch.append(more)
+            if batch:
+                conn = self._commit(conn, batch)
+            if stopping:
+                self._shut_down(conn)
+                return
+
+    def _commit(self, conn, batch):
+        """Commit a whole batch in one transaction; on failure retry each write alone.
+
+        Returns the connection for the next batch: None once the database is gone, and a new
+        one is opened for the next batch.
+        """
+        try:
+            if conn is None:
+                conn = self._connect()
+                self._reactor.callFromThread(log.info, "store: connected to {db} again", db=self._describe())
+            self._apply(conn, [s for statements, _ in batch for s in statements])
+            outcomes = [(d, None) for _, d in batch]
+        except Exception:
+            failure = Failure()
+            if conn is not None and not self._lost(conn):
+                conn, outcomes = self._commit_each(conn, batch)
+            else:
+                conn = self._forget_writer(conn, failure)
+                outcomes = [(d, self._unavailable(failure)) for _, d in batch]
+        self._reactor.callFromThread(_fire, outcomes)
+        return conn
+
+    def _commit_each(self, conn, batch):
+        """After a batch failed: each write in its own transaction, so only a bad one fails."""
+        outcomes, gone = [], None
+        for statements, d in batch:
+            if gone is not None:
+                outcomes.append((d, gone))
+                continue
+            try:
+                self._apply(conn, statements)
+                outcomes.append((d, None))
+            except Exception:
+                failure = Failure()
+                if self._lost(conn):
+                    conn = self._forget_writer(conn, failure)
+                    failure = gone = self._unavailable(failure)
+                elif failure.check(UnicodeEncodeError, *self.refused_values):
+                    # Input, not a fault: the sender gets its port's error reply.
+                    failure = Failure(Invalid("text holds a character the database cannot store"))
+                outcomes.append((d, failure))
+        return conn, outcomes
+
+    def _apply(self, conn, statements):
+        with self._transaction(conn), closing(conn.cursor()) as cursor:
+            for sql, params in _runs(statements):
+                self._execute_run(cursor, sql, params)
+
+    def _execute_run(self, cursor, sql, params):
+        """One statement, once for each of ``params``."""
+        cursor.executemany(self._sql(sql), params)
+
+    def _forget_writer(self, conn, failure: Failure):
+        if conn is not None:
+            self._reactor.callFromThread(
+                log.warn, "store: lost {db} ({why}); writes fail until it is back",
+                db=self._describe(), why=one_line(failure.getErrorMessage()))
+            conn.close()
+        return None
+
+    def _unavailable(self, failure: Failure) -> Failure:
+        if failure.check(StoreUnavailable):
+            return failure
+        why = one_line(failure.getErrorMessage())
+        return Failure(StoreUnavailable(f"{self._describe()} is unavailable: {why}"))
+
+    def _shut_down(self, conn):
+        """In the writer thread: stop the readers, close every connection, then say so."""
+        self._readers.stop()
+        with self._reader_lock:
+            readers, self._reader_conns = self._reader_conns, set()
+        for reader in readers:
+            reader.close()
+        if conn is not None:
+            conn.close()
+        self._reactor.callFromThread(self._closed.callback, None)
+
+    def _write(self, *statements):
+        if self._closed is not None:
+            raise RuntimeError("store is closed")
+        d = Deferred()
+        self._queue.put((statements, d))
+        return d
+
+    # reads
+
+    def _query(self, conn, sql, params=()):
+        return conn.execute(self._sql(sql), params).fetchall()
+
+    def _reader(self):
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = self._reader_local.conn = self._connect()
+            with self._reader_lock:
+                self._reader_conns.add(conn)
+        return conn
+
+    def _read_now(self, sql, params):
+        """In a reader thread. A read is safe to repeat: one whose connection was lost is
+        tried once more on a new connection."""
+        for attempt in (1, 2):
+            conn = self._reader()
+            try:
+                return self._query(conn, sql, params)
+            except Exception:
+                if not self._lost(conn):
+                    raise
+                failure = Failure()
+                self._reader_local.conn = None
+                with self._reader_lock:
+                    self._reader_conns.discard(conn)
+                conn.close()
+                if attempt == 2:
+                    raise self._unavailable(failure).value from None
+        raise AssertionError("unreachable")
+
+    def _read(self, sql, params, convert=None):
+        def run():
+            rows = self._read_now(sql, params)
+            return [convert(r) for r in rows] if convert else rows
+
+        return deferToThreadPool(self._reactor, self._readers, run)
+
+    def _load(self, conn) -> Snapshot:
+        users = [User(*row) for row in self._query(
+            conn, "SELECT id, username, salt, verifier, created_at, public_key FROM users ORDER BY id"
+        )]
+        rooms = {row[0]: Room(*row) for row in self._query(
+            conn, "SELECT id, name, created_by, created_at, topic FROM rooms ORDER BY id"
+        )}
+        for room_id, user_id in self._query(conn, "SELECT room_id, user_id FROM room_members"):
+            rooms[room_id].members.add(user_id)
+        contacts = self._query(
+            conn, "SELECT owner_id, contact_id, status, status_before_block FROM contacts")
+        bans = [row[0] for row in self._query(conn, "SELECT address FROM bans ORDER BY address")]
+        next_ids = self._next_ids(conn)
+        return Snapshot(
+            users=users,
+            rooms=list(rooms.values()),
+            contacts=[tuple(c) for c in contacts],
+            bans=bans,
+            next_user_id=next_ids["users"],
+            next_room_id=next_ids["rooms"],
+            next_message_id=next_ids["messages"],
+        )
+
+    # writes
+
+    def add_user(self, user):
+        return self._write((
+            "INSERT INTO users (id, username, username_key, salt, verifier, created_at, public_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user.id, user.username, fold(user.username), user.salt, user.verifier,
+             user.created_at, user.public_key),
+        ))
+
+    def update_user(self, user):
+        return self._write((
+            "UPDATE users SET verifier = ?, public_key = ? WHERE id = ?",
+            (user.verifier, user.public_key, user.id),
+        ))
+
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
+        return self._write((
+            "INSERT INTO contacts (owner_id, contact_id, status, status_before_block) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status,"
+            " status_before_block = excluded.status_before_block",
+            (owner_id, contact_id, status, before_block),
+        ))
+
+    def remove_contact(self, owner_id, contact_id):
+        return self._write((
+            "DELETE FROM contacts WHERE owner_id = ? AND contact_id = ?", (owner_id, contact_id),
+        ))
+
+    def add_room(self, room):
+        return self._write((
+            "INSERT INTO rooms (id, name, name_key, topic, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (room.id, room.name, fold(room.name), room.topic, room.created_by, room.created_at),
+        ))
+
+    def update_room(self, room):
+        return self._write(("UPDATE rooms SET topic = ? WHERE id = ?", (room.topic, room.id)))
+
+    def add_member(self, room_id, user_id):
+        return self._write((
+            "INSERT INTO room_members (room_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (room_id, user_id),
+        ))
+
+    def remove_member(self, room_id, user_id):
+        return self._write((
+            "DELETE FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id),
+        ))
+
+    def add_message(self, message):
+        return self._write((
+            _INSERT_MESSAGE,
+            (message.id, message.sender_id, message.sender_name, message.body, message.sent_at,
+             message.kind, message.recipient_id, message.room_id, message.delivered),
+        ))
+
+    def mark_delivered(self, message_ids):
+        return self._write(*[
+            ("UPDATE messages SET delivered = TRUE WHERE id = ?", (mid,)) for mid in message_ids
+        ])
+
+    def add_ban(self, address):
+        return self._write((
+            "INSERT INTO bans (address, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (address, time.time()),
+        ))
+
+    def remove_ban(self, address):
+        return self._write(("DELETE FROM bans WHERE address = ?", (address,)))
+
+    # reads
+
+    def _newest(self, where, params, limit, before_id):
+        if before_id is not None:
+            where += " AND id < ?"
+            params = (*params, before_id)
+        sql = (
+            f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+            " ORDER BY id DESC LIMIT ?) AS newest ORDER BY id"
+        )
+        return self._read(sql, (*params, limit), _message)
+
+    def room_history(self, room_id, limit, before_id=None):
+        return self._newest("room_id = ?", (room_id,), limit, before_id)
+
+    def direct_history(self, user_id, other_id, limit, before_id=None):
+        return self._newest(
+            "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))",
+            (user_id, other_id, other_id, user_id),
+            limit,
+            before_id,
+        )
+
+    def inbox(self, user_id, limit, undelivered_only=False):
+        where = "recipient_id = ?" + (" AND NOT delivered" if undelivered_only else "")
+        return self._newest(where, (user_id,), limit, None)
+
+
+def one_line(text: str) -> str:
+    """A driver's error message, often several lines, as one log line."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _fire(outcomes):
+    for d, failure in outcomes:
+        if failure is None:
+            d.callback(None)
+        else:
+            d.errback(failure)
