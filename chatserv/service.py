@@ -125,7 +125,10 @@ class ChatService(service.Service):
         return d
 
     def _failed_open(self, failure):
-        log.failure("cannot open the store", failure)
+        if failure.check(errors.StoreUnavailable):  # not a bug: one line says where and why
+            log.critical("cannot open the store: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("cannot open the store", failure)
         self._release_waiters(None, failure)
 
     def _release_waiters(self, _, failure):

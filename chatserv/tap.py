@@ -24,7 +24,7 @@ from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
-from chatserv.store import open_store
+from chatserv.store import check_db, open_store
 
 log = Logger()
 
@@ -63,7 +63,9 @@ class Options(usage.Options):
     optParameters = (
         [[p.option, None, p.default, f"{p.description}: endpoint, or 'none'"] for p in PORTS]
         + [
-            ["db", None, "chatserv.sqlite3", "SQLite file path, or 'memory' for an in-memory store"],
+            ["db", None, "chatserv.sqlite3",
+             "SQLite file path, 'memory' for an in-memory store, or postgresql://user@host:port/dbname",
+             check_db],
             ["argon2-time-cost", None, HashCost().time_cost, "argon2id passes", int],
             ["argon2-memory-cost", None, HashCost().memory_cost, "argon2id memory (KiB)", int],
             ["argon2-parallelism", None, HashCost().parallelism, "argon2id lanes", int],
@@ -117,6 +119,16 @@ def exit_status_failed():
     atexit.register(_exit_failed)
 
 
+def stop_failed(reactor, on_failure=None):
+    """Stop a daemon that cannot serve what was asked of it; ``on_failure`` is called first."""
+    if on_failure is not None:
+        on_failure()
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
 class PortService(service.Service):
     """Listens on one endpoint once the chat service has loaded its store."""
 
@@ -134,8 +146,13 @@ class PortService(service.Service):
     def startService(self):
         super().startService()
         self.listening = self.chat.when_ready()
-        self.listening.addCallback(lambda _: self.endpoint.listen(self.factory))
-        self.listening.addCallbacks(self._listening, self._failed)
+        # A store that cannot open stops the daemon once (``build``), not once per port.
+        self.listening.addCallbacks(self._listen, lambda _: None)
+
+    def _listen(self, _):
+        listening = self.endpoint.listen(self.factory)
+        listening.addCallbacks(self._listening, self._failed)
+        return listening
 
     def _listening(self, port):
         self.port = port
@@ -145,12 +162,7 @@ class PortService(service.Service):
         log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
                      why=failure.getErrorMessage())
         # A daemon missing one of its ports is not what was asked for: stop it.
-        if self.on_failure is not None:
-            self.on_failure()
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            self.reactor.callWhenRunning(self.reactor.stop)
+        stop_failed(self.reactor, self.on_failure)
 
     def stopService(self):
         super().stopService()
@@ -163,7 +175,7 @@ class PortService(service.Service):
 def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services.
 
-    ``on_failure``: called if a port cannot listen (the daemon then stops).
+    ``on_failure``: called if the store cannot open or a port cannot listen (the daemon then stops).
     """
     root = service.MultiService()
     limits = options.limits()
@@ -171,6 +183,8 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
     hasher = Hasher(reactor, reactor.getThreadPool(), options.hash_cost())
     chat = ChatService(store, hasher, reactor, limits)
     chat.setServiceParent(root)
+    # The service logs why the store did not open (one line when the database is unreachable).
+    chat.when_ready().addErrback(lambda _: stop_failed(reactor, on_failure))
     tracker = ConnectionTracker(reactor, options["shutdown-grace"])
     tracker.setServiceParent(root)
     if options["ban-file"]:
