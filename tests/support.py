@@ -138,3 +138,25 @@ class Twistd:
         # twistd ends itself with the signal it got once shut down cleanly
         assert self.process.returncode in (0, -signal.SIGTERM), self.log
         return self.log
+
+
+class PostgresOutage:
+    """PostgreSQL going away and coming back, as a test's own database sees it, done from an
+    admin connection to the server (``postgresql_admin``)."""
+
+    def __init__(self, admin, url: str):
+        self.admin = admin
+        self.name = url.rsplit("/", 1)[1]
+
+    def end_connections(self):
+        """Every connection to the database ends, as when the server restarts."""
+        self.admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = %s",
+                           (self.name,))
+
+    def begin(self):
+        """The database is gone: its connections end and it takes no new ones."""
+        self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false")
+        self.end_connections()
+
+    def end(self):
+        self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")

@@ -5,6 +5,9 @@ import random
 import socket
 import sqlite3
 
+import psycopg
+import pytest
+
 from chatserv.credentials import password_digest
 from tests.support import TIMEOUT, Twistd
 
@@ -52,21 +55,33 @@ def register(port, name, password) -> JsonLines:
     return client
 
 
-def lobby_bodies(path) -> list[str]:
-    conn = sqlite3.connect(path)
+LOBBY_BODIES = ("SELECT body FROM messages JOIN rooms ON rooms.id = messages.room_id"
+                " WHERE rooms.name = 'lobby' ORDER BY messages.id")
+
+
+def lobby_bodies(db) -> list[str]:
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db) as conn:
+            return [row[0] for row in conn.execute(LOBBY_BODIES)]
+    conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return [row[0] for row in conn.execute(
-            "SELECT body FROM messages JOIN rooms ON rooms.id = messages.room_id"
-            " WHERE rooms.name = 'lobby' ORDER BY messages.id")]
+        return [row[0] for row in conn.execute(LOBBY_BODIES)]
     finally:
         conn.close()
 
 
-def test_acknowledged_messages_survive_sigkill(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def durable_db(request, tmp_path):
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgresql_url")
+    return str(tmp_path / "chat.sqlite3")
+
+
+def test_acknowledged_messages_survive_sigkill(tmp_path, durable_db):
     seed = random.randrange(1 << 30)
     kill_after = random.Random(seed).randrange(20, 400)
-    db = str(tmp_path / "chat.sqlite3")
+    db = durable_db
     daemon = Twistd(tmp_path, "--db", db, "--messages-per-second", "0")
     acknowledged = []
     try:

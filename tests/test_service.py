@@ -1,4 +1,5 @@
-"""ChatService over both stores: accounts, presence, contacts, rooms, messages."""
+"""ChatService over the stores: accounts, presence, contacts, rooms, messages; what must outlive a
+restart, on every engine."""
 
 import pytest
 import pytest_twisted
@@ -9,6 +10,7 @@ from chatserv.credentials import HashCost, Hasher, password_digest
 from chatserv.model import LOBBY
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from tests.support import PostgresOutage
 
 
 class Sink:
@@ -73,9 +75,10 @@ async def test_salts_reveal_no_accounts(chat):
 
 
 @pytest_twisted.ensureDeferred
-async def test_accounts_contacts_and_rooms_survive_a_restart(db):
-    if db == "memory":
+async def test_accounts_contacts_and_rooms_survive_a_restart(store_db):
+    if store_db == "memory":
         pytest.skip("an in-memory store forgets by design")
+    db = store_db
     chat = await start(db)
     alice, bob = await users(chat, "alice", "bob")
     await chat.add_contact(alice, "bob")
@@ -89,6 +92,29 @@ async def test_accounts_contacts_and_rooms_survive_a_restart(db):
     assert [m.body for m in await chat.direct_history(alice, "bob")] == ["hello"]
     assert chat.rooms_of(alice)[0].name == "games"
     assert [r.name for r in chat.rooms()] == ["games", LOBBY]
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_postgresql_is_gone_nothing_is_acknowledged_or_delivered(
+        postgresql_url, postgresql_admin):
+    chat = await start(postgresql_url)
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.join_room(bob, LOBBY)
+    await chat.join_room(alice, LOBBY)
+    bob_sink = Sink()
+    chat.attach(bob, bob_sink, "test")
+    outage = PostgresOutage(postgresql_admin, postgresql_url)
+    outage.begin()
+    with pytest.raises(errors.StoreUnavailable):
+        await chat.send_room(alice, LOBBY, "lost")
+    with pytest.raises(errors.StoreUnavailable):
+        await chat.send_direct(alice, "bob", "lost too")
+    assert bob_sink.of(events.RoomMessage) == bob_sink.of(events.DirectMessage) == []
+    outage.end()
+    await chat.send_room(alice, LOBBY, "kept")
+    assert [e.message.body for e in bob_sink.of(events.RoomMessage)] == ["kept"]
+    assert [m.body for m in await chat.room_history(bob, LOBBY)] == ["kept"]
     await chat.stopService()
 
 
@@ -143,7 +169,8 @@ async def test_contacts_and_blocks(chat):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(db):
+async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(store_db):
+    db = store_db
     chat = await start(db)
     alice, bob, carol = await users(chat, "alice", "bob", "carol")
     await chat.set_contact(alice, "bob", "last_words")
