@@ -49,6 +49,15 @@ class RateLimited(ChatError):
     """The session sends faster than its limit allows."""
 
 
+class Busy(ChatError):
+    """The server cannot check a password now (too many logins in flight, or hashing failed):
+    nothing was tried, so nothing counts against the caller; try again shortly."""
+
+
+class TooManyRooms(ChatError):
+    """Creating a room is refused: the creator's or its address's rate or cap, or ``--max-rooms``."""
+
+
 class StoreUnavailable(ChatError):
     """The database cannot be reached or opened: nothing was stored, so nothing is acknowledged,
     and the same request can succeed once it is back. A client is told only that; ``str()``

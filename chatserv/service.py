@@ -13,19 +13,19 @@ import hashlib
 import hmac
 import itertools
 import re
-import secrets
 from collections.abc import Iterable
 
 import attrs
+from prometheus_client import Histogram
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import Interface
 
 from chatserv import errors, events
-from chatserv.credentials import Hasher, new_salt, password_digest
-from chatserv.limits import Limits
-from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
+from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
+from chatserv.limits import Limits, RateTable
+from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, Message, Room, User, fold
 
 log = Logger()
 
@@ -33,6 +33,7 @@ log = Logger()
 _USERNAME = re.compile(r"[A-Za-z_\[\]\\`^{|}][A-Za-z0-9_\-\[\]\\`^{|}]{0,31}\Z")
 _ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
 RESERVED_NAMES = frozenset({"nickserv", "chanserv", "server", "system"})
+UNREAD_CAP = 1000  # unread messages counted per conversation ("1000" means "at least")
 
 
 class ISink(Interface):
@@ -77,7 +78,12 @@ class ChatService(service.Service):
         self.clock = clock
         self.limits = limits or Limits()
         self.stats = collections.Counter()
-        self._secret = secrets.token_bytes(32)
+        # Unregistered: the web port's /metrics registry adds it.
+        self.delivery_latency = Histogram(
+            "chatserv_delivery_latency_seconds",
+            "Seconds from a message's arrival to its hand-over to the recipients' live sessions "
+            "(storing it included)", registry=None)
+        self._salt_secret: bytes | None = None  # the store's, so fake salts outlive restarts
         self._ready: Deferred | None = None
         self._waiting: list[Deferred] = []
         self._users: dict[int, User] = {}
@@ -85,15 +91,27 @@ class ChatService(service.Service):
         self._guests: dict[str, User] = {}
         self._rooms: dict[str, Room] = {}
         self._rooms_by_id: dict[int, Room] = {}
+        # Indexes, so that nothing done for one user costs time in proportion to all rooms.
+        self._rooms_of: dict[int, set[Room]] = collections.defaultdict(set)  # by member id
+        self._created_by: dict[int, set[Room]] = collections.defaultdict(set)  # by creator id
+        self._created_from: dict[str, set[Room]] = collections.defaultdict(set)  # by creator address
+        self._creation: dict[Room, tuple[int, str]] = {}  # room -> (creator id, address)
+        lim = self.limits
+        self._user_room_rate = RateTable(clock, lim.room_rate_per_user, lim.room_burst_per_user)
+        self._address_room_rate = RateTable(clock, lim.room_rate_per_address, lim.room_burst_per_address)
         self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
         self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
+        # sessions that hear one user's presence without being their contact, and the reverse
+        self._presence_watchers: dict[int, set[Session]] = collections.defaultdict(set)
+        self._watching: dict[Session, set[int]] = {}
+        self._tokens: list[tuple[str, int, float, float]] = []
         self._last_address: dict[int, str] = {}
         self._operators: dict[int, set[int]] = {}
-        self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
+        self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
         self._guest_ids = itertools.count(-1, -1)
@@ -112,12 +130,19 @@ class ChatService(service.Service):
             self._user_keys[fold(user.username)] = user
         for room in snapshot.rooms:
             self._rooms[fold(room.name)] = self._rooms_by_id[room.id] = room
+            for uid in room.members:
+                self._rooms_of[uid].add(room)
+            if room.created_by is not None:
+                self._created_by[room.created_by].add(room)
         for owner, contact, status, before_block in snapshot.contacts:
             self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
+        self._tokens = list(snapshot.tokens)
+        self._salt_secret = snapshot.salt_secret
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
         self._next_message = itertools.count(snapshot.next_message_id)
+        self._guest_ids = itertools.count(snapshot.last_guest_id - 1, -1)
         d = succeed(None)
         if fold(LOBBY) not in self._rooms:
             d = Deferred.fromCoroutine(self._new_room(LOBBY, None))
@@ -195,31 +220,35 @@ class ChatService(service.Service):
         user = self._user_keys.get(fold(name))
         if user is not None:
             return user.salt
-        mac = hmac.new(self._secret, fold(name).encode(), hashlib.sha256).digest()
+        mac = hmac.new(self._salt_secret, fold(name).encode(), hashlib.sha256).digest()
         return str(10**31 + int.from_bytes(mac, "big") % (9 * 10**31))
 
     @deferred
-    async def register(self, username, password, *, guest: User | None = None) -> User:
+    async def register(self, username, password, *, guest: User | None = None, address: str = "") -> User:
         """Create an account from a plain password.
 
         ``guest``: the caller's own guest user, whose name may become the account's (the guest
-        keeps its sessions until the caller moves them to the account).
+        keeps its sessions until the caller moves them to the account). ``address``: the
+        caller's, whose hashes in flight are limited as its logins are.
         """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.Invalid("empty password")
         self._check_free(username, guest)
         salt = new_salt()
-        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest)
+        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest,
+                                          address=address)
 
     @deferred
-    async def register_digest(self, username, salt, digest, *, guest: User | None = None) -> User:
+    async def register_digest(self, username, salt, digest, *, guest: User | None = None,
+                              address: str = "") -> User:
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.Invalid("empty password")
         self._check_free(username, guest)
-        verifier = await self.hasher.make_verifier(digest)
+        with self.throttle.hashing(address):
+            verifier = await self.hasher.make_verifier(digest)
         self._check_free(username, guest)  # another registration may have won while we hashed
         user = User(next(self._next_user), username, salt, verifier, self.clock.seconds())
         self._users[user.id] = user
@@ -241,36 +270,21 @@ class ChatService(service.Service):
     async def authenticate_digest(self, username, digest, address: str = "") -> User:
         """The user, if ``digest`` is their ``sha256_hex(salt + password)``; else BadCredentials.
 
-        Failures from one address against one name lock that pair out for a doubling time,
-        across reconnects (RateLimited), without locking the account for anyone else.
+        ``self.throttle`` admits the check (RateLimited: this name or address is locked out;
+        Busy: this address has its logins in flight), and the hasher may answer Busy; neither
+        counts as a failure.
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
-        key = (fold(username), address)
-        self._check_throttle(key)
         user = self._user_keys.get(fold(username))
-        ok = await self.hasher.check(user.verifier if user else None, digest)
+        with self.throttle.attempt(fold(username), address, account=user is not None) as attempt:
+            ok = await self.hasher.check(user.verifier if user else None, digest)
+            attempt.checked(ok)
         if not ok:
             self.stats["login_failures"] += 1
-            self._note_failure(key)
             raise errors.BadCredentials("bad credentials")
-        self._login_failures.pop(key, None)
         self.stats["logins"] += 1
         return user
-
-    def _check_throttle(self, key):
-        failures, until = self._login_failures.get(key, (0, 0.0))
-        if until > self.clock.seconds():
-            raise errors.RateLimited("too many failed logins: try again later")
-
-    def _note_failure(self, key):
-        failures, _ = self._login_failures.pop(key, (0, 0.0))
-        failures += 1
-        excess = failures - self.limits.login_attempts
-        until = self.clock.seconds() + min(2.0**excess, 300.0) if excess >= 0 else 0.0
-        self._login_failures[key] = (failures, until)
-        while len(self._login_failures) > 100_000:  # bounded: the oldest entry goes first
-            del self._login_failures[next(iter(self._login_failures))]
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
@@ -278,11 +292,18 @@ class ChatService(service.Service):
         await self.store.update_user(user)
 
     def guest(self, name) -> User:
-        """A temporary user for this name; it lives while it has sessions and is never stored."""
+        """A temporary user for this name; it lives while it has sessions and is never stored.
+
+        Its id is never reused, even after a restart (the store keeps the lowest one handed out,
+        and that write goes before any message naming the id), so no later guest reads its
+        conversations.
+        """
         self.validate_username(name)
         self._check_free(name)
         user = User(next(self._guest_ids), name, "", None, self.clock.seconds())
         self._guests[fold(name)] = user
+        self.store.note_guest_id(user.id).addErrback(
+            lambda failure: log.failure("cannot keep the guest id counter", failure))
         return user
 
     # sessions and presence
@@ -311,6 +332,10 @@ class ChatService(service.Service):
             return
         sessions.remove(session)
         self._watchers.discard(session)
+        for uid in self._watching.pop(session, ()):
+            self._presence_watchers[uid].discard(session)
+            if not self._presence_watchers[uid]:
+                del self._presence_watchers[uid]
         if not sessions:
             del self._sessions[session.user.id]
             # Watchers hear of it while a leaving guest's rooms still name it (IRC's QUIT needs them).
@@ -320,21 +345,32 @@ class ChatService(service.Service):
 
     def _forget_guest(self, user):
         self._guests.pop(fold(user.username), None)
-        for room in self._rooms.values():
-            room.members.discard(user.id)
+        self._user_room_rate.forget(user.id)
+        for room in list(self._rooms_of.get(user.id, ())):
+            self._drop_member(room, user.id)
 
     def _presence(self, user, online, protocol, origin):
         event = events.PresenceChanged(user, online, protocol)
         targets = set(self._watchers)
+        targets.update(self._presence_watchers.get(user.id, ()))
         for owner in self._contact_of.get(user.id, ()):
             targets.update(self._sessions.get(owner, ()))
-        for room in self._rooms.values():
-            if user.id in room.members:
-                for uid in room.members:
-                    targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
+        for room in self._rooms_of.get(user.id, ()):
+            for uid in room.members:
+                targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
         targets.discard(origin)
         for session in targets:
             session.sink.deliver(event)
+
+    def watch_presence_of(self, session: Session, users: Iterable[User]) -> None:
+        """``session`` also hears when ``users`` come and go: people it has a conversation with
+        who are not its user's contacts (a contact's presence reaches it anyway)."""
+        if self._sessions.get(session.user.id) is None or session not in self._sessions[session.user.id]:
+            return
+        watching = self._watching.setdefault(session, set())
+        for user in users:
+            watching.add(user.id)
+            self._presence_watchers[user.id].add(session)
 
     def sessions_of(self, user: User) -> list[Session]:
         return list(self._sessions.get(user.id, ()))
@@ -409,7 +445,7 @@ class ChatService(service.Service):
         before_block = current if status == "blocked" else None
         self._index_contact(owner.id, other.id, status, before_block)
         await self.store.set_contact(owner.id, other.id, status, before_block)
-        event = events.ContactChanged(owner, other, status)
+        event = events.ContactChanged(owner, other, status, current)
         self._deliver_to_users(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
 
@@ -419,11 +455,12 @@ class ChatService(service.Service):
     @deferred
     async def remove_contact(self, owner: User, name) -> User:
         other = self._registered_other(owner, name)
-        if self.contact_status(owner, other) is None:
+        previous = self.contact_status(owner, other)
+        if previous is None:
             raise errors.NotFound("not a contact")
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
-        self._deliver_to_users(events.ContactChanged(owner, other, None), (owner.id, other.id))
+        self._deliver_to_users(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
         return other
 
     def block(self, owner: User, name):
@@ -461,7 +498,7 @@ class ChatService(service.Service):
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
     def rooms_of(self, user: User) -> list[Room]:
-        return [r for r in self.rooms() if user.id in r.members]
+        return sorted(self._rooms_of.get(user.id, ()), key=lambda r: fold(r.name))
 
     def members(self, room: Room) -> list[User]:
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
@@ -476,30 +513,64 @@ class ChatService(service.Service):
             raise errors.Invalid("invalid room name")
         return name
 
-    async def _new_room(self, name, creator: User | None) -> Room:
-        room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
-                    self.clock.seconds())
+    def _check_room_quota(self, creator: User, address: str):
+        """Refuse a new room over ``--max-rooms``, or over its creator's (or address's) cap or rate."""
+        limits = self.limits
+        if 0 < limits.max_rooms <= len(self._rooms):
+            raise errors.TooManyRooms("the server has too many rooms")
+        if 0 < limits.max_rooms_per_user <= len(self._created_by.get(creator.id, ())):
+            raise errors.TooManyRooms("you have created too many rooms")
+        if address and 0 < limits.max_rooms_per_address <= len(self._created_from.get(address, ())):
+            raise errors.TooManyRooms("too many rooms were created from your address")
+        buckets = [self._user_room_rate.bucket(creator.id)]
+        if address:
+            buckets.append(self._address_room_rate.bucket(address))
+        if not all(bucket.ready() for bucket in buckets):
+            raise errors.TooManyRooms("you are creating rooms too fast: try again later")
+        for bucket in buckets:
+            bucket.allow()
+
+    async def _new_room(self, name, creator: User | None, address: str = "") -> Room:
+        """A new room; one a guest creates is kept in memory only, until it is empty."""
+        if creator is not None:
+            self._check_room_quota(creator, address)
+        guest = creator is not None and creator.guest
+        room = Room(next(self._next_room), name, creator.id if creator and not guest else None,
+                    self.clock.seconds(), persistent=not guest)
         self._rooms[fold(name)] = self._rooms_by_id[room.id] = room
-        if creator is not None and creator.guest:  # a guest creator is an operator while it lives
+        if creator is not None:
+            self._creation[room] = (creator.id, address)
+            self._created_by[creator.id].add(room)
+            if address:
+                self._created_from[address].add(room)
+        if guest:  # a guest creator is an operator while it lives
             self._operators.setdefault(room.id, set()).add(creator.id)
-        await self.store.add_room(room)
+        if room.persistent:
+            await self.store.add_room(room)
         return room
 
+    def _creator_address(self, user: User, origin: Session | None, address: str | None) -> str:
+        if address is not None:
+            return address
+        return origin.address if origin is not None else self._last_address.get(user.id, "")
+
     @deferred
-    async def create_room(self, user: User, name) -> Room:
-        """Create a room with ``user`` as its creator and first member."""
+    async def create_room(self, user: User, name, *, address: str | None = None) -> Room:
+        """Create a room with ``user`` as its creator and first member (``address``: where the
+        request came from, for the per-address cap; by default the user's last address)."""
         self.validate_room_name(name)
         if fold(name) in self._rooms:
             raise errors.AlreadyExists("room exists")
-        room = await self._new_room(name, user)
+        room = await self._new_room(name, user, self._creator_address(user, None, address))
         await self._add_member(room, user, origin=None)
         return room
 
     @deferred
-    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None) -> Room:
+    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
+                        address: str | None = None) -> Room:
         """Join (and with ``create``, first create) a room; members hear of it."""
         if create and fold(self.validate_room_name(name)) not in self._rooms:
-            room = await self._new_room(name, user)
+            room = await self._new_room(name, user, self._creator_address(user, origin, address))
         else:
             room = self.room(name)
         if user.id not in room.members:
@@ -508,9 +579,34 @@ class ChatService(service.Service):
 
     async def _add_member(self, room, user, origin):
         room.members.add(user.id)
-        if not user.guest:
+        self._rooms_of[user.id].add(room)
+        if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
         self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
+
+    def _drop_member(self, room: Room, user_id: int):
+        """End a membership in memory; a room that is not persistent vanishes once empty."""
+        room.members.discard(user_id)
+        rooms = self._rooms_of.get(user_id)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[user_id]
+        if not room.persistent and not room.members:
+            self._vanish(room)
+
+    def _vanish(self, room: Room):
+        del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
+        self._operators.pop(room.id, None)
+        creator, address = self._creation.pop(room, (None, ""))
+        for index, key in ((self._created_by, creator), (self._created_from, address)):
+            rooms = index.get(key)
+            if rooms is not None:
+                rooms.discard(room)
+                if not rooms:
+                    del index[key]
+        self.store.forget_room_messages(room.id).addErrback(
+            lambda failure: log.failure("cannot forget the messages of a vanished room", failure))
 
     @deferred
     async def leave_room(self, user: User, name, *, origin: Session | None = None,
@@ -521,8 +617,8 @@ class ChatService(service.Service):
             raise errors.Denied("not a member")
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
-        room.members.discard(user.id)
-        if not user.guest:
+        self._drop_member(room, user.id)
+        if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
         return room
 
@@ -553,7 +649,8 @@ class ChatService(service.Service):
         if user.id not in room.members:
             raise errors.Denied("not a member")
         room.topic = str(topic)[: self.limits.max_body]
-        await self.store.update_room(room)
+        if room.persistent:
+            await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
         return room
 
@@ -588,11 +685,19 @@ class ChatService(service.Service):
         event = events.DirectMessage(message, sender, recipient)
         for session in live + confirming:
             session.sink.deliver(event)
+        delivered = len(live) + len(confirming)
         if recipient.id != sender.id:
             for session in self._sessions.get(sender.id, ()):
                 if session is not origin:
                     session.sink.deliver(event)
+                    delivered += 1
+        self._delivered(message, delivered)
         return message
+
+    def _delivered(self, message: Message, sessions: int):
+        """Count the sessions a message was handed to, and how long after its arrival."""
+        self.stats["deliveries"] += sessions
+        self.delivery_latency.observe(max(0.0, self.clock.seconds() - message.sent_at))
 
     def send_room(self, sender: User, name, body, kind="text", *,
                   origin: Session | None = None) -> Deferred:
@@ -617,13 +722,15 @@ class ChatService(service.Service):
         self.stats["messages"] += 1
         blockers = self._blocked_by.get(event.sender.id) or ()
         sessions = self._sessions
+        delivered = 0
         for uid in event.room.members:
             if uid in blockers:
                 continue
             for session in sessions.get(uid, ()):
                 if session is not origin:
                     session.sink.deliver(event)
-        self.stats["deliveries"] += len(event.room.members)
+                    delivered += 1
+        self._delivered(event.message, delivered)
         return event.message
 
     def typing(self, user: User, active: bool, *, room=None, to=None,
@@ -676,6 +783,65 @@ class ChatService(service.Service):
         unread = [m.id for m in messages if m.recipient_id == user.id and not m.delivered]
         if unread:
             await self.store.mark_delivered(unread)
+
+    # conversations and read state (the web page's list and its unread counts)
+
+    @deferred
+    async def conversations(self, user: User, limit: int | None = None,
+                            before: int | None = None) -> list[Conversation]:
+        """The user's conversations, newest message first: every direct one (contact or not),
+        every room the user is in, and contacts never written to (``last`` None) at the end.
+
+        ``before``: only those whose newest message id is below it (paging, with ``limit``).
+        """
+        rows = await self.store.conversations(user.id, [r.id for r in self.rooms_of(user)], UNREAD_CAP)
+        found, peers = [], set()
+        for kind, target, last, unread in rows:
+            if kind == "room":
+                room = self._rooms_by_id.get(target)
+                if room is not None:
+                    found.append(Conversation(last, unread, room=room))
+            else:
+                peer = self._users.get(target) or self._guest_by_id(target)
+                if peer is not None:  # a guest that left takes its conversations along
+                    peers.add(target)
+                    found.append(Conversation(last, unread, peer=peer))
+        found += [Conversation(None, 0, peer=contact) for contact, _ in self.contacts(user)
+                  if contact.id not in peers]
+        found.sort(key=lambda c: (-c.last_id, fold(c.room.name if c.room else c.peer.username)))
+        if before is not None:
+            found = [c for c in found if c.last_id < before]
+        return found[:limit] if limit is not None else found
+
+    @deferred
+    async def mark_read(self, user: User, *, peer: User | None = None, room: Room | None = None,
+                        up_to: int | None = None) -> int:
+        """The user has read the conversation with ``peer`` (or in ``room``) up to message
+        ``up_to`` (default: its newest). Marks only move forward; every session of the user
+        hears it (ReadMarked), so each clears its unread count. Returns the mark given."""
+        if room is not None and user.id not in room.members:
+            raise errors.Denied("not a member")
+        if up_to is None:
+            newest = await (self.store.room_history(room.id, 1) if room is not None
+                            else self.store.direct_history(user.id, peer.id, 1))
+            up_to = newest[-1].id if newest else 0
+        kind, target = ("room", room.id) if room is not None else ("user", peer.id)
+        await self.store.set_read_mark(user.id, kind, target, up_to)
+        self._deliver_to_users(events.ReadMarked(user, up_to, peer=peer, room=room), (user.id,))
+        return up_to
+
+    # login tokens: seed 004's session IDs, kept so that a restart keeps web users logged in
+
+    def saved_tokens(self) -> list[tuple[str, User, float, float]]:
+        """The tokens the store had at start: (digest, user, created at, last used)."""
+        return [(digest, self._users[uid], created, used) for digest, uid, created, used in self._tokens
+                if uid in self._users]
+
+    def save_token(self, digest: str, user: User, created_at: float, last_used: float) -> Deferred:
+        return self.store.save_token(digest, user.id, created_at, last_used)
+
+    def drop_token(self, digest: str) -> Deferred:
+        return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
 

@@ -19,12 +19,13 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 
 from chatserv.bans import BanFile
-from chatserv.credentials import HashCost, Hasher
+from chatserv.credentials import HashCost, Hasher, HashingThreads
 from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
 from chatserv.store import check_db, open_store
+from chatserv.web.proxy import trusted_proxies
 
 log = Logger()
 
@@ -78,8 +79,16 @@ class Options(usage.Options):
              int],
             ["web-session-ttl", None, 3600.0, "seed 004: seconds a REST session ID lives unused", float],
             ["web-max-body", None, 65536, "seed 004: bytes in one HTTP body or WebSocket message", int],
+            ["web-header-timeout", None, 10.0,
+             "seed 004: seconds for a request's headers to arrive, however slowly they trickle", float],
+            ["web-request-timeout", None, 30.0, "seed 004: seconds for a whole request (body too) to arrive",
+             float],
             ["web-ping-interval", None, 25.0, "seed 004: seconds between Engine.IO pings", float],
             ["web-ping-timeout", None, 20.0, "seed 004: seconds a client has to answer a ping", float],
+            ["web-sessions-per-user", None, 10,
+             "seed 004: session IDs one user may hold; a login beyond ends the oldest (0: no cap)", int],
+            ["web-trusted-proxies", None, "", "seed 004: reverse proxies (addresses or networks, comma-"
+             "separated) whose X-Forwarded-For names the client", trusted_proxies],
             ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
             ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
              float],
@@ -93,7 +102,8 @@ class Options(usage.Options):
             ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
         ]
         + [
-            [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]
+            [_option_name(f.name), None, f.default,
+             f.metadata.get("help", f"limit: {f.name.replace('_', ' ')}"), type(f.default)]
             for f in attrs.fields(Limits)
         ]
     )
@@ -180,7 +190,9 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
-    hasher = Hasher(reactor, reactor.getThreadPool(), options.hash_cost())
+    hashing = HashingThreads(limits.hash_threads)
+    hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
+    hasher = Hasher(reactor, hashing.pool, options.hash_cost(), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
     chat.setServiceParent(root)
     # The service logs why the store did not open (one line when the database is unreachable).

@@ -13,7 +13,7 @@ from chatserv import errors
 from chatserv.model import Message, Room, User
 from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
-from chatserv.store.migrations import MIGRATIONS
+from chatserv.store.migrations import MIGRATIONS, script
 from chatserv.store.postgres import PostgresStore
 from chatserv.store.sqlite import SQLiteStore
 from tests.support import PostgresOutage
@@ -122,6 +122,96 @@ async def test_history_is_newest_first_cut_and_oldest_first_returned(make_store)
     assert [m.id for m in await store.inbox(2, 10, undelivered_only=True)] == [13]
     store, _ = await reopen(store, make_store)
     assert [(m.id, m.delivered) for m in await store.inbox(2, 10)] == [(11, True), (13, False)]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversations_last_message_and_unread_after_the_read_mark(make_store):
+    store = make_store()
+    await store.open()
+    for uid, name in [(1, "a"), (2, "b"), (3, "c")]:
+        await store.add_user(user(uid, name))
+    for rid in (1, 2, 3):
+        await store.add_room(Room(rid, f"r{rid}", 1, 1.0))
+    await store.add_message(message(1, 2, recipient_id=1))
+    await store.add_message(message(2, 2, recipient_id=1))
+    await store.add_message(message(3, 1, recipient_id=2))
+    await store.add_message(message(4, 2, recipient_id=1))
+    await store.add_message(message(5, 1, recipient_id=3))  # sent, never answered
+    await store.add_message(message(6, 2, room_id=1))
+    await store.add_message(message(7, 1, room_id=1))
+    await store.add_message(message(8, 3, room_id=1))
+    await store.add_message(message(9, 2, room_id=2))
+    await store.add_message(message(10, 3, recipient_id=2))  # someone else's conversation
+
+    def table(rows):
+        return sorted((kind, target, last and last.id, unread) for kind, target, last, unread in rows)
+
+    # No mark: every message received is unread; a room never marked counts none.
+    assert table(await store.conversations(1, [1, 2, 3], 100)) == [
+        ("room", 1, 8, 0), ("room", 2, 9, 0), ("room", 3, None, 0), ("user", 2, 4, 3), ("user", 3, 5, 0)]
+    await store.set_read_mark(1, "user", 2, 2)
+    await store.set_read_mark(1, "room", 1, 6)
+    await store.set_read_mark(1, "room", 1, 1)  # a mark never moves back
+    await store.set_read_mark(1, "room", 3, 0)
+    store, _ = await reopen(store, make_store)
+    assert table(await store.conversations(1, [1, 3], 100)) == [
+        ("room", 1, 8, 1), ("room", 3, None, 0), ("user", 2, 4, 1), ("user", 3, 5, 0)]
+    assert table(await store.conversations(2, [], 1)) == [("user", 1, 4, 1), ("user", 3, 10, 1)]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_database_counts_as_unread_only_what_was_never_delivered(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "s.sqlite3")
+    conn = sqlite3.connect(path)
+    conn.executescript(script(MIGRATIONS[0], "sqlite") + "PRAGMA user_version = 1;")
+    conn.executemany("INSERT INTO users VALUES (?, ?, ?, '1', 'v', 0, NULL)", [(1, "a", "a"), (2, "b", "b")])
+    conn.executemany("INSERT INTO messages (id, sender_id, sender_name, recipient_id, body, kind, sent_at,"
+                     " delivered) VALUES (?, 2, 'b', 1, 'hi', 'text', 0, ?)", [(1, 1), (2, 1), (3, 0)])
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, reactor)
+    await store.open()
+    [(_, _, last, unread)] = await store.conversations(1, [], 100)
+    assert (last.id, unread) == (3, 1)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_tokens_survive_a_reopen_until_removed(make_store):
+    store = make_store()
+    await store.open()
+    await store.add_user(user(1, "a"))
+    await store.save_token("d1", 1, 10.0, 10.0)
+    await store.save_token("d2", 1, 11.0, 11.0)
+    await store.save_token("d1", 1, 10.0, 50.0)  # a later use
+    await store.remove_token("d2")
+    store, snapshot = await reopen(store, make_store)
+    assert snapshot.tokens == [("d1", 1, 10.0, 50.0)]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_guest_counter_the_salt_secret_and_a_vanished_rooms_messages(make_store):
+    store = make_store()
+    first = await store.open()
+    assert first.last_guest_id == 0 and len(first.salt_secret) == 32
+    await store.note_guest_id(-3)
+    await store.note_guest_id(-1)  # the counter never moves back
+    await store.add_user(user(1, "a"))
+    await store.add_room(Room(1, "kept", 1, 1.0))
+    for mid in (1, 2):
+        await store.add_message(message(mid, 1, room_id=9))  # a guest's room: never stored
+    await store.add_message(message(3, 1, room_id=1))
+
+    store, snapshot = await reopen(store, make_store)
+    assert snapshot.last_guest_id == -3 and snapshot.salt_secret == first.salt_secret
+    assert snapshot.next_room_id == 10  # past every room id a message names
+    await store.forget_room_messages(9)
+    assert await store.room_history(9, 10) == [] and [m.id for m in await store.room_history(1, 10)] == [3]
     await store.close()
 
 

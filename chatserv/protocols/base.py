@@ -349,6 +349,9 @@ class ChatConnection(protocol.Protocol):
         return None
 
 
+REFUSALS_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections
+
+
 class ConnectionTracker(service.Service):
     """Knows every open connection, so a stopping daemon can say goodbye on each wire."""
 
@@ -358,27 +361,65 @@ class ConnectionTracker(service.Service):
         self.connections: set = set()
         self.per_host: collections.Counter = collections.Counter()
         self.refused = 0
+        self._unlogged_refusals = 0
+        self._refusals_logged_at: float | None = None
+        self._shared: set = set()
         self._emptied: list[defer.Deferred] = []
 
     def admits(self, host: str, limits: Limits) -> bool:
         """May one more connection from ``host`` open, within the total and per-address limits?"""
-        if (limits.max_connections and len(self.connections) >= limits.max_connections) or (
-                limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip):
-            self.refused += 1
+        if limits.max_connections and len(self.connections) >= limits.max_connections:
+            self._refuse(host, "--max-connections")
+            return False
+        if limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip:
+            self._refuse(host, "--connections-per-ip")
             return False
         return True
+
+    def _refuse(self, host: str, limit: str):
+        """Count a refusal; log at most one line a minute, saying how many since the last."""
+        self.refused += 1
+        self._unlogged_refusals += 1
+        now = self.clock.seconds()
+        if self._refusals_logged_at is None or now - self._refusals_logged_at >= REFUSALS_LOG_INTERVAL:
+            log.warn("refused {count} connection(s) since the last report; the latest from {host}, "
+                     "over {limit}", count=self._unlogged_refusals, host=host, limit=limit)
+            self._refusals_logged_at = now
+            self._unlogged_refusals = 0
 
     def add(self, connection):
         self.connections.add(connection)
         self.per_host[connection.peer_host] += 1
 
+    def share(self, connection) -> bool:
+        """``connection`` is part of a client counted otherwise (a browser's polling requests
+        belong to its Engine.IO session): it stays in the total but leaves its address's
+        count. False if it is not tracked or already shared."""
+        if connection not in self.connections or connection in self._shared:
+            return False
+        self._shared.add(connection)
+        self._uncount(connection.peer_host)
+        return True
+
+    def unshare(self, connection):
+        """Count ``connection`` for its address again (the client it was part of is gone)."""
+        if connection in self._shared:
+            self._shared.discard(connection)
+            self.per_host[connection.peer_host] += 1
+
+    def _uncount(self, host):
+        self.per_host[host] -= 1
+        if not self.per_host[host]:
+            del self.per_host[host]
+
     def discard(self, connection):
         if connection not in self.connections:
             return
         self.connections.discard(connection)
-        self.per_host[connection.peer_host] -= 1
-        if not self.per_host[connection.peer_host]:
-            del self.per_host[connection.peer_host]
+        if connection in self._shared:
+            self._shared.discard(connection)
+        else:
+            self._uncount(connection.peer_host)
         if not self.connections:
             waiting, self._emptied = self._emptied, []
             for d in waiting:

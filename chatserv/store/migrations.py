@@ -137,6 +137,86 @@ MIGRATIONS: list[str | PerEngine] = [
     """
     ALTER TABLE contacts ADD COLUMN status_before_block TEXT;
     """,
+    # 3: secrets the daemon keeps across restarts (the one fake salts derive from)
+    PerEngine(
+        sqlite="""
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
+        postgresql="""
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    """,
+    ),
+    # 4: guest ids are never reused, even across restarts: the lowest one handed out is kept,
+    # starting below any guest id the messages already name.
+    PerEngine(
+        sqlite="""
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'last_guest_id', MIN(0, COALESCE(MIN(sender_id), 0), COALESCE(MIN(recipient_id), 0))
+        FROM messages;
+    """,
+        postgresql="""
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'last_guest_id', LEAST(0, COALESCE(MIN(sender_id), 0), COALESCE(MIN(recipient_id), 0))
+        FROM messages;
+    """,
+    ),
+    # 5: per-user read state (the web page's unread counts), login tokens that outlive a restart
+    # (seed 004 session IDs, kept as SHA-256 digests), and an index for "every conversation of
+    # a user", which reads the direct messages a user sent as well as those received.
+    PerEngine(
+        sqlite="""
+    CREATE TABLE read_marks (
+        user_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('user', 'room')),
+        target_id INTEGER NOT NULL,
+        last_read_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, kind, target_id)
+    ) WITHOUT ROWID;
+    INSERT INTO read_marks (user_id, kind, target_id, last_read_id)
+        SELECT recipient_id, 'user', sender_id, MAX(id) FROM messages
+        WHERE recipient_id IS NOT NULL AND delivered = 1 GROUP BY recipient_id, sender_id;
+    CREATE TABLE login_tokens (
+        digest TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        created_at REAL NOT NULL,
+        last_used REAL NOT NULL
+    );
+    CREATE INDEX messages_sent ON messages(sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
+    """,
+        postgresql="""
+    CREATE TABLE read_marks (
+        user_id BIGINT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('user', 'room')),
+        target_id BIGINT NOT NULL,
+        last_read_id BIGINT NOT NULL,
+        PRIMARY KEY (user_id, kind, target_id)
+    );
+    INSERT INTO read_marks (user_id, kind, target_id, last_read_id)
+        SELECT recipient_id, 'user', sender_id, MAX(id) FROM messages
+        WHERE recipient_id IS NOT NULL AND delivered GROUP BY recipient_id, sender_id;
+    CREATE TABLE login_tokens (
+        digest TEXT PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users(id),
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX messages_sent ON messages(sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
+    """,
+    ),
 ]
 
 # Any constant both sides agree on: the key of the PostgreSQL advisory lock migrations hold.

@@ -22,10 +22,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chatserv.errors import StoreUnavailable
 from chatserv.store.migrations import migrate_postgresql
-from chatserv.store.sql import ID_TABLES, SQLStore, one_line
+from chatserv.store.sql import SQLStore, one_line
 
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise (libpq waits forever by default)
 _COPY_FROM = 8  # rows of one INSERT from which a COPY is cheaper than executemany
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")  # sqlite3's :name, not a :: cast
 _PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) (\([\w, ]+\)) VALUES \([?, ]+\)")
 
 
@@ -45,6 +46,7 @@ class PostgresStore(SQLStore):
     engine = "postgresql"
     reader_threads = 4
     refused_values = (psycopg.DataError,)  # NUL in text, which SQLite keeps
+    json_ids = "json_array_elements_text(CAST(:rooms AS json))"
 
     def __init__(self, url: str, reactor):
         super().__init__(reactor)
@@ -88,7 +90,8 @@ class PostgresStore(SQLStore):
     def _sql(self, sql):
         translated = self._translated.get(sql)
         if translated is None:
-            translated = self._translated[sql] = sql.replace("%", "%%").replace("?", "%s")
+            translated = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%").replace("?", "%s"))
+            self._translated[sql] = translated
         return translated
 
     def _load(self, conn):
@@ -98,14 +101,13 @@ class PostgresStore(SQLStore):
             return super()._load(conn)
 
     def _next_ids(self, conn):
-        """Move each id sequence past the highest stored id (the service names ids today) and
-        hand out its next value, so the service and the sequence agree on the next id. The
-        sequence never moves back: an id it has handed out is never handed out again."""
+        """Move each id sequence past every stored id (the service names ids today) and hand
+        out its next value, so the service and the sequence agree on the next id. A sequence
+        never moves back: an id it has handed out is never handed out again."""
         next_ids = {}
-        for table in ID_TABLES:
+        for table, free in super()._next_ids(conn).items():
             sequence = f"pg_get_serial_sequence('{table}', 'id')"
             (next_ids[table],) = conn.execute(
-                f"SELECT setval({sequence}, GREATEST((SELECT COALESCE(MAX(id), 0) + 1 FROM {table}),"
-                f" nextval({sequence})), false)"
+                f"SELECT setval({sequence}, GREATEST(%s, nextval({sequence})), false)", (free,)
             ).fetchone()
         return next_ids

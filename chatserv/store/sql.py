@@ -10,9 +10,9 @@ the rest of its batch commits (one whose text the database cannot hold fails wit
 ``StoreUnavailable`` (nothing was stored, so nothing is acknowledged); an engine whose
 connection can be lost opens a new one for the next batch.
 
-Statements are written once, with ``?`` placeholders, in SQL that both engines read alike
-(``ON CONFLICT``, ``TRUE``/``FALSE``, an alias on every subquery); an engine translates the
-placeholders for its driver.
+Statements are written once, with sqlite3's ``?`` or ``:name`` placeholders, in SQL that both
+engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on every subquery);
+an engine translates the placeholders for its driver.
 
 Ids: today the service numbers users, rooms and messages itself, counting from the
 ``Snapshot.next_*_id`` that ``open()`` returns, and every insert names its id. When the store
@@ -28,7 +28,9 @@ clash, whichever code wrote the database before.
 
 from __future__ import annotations
 
+import json
 import queue
+import secrets
 import threading
 import time
 from contextlib import closing
@@ -52,6 +54,34 @@ MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id
 _INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Tables whose ids the service hands out today (and the store, later).
 ID_TABLES = ("users", "rooms", "messages")
+
+_LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
+                         " m.room_id, m.delivered")
+# Every conversation of :user: direct ones (the other party, the newest message either way,
+# the unread ones received after the read mark) and the rooms in :rooms (a JSON array, read by
+# the engine's ``json_ids``).
+_CONVERSATIONS = f"""
+WITH peers(peer, last_id) AS (
+    SELECT CASE WHEN sender_id = :user THEN recipient_id ELSE sender_id END, MAX(id) FROM messages
+    WHERE recipient_id = :user OR (sender_id = :user AND recipient_id IS NOT NULL) GROUP BY 1),
+listed(room) AS (SELECT CAST(r.value AS BIGINT) FROM {{json_ids}} AS r),
+rooms(room, last_id, mark) AS (
+    SELECT room, (SELECT MAX(id) FROM messages WHERE room_id = room),
+           (SELECT last_read_id FROM read_marks
+            WHERE user_id = :user AND kind = 'room' AND target_id = room)
+    FROM listed)
+SELECT 'user', peer, (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE recipient_id = :user AND sender_id = peer AND sender_id != :user AND id > COALESCE(
+            (SELECT last_read_id FROM read_marks
+             WHERE user_id = :user AND kind = 'user' AND target_id = peer), 0)
+        LIMIT :cap) AS unread), {_LAST_MESSAGE_COLUMNS}
+FROM peers JOIN messages AS m ON m.id = peers.last_id
+UNION ALL
+SELECT 'room', room, CASE WHEN mark IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE room_id = room AND id > mark AND sender_id != :user LIMIT :cap) AS unread) END,
+    {_LAST_MESSAGE_COLUMNS}
+FROM rooms LEFT JOIN messages AS m ON m.id = rooms.last_id
+"""
 
 
 def _message(row) -> Message:
@@ -94,6 +124,7 @@ class SQLStore:
     engine: str  # the key of this engine's SQL in ``migrations.PerEngine``
     reader_threads = 1
     refused_values: tuple[type[Exception], ...] = ()  # the driver's "this value cannot be stored"
+    json_ids = "json_each(:rooms)"  # rows whose ``value`` is each element of the JSON array :rooms
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -128,9 +159,15 @@ class SQLStore:
         return sql
 
     def _next_ids(self, conn) -> dict[str, int]:
-        """The next id of each of ``ID_TABLES``."""
-        return {table: self._query(conn, f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")[0][0]
+        """The next id of each of ``ID_TABLES``: past every stored one."""
+        free = {table: self._query(conn, f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")[0][0]
                 for table in ID_TABLES}
+        # A room that was never stored (a guest's) may have left messages behind in a crash:
+        # room ids are never reused, so they never show up in a new room.
+        (last_room_message,) = self._query(
+            conn, "SELECT COALESCE(MAX(room_id), 0) FROM messages WHERE room_id IS NOT NULL")[0]
+        free["rooms"] = max(free["rooms"], last_room_message + 1)
+        return free
 
     def _describe(self) -> str:
         """The database, for log lines (never a password)."""
@@ -165,6 +202,7 @@ class SQLStore:
         try:
             conn = self._connect()
             self._migrate(conn)
+            self._make_secrets(conn)
             snapshot = self._load(conn)
         except Exception:
             self._reactor.callFromThread(self._open_failed, opened, Failure())
@@ -189,6 +227,12 @@ class SQLStore:
             if stopping:
                 self._shut_down(conn)
                 return
+
+    def _make_secrets(self, conn):
+        """Made at the first start; whoever inserts first wins, so every reader (every node)
+        gets the same one."""
+        conn.execute(self._sql("INSERT INTO secrets (name, value) VALUES ('salt', ?) ON CONFLICT DO NOTHING"),
+                     (secrets.token_bytes(32),))
 
     def _commit(self, conn, batch):
         """Commit a whole batch in one transaction; on failure retry each write alone.
@@ -325,6 +369,10 @@ class SQLStore:
         contacts = self._query(
             conn, "SELECT owner_id, contact_id, status, status_before_block FROM contacts")
         bans = [row[0] for row in self._query(conn, "SELECT address FROM bans ORDER BY address")]
+        tokens = [tuple(row) for row in self._query(
+            conn, "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
+        ((salt_secret,),) = self._query(conn, "SELECT value FROM secrets WHERE name = 'salt'")
+        ((last_guest_id,),) = self._query(conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
         next_ids = self._next_ids(conn)
         return Snapshot(
             users=users,
@@ -334,6 +382,9 @@ class SQLStore:
             next_user_id=next_ids["users"],
             next_room_id=next_ids["rooms"],
             next_message_id=next_ids["messages"],
+            tokens=tokens,
+            last_guest_id=last_guest_id,
+            salt_secret=bytes(salt_secret),
         )
 
     # writes
@@ -398,6 +449,14 @@ class SQLStore:
             ("UPDATE messages SET delivered = TRUE WHERE id = ?", (mid,)) for mid in message_ids
         ])
 
+    def note_guest_id(self, guest_id):
+        return self._write((
+            "UPDATE counters SET value = ? WHERE name = 'last_guest_id' AND value > ?", (guest_id, guest_id),
+        ))
+
+    def forget_room_messages(self, room_id):
+        return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
+
     def add_ban(self, address):
         return self._write((
             "INSERT INTO bans (address, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -406,6 +465,24 @@ class SQLStore:
 
     def remove_ban(self, address):
         return self._write(("DELETE FROM bans WHERE address = ?", (address,)))
+
+    def set_read_mark(self, user_id, kind, target_id, message_id):
+        return self._write((
+            "INSERT INTO read_marks (user_id, kind, target_id, last_read_id) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, kind, target_id) DO UPDATE SET last_read_id = excluded.last_read_id"
+            " WHERE read_marks.last_read_id < excluded.last_read_id",
+            (user_id, kind, target_id, message_id),
+        ))
+
+    def save_token(self, digest, user_id, created_at, last_used):
+        return self._write((
+            "INSERT INTO login_tokens (digest, user_id, created_at, last_used) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used",
+            (digest, user_id, created_at, last_used),
+        ))
+
+    def remove_token(self, digest):
+        return self._write(("DELETE FROM login_tokens WHERE digest = ?", (digest,)))
 
     # reads
 
@@ -429,6 +506,13 @@ class SQLStore:
             limit,
             before_id,
         )
+
+    def conversations(self, user_id, room_ids, unread_cap):
+        def row(r):
+            return r[0], r[1], _message(r[3:]) if r[3] is not None else None, r[2]
+
+        return self._read(_CONVERSATIONS.format(json_ids=self.json_ids),
+                          {"user": user_id, "rooms": json.dumps(list(room_ids)), "cap": unread_cap}, row)
 
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND NOT delivered" if undelivered_only else "")

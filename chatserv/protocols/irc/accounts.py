@@ -102,7 +102,11 @@ class AccountsMixin:
             authzid, authcid, password = base64.b64decode(payload, validate=True).decode("utf-8").split("\0")
         except (ValueError, binascii.Error):
             raise N.IRCError(N.ERR_SASLFAIL) from None
-        user = await self._check_password(authcid or authzid, password)
+        try:
+            user = await self._check_password(authcid or authzid, password)
+        except errors.Busy as exc:  # nothing was checked: say why, and end the exchange (clients retry)
+            self.domain_error(exc, "*", "AUTHENTICATE")
+            raise N.IRCError(N.ERR_SASLFAIL) from None
         if user is None or (authzid and fold(authzid) != fold(user.username)):
             return self._login_refused(N.ERR_SASLFAIL)
         await self.logged_in_as(user)
@@ -133,13 +137,14 @@ class AccountsMixin:
         """A guest logged in after registration: it turns into the account, channels and all."""
         kept = list(self.channels.values())
         old_user, old_nick = self.session.user, self.nick
+        for room in kept:  # joined before the guest leaves: a room it made would vanish with it
+            await self.service.join_room(user, room.name, origin=self.session)
         self.login(user)
         self.nick = user.username
         if old_nick != self.nick:
             self.send(serialise("NICK", self.nick, prefix=mask(old_nick)))
         self.reply(N.RPL_LOGGEDIN, mask=mask(self.nick), account=self.nick)
         for room in kept:
-            await self.service.join_room(user, room.name)
             if self.service.is_operator(old_user, room) and not self.service.is_operator(user, room):
                 self.service.set_operator(old_user, room.name, user, True)  # the guest's grants outlive it
         await self.logged_in(user)
@@ -162,7 +167,7 @@ class AccountsMixin:
         guest = self.session.user if self.session is not None else None
         try:
             self.service.validate_username(account)
-            return await self.service.register(account, password, guest=guest)
+            return await self.service.register(account, password, guest=guest, address=self.peer_host)
         except errors.Invalid:
             raise N.Fail(command, "BAD_ACCOUNT_NAME", account) from None
         except errors.AlreadyExists:

@@ -76,10 +76,12 @@ ERR_SASLALREADY = Numeric("907", ":You have already authenticated")
 RPL_SASLMECHS = Numeric("908", "PLAIN :are available SASL mechanisms")
 
 # errors
+RPL_TRYAGAIN = Numeric("263", "{command} :Server busy, try again")  # RFC 2812: a command dropped unprocessed
 ERR_UNKNOWNERROR = Numeric("400", "{command} :{text}")
 ERR_NOSUCHNICK = Numeric("401", "{target} :No such nick/channel")
 ERR_NOSUCHCHANNEL = Numeric("403", "{target} :No such channel")
 ERR_CANNOTSENDTOCHAN = Numeric("404", "{target} :Cannot send to channel")
+ERR_TOOMANYCHANNELS = Numeric("405", "{target} :{text}")
 ERR_INVALIDCAPCMD = Numeric("410", "{target} :Invalid CAP command")
 ERR_NORECIPIENT = Numeric("411", ":No recipient given ({command})")
 ERR_NOTEXTTOSEND = Numeric("412", ":No text to send")
