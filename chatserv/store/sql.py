@@ -57,14 +57,15 @@ ID_TABLES = ("users", "rooms", "messages")
 
 _LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
                          " m.room_id, m.delivered")
-# Every conversation of :user: direct ones (the other party, the newest message either way,
-# the unread ones received after the read mark) and the rooms in :rooms (a JSON array, read by
-# the engine's ``json_ids``).
-_CONVERSATIONS = f"""
+def _conversations(json_ids: str) -> str:
+    """Every conversation of :user: direct ones (the other party, the newest message either way,
+    the unread ones received after the read mark) and the rooms in :rooms, a JSON array that
+    ``json_ids`` (an engine's SQL constant) turns into rows."""
+    return f"""
 WITH peers(peer, last_id) AS (
     SELECT CASE WHEN sender_id = :user THEN recipient_id ELSE sender_id END, MAX(id) FROM messages
     WHERE recipient_id = :user OR (sender_id = :user AND recipient_id IS NOT NULL) GROUP BY 1),
-listed(room) AS (SELECT CAST(r.value AS BIGINT) FROM {{json_ids}} AS r),
+listed(room) AS (SELECT CAST(r.value AS BIGINT) FROM {json_ids} AS r),
 rooms(room, last_id, mark) AS (
     SELECT room, (SELECT MAX(id) FROM messages WHERE room_id = room),
            (SELECT last_read_id FROM read_marks
@@ -136,6 +137,7 @@ class SQLStore:
         self._reader_local = threading.local()
         self._reader_conns: set = set()
         self._reader_lock = threading.Lock()
+        self._conversations = _conversations(self.json_ids)
 
     # engine
 
@@ -511,8 +513,8 @@ class SQLStore:
         def row(r):
             return r[0], r[1], _message(r[3:]) if r[3] is not None else None, r[2]
 
-        return self._read(_CONVERSATIONS.format(json_ids=self.json_ids),
-                          {"user": user_id, "rooms": json.dumps(list(room_ids)), "cap": unread_cap}, row)
+        return self._read(self._conversations, {"user": user_id, "rooms": json.dumps(list(room_ids)),
+                                                "cap": unread_cap}, row)
 
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND NOT delivered" if undelivered_only else "")
