@@ -98,3 +98,11 @@ def unused_port():
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         yield held.getsockname()[1]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_db(request, tmp_path):
+    """``--db`` for each SQL engine."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgresql_url")
+    return str(tmp_path / "chat.sqlite3")

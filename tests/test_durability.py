@@ -6,7 +6,6 @@ import socket
 import sqlite3
 
 import psycopg
-import pytest
 
 from chatserv.credentials import password_digest
 from tests.support import TIMEOUT, Twistd
@@ -71,17 +70,10 @@ def lobby_bodies(db) -> list[str]:
         conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def durable_db(request, tmp_path):
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgresql_url")
-    return str(tmp_path / "chat.sqlite3")
-
-
-def test_acknowledged_messages_survive_sigkill(tmp_path, durable_db):
+def test_acknowledged_messages_survive_sigkill(tmp_path, sql_db):
     seed = random.randrange(1 << 30)
     kill_after = random.Random(seed).randrange(20, 400)
-    db = durable_db
+    db = sql_db
     daemon = Twistd(tmp_path, "--db", db, "--messages-per-second", "0")
     acknowledged = []
     try:

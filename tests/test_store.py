@@ -28,14 +28,6 @@ def make_store(store_db):
     return lambda: open_store(store_db, reactor)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_db(request, tmp_path):
-    """``--db`` for each SQL engine."""
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgresql_url")
-    return str(tmp_path / "chat.sqlite3")
-
-
 def user(uid, name):
     return User(uid, name, "1" * 32, f"verifier-{uid}", 1000.0 + uid)
 
