@@ -157,7 +157,8 @@ class SQLStore:
         return False
 
     def _sql(self, sql: str) -> str:
-        """A statement written with ``?`` placeholders, as this engine's driver takes it."""
+        """A statement written with ``?`` or ``:name`` placeholders, as this engine's driver
+        takes it."""
         return sql
 
     def _next_ids(self, conn) -> dict[str, int]:
@@ -201,13 +202,17 @@ class SQLStore:
         opened.errback(failure)
 
     def _write_loop(self, opened: Deferred):
+        conn = None
         try:
             conn = self._connect()
             self._migrate(conn)
             self._make_secrets(conn)
             snapshot = self._load(conn)
         except Exception:
-            self._reactor.callFromThread(self._open_failed, opened, Failure())
+            failure = Failure()
+            if conn is not None:
+                conn.close()
+            self._reactor.callFromThread(self._open_failed, opened, failure)
             return
         self._reactor.callFromThread(self._readers.start)
         self._reactor.callFromThread(opened.callback, snapshot)
@@ -231,8 +236,8 @@ class SQLStore:
                 return
 
     def _make_secrets(self, conn):
-        """Made at the first start; whoever inserts first wins, so every reader (every node)
-        gets the same one."""
+        """The salt secret is made at the first start; whoever inserts it first wins, so every
+        node gets the same one."""
         conn.execute(self._sql("INSERT INTO secrets (name, value) VALUES ('salt', ?) ON CONFLICT DO NOTHING"),
                      (secrets.token_bytes(32),))
 
