@@ -26,6 +26,7 @@ from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits, RateTable
 from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, Message, Room, User, fold
+from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
 
@@ -34,6 +35,14 @@ _USERNAME = re.compile(r"[A-Za-z_\[\]\\`^{|}][A-Za-z0-9_\-\[\]\\`^{|}]{0,31}\Z")
 _ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
 RESERVED_NAMES = frozenset({"nickserv", "chanserv", "server", "system"})
 UNREAD_CAP = 1000  # unread messages counted per conversation ("1000" means "at least")
+
+
+def keepable(text: str, what: str) -> str:
+    """``text`` if the store can keep it (UTF-8 can encode it), else errors.Invalid. Every port
+    refuses such text as it decodes it: this is the last line of defence."""
+    if not encodable(text):
+        raise errors.Invalid(f"{what}: {NOT_UNICODE}")
+    return text
 
 
 class ISink(Interface):
@@ -109,7 +118,7 @@ class ChatService(service.Service):
         self._presence_watchers: dict[int, set[Session]] = collections.defaultdict(set)
         self._watching: dict[Session, set[int]] = {}
         self._tokens: list[tuple[str, int, float, float]] = []
-        self._last_address: dict[int, str] = {}
+        self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
         self._operators: dict[int, set[int]] = {}
         self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
@@ -234,6 +243,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.Invalid("empty password")
+        keepable(password, "password")
         self._check_free(username, guest)
         salt = new_salt()
         return await self.register_digest(username, salt, password_digest(salt, password), guest=guest,
@@ -246,6 +256,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.Invalid("empty password")
+        keepable(digest, "password")
         self._check_free(username, guest)
         with self.throttle.hashing(address):
             verifier = await self.hasher.make_verifier(digest)
@@ -262,6 +273,8 @@ class ChatService(service.Service):
         """The user, if the plain password is theirs; else BadCredentials."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(password, "password")
         user = self._user_keys.get(fold(username))
         salt = user.salt if user else self.salt_for(username)
         return await self.authenticate_digest(username, password_digest(salt, password), address)
@@ -276,6 +289,8 @@ class ChatService(service.Service):
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(digest, "password")
         user = self._user_keys.get(fold(username))
         with self.throttle.attempt(fold(username), address, account=user is not None) as attempt:
             ok = await self.hasher.check(user.verifier if user else None, digest)
@@ -288,7 +303,7 @@ class ChatService(service.Service):
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
-        user.public_key = key
+        user.public_key = key if key is None else keepable(key, "public key")
         await self.store.update_user(user)
 
     def guest(self, name) -> User:
@@ -380,9 +395,6 @@ class ChatService(service.Service):
 
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
-
-    def last_address(self, user: User) -> str:
-        return self._last_address.get(user.id, "")
 
     def kick_others(self, session: Session, reason: str) -> None:
         """End the user's other sessions on the same protocol (a second login kicks the first)."""
@@ -511,7 +523,7 @@ class ChatService(service.Service):
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
             raise errors.Invalid("invalid room name")
-        return name
+        return keepable(name, "room name")
 
     def _check_room_quota(self, creator: User, address: str):
         """Refuse a new room over ``--max-rooms``, or over its creator's (or address's) cap or rate."""
@@ -648,7 +660,7 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.Denied("not a member")
-        room.topic = str(topic)[: self.limits.max_body]
+        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
         if room.persistent:
             await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
@@ -656,12 +668,13 @@ class ChatService(service.Service):
 
     # messages
 
-    def _check_body(self, body) -> str:
+    def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
             raise errors.Invalid("empty message")
         if len(body) > self.limits.max_body:
             raise errors.Invalid("message too long")
-        return body
+        keepable(str(kind or "text"), "message type")
+        return keepable(body, "message")
 
     def _new_message(self, sender: User, body, kind, **target) -> Message:
         return Message(next(self._next_message), sender.id, sender.username, body,
@@ -671,7 +684,7 @@ class ChatService(service.Service):
     async def send_direct(self, sender: User, to, body, kind="text", *,
                           origin: Session | None = None) -> Message:
         """Store a direct message, then hand it to the recipient's live sessions (or inbox)."""
-        self._check_body(body)
+        self._check_body(body, kind)
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
@@ -707,7 +720,7 @@ class ChatService(service.Service):
         path, run once per message, and resuming a coroutine costs more than the call.
         """
         try:
-            self._check_body(body)
+            self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
             if sender.id not in room.members:
                 raise errors.Denied("not a member")

@@ -14,6 +14,7 @@ import sys
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -129,14 +130,18 @@ def exit_status_failed():
     atexit.register(_exit_failed)
 
 
-def stop_failed(reactor, on_failure=None):
-    """Stop a daemon that cannot serve what was asked of it; ``on_failure`` is called first."""
+def stop_failed(reactor, on_failure=None) -> None:
+    """Stop a daemon that cannot go on (goodbyes said, queued writes finished), after
+    ``on_failure`` (twistd: exit_status_failed)."""
     if on_failure is not None:
         on_failure()
-    if reactor.running:
-        reactor.stop()
-    else:
+    if not reactor.running:
         reactor.callWhenRunning(reactor.stop)
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # stopping already
 
 
 class PortService(service.Service):
@@ -182,14 +187,21 @@ class PortService(service.Service):
         return None
 
 
+def _store_broke(_, reactor, on_failure) -> None:
+    log.critical("chatserv: the store can no longer write: stopping, so that a supervisor restarts it")
+    stop_failed(reactor, on_failure)
+
+
 def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services.
 
-    ``on_failure``: called if the store cannot open or a port cannot listen (the daemon then stops).
+    ``on_failure``: called if the store cannot open, a port cannot listen or the store can no
+    longer write (the daemon then stops).
     """
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
+    store.when_broken().addCallback(_store_broke, reactor, on_failure)
     hashing = HashingThreads(limits.hash_threads)
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
     hasher = Hasher(reactor, hashing.pool, options.hash_cost(), limit=hashing.size + limits.hash_queue)

@@ -131,7 +131,7 @@ async def test_presence_reaches_contacts_and_watchers_once(chat):
     assert [(e.user.username, e.online) for e in bob_sink.of(events.PresenceChanged)] == [("alice", True)]
     assert carol_sink.of(events.PresenceChanged) == []
     assert [e.user.username for e in watcher.of(events.PresenceChanged)] == ["alice"]
-    assert chat.is_online(alice) and chat.last_address(alice) == "10.1.1.1"
+    assert chat.is_online(alice) and [s.address for s in chat.sessions_of(alice)] == ["10.1.1.1", ""]
     chat.detach(first)
     assert chat.is_online(alice)
     chat.detach(second)

@@ -1,6 +1,8 @@
 """One suite, every store (memory, SQLite, PostgreSQL): what is written comes back, after a
 reopen too; and what each SQL engine adds: migrations, failures, a database that goes away."""
 
+import os
+import shutil
 import sqlite3
 
 import attrs
@@ -15,6 +17,7 @@ from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
 from chatserv.store.migrations import MIGRATIONS, script
 from chatserv.store.postgres import PostgresStore
+from chatserv.store.sql import SQLStore, WriterStopped
 from chatserv.store.sqlite import SQLiteStore
 from tests.support import PostgresOutage
 
@@ -291,6 +294,89 @@ async def test_sqlite_bad_path_fails_open(tmp_path):
     store = SQLiteStore(str(tmp_path / "missing-dir" / "s.sqlite3"), reactor)
     with pytest.raises(errors.StoreUnavailable, match="unable to open"):
         await store.open()
+    await store.close()  # ends at once: no writer to wait for
+
+
+@pytest.mark.parametrize("breaks", [
+    {"body": "\ud800"},  # a lone surrogate: UTF-8 cannot encode it (UnicodeEncodeError)
+    {"sent_at": 2**64},  # too big for an SQLite integer (OverflowError)
+    {"kind": object()},  # a value sqlite3 cannot bind at all (ProgrammingError)
+], ids=["surrogate", "overflow", "unbindable"])
+@pytest_twisted.ensureDeferred
+async def test_whatever_one_write_raises_fails_it_alone_and_the_writer_goes_on(sql_db, breaks):
+    if "sent_at" in breaks and sql_db.startswith("postgresql://"):
+        pytest.skip("PostgreSQL stores 2**64 as a double precision time")
+    store = open_store(sql_db, reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    alone = store.add_message(attrs.evolve(message(1, 1, room_id=1), **breaks))
+    with pytest.raises(Exception):  # noqa: B017 - each value fails in its own way
+        await alone
+    assert (await store.add_message(message(2, 1, room_id=1))) is None  # acknowledged
+    before = store.add_message(message(3, 1, room_id=1))  # in one batch with a bad write
+    batched = store.add_message(attrs.evolve(message(4, 1, room_id=1), **breaks))
+    after = store.add_message(message(5, 1, room_id=1))
+    await before
+    with pytest.raises(Exception):  # noqa: B017
+        await batched
+    await after
+    assert [m.id for m in await store.room_history(1, 10)] == [2, 3, 5]
+    store, _ = await reopen(store, lambda: open_store(sql_db, reactor))
+    assert [m.id for m in await store.room_history(1, 10)] == [2, 3, 5]
+    await store.close()
+
+
+class Injected(BaseException):
+    """Stands for whatever could still stop the writer thread (the code catches every Exception)."""
+
+
+@pytest.mark.allow_log_errors  # the store logs why its writer stopped
+@pytest_twisted.ensureDeferred
+async def test_a_writer_that_stops_anyway_fails_every_waiting_write_and_still_closes(sql_db, monkeypatch):
+    def apply(self, conn, statements):
+        if any("doomed" in map(str, params) for _, params in statements):
+            raise Injected()
+        return original(self, conn, statements)
+
+    original = SQLStore._apply
+    monkeypatch.setattr(SQLStore, "_apply", apply)
+    store = open_store(sql_db, reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    broken = store.when_broken()
+    doomed = store.add_message(attrs.evolve(message(1, 1, recipient_id=1), body="doomed"))
+    with pytest.raises(WriterStopped):
+        await doomed
+    assert isinstance(await broken, Injected)
+    assert isinstance(await store.when_broken(), Injected)  # asked after the fact: told at once
+    with pytest.raises(WriterStopped):
+        await store.add_message(message(2, 1, recipient_id=1))
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_close_leaves_the_main_file_a_complete_backup(tmp_path):
+    """Both connections closed and the WAL checkpointed: a copy of the one file has everything."""
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    await store.add_message(message(1, 1, room_id=1))
+    assert [m.id for m in await store.room_history(1, 10)] == [1]  # the reader has a connection
+    await store.close()
+    backup = tmp_path / "backup" / "copy.sqlite3"
+    backup.parent.mkdir()
+    shutil.copyfile(path, backup)
+    conn = sqlite3.connect(backup)
+    try:
+        assert conn.execute("SELECT username FROM users").fetchall() == [("alice",)]
+        assert conn.execute("SELECT body FROM messages").fetchall() == [("body 1",)]
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
 
 
 @pytest_twisted.ensureDeferred

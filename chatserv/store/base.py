@@ -15,6 +15,10 @@ class IStore(Interface):
     def close():
         """Finish every queued write and release the database: Deferred[None]."""
 
+    def when_broken():
+        """Deferred[BaseException]: fires, with the reason, if the store can no longer write at
+        all (its writer thread stopped); a daemon should then exit, so a supervisor restarts it."""
+
     def add_user(user):
         """Persist a new User."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import attrs
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from chatserv.model import Message, Room, Snapshot, User
@@ -54,6 +54,9 @@ class MemoryStore:
 
     def close(self):
         return succeed(None)
+
+    def when_broken(self):
+        return Deferred()  # memory never stops taking writes
 
     def add_user(self, user):
         self._users[user.id] = attrs.evolve(user)

@@ -4,11 +4,12 @@ the few places where the engines differ.
 
 Writes queue up while a transaction commits and then go out together in the next one, so
 persistence keeps pace with fan-out. Every Deferred fires on the reactor thread once its
-write is committed; no query ever runs on the reactor thread. A write that fails fails alone:
-the rest of its batch commits (one whose text the database cannot hold fails with
-``Invalid``, as input should). A write that finds the database gone fails with
-``StoreUnavailable`` (nothing was stored, so nothing is acknowledged); an engine whose
-connection can be lost opens a new one for the next batch.
+write is committed; no query ever runs on the reactor thread. Whatever one write raises
+fails that write alone: the rest of its batch commits (one whose text the database cannot
+hold fails with ``Invalid``, as input should). A write that finds the database gone fails
+with ``StoreUnavailable`` (nothing was stored, so nothing is acknowledged); an engine whose
+connection can be lost opens a new one for the next batch. Should the writer thread stop all
+the same, every waiting write fails, ``when_broken`` fires and ``close`` still ends.
 
 Statements are written once, with sqlite3's ``?`` or ``:name`` placeholders, in SQL that both
 engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on every subquery);
@@ -35,7 +36,7 @@ import threading
 import time
 from contextlib import closing
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -111,6 +112,10 @@ def _runs(statements):
     return runs
 
 
+class WriterStopped(RuntimeError):
+    """The writer thread is gone: no write can be acknowledged any more."""
+
+
 class _DaemonThreadPool(ThreadPool):
     """Reader threads, like the writer, never keep the process alive at exit."""
 
@@ -138,6 +143,10 @@ class SQLStore:
         self._reader_conns: set = set()
         self._reader_lock = threading.Lock()
         self._conversations = _conversations(self.json_ids)
+        self._conn = None  # the writer's connection: only the writer thread touches it
+        self._batch: list = []  # the writes the writer thread is committing
+        self._stopped: Failure | None = None  # why the writer thread stopped, if it did unasked
+        self._broken: list[Deferred] = []
 
     # engine
 
@@ -187,13 +196,26 @@ class SQLStore:
         return opened
 
     def close(self):
+        """Finish the queued writes, then stop the readers and close every connection (the
+        writer thread does that: no database I/O on the reactor thread)."""
         if self._closed is None:
             self._closed = Deferred()
-            if self._writer is None:  # never opened, or failed to: nothing to finish
+            if self._writer is None or self._stopped is not None:  # no writer left: nothing to wait for
+                self._stop_readers()
                 self._closed.callback(None)
             else:
                 self._queue.put(_STOP)
         return self._closed
+
+    def when_broken(self) -> Deferred:
+        """Deferred[BaseException]: fires, with what stopped it, if the writer thread stops
+        unasked (never on a healthy store)."""
+        d = Deferred()
+        if self._stopped is not None:
+            d.callback(self._stopped.value)
+        else:
+            self._broken.append(d)
+        return d
 
     def _open_failed(self, opened: Deferred, failure: Failure):
         self._writer = None
@@ -214,12 +236,27 @@ class SQLStore:
                 conn.close()
             self._reactor.callFromThread(self._open_failed, opened, failure)
             return
-        self._reactor.callFromThread(self._readers.start)
+        self._reactor.callFromThread(self._start_readers)
         self._reactor.callFromThread(opened.callback, snapshot)
+        self._conn = conn
+        try:
+            self._serve()
+        except BaseException:
+            self._reactor.callFromThread(self._writer_stopped, Failure())
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass  # already broken: the failure above says why
+            return
+        self._shut_down()
+
+    def _serve(self):
+        """Commit batches until told to stop."""
         while True:
             item = self._queue.get()
             stopping = item is _STOP
-            batch = [] if stopping else [item]
+            self._batch = batch = [] if stopping else [item]
             while len(batch) < _MAX_BATCH:
                 try:
                     more = self._queue.get_nowait()
@@ -230,10 +267,36 @@ class SQLStore:
                     continue
                 batch.append(more)
             if batch:
-                conn = self._commit(conn, batch)
+                self._conn = self._commit(self._conn, batch)
+            self._batch = []
             if stopping:
-                self._shut_down(conn)
                 return
+
+    def _writer_stopped(self, failure: Failure):
+        """The writer thread died: fail what waits for it, and say so."""
+        log.failure("store: the writer thread stopped; no write can be stored any more", failure)
+        self._stopped = failure
+        waiting = [d for _, d in self._batch]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                waiting.append(item[1])
+        for d in waiting:
+            if not d.called:
+                d.errback(WriterStopped("the store's writer thread stopped"))
+        broken, self._broken = self._broken, []
+        for d in broken:
+            d.callback(failure.value)
+        if self._closed is not None and not self._closed.called:
+            self._stop_readers()
+            self._closed.callback(None)
+
+    def _start_readers(self):
+        if self._closed is None:  # not closed while it opened
+            self._readers.start()
 
     def _make_secrets(self, conn):
         """The salt secret is made at the first start; whoever inserts it first wins, so every
@@ -255,11 +318,13 @@ class SQLStore:
             outcomes = [(d, None) for _, d in batch]
         except Exception:
             failure = Failure()
-            if conn is not None and not self._lost(conn):
-                conn, outcomes = self._commit_each(conn, batch)
-            else:
+            if conn is None or self._lost(conn):
                 conn = self._forget_writer(conn, failure)
                 outcomes = [(d, self._unavailable(failure)) for _, d in batch]
+            elif len(batch) == 1:
+                outcomes = [(batch[0][1], self._refused(failure))]
+            else:
+                conn, outcomes = self._commit_each(conn, batch)
         self._reactor.callFromThread(_fire, outcomes)
         return conn
 
@@ -278,11 +343,15 @@ class SQLStore:
                 if self._lost(conn):
                     conn = self._forget_writer(conn, failure)
                     failure = gone = self._unavailable(failure)
-                elif failure.check(UnicodeEncodeError, *self.refused_values):
-                    # Input, not a fault: the sender gets its port's error reply.
-                    failure = Failure(Invalid("text holds a character the database cannot store"))
-                outcomes.append((d, failure))
+                outcomes.append((d, self._refused(failure)))
         return conn, outcomes
+
+    def _refused(self, failure: Failure) -> Failure:
+        """Text the database cannot hold is input, not a fault: the sender gets its port's
+        error reply. Any other failure stays as it is."""
+        if failure.check(UnicodeEncodeError, *self.refused_values):
+            return Failure(Invalid("text holds a character the database cannot store"))
+        return failure
 
     def _apply(self, conn, statements):
         with self._transaction(conn), closing(conn.cursor()) as cursor:
@@ -307,20 +376,31 @@ class SQLStore:
         why = one_line(failure.getErrorMessage())
         return Failure(StoreUnavailable(f"{self._describe()} is unavailable: {why}"))
 
-    def _shut_down(self, conn):
-        """In the writer thread: stop the readers, close every connection, then say so."""
+    def _closing(self, conn):
+        """In the writer thread, after the last write and with the readers closed."""
+
+    def _shut_down(self):
+        """In the writer thread, after the last write: stop the readers, close every
+        connection, then say so."""
+        self._stop_readers()
+        if self._conn is not None:
+            self._closing(self._conn)
+            self._conn.close()
+        self._reactor.callFromThread(self._closed.callback, None)
+
+    def _stop_readers(self):
+        """Wait for a read in progress (queued ones never run) and close the readers' connections."""
         self._readers.stop()
         with self._reader_lock:
             readers, self._reader_conns = self._reader_conns, set()
         for reader in readers:
             reader.close()
-        if conn is not None:
-            conn.close()
-        self._reactor.callFromThread(self._closed.callback, None)
 
     def _write(self, *statements):
         if self._closed is not None:
             raise RuntimeError("store is closed")
+        if self._stopped is not None:
+            return fail(WriterStopped("the store's writer thread stopped"))
         d = Deferred()
         self._queue.put((statements, d))
         return d
@@ -358,6 +438,9 @@ class SQLStore:
         raise AssertionError("unreachable")
 
     def _read(self, sql, params, convert=None):
+        if self._closed is not None:
+            return fail(RuntimeError("store is closed"))
+
         def run():
             rows = self._read_now(sql, params)
             return [convert(r) for r in rows] if convert else rows

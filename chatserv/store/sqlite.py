@@ -1,6 +1,8 @@
 """The SQLite store: a file in WAL mode, one writer thread with group commit, one reader thread.
 
-What it shares with the PostgreSQL store (the writer, the statements) is in ``sql.py``.
+What it shares with the PostgreSQL store (the writer, the statements) is in ``sql.py``. A
+clean close closes both connections and checkpoints the WAL into the main file, so that file
+alone is a full backup.
 """
 
 from __future__ import annotations
@@ -8,9 +10,13 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 
+from twisted.logger import Logger
+
 from chatserv.errors import StoreUnavailable
 from chatserv.store.migrations import migrate_sqlite
 from chatserv.store.sql import SQLStore
+
+log = Logger()
 
 
 class SQLiteStore(SQLStore):
@@ -44,6 +50,13 @@ class SQLiteStore(SQLStore):
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _closing(self, conn):
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            self._reactor.callFromThread(log.warn, "SQLite: no checkpoint at close ({why}): the data"
+                                         " stays in the WAL", why=exc)
 
     def _describe(self):
         return f"SQLite database {self.path}"
