@@ -101,6 +101,10 @@ class Options(usage.Options):
              float],
             ["irc-flood-burst", None, 20, "IRC: commands a client may send at once", int],
             ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
+            ["irc-server-name", None, "chatserv", "IRC: the server's name in prefixes and replies"],
+            ["irc-network", None, "chatserv", "IRC: the network's name (NETWORK in 005, the welcome)"],
+            ["irc-password", None, None, "IRC: connection password every client must send with PASS "
+             "(accounts then log in with SASL or NickServ); none by default"],
         ]
         + [
             [_option_name(f.name), None, f.default,

@@ -217,6 +217,41 @@ MIGRATIONS: list[str | PerEngine] = [
     CREATE INDEX messages_sent ON messages(sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
     """,
     ),
+    # 6: names compare as IRC's CASEMAPPING=ascii does (model.fold): SQLite's lower() folds
+    # A-Z only. Keys that were distinct stay distinct (ASCII folding is finer than casefold).
+    PerEngine(
+        sqlite="""
+    UPDATE users SET username_key = lower(username);
+    UPDATE rooms SET name_key = lower(name);
+    """,
+        # PostgreSQL's lower() folds every letter its locale knows: translate folds A-Z only.
+        postgresql="""
+    UPDATE users SET username_key = translate(username, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                              'abcdefghijklmnopqrstuvwxyz');
+    UPDATE rooms SET name_key = translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                          'abcdefghijklmnopqrstuvwxyz');
+    """,
+    ),
+    # 7: the newest room message an account was shown on IRC, so a reconnect replays only what
+    # it missed.
+    PerEngine(
+        sqlite="""
+    CREATE TABLE last_seen (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    );
+    """,
+        postgresql="""
+    CREATE TABLE last_seen (
+        user_id BIGINT NOT NULL REFERENCES users(id),
+        room_id BIGINT NOT NULL REFERENCES rooms(id),
+        message_id BIGINT NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    );
+    """,
+    ),
 ]
 
 # Any constant both sides agree on: the key of the PostgreSQL advisory lock migrations hold.

@@ -564,6 +564,14 @@ class SQLStore:
             (user_id, kind, target_id, message_id),
         ))
 
+    def set_last_seen(self, user_id, room_id, message_id):
+        return self._write((
+            "INSERT INTO last_seen (user_id, room_id, message_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET message_id = excluded.message_id"
+            " WHERE last_seen.message_id < excluded.message_id",
+            (user_id, room_id, message_id),
+        ))
+
     def save_token(self, digest, user_id, created_at, last_used):
         return self._write((
             "INSERT INTO login_tokens (digest, user_id, created_at, last_used) VALUES (?, ?, ?, ?)"
@@ -576,15 +584,17 @@ class SQLStore:
 
     # reads
 
+    def _chosen(self, where, params, limit, oldest=False):
+        """The newest ``limit`` messages ``where`` says (the oldest, with ``oldest``), oldest first."""
+        sql = (f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               + (" ORDER BY id ASC" if oldest else " ORDER BY id DESC") + " LIMIT ?) AS chosen ORDER BY id")
+        return self._read(sql, (*params, limit), _message)
+
     def _newest(self, where, params, limit, before_id):
         if before_id is not None:
             where += " AND id < ?"
             params = (*params, before_id)
-        sql = (
-            f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
-            " ORDER BY id DESC LIMIT ?) AS newest ORDER BY id"
-        )
-        return self._read(sql, (*params, limit), _message)
+        return self._chosen(where, params, limit)
 
     def room_history(self, room_id, limit, before_id=None):
         return self._newest("room_id = ?", (room_id,), limit, before_id)
@@ -607,6 +617,31 @@ class SQLStore:
     def inbox(self, user_id, limit, undelivered_only=False):
         where = "recipient_id = ?" + (" AND NOT delivered" if undelivered_only else "")
         return self._newest(where, (user_id,), limit, None)
+
+    def message_range(self, bounds, limit, room_id=None, pair=None):
+        if room_id is not None:
+            where, params = "room_id = ?", [room_id]
+        else:
+            user_id, other_id = pair
+            where = "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))"
+            params = [user_id, other_id, other_id, user_id]
+        if bounds.after_id is not None:
+            where += " AND id > ?"
+            params.append(bounds.after_id)
+        if bounds.before_id is not None:
+            where += " AND id < ?"
+            params.append(bounds.before_id)
+        if bounds.since is not None:
+            where += " AND sent_at >= ?"
+            params.append(bounds.since)
+        if bounds.until is not None:
+            where += " AND sent_at < ?"
+            params.append(bounds.until)
+        return self._chosen(where, params, limit, bounds.oldest)
+
+    def last_seen(self, user_id):
+        found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))
+        return found.addCallback(dict)
 
 
 def one_line(text: str) -> str:
