@@ -58,6 +58,16 @@ class TooManyRooms(ChatError):
     """Creating a room is refused: the creator's or its address's rate or cap, or ``--max-rooms``."""
 
 
+class StoreUnavailable(ChatError):
+    """The database cannot be reached or opened: nothing was stored, so nothing is acknowledged,
+    and the same request can succeed once it is back. A client is told only that; ``str()``
+    holds the details, for the log."""
+
+    def __init__(self, detail: str):
+        super().__init__("storage unavailable, try again later")
+        self.args = (detail,)
+
+
 # Room settings refusing a join or a message (every port that joins or speaks honours them).
 
 

@@ -52,7 +52,9 @@ class RoomSettings:
         return self.is_operator(user, room) or self.is_server_operator(user)
 
     def is_banned(self, user: User, room: Room) -> bool:
-        return any(ban.matches(user.username) for ban in room.bans.values())
+        """A ban matches the user's name, or the other name it goes by now (an IRC nick)."""
+        names = {user.username, self.name_of(user)}
+        return any(ban.matches(name) for ban in room.bans.values() for name in names)
 
     def is_invited(self, user: User, room: Room) -> bool:
         return room.id in self._invites.get(user.id, ())
@@ -196,19 +198,13 @@ class RoomSettings:
             del room.bans[key]
         return True
 
-    def take_over_rooms(self, guest: User, account: User, origin=None) -> Deferred:
-        """The account a guest logged in to takes over the guest's rooms and roles there, past the
-        rooms' settings (the guest was let in already). Deferred: done and stored."""
-        return Deferred.fromCoroutine(self._take_over_rooms(guest, account, origin))
-
-    async def _take_over_rooms(self, guest: User, account: User, origin) -> None:
-        for room in self.rooms_of(guest):
-            for role, holders in (("operator", room.operators), ("voice", room.voiced)):
-                if guest.id in holders and account.id not in holders:
-                    holders.add(account.id)
-                    await self._store_role(room, account, role, True)
-            if account.id not in room.members:
-                await self._add_member(room, account, origin)
+    def _take_roles(self, room: Room, guest: User, account: User) -> Deferred:
+        """The account a guest logged in to takes the guest's roles in ``room``; Deferred: stored."""
+        taken = [(role, holders) for role, holders in (("operator", room.operators), ("voice", room.voiced))
+                 if guest.id in holders and account.id not in holders]
+        for _, holders in taken:
+            holders.add(account.id)
+        return gatherResults([self._store_role(room, account, role, True) for role, _ in taken])
 
     def invite(self, by: User, name, user: User) -> Room:
         """``by``, a member, invites ``user``: one join past invite-only, the key and the limit."""

@@ -14,6 +14,7 @@ import sys
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -25,7 +26,7 @@ from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.irc.operators import oper_entry
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
-from chatserv.store import open_store
+from chatserv.store import check_db, open_store
 from chatserv.web.proxy import trusted_proxies
 
 log = Logger()
@@ -65,7 +66,9 @@ class Options(usage.Options):
     optParameters = (
         [[p.option, None, p.default, f"{p.description}: endpoint, or 'none'"] for p in PORTS]
         + [
-            ["db", None, "chatserv.sqlite3", "SQLite file path, or 'memory' for an in-memory store"],
+            ["db", None, "chatserv.sqlite3",
+             "SQLite file path, 'memory' for an in-memory store, or postgresql://user@host:port/dbname",
+             check_db],
             ["argon2-time-cost", None, HashCost().time_cost, "argon2id passes", int],
             ["argon2-memory-cost", None, HashCost().memory_cost, "argon2id memory (KiB)", int],
             ["argon2-parallelism", None, HashCost().parallelism, "argon2id lanes", int],
@@ -99,6 +102,10 @@ class Options(usage.Options):
              float],
             ["irc-flood-burst", None, 20, "IRC: commands a client may send at once", int],
             ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
+            ["irc-server-name", None, "chatserv", "IRC: the server's name in prefixes and replies"],
+            ["irc-network", None, "chatserv", "IRC: the network's name (NETWORK in 005, the welcome)"],
+            ["irc-password", None, None, "IRC: connection password every client must send with PASS "
+             "(accounts then log in with SASL or NickServ); none by default"],
         ]
         + [
             [_option_name(f.name), None, f.default,
@@ -136,6 +143,20 @@ def exit_status_failed():
     atexit.register(_exit_failed)
 
 
+def stop_failed(reactor, on_failure=None) -> None:
+    """Stop a daemon that cannot go on (goodbyes said, queued writes finished), after
+    ``on_failure`` (twistd: exit_status_failed)."""
+    if on_failure is not None:
+        on_failure()
+    if not reactor.running:
+        reactor.callWhenRunning(reactor.stop)
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # stopping already
+
+
 class PortService(service.Service):
     """Listens on one endpoint once the chat service has loaded its store."""
 
@@ -153,8 +174,13 @@ class PortService(service.Service):
     def startService(self):
         super().startService()
         self.listening = self.chat.when_ready()
-        self.listening.addCallback(lambda _: self.endpoint.listen(self.factory))
-        self.listening.addCallbacks(self._listening, self._failed)
+        # A store that cannot open stops the daemon once (``build``), not once per port.
+        self.listening.addCallbacks(self._listen, lambda _: None)
+
+    def _listen(self, _):
+        listening = self.endpoint.listen(self.factory)
+        listening.addCallbacks(self._listening, self._failed)
+        return listening
 
     def _listening(self, port):
         self.port = port
@@ -164,12 +190,7 @@ class PortService(service.Service):
         log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
                      why=failure.getErrorMessage())
         # A daemon missing one of its ports is not what was asked for: stop it.
-        if self.on_failure is not None:
-            self.on_failure()
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            self.reactor.callWhenRunning(self.reactor.stop)
+        stop_failed(self.reactor, self.on_failure)
 
     def stopService(self):
         super().stopService()
@@ -179,19 +200,28 @@ class PortService(service.Service):
         return None
 
 
+def _store_broke(_, reactor, on_failure) -> None:
+    log.critical("chatserv: the store can no longer write: stopping, so that a supervisor restarts it")
+    stop_failed(reactor, on_failure)
+
+
 def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services.
 
-    ``on_failure``: called if a port cannot listen (the daemon then stops).
+    ``on_failure``: called if the store cannot open, a port cannot listen or the store can no
+    longer write (the daemon then stops).
     """
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
+    store.when_broken().addCallback(_store_broke, reactor, on_failure)
     hashing = HashingThreads(limits.hash_threads)
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
     hasher = Hasher(reactor, hashing.pool, options.hash_cost(), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
     chat.setServiceParent(root)
+    # The service logs why the store did not open (one line when the database is unreachable).
+    chat.when_ready().addErrback(lambda _: stop_failed(reactor, on_failure))
     tracker = ConnectionTracker(reactor, options["shutdown-grace"])
     tracker.setServiceParent(root)
     if options["ban-file"]:

@@ -96,11 +96,12 @@ async def connect(port: int, framer=None) -> FrameClient:
 class Twistd:
     """``twistd -n chatserv`` in a directory, every port on 127.0.0.1:0, read through its log."""
 
-    def __init__(self, cwd, *extra):
+    def __init__(self, cwd, *extra, preamble=""):
+        """``preamble``: Python run first in the child, to inject a fault."""
         args = [f"--{p.option}=tcp:0:interface=127.0.0.1" for p in PORTS]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            [sys.executable, "-c", preamble + "\nfrom twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "chatserv", *FAST_HASH, *args, *extra],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -131,6 +132,12 @@ class Twistd:
         self.process.kill()
         self.process.wait(timeout=TIMEOUT)
 
+    def wait(self) -> int:
+        """Wait for the daemon to exit on its own; its exit status."""
+        rest, _ = self.process.communicate(timeout=TIMEOUT)
+        self.log += rest.decode()
+        return self.process.returncode
+
     def stop(self) -> str:
         self.process.send_signal(signal.SIGTERM)
         rest, _ = self.process.communicate(timeout=TIMEOUT)
@@ -138,3 +145,25 @@ class Twistd:
         # twistd ends itself with the signal it got once shut down cleanly
         assert self.process.returncode in (0, -signal.SIGTERM), self.log
         return self.log
+
+
+class PostgresOutage:
+    """PostgreSQL going away and coming back, as a test's own database sees it, done from an
+    admin connection to the server (``postgresql_admin``)."""
+
+    def __init__(self, admin, url: str):
+        self.admin = admin
+        self.name = url.rsplit("/", 1)[1]
+
+    def end_connections(self):
+        """Every connection to the database ends, as when the server restarts."""
+        self.admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = %s",
+                           (self.name,))
+
+    def begin(self):
+        """The database is gone: its connections end and it takes no new ones."""
+        self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false")
+        self.end_connections()
+
+    def end(self):
+        self.admin.execute(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")

@@ -11,7 +11,7 @@ from twisted.internet import reactor, task
 from chatserv.service import ChatService
 from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
-from chatserv.store.migrations import MIGRATIONS
+from chatserv.store.migrations import MIGRATIONS, script
 from tests.support import Daemon
 from tests.test_chatroom import Instant
 from tests.test_irc import raw, until
@@ -64,7 +64,7 @@ async def test_guest_ids_go_on_from_where_the_store_left_them():
 async def test_a_database_from_before_the_counter_starts_below_the_guests_it_names(tmp_path):
     path = str(tmp_path / "old.sqlite3")
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    conn.executescript(f"BEGIN;\n{script(MIGRATIONS[0], 'sqlite')}\nPRAGMA user_version = 1;\nCOMMIT;")
     conn.execute("INSERT INTO messages (id, sender_id, sender_name, recipient_id, body, kind, sent_at)"
                  " VALUES (1, -2, 'old guest', 7, 'hi', 'text', 0), (2, 7, 'alice', -5, 'hello', 'text', 0)")
     conn.close()

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import socket
 
 import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor, task
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 
-from chatserv.limits import Limits
+from chatserv.limits import Limits, QuietLog
 from chatserv.model import LOBBY
+from chatserv.protocols import base
 from chatserv.protocols.chatroom import ChatroomFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
 from chatserv.protocols.rooms import RoomsFactory
 from chatserv.protocols.salted import SaltedFactory
-from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
+from chatserv.protocols.skype import FramedSkypeFactory, SkypeConnection, SkypeFactory
 from tests.support import ROOT, Daemon, FrameClient, connect
 from tests.test_chatroom import json_login
 from tests.test_fuzz_protocols import unit_connection
@@ -307,31 +310,46 @@ def is_sql_text(node) -> bool:
     return isinstance(node, ast.Name) and node.id == "where"  # itself only ever SQL text (checked)
 
 
+SQL_STORE_MODULES = ("sql.py", "sqlite.py", "postgres.py")
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|FROM|WHERE|pg_\w+)\b")
+# What SQL f-strings may interpolate besides the modules' SQL constants: a table name (from
+# ID_TABLES), a WHERE clause (checked below), the sequence expression built from that table
+# name, an engine's constant JSON-array function (checked below), and the table and column
+# list of one of the modules' own INSERT statements (postgres.py turns it into a COPY).
+SQL_PIECES = {"table", "where", "sequence", "json_ids", "insert[1]", "insert[2]"}
+
+
 def test_sql_is_built_only_from_constants_and_values_go_in_as_parameters():
-    """The SQLite store's f-strings interpolate only SQL text written in the module (a column list,
-    a table name, a WHERE clause), values always travel as ``?`` parameters, and nothing is built
-    with % or .format."""
-    tree = ast.parse((SOURCE / "store" / "sqlite.py").read_text())
-    constants = {target.id for node in tree.body if isinstance(node, ast.Assign) and is_sql_text(node.value)
-                 for target in node.targets if isinstance(target, ast.Name)}
-    interpolated, problems = set(), []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):
-            interpolated |= {ast.unparse(v.value) for v in node.values if isinstance(v, ast.FormattedValue)}
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and is_sql_text(node.left):
-            problems.append(ast.unparse(node))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "format":
-            problems.append(ast.unparse(node))
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "next_id":
-            problems += [ast.unparse(node) for arg in node.args if not isinstance(arg, ast.Constant)]
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_newest":
-            problems += [] if is_sql_text(node.args[0]) else [ast.unparse(node)]
-        elif isinstance(node, ast.Assign | ast.AugAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(getattr(t, "id", "") == "where" for t in targets) and not is_sql_text(node.value):
+    """The SQL stores' f-strings build SQL only from SQL text written in the store modules,
+    values always travel as parameters, and nothing is built with % or .format."""
+    interpolated, constants, problems = set(), set(), []
+    for name in SQL_STORE_MODULES:
+        tree = ast.parse((SOURCE / "store" / name).read_text())
+        constants |= {target.id for node in tree.body
+                      if isinstance(node, ast.Assign) and is_sql_text(node.value)
+                      for target in node.targets if isinstance(target, ast.Name)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+                if SQL_WORDS.search(text):
+                    interpolated |= {ast.unparse(v.value) for v in node.values
+                                     if isinstance(v, ast.FormattedValue)}
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and is_sql_text(node.left):
                 problems.append(ast.unparse(node))
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "format":
+                problems.append(ast.unparse(node))
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_newest":
+                problems += [] if is_sql_text(node.args[0]) else [ast.unparse(node)]
+            elif isinstance(node, ast.For) and getattr(node.target, "id", "") == "table":
+                if ast.unparse(node.iter) != "ID_TABLES":
+                    problems.append(ast.unparse(node.iter))
+            elif isinstance(node, ast.Assign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = {getattr(t, "id", "") for t in targets}
+                if ("where" in names or "json_ids" in names) and not is_sql_text(node.value):
+                    problems.append(ast.unparse(node))
     assert problems == []
-    assert interpolated and interpolated <= constants | {"table", "where"}
+    assert interpolated and interpolated <= constants | SQL_PIECES
 
 
 def test_tokens_come_from_the_csprng_and_are_found_by_lookup_not_comparison():
@@ -495,3 +513,78 @@ async def test_an_idle_keep_alive_http_connection_is_closed_when_the_daemon_stop
     await daemon.stop()  # the tracker closes it; a stopped daemon serves nothing more
     await client.wait_closed()
     assert daemon.ports["web"].factory.tracker.connections == set()
+
+
+# client input never produces a traceback (the autouse fixture fails a test whose daemon logs one)
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_paths_get_a_json_404_or_400():
+    daemon = await Daemon().start()
+    try:
+        for path in ["/static/chat.js%00.html", "/static/%00", "/static/..%2f..%2fsetup.py",
+                     "/static/chat.js/%00", "/chat%00"]:
+            code, body = await call(daemon, path)
+            assert code in (400, 404), (path, code, body)
+        assert (await call(daemon, "/static/chat.js"))[0] == 200
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chathistory_at_any_timestamp_is_answered():
+    """Year 1 and year 9999, with or without a zone: a history batch (UTC when no zone is given),
+    or FAIL for what is no time at all; never "year 0 is out of range" in the log."""
+    daemon = await Daemon().start()
+    try:
+        await daemon.chat.register("alice", "pw")
+        client = await raw(daemon, "alice", caps="batch", before=[b"PASS pw"])
+        client.send(b"JOIN #t", b"PRIVMSG #t :kept")
+        await until(client, b" 366 ")
+        for reference in [b"timestamp=0001-01-01T00:00:00", b"timestamp=0001-01-01T00:00:00Z",
+                          b"timestamp=0001-01-01T00:00:00+14:00", b"timestamp=9999-12-31T23:59:59",
+                          b"timestamp=9999-12-31T23:59:59-14:00", b"timestamp=nonsense"]:
+            for subcommand in [b"LATEST", b"BEFORE", b"AFTER"]:
+                client.send(b"CHATHISTORY " + subcommand + b" #t " + reference + b" 10", b"PING :probe")
+                lines = await until(client, b"PONG")
+                answered = [line for line in lines if b" BATCH +" in line or b" FAIL CHATHISTORY " in line]
+                assert len(answered) == 1, (subcommand, reference, lines)
+                assert (b"FAIL" in answered[0]) == (reference == b"timestamp=nonsense"), lines
+        client.send(b"CHATHISTORY LATEST #t timestamp=0001-01-01T00:00:00 10")
+        assert (await until(client, b"BATCH -"))[-2].endswith(b"] kept")  # after year 1: everything
+    finally:
+        await daemon.stop()
+
+
+def test_the_quiet_log_writes_each_kind_once_an_interval_and_counts_the_rest():
+    clock, seen = task.Clock(), []
+    logger = Logger(observer=seen.append)
+    quiet = QuietLog(logger, interval=60, clock=clock)
+    for _ in range(1000):
+        quiet.info("{peer} is slow", peer="10.0.0.1")
+        quiet.warn("another kind")
+    clock.advance(59)
+    quiet.info("{peer} is slow", peer="10.0.0.2")
+    clock.advance(1)
+    quiet.info("{peer} is slow", peer="10.0.0.3")
+    assert [formatEvent(event) for event in seen] == [
+        "10.0.0.1 is slow", "another kind", "10.0.0.3 is slow (1000 more like it held back)"]
+
+
+@pytest.mark.allow_log_errors  # one traceback, on purpose
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_requests_hitting_a_bug_logs_one_traceback_and_each_gets_an_error(monkeypatch):
+    def broken(self, argument):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SkypeConnection, "do_PING", broken)
+    monkeypatch.setattr(base, "quiet", QuietLog(base.log, clock=task.Clock()))
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        _, _, connection, transport = unit_connection(SkypeFactory, Limits(), {})
+        connection.dataReceived(b"PING\n" * 500)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert transport.value() == b"500 Internal server error\n" * 500
+    assert len([event for event in seen if "log_failure" in event]) == 1

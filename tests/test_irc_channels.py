@@ -54,6 +54,9 @@ class Member(Bot):
     def irc_RPL_TOPIC(self, prefix, params):
         self.heard.put(("numeric", "332", params[1:]))
 
+    def userRenamed(self, oldname, newname):
+        self.heard.put(("renamed", oldname, newname))
+
 
 async def member(daemon, nickname, password=None) -> Member:
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port("irc"))
@@ -102,7 +105,7 @@ async def test_a_channel_a_guest_made_is_not_left_without_an_operator(daemon):
     acct.send(b"JOIN #g", b"TOPIC #g :x")
     lines = await until(acct, b"TOPIC")
     assert b":chatserv 353 acct = #g :@acct" in lines
-    assert lines[-1] == b":acct!acct@chatserv TOPIC #g x"
+    assert lines[-1] == b":acct!u@chatserv TOPIC #g x"
 
 
 @pytest_twisted.ensureDeferred
@@ -145,6 +148,7 @@ async def test_the_founder_regains_operator_status_on_joining(daemon):
     again = await member(daemon, "alice", "pw")  # an account rejoins its rooms at login, as their founder
     assert await again.hear("names") == ("names", "#den", ["@alice", "bob"])
     assert await bob.hear("mode") == ("mode", "chatserv", "#den", "+o", ("alice",))
+    await again.sync()  # its login is over before the daemon stops
 
 
 @pytest_twisted.ensureDeferred
@@ -159,8 +163,8 @@ async def test_a_guest_that_logs_in_keeps_its_rooms_and_roles_past_their_setting
     await joined(bob, "#vault", "sesame")
     guest.msg("NickServ", "IDENTIFY alice pw")
     assert await guest.hear("nick") == ("nick", "alice")
-    assert await bob.hear("userJoined") == ("userJoined", "alice", "#vault")
-    assert await bob.hear("mode") == ("mode", "chatserv", "#vault", "+o", ("alice",))
+    assert await bob.hear("renamed") == ("renamed", "alice_", "alice")
+    assert daemon.chat.is_operator(daemon.chat.user("alice"), daemon.chat.room("vault"))
     guest.topic("#vault", "still mine")
     assert await bob.hear("topic") == ("topic", "alice", "#vault", "still mine")
 
@@ -216,7 +220,7 @@ async def test_004_and_005_advertise_the_modes_there_are_and_each_user_mode_can_
     client.send(b"MODE bob", b"MODE bob +w-i+o", b"MODE bob", b"MODE bob +x")
     assert [await client.receive() for _ in range(4)] == [
         b":chatserv 221 bob +i",
-        b":bob!bob@chatserv MODE bob +w-i",  # +o comes from OPER only (see the operator test)
+        b":bob!u@chatserv MODE bob +w-i",  # +o comes from OPER only (see the operator test)
         b":chatserv 221 bob +w",
         b":chatserv 501 bob :Unknown MODE flag"]
     client.send(b"MODE alice", b"MODE nobody")
@@ -343,12 +347,12 @@ async def test_moderated_channels_hear_operators_and_voiced_members_shown_with_p
     assert (await until(plain, b" 353 "))[-1] == b":chatserv 353 carol = #m :@alice +bob"
     full.send(b"JOIN #m")
     assert (await until(full, b" 353 "))[-1] == (
-        b":chatserv 353 dave = #m :@+alice!alice@chatserv +bob!bob@chatserv dave!dave@chatserv")
+        b":chatserv 353 dave = #m :@+alice!alice@chatserv +bob!bob@chatserv dave!u@chatserv")
     full.send(b"WHO #m")
     assert (await until(full, b" 315 "))[-4:-1] == [
-        b":chatserv 352 dave #m alice chatserv chatserv alice H@+ :0 alice",
-        b":chatserv 352 dave #m bob chatserv chatserv bob H+ :0 bob",
-        b":chatserv 352 dave #m dave chatserv chatserv dave H :0 dave"]
+        b":chatserv 352 dave #m alice chatserv chatserv alice H@+ :0 alice the bot",
+        b":chatserv 352 dave #m bob chatserv chatserv bob H+ :0 bob the bot",
+        b":chatserv 352 dave #m u chatserv chatserv dave H :0 U"]
     alice.mode("#m", False, "v", user="bob")
     await bob.hear("mode")
     bob.msg("#m", "again?")
@@ -389,11 +393,9 @@ async def test_no_external_messages_can_be_turned_off(daemon):
     assert await alice.hear("privmsg") == ("privmsg", "bob", "#open", "from outside")
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite"])
 @pytest_twisted.ensureDeferred
-async def test_settings_roles_bans_and_the_topic_setter_are_stored(engine, tmp_path):
-    path = "memory" if engine == "memory" else str(tmp_path / "chat.sqlite3")
-    store = open_store(path, reactor)
+async def test_settings_roles_bans_and_the_topic_setter_are_stored(store_db):
+    store = open_store(store_db, reactor)
 
     async def started(store):
         chat = ChatService(store, Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)), reactor)
@@ -410,7 +412,7 @@ async def test_settings_roles_bans_and_the_topic_setter_are_stored(engine, tmp_p
         RoomChange("voice", user=bob), RoomChange("operator", user=bob), RoomChange("ban", mask="eve!*@*")])
     await chat.set_topic(bob, "kept", "stored")
     await chat.stopService()
-    chat = await started(store if engine == "memory" else open_store(path, reactor))
+    chat = await started(store if store_db == "memory" else open_store(store_db, reactor))
     room = chat.room("kept")
     assert (room.invite_only, room.key, room.limit, room.moderated, room.secret, room.no_external,
             room.topic_locked) == (True, "k3y", 9, True, True, False, False)
@@ -419,7 +421,7 @@ async def test_settings_roles_bans_and_the_topic_setter_are_stored(engine, tmp_p
     assert list(room.bans) == ["eve!*@*"] and room.bans["eve!*@*"].set_by == "alice"
     await chat.leave_room(bob, "kept")  # leaving ends a member's roles, for good
     await chat.stopService()
-    chat = await started(store if engine == "memory" else open_store(path, reactor))
+    chat = await started(store if store_db == "memory" else open_store(store_db, reactor))
     assert chat.room("kept").operators == chat.room("kept").voiced == set()
     await chat.stopService()
 
@@ -443,22 +445,22 @@ async def test_server_operators_act_in_any_room_kill_and_send_wallops(opered):
         b":chatserv 442 root #lobby :You're not on that channel"]
     root.send(b"OPER root sesame")
     assert [await root.receive() for _ in range(2)] == [
-        b":chatserv 381 root :You are now an IRC operator", b":root!root@chatserv MODE root +o"]
+        b":chatserv 381 root :You are now an IRC operator", b":root!u@chatserv MODE root +o"]
     root.send(b"MODE #lobby +m")  # from outside the room
-    assert await root.receive() == b":root!root@chatserv MODE #lobby +m"
+    assert await root.receive() == b":root!u@chatserv MODE #lobby +m"
     root.send(b"JOIN #lobby", b"TOPIC #lobby :the lobby has an operator", b"MODE #lobby +o bob")
     assert await bob.hear("topic") == ("topic", "root", "#lobby", "the lobby has an operator")
     assert await bob.hear("mode") == ("mode", "root", "#lobby", "+o", ("bob",))
     bob.whois("root")
     assert await bob.numeric("313") == ["root", "is an IRC operator"]
     root.send(b"WALLOPS :maintenance at noon")
-    assert (await until(watcher, b"WALLOPS"))[-1] == b":root!root@chatserv WALLOPS :maintenance at noon"
+    assert (await until(watcher, b"WALLOPS"))[-1] == b":root!u@chatserv WALLOPS :maintenance at noon"
     root.send(b"KILL bob :flooding")
     assert (await until(watcher, b"QUIT"))[-1].startswith(b":bob!bob@chatserv QUIT")
     assert daemon.chat.sessions_of(daemon.chat.user_or_guest("watcher"))  # only bob went
     root.send(b"MODE root -o", b"KILL watcher :x")
     assert (await until(root, b" 481 "))[-2:] == [
-        b":root!root@chatserv MODE root -o",
+        b":root!u@chatserv MODE root -o",
         b":chatserv 481 root :Permission Denied- You're not an IRC operator"]
     keeper = await raw(daemon, "keeper")  # declared by its argon2 hash
     keeper.send(b"OPER keeper letmein")
@@ -511,7 +513,7 @@ async def test_whowas_remembers_who_left(daemon):
     client = await raw(daemon, "asker")
     client.send(b"WHOWAS gone", b"WHOWAS never", b"WHOWAS")
     lines = await until(client, b" 431 ")
-    assert lines[0] == b":chatserv 314 asker gone gone chatserv * :gone"
+    assert lines[0] == b":chatserv 314 asker gone u chatserv * :U"
     assert lines[1].startswith(b":chatserv 312 asker gone chatserv :")
     assert lines[2:] == [b":chatserv 369 asker gone :End of WHOWAS",
                          b":chatserv 406 asker never :There was no such nickname",
@@ -533,16 +535,16 @@ async def test_who_with_masks_and_whox(daemon):
     lines += await until(client, b" 315 carl #w ")
     who = [line for line in lines if b" 352 " in line or b" 315 " in line or b" 354 " in line]
     assert who == [
-        b":chatserv 352 carl * bobby chatserv chatserv bobby H :0 bobby",
+        b":chatserv 352 carl * bobby chatserv chatserv bobby H :0 bobby the bot",
         b":chatserv 315 carl b* :End of WHO list",
-        b":chatserv 352 carl * hidden chatserv chatserv hidden H :0 hidden",
+        b":chatserv 352 carl * hidden chatserv chatserv hidden H :0 hidden the bot",
         b":chatserv 315 carl hidden :End of WHO list",
-        b":chatserv 352 carl * alice chatserv chatserv alice H :0 alice",
-        b":chatserv 352 carl * bobby chatserv chatserv bobby H :0 bobby",
-        b":chatserv 352 carl * carl chatserv chatserv carl H :0 carl",
+        b":chatserv 352 carl * alice chatserv chatserv alice H :0 alice the bot",
+        b":chatserv 352 carl * bobby chatserv chatserv bobby H :0 bobby the bot",
+        b":chatserv 352 carl * u chatserv chatserv carl H :0 U",
         b":chatserv 315 carl * :End of WHO list",
-        b":chatserv 354 carl 42 #w alice chatserv alice H@ 0 :alice",
-        b":chatserv 354 carl 42 #w carl chatserv carl H carl :carl",
+        b":chatserv 354 carl 42 #w alice chatserv alice H@ 0 :alice the bot",
+        b":chatserv 354 carl 42 #w u chatserv carl H carl :U",
         b":chatserv 315 carl #w :End of WHO list",
         b":chatserv 354 carl alice",
         b":chatserv 354 carl carl",
@@ -562,13 +564,16 @@ def test_ban_masks_are_completed_and_match_names_not_hosts():
 
 
 def test_many_mode_changes_are_split_to_fit_a_line():
+    def nick_of(user):
+        return user.username
+
     changes = [RoomChange("ban", mask="m" * 98 + f"!{n}@*") for n in range(6)]
-    lines = mode_lines("op!op@chatserv", "#c", changes).split(b"\r\n")[:-1]
+    lines = mode_lines("op!op@chatserv", "#c", changes, nick_of).split(b"\r\n")[:-1]
     assert len(lines) == 2 and all(len(line) <= 510 for line in lines)
     masks = [word for line in lines for word in line.split()[4:]]
     assert masks == [change.mask.encode() for change in changes]
     assert mode_lines("s", "#c", [RoomChange("moderated"), RoomChange("key", ""), RoomChange("limit", 5),
-                                  RoomChange("secret", False)]) == b":s MODE #c +m-k+l-s * 5\r\n"
+                                  RoomChange("secret", False)], nick_of) == b":s MODE #c +m-k+l-s * 5\r\n"
 
 
 @pytest_twisted.ensureDeferred

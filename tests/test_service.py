@@ -1,4 +1,5 @@
-"""ChatService over both stores: accounts, presence, contacts, rooms, messages."""
+"""ChatService over the stores: accounts, presence, contacts, rooms, messages; what must outlive a
+restart, on every engine."""
 
 import pytest
 import pytest_twisted
@@ -9,6 +10,7 @@ from chatserv.credentials import HashCost, Hasher, password_digest
 from chatserv.model import LOBBY
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from tests.support import PostgresOutage
 
 
 class Sink:
@@ -73,9 +75,10 @@ async def test_salts_reveal_no_accounts(chat):
 
 
 @pytest_twisted.ensureDeferred
-async def test_accounts_contacts_and_rooms_survive_a_restart(db):
-    if db == "memory":
+async def test_accounts_contacts_and_rooms_survive_a_restart(store_db):
+    if store_db == "memory":
         pytest.skip("an in-memory store forgets by design")
+    db = store_db
     chat = await start(db)
     alice, bob = await users(chat, "alice", "bob")
     await chat.add_contact(alice, "bob")
@@ -93,6 +96,29 @@ async def test_accounts_contacts_and_rooms_survive_a_restart(db):
 
 
 @pytest_twisted.ensureDeferred
+async def test_while_postgresql_is_gone_nothing_is_acknowledged_or_delivered(
+        postgresql_url, postgresql_admin):
+    chat = await start(postgresql_url)
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.join_room(bob, LOBBY)
+    await chat.join_room(alice, LOBBY)
+    bob_sink = Sink()
+    chat.attach(bob, bob_sink, "test")
+    outage = PostgresOutage(postgresql_admin, postgresql_url)
+    outage.begin()
+    with pytest.raises(errors.StoreUnavailable):
+        await chat.send_room(alice, LOBBY, "lost")
+    with pytest.raises(errors.StoreUnavailable):
+        await chat.send_direct(alice, "bob", "lost too")
+    assert bob_sink.of(events.RoomMessage) == bob_sink.of(events.DirectMessage) == []
+    outage.end()
+    await chat.send_room(alice, LOBBY, "kept")
+    assert [e.message.body for e in bob_sink.of(events.RoomMessage)] == ["kept"]
+    assert [m.body for m in await chat.room_history(bob, LOBBY)] == ["kept"]
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_presence_reaches_contacts_and_watchers_once(chat):
     alice, bob, carol = await users(chat, "alice", "bob", "carol")
     await chat.add_contact(bob, "alice")
@@ -105,7 +131,7 @@ async def test_presence_reaches_contacts_and_watchers_once(chat):
     assert [(e.user.username, e.online) for e in bob_sink.of(events.PresenceChanged)] == [("alice", True)]
     assert carol_sink.of(events.PresenceChanged) == []
     assert [e.user.username for e in watcher.of(events.PresenceChanged)] == ["alice"]
-    assert chat.is_online(alice) and chat.last_address(alice) == "10.1.1.1"
+    assert chat.is_online(alice) and [s.address for s in chat.sessions_of(alice)] == ["10.1.1.1", ""]
     chat.detach(first)
     assert chat.is_online(alice)
     chat.detach(second)
@@ -143,7 +169,8 @@ async def test_contacts_and_blocks(chat):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(db):
+async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(store_db):
+    db = store_db
     chat = await start(db)
     alice, bob, carol = await users(chat, "alice", "bob", "carol")
     await chat.set_contact(alice, "bob", "last_words")

@@ -130,8 +130,7 @@ async def test_a_refused_connection_gets_503_is_counted_and_logged_once_a_minute
                 assert response.headers.getRawHeaders("retry-after") == ["10"]
                 assert await treq.json_content(response) == {"error": "too many connections: try again later"}
         refusals = [line for line in log.lines if "refused" in line]
-        assert refusals == ["refused 1 connection(s) since the last report; the latest from 127.0.0.1, "
-                            "over --connections-per-ip"]
+        assert refusals == ["refused a connection from 127.0.0.1, over --connections-per-ip"]
         holder.transport.loseConnection()
         await holder.wait_closed()
         code, metrics = await call(daemon, "/metrics")

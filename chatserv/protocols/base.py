@@ -17,11 +17,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, Limits, TokenBucket
+from chatserv.limits import Deadline, Limits, QuietLog, TokenBucket
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
 
 log = Logger()
+quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
 
 
 class BadRequest(errors.ChatError):
@@ -189,7 +190,7 @@ class ChatConnection(protocol.Protocol):
         try:
             self._reply(self.error_table.reply(failure.value))
         except Exception:
-            log.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
             self._reply(self.internal_error())
 
     def _done(self, _):
@@ -215,7 +216,7 @@ class ChatConnection(protocol.Protocol):
     def _landed(self, result):
         self._in_flight -= 1
         if isinstance(result, Failure):
-            log.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
@@ -258,8 +259,8 @@ class ChatConnection(protocol.Protocol):
         self._queued.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes > self.limits.send_queue:
-            log.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
-                     peer=self.peer_host)
+            quiet.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
+                       peer=self.peer_host)
             self._queued.clear()
             self._closing = True
             self.transport.unregisterProducer()
@@ -333,7 +334,7 @@ class ChatConnection(protocol.Protocol):
         try:
             data = self.render(event)
         except Exception:
-            log.failure("cannot render {event!r}", event=event)
+            quiet.failure("cannot render {event!r}", event=event)
             return
         if data:
             if self._write_paused:
@@ -349,9 +350,6 @@ class ChatConnection(protocol.Protocol):
         return None
 
 
-REFUSALS_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections
-
-
 class ConnectionTracker(service.Service):
     """Knows every open connection, so a stopping daemon can say goodbye on each wire."""
 
@@ -361,8 +359,7 @@ class ConnectionTracker(service.Service):
         self.connections: set = set()
         self.per_host: collections.Counter = collections.Counter()
         self.refused = 0
-        self._unlogged_refusals = 0
-        self._refusals_logged_at: float | None = None
+        self._quiet = QuietLog(log, clock=clock)  # refusals: one line a minute at most
         self._shared: set = set()
         self._emptied: list[defer.Deferred] = []
 
@@ -377,15 +374,9 @@ class ConnectionTracker(service.Service):
         return True
 
     def _refuse(self, host: str, limit: str):
-        """Count a refusal; log at most one line a minute, saying how many since the last."""
+        """Count a refusal; the log has a line a minute at most, saying how many were held back."""
         self.refused += 1
-        self._unlogged_refusals += 1
-        now = self.clock.seconds()
-        if self._refusals_logged_at is None or now - self._refusals_logged_at >= REFUSALS_LOG_INTERVAL:
-            log.warn("refused {count} connection(s) since the last report; the latest from {host}, "
-                     "over {limit}", count=self._unlogged_refusals, host=host, limit=limit)
-            self._refusals_logged_at = now
-            self._unlogged_refusals = 0
+        self._quiet.warn("refused a connection from {host}, over {limit}", host=host, limit=limit)
 
     def add(self, connection):
         self.connections.add(connection)

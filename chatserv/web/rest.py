@@ -21,12 +21,15 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
+from chatserv.limits import QuietLog
 from chatserv.protocols.base import BadRequest
 from chatserv.protocols.framing import MalformedJSON, NotAnObject, json_object
+from chatserv.text import UnencodableText
 from chatserv.web import api
 from chatserv.web.metrics import CONTENT_TYPE as METRICS_TYPE
 
 log = Logger()
+quiet = QuietLog(log)  # bounds what clients can make us log
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 BOTH = ["GET", "POST"]
@@ -68,6 +71,8 @@ def read_params(request) -> dict:
             raise BadRequest("malformed JSON body") from None
         except NotAnObject:
             raise BadRequest("the JSON body must be an object") from None
+        except UnencodableText as exc:
+            raise BadRequest(str(exc)) from None
     return params
 
 
@@ -131,6 +136,11 @@ class StaticFiles(static.File):
     def directoryListing(self):
         return pages.notFound()
 
+    def getChild(self, path, request):
+        if b"\x00" in path:  # no file has one, and the OS refuses to look one up
+            return pages.notFound()
+        return super().getChild(path, request)
+
 
 class Root(resource.Resource):
     """In front of klein: a URL that is not UTF-8 gets 400 (klein would log a traceback), and a
@@ -178,7 +188,7 @@ def endpoint(method):
             try:
                 status, message = api.ERRORS.reply(e)
             except Exception:
-                log.failure("unexpected failure in {path}", path=request.path)
+                quiet.failure("unexpected failure in {path}", path=request.path)
                 status, message = 500, "Internal server error"
             self.counters["errors"] += 1
             request.setResponseCode(status)

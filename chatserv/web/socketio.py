@@ -16,14 +16,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, TokenBucket
+from chatserv.limits import Deadline, QuietLog, TokenBucket
 from chatserv.protocols.base import BadRequest
 from chatserv.service import ISink
+from chatserv.text import UnencodableText, check_decoded
 from chatserv.web import api
 from chatserv.web.engineio import EngineSocket
 from chatserv.web.sessions import InvalidSession, WebSessions
 
 log = Logger()
+quiet = QuietLog(log)  # bounds what clients can make us log
 
 PROTOCOL = "web"
 NAMESPACE = "/"
@@ -177,6 +179,10 @@ class SocketIOConnection:
             raise BadRequest("Unknown event")
         if not isinstance(data, dict):
             raise BadRequest("event data must be an object")
+        try:
+            check_decoded(data)
+        except UnencodableText as exc:
+            raise BadRequest(str(exc)) from None
         if "sessionID" in data and self.web_sessions.get(data["sessionID"]).user is not self.user:
             raise InvalidSession("Invalid session")
         return defer.ensureDeferred(handler(data))
@@ -185,7 +191,7 @@ class SocketIOConnection:
         try:
             _, text = api.ERRORS.reply(failure.value)
         except Exception:
-            log.failure("unexpected failure in socket.io event {name}", failure, name=name)
+            quiet.failure("unexpected failure in socket.io event {name}", failure, name=name)
             text = "Internal server error"
         self.emit("error", {"message": text})
         return {"error": text}

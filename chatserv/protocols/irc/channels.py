@@ -10,7 +10,7 @@ from __future__ import annotations
 from chatserv import errors
 from chatserv.model import Room, fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import mask, serialise
+from chatserv.protocols.irc.message import serialise
 
 NAMES_BUDGET = 400  # bytes of names in one RPL_NAMREPLY, well inside 512
 
@@ -90,7 +90,7 @@ class ChannelsMixin:
     def show_join(self, room: Room):
         self.channels[fold(room.name)] = room
         channel = "#" + room.name
-        lines = [serialise("JOIN", channel, prefix=mask(self.nick))]
+        lines = [serialise("JOIN", channel, prefix=self.own_mask())]
         lines += self.topic_lines(room)
         lines += self.names_lines(room)
         self.send(b"".join(lines))
@@ -111,7 +111,7 @@ class ChannelsMixin:
         kind = "@" if room.secret else "="
         full = "userhost-in-names" in self.caps
         for user in self.online_members(room) if self.sees_inside(room) else ():
-            name = self.prefixed(user, room) + (mask(user.username) if full else user.username)
+            name = self.prefixed(user, room) + (self.mask_of(user) if full else self.nick_of(user))
             if size + len(name) + 1 > NAMES_BUDGET:
                 lines.append(self.numeric(N.RPL_NAMREPLY, kind=kind, channel=channel, names=" ".join(names)))
                 names, size = [], 0
@@ -169,9 +169,9 @@ class ChannelsMixin:
         if room.invite_only:
             self.need_operator(room)
         if user.id in room.members:
-            raise N.IRCError(N.ERR_USERONCHANNEL, target=user.username, channel="#" + room.name)
+            raise N.IRCError(N.ERR_USERONCHANNEL, target=self.nick_of(user), channel="#" + room.name)
         self.service.invite(self.user, room.name, user)
-        self.reply(N.RPL_INVITING, target=user.username, channel="#" + room.name)
+        self.reply(N.RPL_INVITING, target=self.nick_of(user), channel="#" + room.name)
 
     # looking around
 
@@ -225,27 +225,28 @@ class ChannelsMixin:
         elif key not in self.channels:
             return None
         if event.joined:  # the roles the newcomer holds there (the founder's +o) come with it
-            return event.render_once("irc", lambda: _membership_line(event)
+            return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of)
                                      + self.role_modes(room, event.user))
-        return event.render_once("irc", lambda: _membership_line(event))
+        return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of))
 
     def render_topic(self, event):
         if fold(event.room.name) not in self.channels:
             return None
         return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.room.topic,
-                                                          prefix=mask(event.by.username)))
+                                                          prefix=self.mask_of(event.by)))
 
     def render_invited(self, event):
-        return serialise("INVITE", event.user.username, "#" + event.room.name, prefix=mask(event.by.username))
+        return serialise("INVITE", self.nick_of(event.user), "#" + event.room.name,
+                         prefix=self.mask_of(event.by))
 
 
-def _membership_line(event) -> bytes:
+def _membership_line(event, mask_of, nick_of) -> bytes:
     channel = "#" + event.room.name
     if event.joined:
-        return serialise("JOIN", channel, prefix=mask(event.user.username))
+        return serialise("JOIN", channel, prefix=mask_of(event.user))
     if event.by is not None:
-        return serialise("KICK", channel, event.user.username, event.reason or event.by.username,
-                         prefix=mask(event.by.username))
+        return serialise("KICK", channel, nick_of(event.user), event.reason or nick_of(event.by),
+                         prefix=mask_of(event.by))
     if event.reason:
-        return serialise("PART", channel, event.reason, prefix=mask(event.user.username))
-    return serialise("PART", channel, prefix=mask(event.user.username))
+        return serialise("PART", channel, event.reason, prefix=mask_of(event.user))
+    return serialise("PART", channel, prefix=mask_of(event.user))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from chatserv import errors
 from chatserv.model import RoomChange, fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import MAX_LINE, SERVER, mask, serialise
+from chatserv.protocols.irc.message import MAX_LINE, serialise
 from chatserv.room_settings import BANS_PER_ROOM, KEY_LENGTH, valid_key
 
 FLAG_MODES = {"i": "invite_only", "m": "moderated", "n": "no_external", "s": "secret", "t": "topic_locked"}
@@ -38,15 +38,16 @@ def ban_mask(text: str) -> str:
     return f"{nick or '*'}!{user or '*'}@{host or '*'}"
 
 
-def mode_lines(prefix: str, channel: str, changes) -> bytes:
-    """MODE lines announcing ``changes`` (RoomChanges), split to fit a line."""
+def mode_lines(prefix: str, channel: str, changes, nick_of) -> bytes:
+    """MODE lines announcing ``changes`` (RoomChanges; a role names ``nick_of(user)``), split to
+    fit a line."""
     lines, letters, params, sign = [], "", [], ""
     budget = MAX_LINE - 2 - len(f":{prefix} MODE {channel} ".encode())
     for change in changes:
         letter = LETTERS[change.setting]
         on = bool(change.value)
         if change.setting in ROLE_MODES.values():
-            param = change.user.username
+            param = nick_of(change.user)
         elif change.setting == "ban":
             param = change.mask
         elif change.setting == "key":
@@ -135,7 +136,7 @@ class ModesMixin:
         changes = [change for change in (self._mode_change(room, *request) for request in wanted) if change]
         applied = await self.service.change_room(self.user, room, changes) if changes else []
         if applied and self.user.id not in room.members:  # a server operator from outside sees it too
-            self.send(mode_lines(mask(self.nick), channel, applied))
+            self.send(mode_lines(self.own_mask(), channel, applied, self.nick_of))
 
     def _mode_change(self, room, char: str, on: bool, argument: str) -> RoomChange | None:
         """The RoomChange one mode letter asks for; None (after a numeric) when it cannot be made."""
@@ -178,8 +179,8 @@ class ModesMixin:
     def render_room_changed(self, event):
         if fold(event.room.name) not in self.channels:
             return None
-        by = event.by.username
-        return event.render_once("irc", lambda: mode_lines(mask(by), "#" + event.room.name, event.changes))
+        return event.render_once("irc", lambda: mode_lines(self.mask_of(event.by), "#" + event.room.name,
+                                                           event.changes, self.nick_of))
 
     def role_modes(self, room, user) -> bytes:
         """The server's MODE line giving a joining member the roles it holds (the founder's +o)."""
@@ -187,8 +188,8 @@ class ModesMixin:
                    + ("v" if self.service.is_voiced(user, room) else ""))
         if not letters:
             return b""
-        nicks = [user.username] * len(letters)
-        return serialise("MODE", "#" + room.name, "+" + letters, *nicks, prefix=SERVER)
+        nicks = [self.nick_of(user)] * len(letters)
+        return serialise("MODE", "#" + room.name, "+" + letters, *nicks, prefix=self.server)
 
     # user modes
 
@@ -216,7 +217,7 @@ class ModesMixin:
         if refused:
             self.reply(N.ERR_UMODEUNKNOWNFLAG)
         if changed:
-            self.send(serialise("MODE", self.nick, _joined_signs(changed), prefix=mask(self.nick)))
+            self.send(serialise("MODE", self.nick, _joined_signs(changed), prefix=self.own_mask()))
 
 
 def _joined_signs(changes: list[str]) -> str:

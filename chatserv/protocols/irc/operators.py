@@ -12,7 +12,7 @@ from twisted.internet.defer import gatherResults
 from twisted.python import usage
 
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import mask, serialise
+from chatserv.protocols.irc.message import serialise
 
 HASHED = "$argon2"
 
@@ -66,7 +66,7 @@ class OperatorsMixin:
         if "o" not in self.user_modes:
             self.user_modes.add("o")
             self.factory.census.mode_changed(self, "o", True)
-            self.send(serialise("MODE", self.nick, "+o", prefix=mask(self.nick)))
+            self.send(serialise("MODE", self.nick, "+o", prefix=self.own_mask()))
 
     def need_server_operator(self):
         if not self.service.is_server_operator(self.user):
@@ -81,7 +81,7 @@ class OperatorsMixin:
     def irc_WALLOPS(self, line):
         """WALLOPS <text>: to every IRC client with user mode +w."""
         self.need_server_operator()
-        data = serialise("WALLOPS", line.params[0], prefix=mask(self.nick))
+        data = serialise("WALLOPS", line.params[0], prefix=self.own_mask())
         for connection in list(self.factory.tracker.connections):
             if connection.protocol_name == self.protocol_name and "w" in connection.user_modes:
                 connection.send(data)

@@ -18,7 +18,7 @@ import attrs
 import twisted
 from chatserv.model import fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import HOST, SERVER
+from chatserv.protocols.irc.message import HOST
 
 WHOWAS_KEPT = 1000
 WHOX_FIELDS = "tcuihsnfdlaor"  # the order of WHOX fields in RPL_WHOSPCRPL, whatever order they were asked in
@@ -56,10 +56,6 @@ class Census:
 
 class QueriesMixin:
     # who a user is, as IRC shows it
-
-    def user_fields(self, user) -> tuple[str, str]:
-        """The user name and real name shown for ``user``."""
-        return user.username, user.username
 
     def is_invisible(self, user) -> bool:
         return any("i" in getattr(session.sink, "user_modes", ())
@@ -112,22 +108,23 @@ class QueriesMixin:
         for user in self.service.online_users():
             if not (sees_all or user.id in mates or user.id == self.user.id) and self.is_invisible(user):
                 continue
-            ident, realname = self.user_fields(user)
-            if any(fnmatch.fnmatchcase(fold(text), pattern) for text in (user.username, ident, HOST, SERVER,
-                                                                            realname)):
+            ident, realname = self.user_info(user)
+            if any(fnmatch.fnmatchcase(fold(text), pattern)
+                   for text in (self.nick_of(user), ident, HOST, self.server, realname)):
                 found.append(user)
         return found
 
     def who_line(self, user, room, fields: str = "", token: str = "") -> bytes:
         """RPL_WHOREPLY, or with WHOX ``fields`` RPL_WHOSPCRPL."""
-        ident, realname = self.user_fields(user)
+        ident, realname = self.user_info(user)
+        nick = self.nick_of(user)
         channel = "#" + room.name if room is not None else "*"
         flags = self.who_flags(user, room)
         if not fields:
-            return self.numeric(N.RPL_WHOREPLY, channel=channel, user=ident, host=HOST, server=SERVER,
-                                target=user.username, flags=flags, realname=realname)
+            return self.numeric(N.RPL_WHOREPLY, channel=channel, ident=ident, host=HOST, server=self.server,
+                                target=nick, flags=flags, realname=realname)
         values = {"t": token if token.isdigit() and len(token) <= 3 else "0", "c": channel, "u": ident,
-                  "i": HIDDEN_ADDRESS, "h": HOST, "s": SERVER, "n": user.username, "f": flags, "d": "0",
+                  "i": HIDDEN_ADDRESS, "h": HOST, "s": self.server, "n": nick, "f": flags, "d": "0",
                   "l": "0", "a": "0" if user.guest else user.username, "o": "n/a", "r": realname}
         shown = [values[field] for field in WHOX_FIELDS if field in fields]
         if "r" in fields:
@@ -136,12 +133,12 @@ class QueriesMixin:
 
     # WHOWAS
 
-    def logout(self):
-        """An IRC user leaves (or changes who it is): WHOWAS remembers it."""
+    def remember_departure(self):
+        """An IRC user leaves: WHOWAS remembers it."""
         if self.session is not None and self.registered:
-            ident, realname = self.user_fields(self.session.user)
-            self.factory.census.departures.append(Departure(self.nick, ident, realname, self.clock.seconds()))
-        super().logout()
+            departure = Departure(self.nick, self.ident or self.nick, self.realname or self.nick,
+                                  self.clock.seconds())
+            self.factory.census.departures.append(departure)
 
     def irc_WHOWAS(self, line):
         if not line.param(0):
@@ -155,7 +152,7 @@ class QueriesMixin:
                 left = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(departure.left_at))
                 lines.append(self.numeric(N.RPL_WHOWASUSER, target=departure.nick, user=departure.user,
                                           host=HOST, realname=departure.realname))
-                lines.append(self.numeric(N.RPL_WHOISSERVER, target=departure.nick, server=SERVER,
+                lines.append(self.numeric(N.RPL_WHOISSERVER, target=departure.nick, server=self.server,
                                           where=left))
             if not found:
                 lines.append(self.numeric(N.ERR_WASNOSUCHNICK, target=nick))
@@ -166,7 +163,7 @@ class QueriesMixin:
 
     def this_server(self, line):
         """Server queries may name a server: this one is the only one."""
-        if line is not None and line.param(0) and fold(line.param(0)) not in (fold(SERVER), "*"):
+        if line is not None and line.param(0) and fold(line.param(0)) not in (fold(self.server), "*"):
             raise N.IRCError(N.ERR_NOSUCHSERVER, target=line.param(0))
 
     def counted(self):
@@ -210,14 +207,14 @@ class QueriesMixin:
 
     def irc_VERSION(self, line):
         self.this_server(line)
-        self.send(self.numeric(N.RPL_VERSION, version=self.factory.version, server=SERVER,
+        self.send(self.numeric(N.RPL_VERSION, version=self.factory.version, server=self.server,
                                comments="chatserv: IRC and five other chat protocols over one service")
                   + b"".join(self.isupport_lines()))
 
     def irc_TIME(self, line):
         self.this_server(line)
         now = self.clock.seconds()
-        self.reply(N.RPL_TIME, server=SERVER, timestamp=int(now),
+        self.reply(N.RPL_TIME, server=self.server, timestamp=int(now),
                    time=time.strftime("%A %B %d %Y -- %H:%M:%S +00:00", time.gmtime(now)))
 
     def irc_INFO(self, line):
