@@ -456,7 +456,7 @@ async def test_server_operators_act_in_any_room_kill_and_send_wallops(opered):
     root.send(b"WALLOPS :maintenance at noon")
     assert (await until(watcher, b"WALLOPS"))[-1] == b":root!u@chatserv WALLOPS :maintenance at noon"
     root.send(b"KILL bob :flooding")
-    assert (await until(watcher, b"QUIT"))[-1].startswith(b":bob!bob@chatserv QUIT")
+    assert (await until(watcher, b"QUIT"))[-1] == b":bob!bob@chatserv QUIT :Killed (root (flooding))"
     assert daemon.chat.sessions_of(daemon.chat.user_or_guest("watcher"))  # only bob went
     root.send(b"MODE root -o", b"KILL watcher :x")
     assert (await until(root, b" 481 "))[-2:] == [
