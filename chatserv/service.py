@@ -152,21 +152,21 @@ class ChatService(service.Service):
 
     def validate_username(self, name) -> str:
         if not isinstance(name, str) or not _USERNAME.match(name):
-            raise errors.Invalid("invalid username")
+            raise errors.InvalidUsername()
         if fold(name) in RESERVED_NAMES:
-            raise errors.Invalid("reserved username")
+            raise errors.ReservedUsername()
         return name
 
     def _check_free(self, name, guest: User | None = None):
         holder = self._guests.get(fold(name))
         if fold(name) in self._user_keys or (holder is not None and holder is not guest):
-            raise errors.AlreadyExists("username taken")
+            raise errors.UsernameTaken()
 
     def user(self, name) -> User:
         """The registered user of that name (case-insensitive), else NotFound."""
         user = self._user_keys.get(fold(name)) if isinstance(name, str) else None
         if user is None:
-            raise errors.NotFound("no such user")
+            raise errors.UserNotFound()
         return user
 
     def user_or_guest(self, name) -> User:
@@ -177,7 +177,7 @@ class ChatService(service.Service):
     def user_by_id(self, user_id) -> User:
         user = self._users.get(user_id)
         if user is None:
-            raise errors.NotFound("no such user")
+            raise errors.UserNotFound()
         return user
 
     def users(self) -> list[User]:
@@ -203,7 +203,7 @@ class ChatService(service.Service):
         """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
-            raise errors.Invalid("empty password")
+            raise errors.EmptyPassword()
         self._check_free(username, guest)
         salt = new_salt()
         return await self.register_digest(username, salt, password_digest(salt, password), guest=guest)
@@ -213,7 +213,7 @@ class ChatService(service.Service):
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
-            raise errors.Invalid("empty password")
+            raise errors.EmptyPassword()
         self._check_free(username, guest)
         verifier = await self.hasher.make_verifier(digest)
         self._check_free(username, guest)  # another registration may have won while we hashed
@@ -257,7 +257,7 @@ class ChatService(service.Service):
     def _check_throttle(self, key):
         failures, until = self._login_failures.get(key, (0, 0.0))
         if until > self.clock.seconds():
-            raise errors.RateLimited("too many failed logins: try again later")
+            raise errors.LoginThrottled()
 
     def _note_failure(self, key):
         failures, _ = self._login_failures.pop(key, (0, 0.0))
@@ -378,17 +378,17 @@ class ChatService(service.Service):
 
     def _registered_other(self, owner: User, name) -> User:
         if owner.guest:
-            raise errors.Denied("guests have no contacts")
+            raise errors.GuestDenied()
         other = self.user(name)
         if other.id == owner.id:
-            raise errors.Invalid("that is you")
+            raise errors.ContactIsSelf()
         return other
 
     @deferred
     async def set_contact(self, owner: User, name, status="friend", *, keep_existing=False) -> User:
         """Create or change a contact relation; ``keep_existing`` leaves a present one as it is."""
         if status not in CONTACT_STATUSES:
-            raise errors.Invalid("unknown contact status")
+            raise errors.UnknownContactStatus()
         other = self._registered_other(owner, name)
         current = self.contact_status(owner, other)
         if current == status or (keep_existing and current is not None):
@@ -406,7 +406,7 @@ class ChatService(service.Service):
     async def remove_contact(self, owner: User, name) -> User:
         other = self._registered_other(owner, name)
         if self.contact_status(owner, other) is None:
-            raise errors.NotFound("not a contact")
+            raise errors.ContactNotFound()
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
         self._deliver_to_users(events.ContactChanged(owner, other, None), (owner.id, other.id))
@@ -429,14 +429,14 @@ class ChatService(service.Service):
     def room(self, name) -> Room:
         room = self._rooms.get(fold(name)) if isinstance(name, str) else None
         if room is None:
-            raise errors.NotFound("no such room")
+            raise errors.RoomNotFound()
         return room
 
     def room_by_id(self, room_id) -> Room:
         """The room with that id (seed 004 names groups by id), else NotFound."""
         room = self._rooms_by_id.get(room_id)
         if room is None:
-            raise errors.NotFound("no such room")
+            raise errors.RoomNotFound()
         return room
 
     def rooms(self) -> list[Room]:
@@ -455,7 +455,7 @@ class ChatService(service.Service):
 
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
-            raise errors.Invalid("invalid room name")
+            raise errors.InvalidRoomName()
         return name
 
     async def _new_room(self, name, creator: User | None) -> Room:
@@ -472,7 +472,7 @@ class ChatService(service.Service):
         """Create a room with ``user`` as its creator and first member."""
         self.validate_room_name(name)
         if fold(name) in self._rooms:
-            raise errors.AlreadyExists("room exists")
+            raise errors.RoomExists()
         room = await self._new_room(name, user)
         await self._add_member(room, user, origin=None)
         return room
@@ -500,7 +500,7 @@ class ChatService(service.Service):
         """End a membership; members, and the one leaving, hear of it."""
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
         room.members.discard(user.id)
@@ -521,9 +521,9 @@ class ChatService(service.Service):
         """
         room = self.room(name)
         if not self.is_operator(by, room):
-            raise errors.Denied("not an operator")
+            raise errors.NotOperator()
         if user.id not in room.members:
-            raise errors.NotFound("not a member")
+            raise errors.MemberNotFound()
         grants = self._operators.setdefault(room.id, set())
         grants.add(user.id) if granted else grants.discard(user.id)
         self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
@@ -533,7 +533,7 @@ class ChatService(service.Service):
     async def set_topic(self, user: User, name, topic: str, *, origin: Session | None = None) -> Room:
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         room.topic = str(topic)[: self.limits.max_body]
         await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
@@ -543,9 +543,9 @@ class ChatService(service.Service):
 
     def _check_body(self, body) -> str:
         if not isinstance(body, str) or not body:
-            raise errors.Invalid("empty message")
+            raise errors.EmptyMessage()
         if len(body) > self.limits.max_body:
-            raise errors.Invalid("message too long")
+            raise errors.MessageTooLong()
         return body
 
     def _new_message(self, sender: User, body, kind, **target) -> Message:
@@ -587,7 +587,7 @@ class ChatService(service.Service):
             self._check_body(body)
             room = name if isinstance(name, Room) else self.room(name)
             if sender.id not in room.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
         except errors.ChatError:
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)
@@ -614,7 +614,7 @@ class ChatService(service.Service):
         if room is not None:
             room = self.room(room)
             if user.id not in room.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
             self._deliver_to_users(events.Typing(user, bool(active), room=room), room.members, origin)
         elif to is not None:
             recipient = self.user_or_guest(to)
@@ -626,7 +626,7 @@ class ChatService(service.Service):
         """Deferred[list[Message]] of a room the user is in, oldest first."""
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         return self.store.room_history(room.id, limit or self.limits.history, before_id)
 
     def direct_history(self, user: User, other, limit=None, before_id=None) -> Deferred:

@@ -683,7 +683,7 @@ class ChatroomFactory(ChatFactory):
         """The callback login of the user of that name, if it was made from ``host``."""
         try:
             login = self.callbacks.get(self.service.user(name).id)
-        except errors.NotFound:
+        except errors.UserNotFound:
             return None
         return login if login is not None and login.host == host else None
 

@@ -210,7 +210,7 @@ class RoomsConnection(ChatConnection):
         name = self.factory.current_rooms.get(self.user.id)
         try:
             room = self.service.room(name)
-        except errors.NotFound:
+        except errors.RoomNotFound:
             return None
         return room.name if self.user.id in room.members else None
 

@@ -185,7 +185,7 @@ class SaltedConnection(ChatConnection):
         """Is ``name`` logged in on this port from another address (the seed's association)?"""
         try:
             owner = self.service.user_or_guest(name)
-        except errors.NotFound:
+        except errors.UserNotFound:
             return False
         return any(s.protocol == PROTOCOL and s.address != self.peer_host
                    for s in self.service.sessions_of(owner))
@@ -204,11 +204,11 @@ class SaltedConnection(ChatConnection):
         self.pending = None
         try:
             self.service.validate_username(name)
-        except errors.Invalid as exc:
+        except errors.InvalidUsername as exc:
             return register_status(False, exc.message)
         try:
             self.service.user_or_guest(name)
-        except errors.NotFound:
+        except errors.UserNotFound:
             self.pending = PendingRegistration(name, new_salt())
             return encode({"type": "username_register_status", "taken": "false"})
         return encode({"type": "username_register_status", "taken": "true"})
@@ -232,7 +232,7 @@ class SaltedConnection(ChatConnection):
             return register_status(False, "password must be sha256(salt + password) in hex")
         try:
             user = await self.service.register_digest(pending.username, pending.salt, digest.lower())
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             return register_status(False, "username taken")
         if not await self._enter(user):
             return None
@@ -242,10 +242,10 @@ class SaltedConnection(ChatConnection):
     async def do_guest(self, request):
         try:
             user = self.service.guest(text(request, "user"))
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             self.write(login_status(False))
             return USERNAME_TAKEN
-        except errors.Invalid as exc:
+        except errors.InvalidUsername as exc:
             self.write(login_status(False))
             return error(exc.message)
         return login_status(True) if await self._enter(user) else None

@@ -23,7 +23,7 @@ class ChannelsMixin:
         if target.startswith("#") and len(target) > 1:
             try:
                 return self.service.room(target[1:])
-            except errors.NotFound:
+            except errors.RoomNotFound:
                 pass
         raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target)
 
@@ -68,7 +68,7 @@ class ChannelsMixin:
         name = target[1:] if target.startswith("#") else ""
         try:
             self.service.validate_room_name(name)
-        except errors.Invalid:
+        except errors.InvalidRoomName:
             raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
         if fold(name) in self.channels:
             return
@@ -109,7 +109,7 @@ class ChannelsMixin:
         room = self.joined(target)
         try:
             await self.service.leave_room(self.user, room.name, reason=reason)
-        except errors.Denied:
+        except errors.NotMember:
             self.channels.pop(fold(room.name), None)
             raise
 
@@ -121,7 +121,7 @@ class ChannelsMixin:
         async def kick(nick):
             try:
                 user = self.service.user_or_guest(nick)
-            except errors.NotFound:
+            except errors.UserNotFound:
                 raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
             if user.id not in room.members:
                 raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel="#" + room.name)
@@ -213,7 +213,7 @@ class ChannelsMixin:
                 nick = arguments.pop(0)
                 try:
                     user = self.service.user_or_guest(nick)
-                except errors.NotFound:
+                except errors.UserNotFound:
                     raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
                 if user.id not in room.members:
                     raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel=channel)

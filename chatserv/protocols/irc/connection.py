@@ -43,9 +43,11 @@ MOTD = (
 # Domain failures that reach a command's reply (handlers check the usual cases first, to
 # answer with the precise numeric); each numeric is filled with the command's first parameter.
 ERRORS = ErrorTable({
+    errors.RoomNotFound: N.ERR_NOSUCHCHANNEL,
     errors.NotFound: N.ERR_NOSUCHNICK,
     errors.AlreadyExists: N.ERR_NICKNAMEINUSE,
     errors.Blocked: N.ERR_BLOCKED,
+    errors.NotOperator: N.ERR_CHANOPRIVSNEEDED,
     errors.Denied: N.ERR_NOTONCHANNEL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
@@ -215,7 +217,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             raise N.IRCError(N.ERR_NONICKNAMEGIVEN)
         try:
             self.service.validate_username(nick)
-        except errors.Invalid:
+        except errors.InvalidUsername:
             raise N.IRCError(N.ERR_ERRONEUSNICKNAME, target=nick) from None
         if not self.registered:
             self.nick = nick
@@ -246,7 +248,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
                 raise N.IRCError(N.ERR_NICKNAMEREGISTERED, target=self.nick)
             try:
                 user = self.service.guest(self.nick)
-            except errors.AlreadyExists:
+            except errors.UsernameTaken:
                 raise N.IRCError(N.ERR_NICKNAMEINUSE, target=self.nick) from None
         self.login(user)
         self.registered = True
@@ -323,7 +325,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         """The online user of that nick, else ERR_NOSUCHNICK."""
         try:
             user = self.service.user_or_guest(nick)
-        except errors.NotFound:
+        except errors.UserNotFound:
             user = None
         if user is None or not self.service.is_online(user):
             raise N.IRCError(N.ERR_NOSUCHNICK, target=nick)
@@ -455,7 +457,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         """A direct message goes to an online nick, or waits in a registered user's inbox."""
         try:
             return self.service.user_or_guest(nick)
-        except errors.NotFound:
+        except errors.UserNotFound:
             raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
 
     # events from the service, whichever port they started on

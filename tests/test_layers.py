@@ -1,0 +1,41 @@
+"""The layers keep to DESIGN.md: what protocol and web modules may not do, read off their syntax trees."""
+
+from __future__ import annotations
+
+import ast
+
+from tests.support import ROOT
+
+SOURCE = ROOT / "chatserv"
+TEXT_OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
+
+
+def port_modules():
+    """Every module that speaks a wire: the protocols and the web port."""
+    return sorted([*(SOURCE / "protocols").rglob("*.py"), *(SOURCE / "web").rglob("*.py")])
+
+
+def is_error_text(node) -> bool:
+    """``exc.message``, ``exc.args`` or ``str(exc)``: an error's words rather than its type."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in ("message", "args")
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("str", "repr")
+
+
+def test_no_port_maps_an_error_by_its_text():
+    """Errors are told apart by type in each port's one ErrorTable, never by comparing or
+    looking up their message (which the domain may reword at any time)."""
+    found = []
+    for path in port_modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare) and any(isinstance(op, TEXT_OPS) for op in node.ops):
+                suspects = [node.left, *node.comparators]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("get", "pop"):
+                suspects = node.args[:1]
+            elif isinstance(node, ast.Subscript):
+                suspects = [node.slice]
+            else:
+                continue
+            if any(is_error_text(side) for side in suspects):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
