@@ -449,6 +449,12 @@ class ChatService(service.Service):
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
         return sorted((u for u in found if u), key=lambda u: fold(u.username))
 
+    def is_member(self, user: User, room: Room) -> bool:
+        return user.id in room.members
+
+    def topic(self, room: Room) -> str:
+        return room.topic
+
     def _guest_by_id(self, user_id):
         sessions = self._sessions.get(user_id)
         return sessions[0].user if sessions else None
@@ -660,6 +666,10 @@ class ChatService(service.Service):
             await self.store.mark_delivered(unread)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
+
+    def is_banned(self, address: str) -> bool:
+        """``address`` as ``bans.ban_key`` writes it."""
+        return address in self.bans
 
     @deferred
     async def ban(self, address: str) -> None:

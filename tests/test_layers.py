@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ast
 
+import attrs
+
+from chatserv.model import Room, User
 from tests.support import ROOT
 
 SOURCE = ROOT / "chatserv"
@@ -37,5 +40,25 @@ def test_no_port_maps_an_error_by_its_text():
             else:
                 continue
             if any(is_error_text(side) for side in suspects):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
+
+
+MUTABLE = {"members", "topic", "public_key"}  # what changes on a model object after it is made
+
+
+def test_ports_ask_the_service_and_never_touch_model_internals():
+    """Protocols and the web port ask (``is_member``, ``members``, ``topic``...) and never read
+    a room's member set or a changing field, nor set any field of a user or room: what the
+    service holds today, a store or another node may hold tomorrow."""
+    fields = {f.name for model in (User, Room) for f in attrs.fields(model)}
+    found = []
+    for path in port_modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Attribute) or ast.unparse(node.value).endswith("service"):
+                continue  # asking the service (service.members(room)) is the way
+            own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            written = isinstance(node.ctx, ast.Store | ast.Del) and node.attr in fields and not own
+            if node.attr in MUTABLE or written:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert found == []

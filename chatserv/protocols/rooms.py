@@ -212,14 +212,14 @@ class RoomsConnection(ChatConnection):
             room = self.service.room(name)
         except errors.RoomNotFound:
             return None
-        return room.name if self.user.id in room.members else None
+        return room.name if self.service.is_member(self.user, room) else None
 
     def _make_current(self, room):
         self.factory.current_rooms[self.user.id] = room.name
 
     def _member_room(self, name: str):
         room = self.service.room(name)
-        if self.user.id not in room.members:
+        if not self.service.is_member(self.user, room):
             raise errors.Denied("not a member")
         return room
 
@@ -256,7 +256,7 @@ class RoomsConnection(ChatConnection):
         return literal([current, names_that_fit(names, REPLY_LIMIT - size([current, []]), "rooms")])
 
     async def do_join_new_room(self, room):
-        if self.user.id in self.service.room(room).members:
+        if self.service.is_member(self.user, self.service.room(room)):
             raise errors.AlreadyExists(f"you are in {room} already")
         self._make_current(await self.service.join_room(self.user, room, origin=self.session))
         return OK

@@ -179,7 +179,7 @@ class SaltedConnection(ChatConnection):
         return None
 
     def banned(self) -> bool:
-        return self.ban_key in self.service.bans
+        return self.service.is_banned(self.ban_key)
 
     def held_elsewhere(self, name: str) -> bool:
         """Is ``name`` logged in on this port from another address (the seed's association)?"""

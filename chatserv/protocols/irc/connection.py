@@ -485,7 +485,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             "TAGMSG", target, prefix=mask(event.user.username), tags={"+typing": state}))
 
     def _render_presence(self, event):
-        shared = [room for room in self.channels.values() if event.user.id in room.members]
+        shared = [room for room in self.channels.values() if self.service.is_member(event.user, room)]
         if not shared:
             return None
         prefix = mask(event.user.username)
