@@ -1,7 +1,7 @@
 """Typed domain failures.
 
 The service raises these; every protocol maps them to its own reply codes in one table
-(see ``chatserv.protocols.base.ErrorTable``), never in scattered ifs and never by reading
+(see ``chatserv.wire.ErrorTable``), never in scattered ifs and never by reading
 the message: a table that must tell two failures apart names their classes. The broad
 classes (``NotFound``, ``AlreadyExists``, ``Denied``, ``Invalid``...) stay the catch-alls,
 so a table that only knows them keeps working when a narrower class is added.

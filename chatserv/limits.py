@@ -41,34 +41,3 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
-
-
-class Deadline:
-    """One pending timeout: armed, pushed back by activity, cancelled; ``expired`` runs once."""
-
-    def __init__(self, clock, expired):
-        self._clock = clock
-        self._expired = expired
-        self._call = None
-        self._seconds = 0.0
-
-    def arm(self, seconds: float):
-        """Start the countdown afresh (a shorter one before login, the idle one after, ...)."""
-        self.cancel()
-        self._seconds = seconds
-        if seconds and seconds > 0:
-            self._call = self._clock.callLater(seconds, self._fire)
-
-    def push_back(self):
-        """Activity: the countdown starts again from its full length."""
-        if self._call is not None and self._call.active():
-            self._call.reset(self._seconds)
-
-    def cancel(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _fire(self):
-        self._call = None
-        self._expired()

@@ -17,10 +17,10 @@ from twisted.python.reflect import namedAny
 from chatserv.bans import BanFile
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from chatserv.wire import ConnectionTracker
 
 log = Logger()
 

@@ -20,7 +20,6 @@ from zope.interface import implementer
 from chatserv import errors
 from chatserv.limits import Limits
 from chatserv.protocols import keyvalue
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.chatroom import (
     KILL_REASON,
     ChatroomFactory,
@@ -32,6 +31,7 @@ from chatserv.protocols.chatroom import (
 from chatserv.protocols.framing import LineFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
 from tests.test_irc import bot as irc_bot
 from tests.test_rooms import logged_in as rooms_user

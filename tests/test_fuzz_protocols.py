@@ -24,13 +24,13 @@ from twisted.python.failure import Failure
 
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import FrameError, LengthPrefixFramer, LineFramer
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.connection import COMMANDS
 from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
 from tests.support import TIMEOUT, Twistd
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

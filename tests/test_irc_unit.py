@@ -11,12 +11,12 @@ from twisted.logger import globalLogPublisher
 from chatserv import errors
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
 
 # lines
 

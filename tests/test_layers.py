@@ -62,3 +62,20 @@ def test_ports_ask_the_service_and_never_touch_model_internals():
             if node.attr in MUTABLE or written:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert found == []
+
+
+def test_the_web_port_shares_wire_helpers_with_the_protocols_and_imports_none_of_theirs():
+    """BadRequest, ErrorTable, json_object, the request queue, the send queue and deadlines are
+    in chatserv.wire, for every port: chatserv.web takes nothing from chatserv.protocols."""
+    found = []
+    for path in sorted((SOURCE / "web").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
+                      if name.startswith("chatserv.protocols")]
+    assert found == []

@@ -6,10 +6,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.irc import IRCFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
 
 
 class SlowStore(MemoryStore):

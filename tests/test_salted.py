@@ -17,11 +17,11 @@ from chatserv import admin
 from chatserv.bans import BanFile, ban_key
 from chatserv.credentials import password_digest
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LineFramer
 from chatserv.protocols.salted import SaltedFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
 from tests.support import Daemon, FrameClient, connect
 
 OTHER_HOST = "127.0.0.2"  # a second loopback address: "another machine" for IP checks

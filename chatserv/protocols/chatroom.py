@@ -32,9 +32,10 @@ from chatserv import errors, events
 from chatserv.limits import TokenBucket
 from chatserv.model import LOBBY, Message, User, fold
 from chatserv.protocols import keyvalue
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
-from chatserv.protocols.framing import LineFramer, json_object
+from chatserv.protocols.base import ChatConnection, ChatFactory
+from chatserv.protocols.framing import LineFramer
 from chatserv.service import ISink, Session
+from chatserv.wire import BadRequest, ErrorTable, json_object
 
 log = Logger()
 

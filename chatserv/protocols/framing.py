@@ -6,32 +6,9 @@ comes back as a ``FrameError`` in its place, so the protocol can answer it in or
 
 from __future__ import annotations
 
-import json
 import re
 
 import attrs
-
-
-class MalformedJSON(ValueError):
-    """Not JSON at all: bad syntax, bad encoding, or nested too deep to read."""
-
-
-class NotAnObject(ValueError):
-    """JSON, but not the object a request must be."""
-
-
-def json_object(document: str | bytes) -> dict:
-    """The JSON object a request line or body carries (MalformedJSON or NotAnObject otherwise).
-
-    Shared by every JSON wire so deep nesting (RecursionError) and arrays are refused alike.
-    """
-    try:
-        found = json.loads(document)
-    except (ValueError, RecursionError):
-        raise MalformedJSON() from None
-    if not isinstance(found, dict):
-        raise NotAnObject()
-    return found
 
 
 @attrs.frozen

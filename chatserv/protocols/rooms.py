@@ -17,8 +17,9 @@ import datetime
 
 from chatserv import errors
 from chatserv.model import fold
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
+from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LiteralFramer
+from chatserv.wire import BadRequest, ErrorTable
 
 GREETING = b"Welcome to the Server.\n"
 REPLY_LIMIT = 2048  # the client reads each reply with one recv(2048)

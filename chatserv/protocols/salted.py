@@ -18,8 +18,9 @@ from chatserv import errors, events
 from chatserv.bans import ban_key
 from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
-from chatserv.protocols.framing import LineFramer, json_object
+from chatserv.protocols.base import ChatConnection, ChatFactory
+from chatserv.protocols.framing import LineFramer
+from chatserv.wire import BadRequest, ErrorTable, json_object
 
 PROTOCOL = "salted"
 DEFAULT_LOGIN_ATTEMPTS = 3

@@ -7,8 +7,9 @@ Identity is the connection, never the IP: two users on one host are two sessions
 from __future__ import annotations
 
 from chatserv import errors, events
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
+from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
+from chatserv.wire import BadRequest, ErrorTable
 
 OK = b"200 OK"
 NOT_OK = b"300 Not OK"

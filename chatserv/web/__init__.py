@@ -12,12 +12,12 @@ import io
 from twisted.web import http, server
 
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.service import ChatService
 from chatserv.web import rest
 from chatserv.web.engineio import EngineServer
 from chatserv.web.sessions import WebSessions
 from chatserv.web.socketio import SocketIOConnection
+from chatserv.wire import ConnectionTracker
 
 TOO_LARGE = b'{"error":"request body too large"}'
 LINGER = 5.0  # seconds a refused upload may go on being sent (and dropped) before we cut it

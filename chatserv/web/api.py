@@ -10,8 +10,8 @@ import datetime
 
 from chatserv import errors
 from chatserv.model import Message, Room, User
-from chatserv.protocols.base import BadRequest, ErrorTable
 from chatserv.service import ChatService
+from chatserv.wire import BadRequest, ErrorTable
 
 
 class TooLarge(BadRequest):

@@ -18,9 +18,8 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
-from chatserv.protocols.base import BadRequest
-from chatserv.protocols.framing import MalformedJSON, NotAnObject, json_object
 from chatserv.web import api
+from chatserv.wire import BadRequest, MalformedJSON, NotAnObject, json_object
 
 log = Logger()
 

@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 from chatserv import errors, events
 from chatserv.limits import TokenBucket
 from chatserv.model import fold
-from chatserv.protocols.base import ChatConnection, ChatFactory, ErrorTable
+from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.accounts import AccountsMixin
 from chatserv.protocols.irc.channels import ChannelsMixin
@@ -30,6 +30,7 @@ from chatserv.protocols.irc.message import (
     raw_line,
     serialise,
 )
+from chatserv.wire import ErrorTable
 
 VERSION = "chatserv-0.1"
 NICKSERV = "NickServ"
@@ -145,11 +146,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self.logout()
         self.close()
 
-    def write_raw(self, data: bytes):
-        if (self._write_paused and not self._closing
-                and self._queued_bytes + len(data) > self.limits.send_queue):
-            self.transport.write(serialise("ERROR", "Closing Link: SendQ exceeded"))
-        super().write_raw(data)
+    def too_slow(self):
+        return serialise("ERROR", "Closing Link: SendQ exceeded")
 
     def frame_error(self, error):
         return self.numeric(N.ERR_INPUTTOOLONG).rstrip(b"\r\n")
