@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
 
+# Options for the daemon: make run ARGS="--db /tmp/chat.sqlite3"
 run: $(STAMP)
-	$(BIN)/twistd --nodaemon --pidfile= chatserv
+	$(BIN)/twistd --nodaemon --pidfile= chatserv $(ARGS)
 
 test: $(STAMP) peers
 	$(BIN)/ruff check .

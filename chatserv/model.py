@@ -66,7 +66,7 @@ class Snapshot:
 
     users: list[User]
     rooms: list[Room]
-    contacts: list[tuple[int, int, str]]
+    contacts: list[tuple[int, int, str, str | None]]  # owner, contact, status, status before a block
     bans: list[str]
     next_user_id: int
     next_room_id: int

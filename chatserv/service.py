@@ -88,6 +88,7 @@ class ChatService(service.Service):
         self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
+        self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
         self._last_address: dict[int, str] = {}
@@ -111,8 +112,8 @@ class ChatService(service.Service):
             self._user_keys[fold(user.username)] = user
         for room in snapshot.rooms:
             self._rooms[fold(room.name)] = self._rooms_by_id[room.id] = room
-        for owner, contact, status in snapshot.contacts:
-            self._index_contact(owner, contact, status)
+        for owner, contact, status, before_block in snapshot.contacts:
+            self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
@@ -352,18 +353,23 @@ class ChatService(service.Service):
 
     # contacts and blocks
 
-    def _index_contact(self, owner, contact, status):
+    def _index_contact(self, owner, contact, status, before_block=None):
         self._contacts[owner][contact] = status
         self._contact_of[contact].add(owner)
         if status == "blocked":
             self._blocked_by[contact].add(owner)
         else:
             self._blocked_by[contact].discard(owner)
+        if before_block is not None:
+            self._before_block[owner, contact] = before_block
+        else:
+            self._before_block.pop((owner, contact), None)
 
     def _unindex_contact(self, owner, contact):
         self._contacts[owner].pop(contact, None)
         self._contact_of[contact].discard(owner)
         self._blocked_by[contact].discard(owner)
+        self._before_block.pop((owner, contact), None)
 
     def contacts(self, owner: User) -> list[tuple[User, str]]:
         """The owner's contact list with each status, by name."""
@@ -386,17 +392,22 @@ class ChatService(service.Service):
 
     @deferred
     async def set_contact(self, owner: User, name, status="friend", *, keep_existing=False) -> User:
-        """Create or change a contact relation; ``keep_existing`` leaves a present one as it is."""
+        """Create or change a contact relation; ``keep_existing`` leaves a present one as it is.
+
+        A block remembers the status it replaces, for ``unblock`` to restore. Lifting a block is
+        heard by the owner alone: the other was never told of the block, and is not "added".
+        """
         if status not in CONTACT_STATUSES:
             raise errors.UnknownContactStatus()
         other = self._registered_other(owner, name)
         current = self.contact_status(owner, other)
         if current == status or (keep_existing and current is not None):
             return other
-        self._index_contact(owner.id, other.id, status)
-        await self.store.set_contact(owner.id, other.id, status)
+        before_block = current if status == "blocked" else None
+        self._index_contact(owner.id, other.id, status, before_block)
+        await self.store.set_contact(owner.id, other.id, status, before_block)
         event = events.ContactChanged(owner, other, status)
-        self._deliver_to_users(event, (owner.id, other.id))
+        self._deliver_to_users(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
 
     def add_contact(self, owner: User, name, status="friend"):
@@ -418,11 +429,15 @@ class ChatService(service.Service):
 
     @deferred
     async def unblock(self, owner: User, name) -> User:
-        """Lift a block; the relation goes away with it."""
+        """Lift a block: the relation goes back to what the block replaced (a seed 000 or web
+        contact keeps its status), or away if there was none."""
         other = self._registered_other(owner, name)
-        if self.contact_status(owner, other) == "blocked":
-            await self.remove_contact(owner, name)
-        return other
+        if self.contact_status(owner, other) != "blocked":
+            return other
+        restored = self._before_block.get((owner.id, other.id))
+        if restored is None:
+            return await self.remove_contact(owner, name)
+        return await self.set_contact(owner, name, restored)
 
     # rooms
 

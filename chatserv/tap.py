@@ -7,6 +7,10 @@ goodbye on its own wire, then the service closes the store after its last write.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
@@ -99,15 +103,31 @@ class Options(usage.Options):
         return HashCost(self["argon2-time-cost"], self["argon2-memory-cost"], self["argon2-parallelism"])
 
 
+def _exit_failed():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def exit_status_failed():
+    """Make the process end with status 1, once twistd has finished its own shutdown (services
+    stopped, pidfile removed, log closed), so a supervisor sees the failure. twistd has no way
+    to set its exit status (Twisted issue 11335): an exit handler ends the process instead."""
+    atexit.unregister(_exit_failed)
+    atexit.register(_exit_failed)
+
+
 class PortService(service.Service):
     """Listens on one endpoint once the chat service has loaded its store."""
 
-    def __init__(self, chat: ChatService, spec: Port, endpoint_text: str, factory, reactor):
+    def __init__(self, chat: ChatService, spec: Port, endpoint_text: str, factory, reactor,
+                 on_failure=None):
         self.chat = chat
         self.spec = spec
         self.endpoint = endpoints.serverFromString(reactor, endpoint_text)
         self.factory = factory
         self.reactor = reactor
+        self.on_failure = on_failure  # called when the port cannot listen, before the daemon stops
         self.port = None
         self.listening = None
 
@@ -125,6 +145,8 @@ class PortService(service.Service):
         log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
                      why=failure.getErrorMessage())
         # A daemon missing one of its ports is not what was asked for: stop it.
+        if self.on_failure is not None:
+            self.on_failure()
         if self.reactor.running:
             self.reactor.stop()
         else:
@@ -138,8 +160,11 @@ class PortService(service.Service):
         return None
 
 
-def build(options: Options, reactor) -> tuple[service.MultiService, ChatService, dict]:
-    """The whole daemon as a service tree; also returns the chat service and port services."""
+def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
+    """The whole daemon as a service tree; also returns the chat service and port services.
+
+    ``on_failure``: called if a port cannot listen (the daemon then stops).
+    """
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
@@ -158,7 +183,7 @@ def build(options: Options, reactor) -> tuple[service.MultiService, ChatService,
         factory.noisy = False
         # The listening port logs "<prefix> starting on <port>": make that the one line per port.
         factory.logPrefix = lambda spec=spec: f"chatserv {spec.option} ({spec.description})"
-        ports[spec.option] = PortService(chat, spec, options[spec.option], factory, reactor)
+        ports[spec.option] = PortService(chat, spec, options[spec.option], factory, reactor, on_failure)
         ports[spec.option].setServiceParent(root)
     return root, chat, ports
 
@@ -166,4 +191,4 @@ def build(options: Options, reactor) -> tuple[service.MultiService, ChatService,
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
-    return build(options, reactor)[0]
+    return build(options, reactor, on_failure=exit_status_failed)[0]

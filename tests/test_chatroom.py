@@ -130,12 +130,13 @@ async def refusing_port() -> int:
     return started.port
 
 
-async def kv(daemon, line: str, host="127.0.0.1") -> dict:
-    """One request as the real client makes it (with a newline): connect, write, read, close."""
+async def kv(daemon, line: str | bytes, host="127.0.0.1") -> dict:
+    """One request as the real client makes it (with a newline): connect, write, read, close.
+    Bytes go as they are (the client writes one byte per character); text as UTF-8."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port("chatroom"),
                                             bindAddress=(host, 0))
     client = await endpoints.connectProtocol(endpoint, FrameClient(LineFramer(1 << 20)))
-    reply = await client.request(line.encode())
+    reply = await client.request(line if isinstance(line, bytes) else line.encode())
     client.transport.loseConnection()
     return keyvalue.parse(reply.decode())
 
@@ -254,6 +255,48 @@ async def test_unterminated_requests_and_pushes_as_the_java_client_reads_them(da
     # 32 characters: the client's 32-character reads end only because the daemon ends its side
     assert await bob.request(type="message", **{"from": "bob"}, to="alice", msg="six ch") == {"result": "ok"}
     assert await alice_port.raw() == b"type:message:from:bob:msg:six ch"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_java_clients_one_byte_characters_are_read_as_latin_1(daemon):
+    """DataOutputStream.writeBytes sends é as the one byte 0xE9, newline or not (623aebc): a
+    key:value line that is not UTF-8 is Latin-1. JSON lines stay UTF-8 only."""
+    await users(daemon, "alice", "bob", "carol")
+    alice_port, carol_port = await listener(), await listener()
+    await kv_login(daemon, "alice", alice_port.port)
+    await kv_login(daemon, "carol", carol_port.port)
+    bob = await irc_bot(daemon, "bob", "pw")
+
+    assert await kv(daemon, b"msg:h\xe9llo:from:alice:to:bob:type:message") == {"result": "ok"}
+    assert await bob.hear("privmsg") == ("privmsg", "alice", "bob", "héllo")
+    assert await java_request(daemon, b"msg:d\xe9j\xe0 vu:from:alice:to:carol:type:message") == b"result:ok"
+    assert await carol_port.next() == {"type": "message", "from": "alice", "msg": "déjà vu"}
+    assert await kv(daemon, "msg:déjà vu:from:alice:to:carol:type:message") == {"result": "ok"}  # UTF-8
+    assert await carol_port.next() == {"type": "message", "from": "alice", "msg": "déjà vu"}
+
+    json_line = b'{"type": "message", "from": "alice", "to": "bob", "msg": "h\xe9llo"}'
+    assert await (await json_client(daemon)).frames.request(json_line) == b'{"result": "invalid request!"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_unblock_gives_back_the_contact_that_was_there_before_the_block(daemon):
+    """A contact added on the Skype port (seed 000 ADD) survives the Java client's block and
+    unblock: LIST shows it again, as it was."""
+    await users(daemon, "bob")
+    skype = await connect(daemon.port("skype"))
+    assert await skype.request(b"CREATE alice pw") == b"200 OK"
+    assert await skype.request(b"ADD bob") == b"200 OK"
+    listed = await skype.request(b"LIST")
+    assert listed.startswith(b"201 id:") and b"username:bob," in listed
+
+    alice_port = await listener()
+    await kv_login(daemon, "alice", alice_port.port)
+    assert await kv(daemon, "from:alice:type:block:target:bob") == {"result": "ok"}
+    assert await skype.request(b"LIST") == b"301 Not found"
+    assert await kv(daemon, "from:alice:type:unblock:target:bob") == {"result": "ok"}
+    assert await skype.request(b"LIST") == listed
+    alice, bob = daemon.chat.user("alice"), daemon.chat.user("bob")
+    assert daemon.chat.contacts(alice) == [(bob, "friend")]
 
 
 # end to end: JSON clients
@@ -501,9 +544,8 @@ async def test_chat_room_users_reach_other_ports(daemon):
     assert await skype.request(b"LOGIN carol pw") == b"200 OK"
     dave = await salted_log_in(daemon, "dave")
 
-    # the Skype port has no messages: a direct one waits in carol's inbox
-    assert await kv(daemon, "type:message:from:alice:to:carol:msg:hello carol") == {
-        "result": OFFLINE.format("carol")}
+    # the Skype port has no messages: a direct one waits in carol's inbox; she is online, though
+    assert await kv(daemon, "type:message:from:alice:to:carol:msg:hello carol") == {"result": "ok"}
     inbox = await daemon.chat.inbox(daemon.chat.user("carol"))
     assert [(m.sender_name, m.body) for m in inbox] == [("alice", "hello carol")]
 
@@ -536,9 +578,8 @@ async def test_personal_messages_between_the_chat_room_and_the_rooms_port(daemon
     assert await bob.call(11, ["bob", "alice", "from the rooms port"]) == ["OK"]
     assert await alice_port.next() == {"type": "message", "from": "bob", "msg": "from the rooms port"}
 
-    # the rooms port pushes nothing: the message waits in bob's inbox there
-    assert await kv(daemon, "type:message:from:alice:to:bob:msg:from the chat-room") == {
-        "result": OFFLINE.format("bob")}
+    # the rooms port pushes nothing: the message waits in bob's inbox there, and bob is online
+    assert await kv(daemon, "msg:from the chat-room:from:alice:to:bob:type:message") == {"result": "ok"}
     inbox = await bob.call(12, ["bob"])
     assert [(entry["From"], entry["Message"]) for entry in inbox] == [("alice", "from the chat-room")]
 

@@ -50,7 +50,8 @@ def test_twistd_serves_logs_one_line_per_port_and_keeps_data(tmp_path):
         daemon.stop()
 
 
-def test_a_busy_port_is_reported_not_ignored(tmp_path):
+def test_a_busy_port_is_reported_and_ends_the_daemon_with_a_failure_status(tmp_path):
+    """A supervisor sees the failure: twistd exits non-zero, after a clean shutdown."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -63,6 +64,8 @@ def test_a_busy_port_is_reported_not_ignored(tmp_path):
             cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT, text=True,
         )
     assert "cannot listen" in done.stdout and "Address already in use" in done.stdout
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Main loop terminated" in done.stdout and "Traceback" not in done.stdout + done.stderr
 
 
 def test_the_installed_plugin_is_found_without_warnings(tmp_path):

@@ -143,6 +143,35 @@ async def test_contacts_and_blocks(chat):
 
 
 @pytest_twisted.ensureDeferred
+async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(db):
+    chat = await start(db)
+    alice, bob, carol = await users(chat, "alice", "bob", "carol")
+    await chat.set_contact(alice, "bob", "last_words")
+    await chat.block(alice, "bob")
+    await chat.block(alice, "carol")  # no contact before: unblocking leaves none
+    assert chat.contacts(alice) == [(bob, "blocked"), (carol, "blocked")]
+    if db != "memory":  # what the block replaced is kept across a restart
+        await chat.stopService()
+        chat = await start(db)
+        alice, bob = chat.user("alice"), chat.user("bob")
+    alice_sink, bob_sink = Sink(), Sink()
+    chat.attach(alice, alice_sink, "test")
+    chat.attach(bob, bob_sink, "test")
+
+    await chat.unblock(alice, "bob")
+    await chat.unblock(alice, "carol")
+    await chat.unblock(alice, "carol")  # nothing to lift: nothing changes
+    assert [(u.username, s) for u, s in chat.contacts(alice)] == [("bob", "last_words")]
+    assert [(e.contact.username, e.status) for e in alice_sink.of(events.ContactChanged)] == [
+        ("bob", "last_words"), ("carol", None)]
+    # Lifting a block (here or as seed 004's changeContact) never tells the other "you were added".
+    await chat.block(alice, "bob")
+    await chat.set_contact(alice, "bob", "friend")
+    assert [e.status for e in bob_sink.of(events.ContactChanged)] == ["blocked"]
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_room_messages_fan_out_to_members_but_not_origin_or_blockers(chat):
     alice, bob, carol, dave = await users(chat, "alice", "bob", "carol", "dave")
     sinks = {name: Sink() for name in ["alice", "alice2", "bob", "carol", "dave"]}

@@ -52,7 +52,7 @@ async def test_small_tables_survive_a_reopen(make_store):
     await store.update_user(alice)
     await store.set_contact(1, 2, "friend")
     await store.set_contact(2, 1, "friend")
-    await store.set_contact(2, 1, "blocked")
+    await store.set_contact(2, 1, "blocked", before_block="friend")
     await store.add_room(Room(1, "lobby", None, 5.0))
     await store.add_room(Room(2, "Games", 1, 6.0, topic="old"))
     await store.update_room(Room(2, "Games", 1, 6.0, topic="new"))
@@ -67,7 +67,7 @@ async def test_small_tables_survive_a_reopen(make_store):
     store, snapshot = await reopen(store, make_store)
     assert [(u.id, u.username, u.verifier, u.public_key) for u in snapshot.users] == [
         (1, "alice", "verifier-1", "KEY"), (2, "Bob", "verifier-2", None)]
-    assert sorted(snapshot.contacts) == [(1, 2, "friend"), (2, 1, "blocked")]
+    assert sorted(snapshot.contacts) == [(1, 2, "friend", None), (2, 1, "blocked", "friend")]
     rooms = {r.name: r for r in snapshot.rooms}
     assert rooms["Games"].topic == "new" and rooms["Games"].members == {1}
     assert rooms["Games"].created_by == 1 and rooms["lobby"].members == set()

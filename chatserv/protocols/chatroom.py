@@ -106,8 +106,13 @@ class KeyValueWire:
     @staticmethod
     def decode(line: bytes) -> dict:
         try:
-            return keyvalue.parse(line.decode("utf-8"))
-        except ValueError:  # bad UTF-8, or a dangling escape
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            # The Java client writes one byte per character (DataOutputStream.writeBytes): é is 0xE9.
+            text = line.decode("latin-1")
+        try:
+            return keyvalue.parse(text)
+        except keyvalue.DecodeError:  # a dangling escape
             raise NotARequest() from None
 
     @staticmethod
@@ -590,8 +595,8 @@ class ChatroomConnection(ChatConnection):
         if not rate.allow():
             raise errors.RateLimited("slow down")
         recipient = self.service.user_or_guest(to)
-        message = await self.service.send_direct(session.user, recipient, body, origin=session)
-        if message.delivered or recipient.id in self.factory.callbacks:  # pushed, or being pushed
+        await self.service.send_direct(session.user, recipient, body, origin=session)
+        if self.service.is_online(recipient):  # on any port: there it is shown, pushed or waits
             return OK
         return {"result": OFFLINE_NOTE.format(recipient.username)}
 

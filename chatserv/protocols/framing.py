@@ -73,7 +73,8 @@ class LineFramer:
 class LengthPrefixFramer:
     """Frames led by a fixed-width, zero-padded decimal length (seed 000's C++ client).
 
-    A header that is not digits, or a length over ``max_length``, cannot be skipped
+    A frame longer than ``max_length`` is reported once and its payload skipped as it arrives
+    (nothing of it is kept); the stream goes on. A header that is not digits cannot be skipped
     safely: it is reported as fatal.
     """
 
@@ -82,6 +83,7 @@ class LengthPrefixFramer:
         self.width = width
         self._buffer = b""
         self._broken = False
+        self._skipping = 0  # bytes of an overlong payload still to discard
 
     def encode(self, payload: bytes) -> bytes:
         return b"%0*d" % (self.width, len(payload)) + payload
@@ -89,6 +91,10 @@ class LengthPrefixFramer:
     def feed(self, data: bytes) -> list:
         if self._broken:
             return []
+        if self._skipping:
+            skipped = min(self._skipping, len(data))
+            self._skipping -= skipped
+            data = data[skipped:]
         self._buffer += data
         frames: list = []
         while len(self._buffer) >= self.width:
@@ -97,7 +103,11 @@ class LengthPrefixFramer:
                 return self._break(frames, "bad length header")
             length = int(header)
             if length > self.max_length:
-                return self._break(frames, "frame too long")
+                frames.append(FrameError("frame too long"))
+                skipped = min(length, len(self._buffer) - self.width)
+                self._skipping = length - skipped
+                self._buffer = self._buffer[self.width + skipped :]
+                continue
             end = self.width + length
             if len(self._buffer) < end:
                 break

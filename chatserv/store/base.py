@@ -21,8 +21,9 @@ class IStore(Interface):
     def update_user(user):
         """Persist a changed verifier or public key."""
 
-    def set_contact(owner_id, contact_id, status):
-        """Create or change the contact relation (status ``blocked`` is a block)."""
+    def set_contact(owner_id, contact_id, status, before_block=None):
+        """Create or change the contact relation (status ``blocked`` is a block; ``before_block``:
+        the status that block replaced, which unblocking restores)."""
 
     def remove_contact(owner_id, contact_id):
         """Delete the contact relation."""

@@ -21,7 +21,7 @@ class MemoryStore:
         self._users: dict[int, User] = {}
         self._rooms: dict[int, Room] = {}
         self._members: set[tuple[int, int]] = set()
-        self._contacts: dict[tuple[int, int], str] = {}
+        self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
 
@@ -34,7 +34,7 @@ class MemoryStore:
             Snapshot(
                 users=[attrs.evolve(u) for u in self._users.values()],
                 rooms=rooms,
-                contacts=[(o, c, s) for (o, c), s in self._contacts.items()],
+                contacts=[(o, c, *relation) for (o, c), relation in self._contacts.items()],
                 bans=sorted(self._bans),
                 next_user_id=max(self._users, default=0) + 1,
                 next_room_id=max(self._rooms, default=0) + 1,
@@ -51,8 +51,8 @@ class MemoryStore:
 
     update_user = add_user
 
-    def set_contact(self, owner_id, contact_id, status):
-        self._contacts[owner_id, contact_id] = status
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
+        self._contacts[owner_id, contact_id] = (status, before_block)
         return succeed(None)
 
     def remove_contact(self, owner_id, contact_id):

@@ -52,6 +52,11 @@ MIGRATIONS = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: a block remembers the contact status it replaced, so unblocking restores it
+    # (seed 001's block/unblock over a seed 000/004 contact: one relation).
+    """
+    ALTER TABLE contacts ADD COLUMN status_before_block TEXT;
+    """,
 ]
 
 

@@ -176,7 +176,8 @@ class SQLiteStore:
         )}
         for room_id, user_id in conn.execute("SELECT room_id, user_id FROM room_members"):
             rooms[room_id].members.add(user_id)
-        contacts = conn.execute("SELECT owner_id, contact_id, status FROM contacts").fetchall()
+        contacts = conn.execute(
+            "SELECT owner_id, contact_id, status, status_before_block FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
 
         def next_id(table):
@@ -208,11 +209,12 @@ class SQLiteStore:
             (user.verifier, user.public_key, user.id),
         ))
 
-    def set_contact(self, owner_id, contact_id, status):
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
         return self._write((
-            "INSERT INTO contacts (owner_id, contact_id, status) VALUES (?, ?, ?)"
-            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status",
-            (owner_id, contact_id, status),
+            "INSERT INTO contacts (owner_id, contact_id, status, status_before_block) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status,"
+            " status_before_block = excluded.status_before_block",
+            (owner_id, contact_id, status, before_block),
         ))
 
     def remove_contact(self, owner_id, contact_id):
