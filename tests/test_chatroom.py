@@ -32,7 +32,7 @@ from chatserv.protocols.framing import LineFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.wire import ConnectionTracker
-from tests.support import TIMEOUT, Daemon, FrameClient, connect
+from tests.support import TIMEOUT, Daemon, FrameClient, InstantHasher, connect
 from tests.test_irc import bot as irc_bot
 from tests.test_rooms import logged_in as rooms_user
 from tests.test_salted import log_in as salted_log_in
@@ -608,17 +608,7 @@ async def test_chat_room_and_irc_talk_in_the_lobby_and_in_private(daemon):
 # units: the timers and bounds, on a clock the test moves
 
 
-class Instant:
-    """A hasher that costs nothing, for the clock-driven units."""
-
-    def make_verifier(self, digest):
-        return defer.succeed("v:" + digest)
-
-    def check(self, verifier, digest):
-        return defer.succeed(verifier == "v:" + digest)
-
-
-class Gated(Instant):
+class Gated(InstantHasher):
     """Checks passwords only when the test says so."""
 
     def __init__(self):
@@ -650,7 +640,7 @@ class SlowInbox(MemoryStore):
 
 def new_chatroom(hasher=None, store=None) -> ChatroomFactory:
     clock = MemoryReactorClock()
-    service = ChatService(store or MemoryStore(), hasher or Instant(), clock)
+    service = ChatService(store or MemoryStore(), hasher or InstantHasher(), clock)
     service.startService()
     for name in ("alice", "bob"):
         service.register(name, "pw")

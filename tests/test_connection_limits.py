@@ -4,20 +4,18 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits, TokenBucket
 from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.protocols.skype import SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.wire import ConnectionTracker
-from tests.support import Daemon, connect
+from tests.support import Daemon, cheap_hasher, connect
 
 
 async def make_connection(**limits):
     clock = MemoryReactorClock()
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, Limits(**limits))
+    chat = ChatService(MemoryStore(), cheap_hasher(threads=True), clock, Limits(**limits))
     chat.startService()
     await chat.when_ready()
     factory = SkypeFactory(chat, ConnectionTracker(clock), Limits(**limits), clock)

@@ -20,9 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
 from chatserv.protocols.framing import FrameError, LengthPrefixFramer, LineFramer
 from chatserv.protocols.irc import IRCFactory
@@ -31,7 +29,7 @@ from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.wire import ConnectionTracker
-from tests.support import TIMEOUT, Twistd
+from tests.support import TIMEOUT, Twistd, cheap_hasher
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OVER_SOCKETS = settings(max_examples=40, deadline=None,
@@ -40,27 +38,11 @@ MAX_LINE = 64
 SKYPE_REPLIES = (b"200 ", b"201 ", b"202 ", b"300 ", b"301 ", b"501 ")
 
 
-class Inline:
-    """A thread pool and reactor that run argon2 at once: a fuzzed connection answers synchronously."""
-
-    def callInThreadWithCallback(self, on_result, function, *args, **kwargs):
-        try:
-            result = function(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-    def callFromThread(self, function, *args, **kwargs):
-        function(*args, **kwargs)
-
-
 def unit_connection(factory_class, limits: Limits, options: dict):
     """One connection of a fresh in-memory daemon's port on a StringTransport and a fake clock:
     (clock, chat service, protocol, transport)."""
     clock = MemoryReactorClock()
-    inline = Inline()
-    chat = ChatService(MemoryStore(), Hasher(inline, inline, HashCost(1, 1024, 1)), clock, limits)
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, limits)
     chat.startService()
     factory = factory_class(chat, ConnectionTracker(clock), limits, clock, options)
     protocol = factory.buildProtocol(None)

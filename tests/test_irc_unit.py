@@ -4,12 +4,10 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from chatserv import errors
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
@@ -17,6 +15,7 @@ from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serial
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.wire import ConnectionTracker
+from tests.support import cheap_hasher
 
 # lines
 
@@ -70,8 +69,7 @@ def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
 async def connect(**options):
     clock = MemoryReactorClock()
     limits = Limits(prelogin_timeout=30, send_queue=1000)
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, limits)
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, limits)
     chat.startService()
     await chat.when_ready()
     settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
@@ -153,8 +151,7 @@ class Sink:
 
 async def service():
     clock = MemoryReactorClock()
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, Limits())
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, Limits())
     chat.startService()
     return await chat.when_ready()
 

@@ -5,10 +5,11 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from chatserv import errors, events
-from chatserv.credentials import HashCost, Hasher, password_digest
+from chatserv.credentials import password_digest
 from chatserv.model import LOBBY
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from tests.support import cheap_hasher
 
 
 class Sink:
@@ -23,7 +24,7 @@ class Sink:
 
 
 async def start(db):
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    hasher = cheap_hasher()
     chat = ChatService(open_store(db, reactor), hasher, reactor)
     chat.startService()
     return await chat.when_ready()
@@ -253,7 +254,7 @@ async def test_failed_logins_lock_out_that_address_for_a_doubling_time():
     from twisted.internet.testing import MemoryReactorClock
 
     clock = MemoryReactorClock()
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    hasher = cheap_hasher()
     chat = ChatService(open_store("memory", reactor), hasher, clock)
     chat.startService()
     await chat.when_ready()

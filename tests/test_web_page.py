@@ -123,7 +123,7 @@ async def irc_until(client, needle: bytes) -> bytes:
 async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restart(tmp_path):
     """The real ``twistd chatserv`` (stopped and started again on the same web port and store)."""
     browser_driver()  # skip before starting anything
-    daemon = Twistd(tmp_path, "--shutdown-grace", "1")
+    daemon = Twistd(tmp_path)
     driver = None
     try:
         skype = await connect(daemon.ports["skype"])  # bob's account comes from another port
@@ -174,7 +174,7 @@ async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restar
         # Back on the same port and store: the old session ID is gone, so the page asks for a
         # login, after which the conversation is all there.
         same_port = f"--web=tcp:{daemon.ports['web']}:interface=127.0.0.1"
-        daemon = Twistd(tmp_path, "--shutdown-grace", "1", same_port)
+        daemon = Twistd(tmp_path, same_port)
         go(driver, "daemon_restarted")
         assert (await driver.next("session_ended"))["error"] == "Your session has ended: please log in again."
         assert (await driver.next("history"))["bodies"] == seen["bodies"]
