@@ -2,18 +2,39 @@
 
 Each user has a 32-digit decimal salt. The stored verifier is argon2id over
 ``sha256_hex(salt + password)``: ports that receive a plain password compute that digest
-first; the salted port (seed 002) receives the digest from the client. Argon2 runs in a
-thread so the reactor never waits on it.
+first; the salted port (seed 002) receives the digest from the client. Argon2 runs on
+threads of its own, a bounded number at once, so the reactor never waits on it and a flood
+of logins cannot take all memory; ``LoginThrottle`` decides which checks may start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 
 import argon2
 import attrs
+from twisted.application import service
+from twisted.internet.defer import fail
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from chatserv import errors
+
+log = Logger()
+
+MAX_HASHING_THREADS = 4  # argon2's default cost is 64 MiB a hash: 4 at once is 256 MiB
+FAILURE_LOG_INTERVAL = 60.0  # seconds between log lines about hashing failures
+BUSY = "server busy, try again"
+MAX_LOCKOUT = 300.0  # seconds: the doubling lockout stops growing here
+MAX_TALLIES = 100_000  # throttle entries kept; the least recently failed go first
 
 
 def new_salt() -> str:
@@ -35,12 +56,54 @@ class HashCost:
     parallelism: int = argon2.DEFAULT_PARALLELISM
 
 
-class Hasher:
-    """Makes and checks verifiers off the reactor thread."""
+def hashing_threads(requested: int = 0) -> int:
+    """How many hashes run at once: ``requested``, or one per CPU we may use, at most 4."""
+    return requested if requested > 0 else max(1, min(len(os.sched_getaffinity(0)), MAX_HASHING_THREADS))
 
-    def __init__(self, reactor, threadpool, cost: HashCost = HashCost()):
+
+class _HashingPool(ThreadPool):
+    """Daemon threads: a hash still running never keeps a stopping process alive."""
+
+    def threadFactory(self, *args, **kwargs):
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
+class HashingThreads(service.Service):
+    """The hashing threads' own pool, started and stopped with the daemon.
+
+    Not the reactor's shared pool: logins never wait behind other work there (or hold it
+    up), and at most ``size`` argon2 hashes hold their memory at once.
+    """
+
+    def __init__(self, size: int = 0):
+        self.size = hashing_threads(size)
+        self.pool = _HashingPool(minthreads=0, maxthreads=self.size, name="chatserv-hash")
+
+    def startService(self):
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()
+
+
+class Hasher:
+    """Makes and checks verifiers off the reactor thread, at most ``limit`` at a time.
+
+    ``limit`` counts hashes running and waiting for a thread; beyond it a request fails at
+    once with ``errors.Busy`` rather than queue without bound (None: no limit). A hash that
+    fails inside argon2 (out of memory, a verifier it cannot read) is ``errors.Busy`` too,
+    never a wrong password: nothing was checked.
+    """
+
+    def __init__(self, reactor, threadpool, cost: HashCost = HashCost(), *, limit: int | None = None):
         self._reactor = reactor
         self._pool = threadpool
+        self._limit = limit
+        self._pending = 0  # hashes running or waiting for a thread
+        self._failures = 0  # hashes that failed inside argon2
+        self._quiet_until = 0.0
         self._hasher = argon2.PasswordHasher(
             time_cost=cost.time_cost,
             memory_cost=cost.memory_cost,
@@ -50,17 +113,142 @@ class Hasher:
         self._decoy = self._hasher.hash("decoy")
 
     def make_verifier(self, digest: str):
-        return deferToThreadPool(self._reactor, self._pool, self._hasher.hash, digest)
+        return self._run(self._hasher.hash, digest)
 
     def check(self, verifier: str | None, digest: str):
         """Deferred firing True when ``digest`` matches ``verifier`` (None: unknown user)."""
-        return deferToThreadPool(self._reactor, self._pool, self._check, verifier, digest)
+        return self._run(self._check, verifier, digest)
+
+    def _run(self, function, *args):
+        if self._limit is not None and self._pending >= self._limit:
+            return fail(errors.Busy(BUSY))
+        self._pending += 1
+        d = deferToThreadPool(self._reactor, self._pool, function, *args)
+        d.addBoth(self._finished)
+        return d
+
+    def _finished(self, result):
+        self._pending -= 1
+        if not isinstance(result, Failure):
+            return result
+        self._failures += 1
+        if time.monotonic() >= self._quiet_until:  # at most one line a minute, never a traceback
+            self._quiet_until = time.monotonic() + FAILURE_LOG_INTERVAL
+            log.warn("password hashing failed ({error}); {count} failures so far, each told to try again",
+                     error=f"{result.type.__name__}: {result.getErrorMessage()}", count=self._failures)
+        raise errors.Busy(BUSY)
 
     def _check(self, verifier: str | None, digest: str) -> bool:
         try:
             self._hasher.verify(verifier or self._decoy, digest)
-        except argon2.exceptions.VerificationError:
-            return False
-        except argon2.exceptions.InvalidHashError:
+        except argon2.exceptions.VerifyMismatchError:
             return False
         return verifier is not None
+
+
+@attrs.define(eq=False)
+class _Tally:
+    failures: int = 0
+    locked_until: float = 0.0
+    checking: int = 0  # attempts started and not finished
+
+
+class LoginThrottle:
+    """Who may have a password checked now. One throttle for every port (and every
+    registration's hash), so one address gets the same answer wherever it knocks.
+
+    - **Lockout**, per (folded name, address), and per (None, address) for names that are no
+      account, so guessing random names locks that address out as guessing one name locks
+      the pair, while the account stays open to every other address. An attempt counts from
+      the moment it starts: with F failures made, at most ``login_attempts`` - F may be in
+      flight, so parallel guesses cannot outrun the count. The ``login_attempts``-th failure
+      locks the key for 1 s, each further one doubles that (at most 5 minutes), and after a
+      lockout one attempt at a time is let through. A success clears its pair and its
+      address's unknown-name tally. An attempt that could not be checked counts for nothing.
+    - **In flight**, per address: at most ``logins_per_ip`` logins and registrations hashing
+      at once (0: no limit); the rest get ``errors.Busy``. An empty address (an in-process
+      caller) is not limited.
+    """
+
+    def __init__(self, now: Callable[[], float], limits):
+        self._now = now
+        self._limits = limits  # read at each attempt: login_attempts, logins_per_ip
+        self._tallies: dict[tuple[str | None, str], _Tally] = {}
+        self._hashing: Counter[str] = Counter()
+
+    def attempt(self, name_key: str, address: str, *, account: bool) -> LoginAttempt:
+        """Admit a password check for ``name_key`` from ``address``, or raise RateLimited or Busy."""
+        pair, unknown = (name_key, address), (None, address)
+        now = self._now()
+        for key in (pair, unknown):
+            tally = self._tallies.get(key)
+            if tally is not None and tally.locked_until > now:
+                raise errors.LoginThrottled()
+        key = pair if account else unknown
+        counted = self._tallies.get(key) or _Tally()
+        if counted.checking >= max(self._limits.login_attempts - counted.failures, 1):
+            raise errors.LoginThrottled()
+        attempt = self.hashing(address)
+        self._tallies[key] = counted
+        counted.checking += 1
+        attempt.tally, attempt.keys = counted, (pair, unknown)
+        return attempt
+
+    def hashing(self, address: str) -> LoginAttempt:
+        """A slot for one hash from ``address`` (a registration's), or Busy."""
+        limit = self._limits.logins_per_ip
+        if address and limit and self._hashing[address] >= limit:
+            raise errors.Busy(BUSY)
+        self._hashing[address] += 1
+        return LoginAttempt(self, address)
+
+    def _finish(self, attempt: LoginAttempt):
+        self._hashing[attempt.address] -= 1
+        if not self._hashing[attempt.address]:
+            del self._hashing[attempt.address]
+        tally = attempt.tally
+        if tally is None:
+            return
+        tally.checking -= 1
+        if attempt.succeeded:
+            for key in attempt.keys:
+                found = self._tallies.get(key)
+                if found is not None:
+                    found.failures, found.locked_until = 0, 0.0
+        elif attempt.succeeded is False:
+            tally.failures += 1
+            excess = tally.failures - self._limits.login_attempts
+            if excess >= 0:
+                tally.locked_until = self._now() + min(2.0**excess, MAX_LOCKOUT)
+        for key in attempt.keys:
+            self._tidy(key)
+
+    def _tidy(self, key):
+        """Forget a tally with nothing in it; keep the one just changed last in line to go."""
+        tally = self._tallies.pop(key, None)
+        if tally is not None and (tally.failures or tally.checking):
+            self._tallies[key] = tally
+        while len(self._tallies) > MAX_TALLIES:
+            del self._tallies[next(iter(self._tallies))]
+
+
+class LoginAttempt:
+    """One admitted password check (or registration hash); use it as a context manager and
+    say ``checked(ok)`` once the answer is known. Leaving it otherwise (an exception, Busy,
+    a hashing failure) counts for nothing."""
+
+    def __init__(self, throttle: LoginThrottle, address: str):
+        self._throttle = throttle
+        self.address = address
+        self.tally: _Tally | None = None
+        self.keys: tuple = ()  # the throttle keys it is counted under or clears
+        self.succeeded: bool | None = None
+
+    def checked(self, ok: bool):
+        self.succeeded = bool(ok)
+
+    def __enter__(self) -> LoginAttempt:
+        return self
+
+    def __exit__(self, *exc_info):
+        self._throttle._finish(self)

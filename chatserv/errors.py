@@ -139,3 +139,8 @@ class LoginThrottled(RateLimited):
     """Too many failed logins from one address against one name: that pair waits."""
 
     description = "too many failed logins: try again later"
+
+
+class Busy(ChatError):
+    """The server cannot check a password now (too many logins in flight, or hashing failed):
+    nothing was tried, so nothing counts against the caller; try again shortly."""

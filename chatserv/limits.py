@@ -19,6 +19,9 @@ class Limits:
     history: int = 50  # messages replayed or returned by default
     max_connections: int = 20000  # open connections on all ports together (0: unlimited)
     connections_per_ip: int = 100  # open connections from one address (0: unlimited)
+    logins_per_ip: int = 2  # logins and registrations from one address hashing at once (0: unlimited)
+    hash_threads: int = 0  # argon2 hashes at once (0: one per CPU, at most 4)
+    hash_queue: int = 16  # hashes waiting for a thread before a login is told "busy, try again"
 
 
 class TokenBucket:

@@ -71,3 +71,4 @@ class Snapshot:
     next_user_id: int
     next_room_id: int
     next_message_id: int
+    salt_secret: bytes  # kept in the store: fake salts for unknown names derive from it

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import itertools
 import re
-import secrets
 from collections.abc import Iterable
 
 import attrs
@@ -23,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from chatserv import errors, events
-from chatserv.credentials import Hasher, new_salt, password_digest
+from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits
 from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
 
@@ -77,7 +76,7 @@ class ChatService(service.Service):
         self.clock = clock
         self.limits = limits or Limits()
         self.stats = collections.Counter()
-        self._secret = secrets.token_bytes(32)
+        self._salt_secret: bytes | None = None  # the store's, so fake salts outlive restarts
         self._ready: Deferred | None = None
         self._waiting: list[Deferred] = []
         self._users: dict[int, User] = {}
@@ -93,7 +92,7 @@ class ChatService(service.Service):
         self._watchers: set[Session] = set()
         self._last_address: dict[int, str] = {}
         self._operators: dict[int, set[int]] = {}
-        self._login_failures: dict[tuple[str, str], tuple[int, float]] = {}
+        self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
         self._guest_ids = itertools.count(-1, -1)
@@ -115,6 +114,7 @@ class ChatService(service.Service):
         for owner, contact, status, before_block in snapshot.contacts:
             self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
+        self._salt_secret = snapshot.salt_secret
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
         self._next_message = itertools.count(snapshot.next_message_id)
@@ -192,31 +192,35 @@ class ChatService(service.Service):
         user = self._user_keys.get(fold(name))
         if user is not None:
             return user.salt
-        mac = hmac.new(self._secret, fold(name).encode(), hashlib.sha256).digest()
+        mac = hmac.new(self._salt_secret, fold(name).encode(), hashlib.sha256).digest()
         return str(10**31 + int.from_bytes(mac, "big") % (9 * 10**31))
 
     @deferred
-    async def register(self, username, password, *, guest: User | None = None) -> User:
+    async def register(self, username, password, *, guest: User | None = None, address: str = "") -> User:
         """Create an account from a plain password.
 
         ``guest``: the caller's own guest user, whose name may become the account's (the guest
-        keeps its sessions until the caller moves them to the account).
+        keeps its sessions until the caller moves them to the account). ``address``: the
+        caller's, whose hashes in flight are limited as its logins are.
         """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.EmptyPassword()
         self._check_free(username, guest)
         salt = new_salt()
-        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest)
+        return await self.register_digest(username, salt, password_digest(salt, password), guest=guest,
+                                          address=address)
 
     @deferred
-    async def register_digest(self, username, salt, digest, *, guest: User | None = None) -> User:
+    async def register_digest(self, username, salt, digest, *, guest: User | None = None,
+                              address: str = "") -> User:
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.EmptyPassword()
         self._check_free(username, guest)
-        verifier = await self.hasher.make_verifier(digest)
+        with self.throttle.hashing(address):
+            verifier = await self.hasher.make_verifier(digest)
         self._check_free(username, guest)  # another registration may have won while we hashed
         user = User(next(self._next_user), username, salt, verifier, self.clock.seconds())
         self._users[user.id] = user
@@ -238,36 +242,21 @@ class ChatService(service.Service):
     async def authenticate_digest(self, username, digest, address: str = "") -> User:
         """The user, if ``digest`` is their ``sha256_hex(salt + password)``; else BadCredentials.
 
-        Failures from one address against one name lock that pair out for a doubling time,
-        across reconnects (RateLimited), without locking the account for anyone else.
+        ``self.throttle`` admits the check (RateLimited: this name or address is locked out;
+        Busy: this address has its logins in flight), and the hasher may answer Busy; neither
+        counts as a failure.
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
-        key = (fold(username), address)
-        self._check_throttle(key)
         user = self._user_keys.get(fold(username))
-        ok = await self.hasher.check(user.verifier if user else None, digest)
+        with self.throttle.attempt(fold(username), address, account=user is not None) as attempt:
+            ok = await self.hasher.check(user.verifier if user else None, digest)
+            attempt.checked(ok)
         if not ok:
             self.stats["login_failures"] += 1
-            self._note_failure(key)
             raise errors.BadCredentials("bad credentials")
-        self._login_failures.pop(key, None)
         self.stats["logins"] += 1
         return user
-
-    def _check_throttle(self, key):
-        failures, until = self._login_failures.get(key, (0, 0.0))
-        if until > self.clock.seconds():
-            raise errors.LoginThrottled()
-
-    def _note_failure(self, key):
-        failures, _ = self._login_failures.pop(key, (0, 0.0))
-        failures += 1
-        excess = failures - self.limits.login_attempts
-        until = self.clock.seconds() + min(2.0**excess, 300.0) if excess >= 0 else 0.0
-        self._login_failures[key] = (failures, until)
-        while len(self._login_failures) > 100_000:  # bounded: the oldest entry goes first
-            del self._login_failures[next(iter(self._login_failures))]
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:

@@ -19,7 +19,7 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 
 from chatserv.bans import BanFile
-from chatserv.credentials import HashCost, Hasher
+from chatserv.credentials import HashCost, Hasher, HashingThreads
 from chatserv.limits import Limits
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
@@ -168,7 +168,9 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
-    hasher = Hasher(reactor, reactor.getThreadPool(), options.hash_cost())
+    hashing = HashingThreads(limits.hash_threads)
+    hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
+    hasher = Hasher(reactor, hashing.pool, options.hash_cost(), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
     chat.setServiceParent(root)
     tracker = ConnectionTracker(reactor, options["shutdown-grace"])

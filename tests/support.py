@@ -66,6 +66,23 @@ class InstantHasher:
         return defer.succeed(verifier == "v:" + digest)
 
 
+class HeldHasher(InstantHasher):
+    """Checks passwords only when the test releases them (verifiers are made at once), as a
+    busy hashing pool would: ``checks`` lists every check asked for, answered or not."""
+
+    def __init__(self):
+        self.checks: list[tuple[defer.Deferred, bool]] = []
+
+    def check(self, verifier, digest):
+        self.checks.append((defer.Deferred(), verifier == "v:" + digest))
+        return self.checks[-1][0]
+
+    def release(self):
+        for waiting, ok in self.checks:
+            if not waiting.called:
+                waiting.callback(ok)
+
+
 class Daemon:
     """The whole service tree, every port on 127.0.0.1:0, started and stopped in-process."""
 

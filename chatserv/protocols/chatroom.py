@@ -64,6 +64,7 @@ ERRORS = ErrorTable({
     errors.Denied: lambda exc: exc.message,
     errors.Invalid: lambda exc: exc.message,
     errors.Offline: lambda exc: exc.message,
+    errors.Busy: "server busy, try again",
     errors.ChatError: "fail",
 })
 

@@ -69,6 +69,7 @@ OK = literal(["OK"])
 ERRORS = ErrorTable({
     errors.NotLoggedIn: error_reply("please create account or login."),
     errors.BadCredentials: error_reply("Invalid username or password."),
+    errors.Busy: error_reply("Server busy, try again."),
     errors.ChatError: lambda exc: error_reply(sentence(exc.message)),
 })
 
@@ -227,7 +228,7 @@ class RoomsConnection(ChatConnection):
     # requests (the client sends its own user first where a body has one; checked above)
 
     async def do_create_new_user(self, username, password):
-        self.login(await self.service.register(username, password))
+        self.login(await self.service.register(username, password, address=self.peer_host))
         return OK
 
     async def do_login(self, username, password):

@@ -56,6 +56,7 @@ ERRORS = ErrorTable({
     BadRequest: lambda exc: error(exc.message),
     errors.NotLoggedIn: error("please log in first"),
     errors.RateLimited: error("slow down"),
+    errors.Busy: error("server busy, try again"),
     errors.ChatError: lambda exc: error(exc.message),
 })
 
@@ -220,7 +221,7 @@ class SaltedConnection(ChatConnection):
         if pending is not None and fold(name) == fold(pending.username):
             return await self._register(pending, digest)
         try:
-            user = await self.service.authenticate_digest(name, digest.lower())
+            user = await self.service.authenticate_digest(name, digest.lower(), self.peer_host)
         except errors.BadCredentials:
             if self.login_failed():
                 self.goodbye(login_status(False))
@@ -232,7 +233,8 @@ class SaltedConnection(ChatConnection):
         if not _DIGEST.match(digest):
             return register_status(False, "password must be sha256(salt + password) in hex")
         try:
-            user = await self.service.register_digest(pending.username, pending.salt, digest.lower())
+            user = await self.service.register_digest(pending.username, pending.salt, digest.lower(),
+                                                      address=self.peer_host)
         except errors.UsernameTaken:
             return register_status(False, "username taken")
         if not await self._enter(user):

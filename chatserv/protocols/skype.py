@@ -18,11 +18,13 @@ PLEASE_LOGIN = b"202 Please login"
 INTERNAL_ERROR = b"500 Internal server error"
 INVALID = b"501 Invalid command"
 GOODBYE = b"201 Goodbye"
+BUSY = b"503 Busy, try again"
 
 ERRORS = ErrorTable({
     BadRequest: INVALID,
     errors.NotLoggedIn: PLEASE_LOGIN,
     errors.NotFound: NOT_FOUND,
+    errors.Busy: BUSY,
     errors.ChatError: NOT_OK,
 })
 
@@ -85,7 +87,7 @@ class SkypeConnection(ChatConnection):
 
     async def do_CREATE(self, argument):
         username, password = self._credentials(argument)
-        user = await self.service.register(username, password)
+        user = await self.service.register(username, password, address=self.peer_host)
         self.login(user)
         return OK
 

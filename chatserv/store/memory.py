@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import attrs
 from twisted.internet.defer import succeed
 from zope.interface import implementer
@@ -24,6 +26,7 @@ class MemoryStore:
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
+        self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
     def open(self):
         rooms = []
@@ -39,6 +42,7 @@ class MemoryStore:
                 next_user_id=max(self._users, default=0) + 1,
                 next_room_id=max(self._rooms, default=0) + 1,
                 next_message_id=max(self._messages, default=0) + 1,
+                salt_secret=self._salt_secret,
             )
         )
 

@@ -57,6 +57,13 @@ MIGRATIONS = [
     """
     ALTER TABLE contacts ADD COLUMN status_before_block TEXT;
     """,
+    # 3: secrets the daemon keeps across restarts (the one fake salts derive from)
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
 ]
 
 

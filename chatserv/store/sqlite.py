@@ -8,6 +8,7 @@ write is committed; no query ever runs on the reactor thread.
 from __future__ import annotations
 
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -179,6 +180,10 @@ class SQLiteStore:
         contacts = conn.execute(
             "SELECT owner_id, contact_id, status, status_before_block FROM contacts").fetchall()
         bans = [row[0] for row in conn.execute("SELECT address FROM bans ORDER BY address")]
+        # Made at the first start; whoever inserts first wins, so every reader gets the same one.
+        conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('salt', ?)",
+                     (secrets.token_bytes(32),))
+        (salt_secret,) = conn.execute("SELECT value FROM secrets WHERE name = 'salt'").fetchone()
 
         def next_id(table):
             return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
@@ -191,6 +196,7 @@ class SQLiteStore:
             next_user_id=next_id("users"),
             next_room_id=next_id("rooms"),
             next_message_id=next_id("messages"),
+            salt_secret=salt_secret,
         )
 
     # writes

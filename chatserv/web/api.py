@@ -26,6 +26,7 @@ ERRORS = ErrorTable({
     errors.RoomNotFound: (400, "Group not found"),
     errors.UsernameTaken: (400, "Username already exists"),
     errors.Blocked: (400, "You are blocked by this user"),
+    errors.Busy: (503, "Server busy, try again"),
     errors.ChatError: lambda e: (400, e.message),
 })
 

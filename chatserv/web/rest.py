@@ -119,6 +119,11 @@ class Root(resource.Resource):
         return self.inner.render(request)
 
 
+def client_address(request) -> str:
+    """The caller's address: the service throttles logins and limits hashes per address."""
+    return getattr(request.getClientAddress(), "host", "")
+
+
 def endpoint(method):
     """A JSON endpoint: parse the parameters, call, reply; failures through the error table."""
 
@@ -166,7 +171,7 @@ class WebAPI:
         public_key = params.get("public_key")
         if public_key is not None and not isinstance(public_key, str):
             raise BadRequest("public_key must be a string")
-        user = await self.service.register(username, password)
+        user = await self.service.register(username, password, address=client_address(request))
         if public_key:
             await self.service.set_public_key(user, public_key)
         return {"message": "User registered successfully", "user_id": user.id}
@@ -175,8 +180,7 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        address = getattr(request.getClientAddress(), "host", "")  # failures are throttled per address
-        user = await self.service.authenticate(username, password, address)
+        user = await self.service.authenticate(username, password, client_address(request))
         session = self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 

@@ -102,7 +102,11 @@ class AccountsMixin:
             authzid, authcid, password = base64.b64decode(payload, validate=True).decode("utf-8").split("\0")
         except (ValueError, binascii.Error):
             raise N.IRCError(N.ERR_SASLFAIL) from None
-        user = await self._check_password(authcid or authzid, password)
+        try:
+            user = await self._check_password(authcid or authzid, password)
+        except errors.Busy as exc:  # nothing was checked: say why, and end the exchange (clients retry)
+            self.domain_error(exc, "*", "AUTHENTICATE")
+            raise N.IRCError(N.ERR_SASLFAIL) from None
         if user is None or (authzid and fold(authzid) != fold(user.username)):
             return self._login_refused(N.ERR_SASLFAIL)
         await self.logged_in_as(user)
@@ -162,7 +166,7 @@ class AccountsMixin:
         guest = self.session.user if self.session is not None else None
         try:
             self.service.validate_username(account)
-            return await self.service.register(account, password, guest=guest)
+            return await self.service.register(account, password, guest=guest, address=self.peer_host)
         except errors.InvalidUsername:
             raise N.Fail(command, "BAD_ACCOUNT_NAME", account) from None
         except errors.UsernameTaken:

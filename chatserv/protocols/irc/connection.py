@@ -52,6 +52,7 @@ ERRORS = ErrorTable({
     errors.Denied: N.ERR_NOTONCHANNEL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
+    errors.Busy: N.RPL_TRYAGAIN,
     errors.ChatError: N.ERR_UNKNOWNERROR,
 })
 
@@ -241,6 +242,9 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             except (errors.BadCredentials, errors.RateLimited):
                 self.reply(N.ERR_PASSWDMISMATCH)
                 return self.error_and_close("Bad password")
+            except errors.Busy as exc:  # nothing was checked: say why, and let the client reconnect
+                self.domain_error(exc, self.nick, "PASS")
+                return self.error_and_close("Server busy, try again")
         if user is None:
             if self.service.is_registered(self.nick):
                 raise N.IRCError(N.ERR_NICKNAMEREGISTERED, target=self.nick)

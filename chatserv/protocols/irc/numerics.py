@@ -76,6 +76,7 @@ ERR_SASLALREADY = Numeric("907", ":You have already authenticated")
 RPL_SASLMECHS = Numeric("908", "PLAIN :are available SASL mechanisms")
 
 # errors
+RPL_TRYAGAIN = Numeric("263", "{command} :Server busy, try again")  # RFC 2812: a command dropped unprocessed
 ERR_UNKNOWNERROR = Numeric("400", "{command} :{text}")
 ERR_NOSUCHNICK = Numeric("401", "{target} :No such nick/channel")
 ERR_NOSUCHCHANNEL = Numeric("403", "{target} :No such channel")
