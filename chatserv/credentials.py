@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import ClassVar
 
 import argon2
 import attrs
@@ -27,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatserv import errors
+from chatserv.options import option
 
 log = Logger()
 
@@ -49,11 +51,14 @@ def password_digest(salt: str, password: str) -> str:
 
 @attrs.define
 class HashCost:
-    """argon2id cost parameters; tests lower them, production keeps the library defaults."""
+    """argon2id cost parameters (``--argon2-*``); tests lower them, production keeps the
+    library defaults."""
 
-    time_cost: int = argon2.DEFAULT_TIME_COST
-    memory_cost: int = argon2.DEFAULT_MEMORY_COST
-    parallelism: int = argon2.DEFAULT_PARALLELISM
+    option_prefix: ClassVar[str] = "argon2-"
+
+    time_cost: int = option(argon2.DEFAULT_TIME_COST, "argon2id passes")
+    memory_cost: int = option(argon2.DEFAULT_MEMORY_COST, "argon2id memory (KiB)")
+    parallelism: int = option(argon2.DEFAULT_PARALLELISM, "argon2id lanes")
 
 
 def hashing_threads(requested: int = 0) -> int:

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import attrs
 
+from chatserv.options import option
+
 
 @attrs.define
 class Limits:
-    max_line: int = 8192  # bytes in one line or frame
-    prelogin_timeout: float = 60.0  # seconds a connection may stay without logging in
-    idle_timeout: float = 600.0  # seconds without a request before a session is closed
-    login_attempts: int = 5  # failed logins before the connection is closed
-    messages_per_second: float = 10.0  # sustained message rate per session (0: unlimited)
-    message_burst: int = 20  # messages a session may send at once before the rate applies
-    send_queue: int = 1 << 20  # bytes queued for a slow reader before it is disconnected
-    max_pending_requests: int = 64  # parsed requests waiting their turn before reading pauses
-    max_body: int = 4096  # characters in one message body
-    history: int = 50  # messages replayed or returned by default
-    max_connections: int = 20000  # open connections on all ports together (0: unlimited)
-    connections_per_ip: int = 100  # open connections from one address (0: unlimited)
-    logins_per_ip: int = 2  # logins and registrations from one address hashing at once (0: unlimited)
-    hash_threads: int = 0  # argon2 hashes at once (0: one per CPU, at most 4)
-    hash_queue: int = 16  # hashes waiting for a thread before a login is told "busy, try again"
+    """What every port enforces; each field is also a ``twistd chatserv`` option (``--max-line``...)."""
+
+    max_line: int = option(8192, "bytes in one line or frame")
+    prelogin_timeout: float = option(60.0, "seconds a connection may stay without logging in")
+    idle_timeout: float = option(600.0, "seconds without a request before a session is closed")
+    login_attempts: int = option(5, "failed logins before the connection is closed")
+    messages_per_second: float = option(10.0, "sustained message rate per session (0: unlimited)")
+    message_burst: int = option(20, "messages a session may send at once before the rate applies")
+    send_queue: int = option(1 << 20, "bytes queued for a slow reader before it is disconnected")
+    max_pending_requests: int = option(64, "parsed requests waiting their turn before reading pauses")
+    max_body: int = option(4096, "characters in one message body")
+    history: int = option(50, "messages replayed or returned by default")
+    max_connections: int = option(20000, "open connections on all ports together (0: unlimited)")
+    connections_per_ip: int = option(100, "open connections from one address (0: unlimited)")
+    logins_per_ip: int = option(2, "logins and registrations from one address hashing at once (0: unlimited)")
+    hash_threads: int = option(0, "argon2 hashes at once (0: one per CPU, at most 4)")
+    hash_queue: int = option(16, "hashes waiting for a thread before a login is told 'busy, try again'")
 
 
 class TokenBucket:

@@ -79,3 +79,22 @@ def test_the_web_port_shares_wire_helpers_with_the_protocols_and_imports_none_of
             found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
                       if name.startswith("chatserv.protocols")]
     assert found == []
+
+
+def test_no_option_is_read_by_its_name_outside_its_declaration():
+    """Each option is declared once, in a typed config class (chatserv.options), and code reads
+    the config: an ``options["irc-flood-rate"]`` or ``options.get("alive-timeout", 60)`` would
+    be a second place for its name and default."""
+    found = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Subscript):
+                holder, key = node.value, node.slice
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                holder, key = (node.func.value, node.args[0]) if node.func.attr == "get" else (None, None)
+            else:
+                continue
+            if (holder is not None and ast.unparse(holder).endswith("options")
+                    and isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []

@@ -8,6 +8,8 @@ with it (request order, the send queue, deadlines, the error table) is in ``chat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
@@ -16,6 +18,7 @@ from zope.interface import implementer
 
 from chatserv import errors
 from chatserv.limits import Limits, TokenBucket
+from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
 from chatserv.wire import ConnectionTracker, Deadline, ErrorTable, RequestQueue, SendQueue
@@ -252,7 +255,7 @@ class ChatConnection(protocol.Protocol):
 
     # sessions
 
-    def login(self, user, **options) -> Session | None:
+    def login(self, user, **flags) -> Session | None:
         """Attach this connection to the service as ``user`` (replacing any earlier login).
 
         A connection already closing (its client left while the password was checked)
@@ -264,9 +267,9 @@ class ChatConnection(protocol.Protocol):
         self.failed_logins = 0
         self.session = self.service.attach(
             user, self, self.protocol_name, self.peer_host,
-            accepts_direct=options.get("accepts_direct", self.accepts_direct),
-            watches_presence=options.get("watches_presence", self.watches_presence),
-            watches_room_presence=options.get("watches_room_presence", self.watches_room_presence),
+            accepts_direct=flags.get("accepts_direct", self.accepts_direct),
+            watches_presence=flags.get("watches_presence", self.watches_presence),
+            watches_room_presence=flags.get("watches_room_presence", self.watches_room_presence),
         )
         self.deadline.arm(self.limits.idle_timeout)
         return self.session
@@ -317,15 +320,21 @@ class ChatConnection(protocol.Protocol):
 
 
 class ChatFactory(protocol.Factory):
-    """Builds one protocol's connections and hands them the shared service and limits."""
+    """Builds one protocol's connections and hands them the shared service and limits.
+
+    ``config_class``: the protocol's typed options (``chatserv.options``), if it has any;
+    ``config`` is made from ``options`` (twistd's, or a test's dict of the ones it sets).
+    """
+
+    config_class: type | None = None
 
     def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock,
-                 options=None):
+                 options: Mapping | None = None):
         self.service = service
         self.tracker = tracker
         self.limits = limits
         self.clock = clock
-        self.options = options or {}
+        self.config = from_options(self.config_class, options or {}) if self.config_class else None
 
     def buildProtocol(self, addr):
         """Refuse (close at once) a connection over the total or per-address limit."""

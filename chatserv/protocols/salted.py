@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import ClassVar
 
 import attrs
 
@@ -18,12 +19,12 @@ from chatserv import errors, events
 from chatserv.bans import ban_key
 from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
+from chatserv.options import option
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LineFramer
 from chatserv.wire import BadRequest, ErrorTable, json_object
 
 PROTOCOL = "salted"
-DEFAULT_LOGIN_ATTEMPTS = 3
 BEFORE_LOGIN = frozenset({"login", "register", "salt", "guest", "disconnect"})
 LOGIN_KINDS = frozenset({"login", "register", "guest"})
 NOT_BAN_CHECKED = frozenset({"login", "register"})  # the seed checks bans before all else
@@ -328,11 +329,21 @@ def event_payload(event) -> dict | None:
     return None
 
 
+@attrs.frozen
+class SaltedConfig:
+    """Seed 002's options (``--salted-*``): see ``chatserv.options``."""
+
+    option_prefix: ClassVar[str] = "salted-"
+
+    min_version: str = option("", "seed 002: lowest client version served (empty: any)", coerce=check_version)
+    login_attempts: int = option(3, "seed 002: failed logins before close")
+
+
 class SaltedFactory(ChatFactory):
     protocol = SaltedConnection
+    config_class = SaltedConfig
 
     def __init__(self, service, tracker, limits, clock, options=None):
-        options = options or {}
-        attempts = options.get("salted-login-attempts", DEFAULT_LOGIN_ATTEMPTS)
-        super().__init__(service, tracker, attrs.evolve(limits, login_attempts=attempts), clock, options)
-        self.min_version = check_version(options.get("salted-min-version", ""))
+        super().__init__(service, tracker, limits, clock, options)
+        self.limits = attrs.evolve(limits, login_attempts=self.config.login_attempts)
+        self.min_version = check_version(self.config.min_version)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import collections
 import io
+from typing import ClassVar
 
+import attrs
 from twisted.web import http, server
 
 from chatserv.limits import Limits
+from chatserv.options import from_options, option
 from chatserv.service import ChatService
 from chatserv.web import rest
 from chatserv.web.engineio import EngineServer
@@ -101,21 +104,35 @@ class TrackedChannel(http.HTTPChannel):
                 self.transport.loseConnection()
 
 
+@attrs.frozen
+class WebConfig:
+    """Seed 004's options (``--web-*``): see ``chatserv.options``."""
+
+    option_prefix: ClassVar[str] = "web-"
+
+    session_ttl: float = option(3600.0, "seed 004: seconds a REST session ID lives unused")
+    max_body: int = option(65536, "seed 004: bytes in one HTTP body or WebSocket message")
+    ping_interval: float = option(25.0, "seed 004: seconds between Engine.IO pings")
+    ping_timeout: float = option(20.0, "seed 004: seconds a client has to answer a ping")
+
+
 class WebSite(server.Site):
     requestFactory = BoundedRequest
     protocol = TrackedChannel
+    config_class = WebConfig
 
     def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock, options):
         self.service = service
         self.tracker = tracker
         self.limits = limits
         self.clock = clock
-        self.max_body = options["web-max-body"]
+        self.config = config = from_options(WebConfig, options)
+        self.max_body = config.max_body
         self.counters = collections.Counter()
-        self.web_sessions = WebSessions(clock, options["web-session-ttl"], limits)
+        self.web_sessions = WebSessions(clock, config.session_ttl, limits)
         self.engine = EngineServer(
-            clock, self._socket_opened, ping_interval=options["web-ping-interval"],
-            ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,
+            clock, self._socket_opened, ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout, max_payload=self.max_body,
             send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits))
         super().__init__(rest.Root(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
         self.displayTracebacks = False

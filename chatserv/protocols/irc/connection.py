@@ -8,6 +8,7 @@ a chatserv username: an account's name once logged in, else a guest's.
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import attrs
 from twisted.internet import defer, task
@@ -15,6 +16,7 @@ from twisted.internet import defer, task
 from chatserv import errors, events
 from chatserv.limits import TokenBucket
 from chatserv.model import fold
+from chatserv.options import option
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.accounts import AccountsMixin
@@ -120,11 +122,10 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
 
     def connectionMade(self):
         super().connectionMade()
-        options = self.factory.options
-        rate = options.get("irc-flood-rate", 0)
-        self.flood = TokenBucket(self.clock, rate, options.get("irc-flood-burst", 1))
-        self.flood_delay = 1.0 / rate if rate else 0.0
-        self.ping_interval = options.get("irc-ping-interval", self.limits.idle_timeout)
+        config = self.factory.config
+        self.flood = TokenBucket(self.clock, config.flood_rate, config.flood_burst)
+        self.flood_delay = 1.0 / config.flood_rate if config.flood_rate else 0.0
+        self.ping_interval = config.ping_interval
 
     def connectionLost(self, reason=None):
         if self.session is not None:
@@ -259,8 +260,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         if not user.guest:
             await self.logged_in(user)
 
-    def login(self, user, **options):
-        session = super().login(user, **options)
+    def login(self, user, **flags):
+        session = super().login(user, **flags)
         self.deadline.arm(self.ping_interval)
         return session
 
@@ -514,8 +515,20 @@ RENDERERS = {
 }
 
 
+@attrs.frozen
+class IRCConfig:
+    """IRC's options (``--irc-*``): see ``chatserv.options`` to add one."""
+
+    option_prefix: ClassVar[str] = "irc-"
+
+    flood_rate: float = option(5.0, "IRC: commands per second once the burst is spent (0: no limit)")
+    flood_burst: int = option(20, "IRC: commands a client may send at once")
+    ping_interval: float = option(120.0, "IRC: idle seconds before a PING, and to answer it")
+
+
 class IRCFactory(ChatFactory):
     protocol = IRCConnection
+    config_class = IRCConfig
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
