@@ -26,6 +26,16 @@ class Limits:
     logins_per_ip: int = option(2, "logins and registrations from one address hashing at once (0: unlimited)")
     hash_threads: int = option(0, "argon2 hashes at once (0: one per CPU, at most 4)")
     hash_queue: int = option(16, "hashes waiting for a thread before a login is told 'busy, try again'")
+    # Room creation (0: unlimited). Rates are rooms a minute once the burst is spent.
+    max_rooms: int = option(100_000, "rooms on the server (0: unlimited)")
+    max_rooms_per_user: int = option(100, "rooms one user created that still exist (0: unlimited)")
+    max_rooms_per_address: int = option(
+        1000, "rooms created from one address since the start that still exist (0: unlimited)")
+    room_rate_per_user: float = option(10.0, "rooms a user may create a minute after its burst (0: no limit)")
+    room_burst_per_user: int = option(20, "rooms a user may create at once")
+    room_rate_per_address: float = option(
+        60.0, "rooms one address may create a minute after its burst (0: no limit)")
+    room_burst_per_address: int = option(100, "rooms one address may create at once")
 
 
 class TokenBucket:
@@ -38,13 +48,41 @@ class TokenBucket:
         self._tokens = self._burst
         self._stamp = clock.seconds()
 
-    def allow(self) -> bool:
+    def ready(self) -> bool:
+        """Whether an event would be allowed now (nothing is taken)."""
         if not self._rate:
             return True
         now = self._clock.seconds()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
-        if self._tokens >= 1.0:
+        return self._tokens >= 1.0
+
+    def allow(self) -> bool:
+        if not self.ready():
+            return False
+        if self._rate:
             self._tokens -= 1.0
-            return True
-        return False
+        return True
+
+
+class RateTable:
+    """A token bucket per key (a user id, an address), made on first use. Bounded: past
+    ``max_keys`` the oldest bucket is forgotten, so its key starts afresh."""
+
+    def __init__(self, clock, per_minute: float, burst: int, max_keys: int = 100_000):
+        self._clock = clock
+        self._rate = per_minute / 60.0
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: dict = {}
+
+    def bucket(self, key) -> TokenBucket:
+        found = self._buckets.get(key)
+        if found is None:
+            found = self._buckets[key] = TokenBucket(self._clock, self._rate, self._burst)
+            while len(self._buckets) > self._max_keys:
+                del self._buckets[next(iter(self._buckets))]
+        return found
+
+    def forget(self, key):
+        self._buckets.pop(key, None)

@@ -31,7 +31,10 @@ class User:
 
 @attrs.define(eq=False)
 class Room:
-    """A named room: seed 003 rooms, seed 004 groups and IRC channels are all rooms."""
+    """A named room: seed 003 rooms, seed 004 groups and IRC channels are all rooms.
+
+    A room a guest created is not ``persistent``: it is never stored and vanishes once empty.
+    """
 
     id: int
     name: str
@@ -39,6 +42,7 @@ class Room:
     created_at: float
     topic: str = ""
     members: set[int] = attrs.field(factory=set)
+    persistent: bool = True
 
 
 @attrs.frozen
@@ -72,3 +76,4 @@ class Snapshot:
     next_room_id: int
     next_message_id: int
     salt_secret: bytes  # kept in the store: fake salts for unknown names derive from it
+    last_guest_id: int = 0  # the lowest guest id ever handed out: guest ids are never reused

@@ -23,7 +23,7 @@ from zope.interface import Interface
 
 from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
-from chatserv.limits import Limits
+from chatserv.limits import Limits, RateTable
 from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
 
 log = Logger()
@@ -84,6 +84,14 @@ class ChatService(service.Service):
         self._guests: dict[str, User] = {}
         self._rooms: dict[str, Room] = {}
         self._rooms_by_id: dict[int, Room] = {}
+        # Indexes, so that nothing done for one user costs time in proportion to all rooms.
+        self._rooms_of: dict[int, set[Room]] = collections.defaultdict(set)  # by member id
+        self._created_by: dict[int, set[Room]] = collections.defaultdict(set)  # by creator id
+        self._created_from: dict[str, set[Room]] = collections.defaultdict(set)  # by creator address
+        self._creation: dict[Room, tuple[int, str]] = {}  # room -> (creator id, address)
+        lim = self.limits
+        self._user_room_rate = RateTable(clock, lim.room_rate_per_user, lim.room_burst_per_user)
+        self._address_room_rate = RateTable(clock, lim.room_rate_per_address, lim.room_burst_per_address)
         self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
@@ -111,6 +119,10 @@ class ChatService(service.Service):
             self._user_keys[fold(user.username)] = user
         for room in snapshot.rooms:
             self._rooms[fold(room.name)] = self._rooms_by_id[room.id] = room
+            for uid in room.members:
+                self._rooms_of[uid].add(room)
+            if room.created_by is not None:
+                self._created_by[room.created_by].add(room)
         for owner, contact, status, before_block in snapshot.contacts:
             self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
@@ -118,6 +130,7 @@ class ChatService(service.Service):
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
         self._next_message = itertools.count(snapshot.next_message_id)
+        self._guest_ids = itertools.count(snapshot.last_guest_id - 1, -1)
         d = succeed(None)
         if fold(LOBBY) not in self._rooms:
             d = Deferred.fromCoroutine(self._new_room(LOBBY, None))
@@ -264,11 +277,18 @@ class ChatService(service.Service):
         await self.store.update_user(user)
 
     def guest(self, name) -> User:
-        """A temporary user for this name; it lives while it has sessions and is never stored."""
+        """A temporary user for this name; it lives while it has sessions and is never stored.
+
+        Its id is never reused, even after a restart (the store keeps the lowest one handed out,
+        and that write goes before any message naming the id), so no later guest reads its
+        conversations.
+        """
         self.validate_username(name)
         self._check_free(name)
         user = User(next(self._guest_ids), name, "", None, self.clock.seconds())
         self._guests[fold(name)] = user
+        self.store.note_guest_id(user.id).addErrback(
+            lambda failure: log.failure("cannot keep the guest id counter", failure))
         return user
 
     # sessions and presence
@@ -306,18 +326,18 @@ class ChatService(service.Service):
 
     def _forget_guest(self, user):
         self._guests.pop(fold(user.username), None)
-        for room in self._rooms.values():
-            room.members.discard(user.id)
+        self._user_room_rate.forget(user.id)
+        for room in list(self._rooms_of.get(user.id, ())):
+            self._drop_member(room, user.id)
 
     def _presence(self, user, online, protocol, origin):
         event = events.PresenceChanged(user, online, protocol)
         targets = set(self._watchers)
         for owner in self._contact_of.get(user.id, ()):
             targets.update(self._sessions.get(owner, ()))
-        for room in self._rooms.values():
-            if user.id in room.members:
-                for uid in room.members:
-                    targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
+        for room in self._rooms_of.get(user.id, ()):
+            for uid in room.members:
+                targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
         targets.discard(origin)
         for session in targets:
             session.sink.deliver(event)
@@ -447,7 +467,7 @@ class ChatService(service.Service):
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
     def rooms_of(self, user: User) -> list[Room]:
-        return [r for r in self.rooms() if user.id in r.members]
+        return sorted(self._rooms_of.get(user.id, ()), key=lambda r: fold(r.name))
 
     def members(self, room: Room) -> list[User]:
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
@@ -468,30 +488,64 @@ class ChatService(service.Service):
             raise errors.InvalidRoomName()
         return name
 
-    async def _new_room(self, name, creator: User | None) -> Room:
-        room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
-                    self.clock.seconds())
+    def _check_room_quota(self, creator: User, address: str):
+        """Refuse a new room over ``--max-rooms``, or over its creator's (or address's) cap or rate."""
+        limits = self.limits
+        if 0 < limits.max_rooms <= len(self._rooms):
+            raise errors.TooManyRooms("the server has too many rooms")
+        if 0 < limits.max_rooms_per_user <= len(self._created_by.get(creator.id, ())):
+            raise errors.TooManyRooms("you have created too many rooms")
+        if address and 0 < limits.max_rooms_per_address <= len(self._created_from.get(address, ())):
+            raise errors.TooManyRooms("too many rooms were created from your address")
+        buckets = [self._user_room_rate.bucket(creator.id)]
+        if address:
+            buckets.append(self._address_room_rate.bucket(address))
+        if not all(bucket.ready() for bucket in buckets):
+            raise errors.TooManyRooms("you are creating rooms too fast: try again later")
+        for bucket in buckets:
+            bucket.allow()
+
+    async def _new_room(self, name, creator: User | None, address: str = "") -> Room:
+        """A new room; one a guest creates is kept in memory only, until it is empty."""
+        if creator is not None:
+            self._check_room_quota(creator, address)
+        guest = creator is not None and creator.guest
+        room = Room(next(self._next_room), name, creator.id if creator and not guest else None,
+                    self.clock.seconds(), persistent=not guest)
         self._rooms[fold(name)] = self._rooms_by_id[room.id] = room
-        if creator is not None and creator.guest:  # a guest creator is an operator while it lives
+        if creator is not None:
+            self._creation[room] = (creator.id, address)
+            self._created_by[creator.id].add(room)
+            if address:
+                self._created_from[address].add(room)
+        if guest:  # a guest creator is an operator while it lives
             self._operators.setdefault(room.id, set()).add(creator.id)
-        await self.store.add_room(room)
+        if room.persistent:
+            await self.store.add_room(room)
         return room
 
+    def _creator_address(self, user: User, origin: Session | None, address: str | None) -> str:
+        if address is not None:
+            return address
+        return origin.address if origin is not None else self._last_address.get(user.id, "")
+
     @deferred
-    async def create_room(self, user: User, name) -> Room:
-        """Create a room with ``user`` as its creator and first member."""
+    async def create_room(self, user: User, name, *, address: str | None = None) -> Room:
+        """Create a room with ``user`` as its creator and first member (``address``: where the
+        request came from, for the per-address cap; by default the user's last address)."""
         self.validate_room_name(name)
         if fold(name) in self._rooms:
             raise errors.RoomExists()
-        room = await self._new_room(name, user)
+        room = await self._new_room(name, user, self._creator_address(user, None, address))
         await self._add_member(room, user, origin=None)
         return room
 
     @deferred
-    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None) -> Room:
+    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
+                        address: str | None = None) -> Room:
         """Join (and with ``create``, first create) a room; members hear of it."""
         if create and fold(self.validate_room_name(name)) not in self._rooms:
-            room = await self._new_room(name, user)
+            room = await self._new_room(name, user, self._creator_address(user, origin, address))
         else:
             room = self.room(name)
         if user.id not in room.members:
@@ -500,9 +554,34 @@ class ChatService(service.Service):
 
     async def _add_member(self, room, user, origin):
         room.members.add(user.id)
-        if not user.guest:
+        self._rooms_of[user.id].add(room)
+        if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
         self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
+
+    def _drop_member(self, room: Room, user_id: int):
+        """End a membership in memory; a room that is not persistent vanishes once empty."""
+        room.members.discard(user_id)
+        rooms = self._rooms_of.get(user_id)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[user_id]
+        if not room.persistent and not room.members:
+            self._vanish(room)
+
+    def _vanish(self, room: Room):
+        del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
+        self._operators.pop(room.id, None)
+        creator, address = self._creation.pop(room, (None, ""))
+        for index, key in ((self._created_by, creator), (self._created_from, address)):
+            rooms = index.get(key)
+            if rooms is not None:
+                rooms.discard(room)
+                if not rooms:
+                    del index[key]
+        self.store.forget_room_messages(room.id).addErrback(
+            lambda failure: log.failure("cannot forget the messages of a vanished room", failure))
 
     @deferred
     async def leave_room(self, user: User, name, *, origin: Session | None = None,
@@ -513,8 +592,8 @@ class ChatService(service.Service):
             raise errors.NotMember()
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
-        room.members.discard(user.id)
-        if not user.guest:
+        self._drop_member(room, user.id)
+        if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
         return room
 
@@ -545,7 +624,8 @@ class ChatService(service.Service):
         if user.id not in room.members:
             raise errors.NotMember()
         room.topic = str(topic)[: self.limits.max_body]
-        await self.store.update_room(room)
+        if room.persistent:
+            await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
         return room
 

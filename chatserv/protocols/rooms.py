@@ -244,7 +244,7 @@ class RoomsConnection(ChatConnection):
         return literal([self.current_room])
 
     async def do_create_new_room(self, room):
-        self._make_current(await self.service.create_room(self.user, room))
+        self._make_current(await self.service.create_room(self.user, room, address=self.peer_host))
         return OK
 
     def do_list_all_rooms(self, current_room):

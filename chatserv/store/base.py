@@ -55,6 +55,12 @@ class IStore(Interface):
     def inbox(user_id, limit, undelivered_only=False):
         """Deferred[list[Message]]: direct messages received by a user, oldest first."""
 
+    def note_guest_id(guest_id):
+        """Keep ``guest_id`` as the lowest guest id handed out (``Snapshot.last_guest_id``)."""
+
+    def forget_room_messages(room_id):
+        """Delete the messages of a room that was never persisted and has vanished."""
+
     def add_ban(address):
         """Persist an IP ban."""
 

@@ -26,6 +26,7 @@ class MemoryStore:
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
+        self._last_guest_id = 0
         self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
     def open(self):
@@ -40,8 +41,10 @@ class MemoryStore:
                 contacts=[(o, c, *relation) for (o, c), relation in self._contacts.items()],
                 bans=sorted(self._bans),
                 next_user_id=max(self._users, default=0) + 1,
-                next_room_id=max(self._rooms, default=0) + 1,
+                next_room_id=max([*self._rooms, *(m.room_id or 0 for m in self._messages.values())],
+                                 default=0) + 1,
                 next_message_id=max(self._messages, default=0) + 1,
+                last_guest_id=self._last_guest_id,
                 salt_secret=self._salt_secret,
             )
         )
@@ -103,6 +106,15 @@ class MemoryStore:
             if m.recipient_id == user_id and not (undelivered_only and m.delivered)
         ]
         return succeed(_newest(found, limit, None))
+
+    def note_guest_id(self, guest_id):
+        self._last_guest_id = min(self._last_guest_id, guest_id)
+        return succeed(None)
+
+    def forget_room_messages(self, room_id):
+        for mid in [m.id for m in self._messages.values() if m.room_id == room_id]:
+            del self._messages[mid]
+        return succeed(None)
 
     def add_ban(self, address):
         self._bans.add(address)

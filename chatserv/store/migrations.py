@@ -64,6 +64,17 @@ MIGRATIONS = [
         value BLOB NOT NULL
     );
     """,
+    # 4: guest ids are never reused, even across restarts: the lowest one handed out is kept,
+    # starting below any guest id the messages already name.
+    """
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'last_guest_id', MIN(0, COALESCE(MIN(sender_id), 0), COALESCE(MIN(recipient_id), 0))
+        FROM messages;
+    """,
 ]
 
 

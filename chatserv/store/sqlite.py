@@ -188,14 +188,20 @@ class SQLiteStore:
         def next_id(table):
             return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
 
+        # A room that was never stored (a guest's) may have left messages behind in a crash:
+        # room ids are never reused, so they never show up in a new room.
+        (last_room_message,) = conn.execute(
+            "SELECT COALESCE(MAX(room_id), 0) FROM messages WHERE room_id IS NOT NULL").fetchone()
+        (last_guest_id,) = conn.execute("SELECT value FROM counters WHERE name = 'last_guest_id'").fetchone()
         return Snapshot(
             users=users,
             rooms=list(rooms.values()),
             contacts=[tuple(c) for c in contacts],
             bans=bans,
             next_user_id=next_id("users"),
-            next_room_id=next_id("rooms"),
+            next_room_id=max(next_id("rooms"), last_room_message + 1),
             next_message_id=next_id("messages"),
+            last_guest_id=last_guest_id,
             salt_secret=salt_secret,
         )
 
@@ -260,6 +266,14 @@ class SQLiteStore:
         return self._write(*[
             ("UPDATE messages SET delivered = 1 WHERE id = ?", (mid,)) for mid in message_ids
         ])
+
+    def note_guest_id(self, guest_id):
+        return self._write((
+            "UPDATE counters SET value = MIN(value, ?) WHERE name = 'last_guest_id'", (guest_id,),
+        ))
+
+    def forget_room_messages(self, room_id):
+        return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
 
     def add_ban(self, address):
         return self._write((

@@ -70,10 +70,19 @@ class BoundedRequest(server.Request):
 
 class TrackedChannel(http.HTTPChannel):
     """An HTTP connection, counted with every other connection: the total and per-address
-    limits apply to it, and a stopping daemon closes it instead of serving on."""
+    limits apply to it, and a stopping daemon closes it instead of serving on.
+
+    A request's headers must have arrived within the site's ``header_timeout`` of its first
+    byte (of the connection's opening, for the first request), and all of it within
+    ``request_timeout``; bytes arriving do not extend either, so a client trickling a request
+    (slowloris) is cut off. Once a request is in, nothing times it: a long poll or a WebSocket
+    takes as long as it needs.
+    """
 
     protocol_name = "http"
     _transport = None
+    _receiving = False
+    _header_deadline = _request_deadline = _linger = None
 
     @property
     def transport(self):
@@ -88,13 +97,54 @@ class TrackedChannel(http.HTTPChannel):
         self._transport = value
 
     def connectionMade(self):
+        self.callLater = self.site.clock.callLater  # the idle timeout too runs on the site's clock
         super().connectionMade()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
         self.site.tracker.add(self)
+        self._request_begins()
 
     def connectionLost(self, reason):
+        self._stop_deadlines()
+        self._cancel(self._linger)
         self.site.tracker.discard(self)
         super().connectionLost(reason)
+
+    def dataReceived(self, data):
+        if data and not self._receiving and not self._handlingRequest:
+            self._request_begins()  # the first byte of the next request on a kept-alive connection
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._cancel(self._header_deadline)
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        self._stop_deadlines()
+        super().allContentReceived()
+
+    def _request_begins(self):
+        self._receiving = True
+        clock, site = self.site.clock, self.site
+        self._header_deadline = clock.callLater(site.header_timeout, self._too_slow)
+        self._request_deadline = clock.callLater(site.request_timeout, self._too_slow)
+
+    def _stop_deadlines(self):
+        self._receiving = False
+        self._cancel(self._header_deadline)
+        self._cancel(self._request_deadline)
+
+    @staticmethod
+    def _cancel(call):
+        if call is not None and call.active():
+            call.cancel()
+
+    def _too_slow(self):
+        """A request did not arrive in time: close without an answer (abort if the close hangs)."""
+        self._stop_deadlines()
+        self.site.counters["slow_requests"] += 1
+        transport = self.transport
+        transport.loseConnection()
+        self._linger = self.site.clock.callLater(LINGER, transport.abortConnection)
 
     def deliver(self, event):
         """At shutdown an idle keep-alive connection closes now, a busy one after its answer."""
@@ -112,6 +162,9 @@ class WebConfig:
 
     session_ttl: float = option(3600.0, "seed 004: seconds a REST session ID lives unused")
     max_body: int = option(65536, "seed 004: bytes in one HTTP body or WebSocket message")
+    header_timeout: float = option(10.0, "seed 004: seconds for a request's headers to arrive, however "
+                                         "slowly they trickle")
+    request_timeout: float = option(30.0, "seed 004: seconds for a whole request (body too) to arrive")
     ping_interval: float = option(25.0, "seed 004: seconds between Engine.IO pings")
     ping_timeout: float = option(20.0, "seed 004: seconds a client has to answer a ping")
 
@@ -128,6 +181,8 @@ class WebSite(server.Site):
         self.clock = clock
         self.config = config = from_options(WebConfig, options)
         self.max_body = config.max_body
+        self.header_timeout = config.header_timeout
+        self.request_timeout = config.request_timeout
         self.counters = collections.Counter()
         self.web_sessions = WebSessions(clock, config.session_ttl, limits)
         self.engine = EngineServer(

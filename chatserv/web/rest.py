@@ -251,7 +251,8 @@ class WebAPI:
     @app.route("/joinGroup", methods=BOTH)
     @endpoint
     async def join_group(self, request, params):
-        room = await self.service.join_room(self._user(params), text(params, "group"), create=True)
+        room = await self.service.join_room(self._user(params), text(params, "group"), create=True,
+                                            address=getattr(request.getClientAddress(), "host", ""))
         return api.group_entry(room)
 
     @app.route("/getGroupMessages", methods=BOTH)

@@ -137,13 +137,14 @@ class AccountsMixin:
         """A guest logged in after registration: it turns into the account, channels and all."""
         kept = list(self.channels.values())
         old_user, old_nick = self.session.user, self.nick
+        for room in kept:  # joined before the guest leaves: a room it made would vanish with it
+            await self.service.join_room(user, room.name, origin=self.session)
         self.login(user)
         self.nick = user.username
         if old_nick != self.nick:
             self.send(serialise("NICK", self.nick, prefix=mask(old_nick)))
         self.reply(N.RPL_LOGGEDIN, mask=mask(self.nick), account=self.nick)
         for room in kept:
-            await self.service.join_room(user, room.name)
             if self.service.is_operator(old_user, room) and not self.service.is_operator(user, room):
                 self.service.set_operator(old_user, room.name, user, True)  # the guest's grants outlive it
         await self.logged_in(user)

@@ -72,7 +72,7 @@ class ChannelsMixin:
             raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
         if fold(name) in self.channels:
             return
-        room = await self.service.join_room(self.user, name, create=True)
+        room = await self.service.join_room(self.user, name, create=True, address=self.peer_host)
         if fold(room.name) not in self.channels:  # a member already: no event told us
             self.show_join(room)
         await self.replay(room)

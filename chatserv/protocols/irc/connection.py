@@ -54,6 +54,7 @@ ERRORS = ErrorTable({
     errors.Denied: N.ERR_NOTONCHANNEL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
+    errors.TooManyRooms: N.ERR_TOOMANYCHANNELS,
     errors.Busy: N.RPL_TRYAGAIN,
     errors.ChatError: N.ERR_UNKNOWNERROR,
 })
