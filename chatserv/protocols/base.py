@@ -224,6 +224,7 @@ class ChatConnection(protocol.Protocol):
                      peer=self.peer_host)
             self.unsent.take()
             self._closing = True
+            self.requests.stop()
             last_words = self.too_slow()
             if last_words:
                 self.transport.write(last_words)
