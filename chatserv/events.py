@@ -62,6 +62,18 @@ class ContactChanged(Event):
     owner: User
     contact: User
     status: str | None  # None: the contact was removed
+    previous: str | None = None  # the status before (None: there was no relation)
+
+
+@attrs.define(eq=False)
+class ReadMarked(Event):
+    """``user`` read a conversation (with ``peer``, or in ``room``) up to message ``up_to``:
+    their other sessions clear its unread count."""
+
+    user: User
+    up_to: int
+    peer: User | None = None
+    room: Room | None = None
 
 
 @attrs.define(eq=False)

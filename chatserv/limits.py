@@ -1,6 +1,9 @@
-"""Limits every port enforces (DESIGN.md, "Limits"), and the token bucket behind rates."""
+"""Limits every port enforces (DESIGN.md, "Limits"), the token bucket behind rates, and the
+quiet log that bounds what clients can make the daemon write to its log."""
 
 from __future__ import annotations
+
+import time
 
 import attrs
 
@@ -86,3 +89,45 @@ class RateTable:
 
     def forget(self, key):
         self._buckets.pop(key, None)
+
+
+class QuietLog:
+    """A logger that writes each kind of entry (its format) at most once per ``interval``
+    seconds; the next one written says how many were held back. Whatever a client can make the
+    daemon log goes through one, so no flood of requests fills the disk with log lines."""
+
+    def __init__(self, logger, interval: float = 60.0, clock=None):
+        self._logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._quiet_until: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.monotonic()
+
+    def _format(self, format: str) -> str | None:
+        """The format to write now (saying what was held back), or None to hold this one back."""
+        now = self._now()
+        if now < self._quiet_until.get(format, now):
+            self._held[format] = self._held.get(format, 0) + 1
+            return None
+        self._quiet_until[format] = now + self.interval
+        held = self._held.pop(format, 0)
+        return format + (f" ({held} more like it held back)" if held else "")
+
+    def failure(self, format: str, failure=None, **fields):
+        """A failure with its traceback (``failure``: the one being handled if None)."""
+        written = self._format(format)
+        if written is not None:
+            self._logger.failure(written, failure, **fields)
+
+    def warn(self, format: str, **fields):
+        written = self._format(format)
+        if written is not None:
+            self._logger.warn(written, **fields)
+
+    def info(self, format: str, **fields):
+        written = self._format(format)
+        if written is not None:
+            self._logger.info(written, **fields)

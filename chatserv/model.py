@@ -77,3 +77,23 @@ class Snapshot:
     next_message_id: int
     salt_secret: bytes  # kept in the store: fake salts for unknown names derive from it
     last_guest_id: int = 0  # the lowest guest id ever handed out: guest ids are never reused
+    # Live login tokens: (SHA-256 digest of the token, user id, created at, last used).
+    tokens: list[tuple[str, int, float, float]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Conversation:
+    """One conversation of a user, as the web page lists it: with a person or in a room.
+
+    ``unread`` counts the messages from others after the user's read mark (see
+    ``ChatService.mark_read``); a room the user never marked read counts none.
+    """
+
+    last: Message | None
+    unread: int
+    peer: User | None = None
+    room: Room | None = None
+
+    @property
+    def last_id(self) -> int:
+        return self.last.id if self.last is not None else 0

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 
 import attrs
+from prometheus_client import Histogram
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -24,7 +25,8 @@ from zope.interface import Interface
 from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits, RateTable
-from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
+from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, Message, Room, User, fold
+from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
 
@@ -32,6 +34,15 @@ log = Logger()
 _USERNAME = re.compile(r"[A-Za-z_\[\]\\`^{|}][A-Za-z0-9_\-\[\]\\`^{|}]{0,31}\Z")
 _ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
 RESERVED_NAMES = frozenset({"nickserv", "chanserv", "server", "system"})
+UNREAD_CAP = 1000  # unread messages counted per conversation ("1000" means "at least")
+
+
+def keepable(text: str, what: str) -> str:
+    """``text`` if the store can keep it (UTF-8 can encode it), else errors.Invalid. Every port
+    refuses such text as it decodes it: this is the last line of defence."""
+    if not encodable(text):
+        raise errors.Invalid(f"{what}: {NOT_UNICODE}")
+    return text
 
 
 class ISink(Interface):
@@ -76,6 +87,11 @@ class ChatService(service.Service):
         self.clock = clock
         self.limits = limits or Limits()
         self.stats = collections.Counter()
+        # Unregistered: the web port's /metrics registry adds it.
+        self.delivery_latency = Histogram(
+            "chatserv_delivery_latency_seconds",
+            "Seconds from a message's arrival to its hand-over to the recipients' live sessions "
+            "(storing it included)", registry=None)
         self._salt_secret: bytes | None = None  # the store's, so fake salts outlive restarts
         self._ready: Deferred | None = None
         self._waiting: list[Deferred] = []
@@ -98,7 +114,11 @@ class ChatService(service.Service):
         self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
-        self._last_address: dict[int, str] = {}
+        # sessions that hear one user's presence without being their contact, and the reverse
+        self._presence_watchers: dict[int, set[Session]] = collections.defaultdict(set)
+        self._watching: dict[Session, set[int]] = {}
+        self._tokens: list[tuple[str, int, float, float]] = []
+        self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
         self._operators: dict[int, set[int]] = {}
         self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
@@ -126,6 +146,7 @@ class ChatService(service.Service):
         for owner, contact, status, before_block in snapshot.contacts:
             self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
+        self._tokens = list(snapshot.tokens)
         self._salt_secret = snapshot.salt_secret
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
@@ -219,6 +240,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.EmptyPassword()
+        keepable(password, "password")
         self._check_free(username, guest)
         salt = new_salt()
         return await self.register_digest(username, salt, password_digest(salt, password), guest=guest,
@@ -231,6 +253,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.EmptyPassword()
+        keepable(digest, "password")
         self._check_free(username, guest)
         with self.throttle.hashing(address):
             verifier = await self.hasher.make_verifier(digest)
@@ -247,6 +270,8 @@ class ChatService(service.Service):
         """The user, if the plain password is theirs; else BadCredentials."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(password, "password")
         user = self._user_keys.get(fold(username))
         salt = user.salt if user else self.salt_for(username)
         return await self.authenticate_digest(username, password_digest(salt, password), address)
@@ -261,6 +286,8 @@ class ChatService(service.Service):
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(digest, "password")
         user = self._user_keys.get(fold(username))
         with self.throttle.attempt(fold(username), address, account=user is not None) as attempt:
             ok = await self.hasher.check(user.verifier if user else None, digest)
@@ -273,7 +300,7 @@ class ChatService(service.Service):
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
-        user.public_key = key
+        user.public_key = key if key is None else keepable(key, "public key")
         await self.store.update_user(user)
 
     def guest(self, name) -> User:
@@ -317,6 +344,10 @@ class ChatService(service.Service):
             return
         sessions.remove(session)
         self._watchers.discard(session)
+        for uid in self._watching.pop(session, ()):
+            self._presence_watchers[uid].discard(session)
+            if not self._presence_watchers[uid]:
+                del self._presence_watchers[uid]
         if not sessions:
             del self._sessions[session.user.id]
             # Watchers hear of it while a leaving guest's rooms still name it (IRC's QUIT needs them).
@@ -333,6 +364,7 @@ class ChatService(service.Service):
     def _presence(self, user, online, protocol, origin):
         event = events.PresenceChanged(user, online, protocol)
         targets = set(self._watchers)
+        targets.update(self._presence_watchers.get(user.id, ()))
         for owner in self._contact_of.get(user.id, ()):
             targets.update(self._sessions.get(owner, ()))
         for room in self._rooms_of.get(user.id, ()):
@@ -342,6 +374,16 @@ class ChatService(service.Service):
         for session in targets:
             session.sink.deliver(event)
 
+    def watch_presence_of(self, session: Session, users: Iterable[User]) -> None:
+        """``session`` also hears when ``users`` come and go: people it has a conversation with
+        who are not its user's contacts (a contact's presence reaches it anyway)."""
+        if self._sessions.get(session.user.id) is None or session not in self._sessions[session.user.id]:
+            return
+        watching = self._watching.setdefault(session, set())
+        for user in users:
+            watching.add(user.id)
+            self._presence_watchers[user.id].add(session)
+
     def sessions_of(self, user: User) -> list[Session]:
         return list(self._sessions.get(user.id, ()))
 
@@ -350,9 +392,6 @@ class ChatService(service.Service):
 
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
-
-    def last_address(self, user: User) -> str:
-        return self._last_address.get(user.id, "")
 
     def kick_others(self, session: Session, reason: str) -> None:
         """End the user's other sessions on the same protocol (a second login kicks the first)."""
@@ -415,7 +454,7 @@ class ChatService(service.Service):
         before_block = current if status == "blocked" else None
         self._index_contact(owner.id, other.id, status, before_block)
         await self.store.set_contact(owner.id, other.id, status, before_block)
-        event = events.ContactChanged(owner, other, status)
+        event = events.ContactChanged(owner, other, status, current)
         self._deliver_to_users(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
 
@@ -425,11 +464,12 @@ class ChatService(service.Service):
     @deferred
     async def remove_contact(self, owner: User, name) -> User:
         other = self._registered_other(owner, name)
-        if self.contact_status(owner, other) is None:
+        previous = self.contact_status(owner, other)
+        if previous is None:
             raise errors.ContactNotFound()
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
-        self._deliver_to_users(events.ContactChanged(owner, other, None), (owner.id, other.id))
+        self._deliver_to_users(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
         return other
 
     def block(self, owner: User, name):
@@ -486,7 +526,7 @@ class ChatService(service.Service):
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
             raise errors.InvalidRoomName()
-        return name
+        return keepable(name, "room name")
 
     def _check_room_quota(self, creator: User, address: str):
         """Refuse a new room over ``--max-rooms``, or over its creator's (or address's) cap or rate."""
@@ -623,7 +663,7 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.NotMember()
-        room.topic = str(topic)[: self.limits.max_body]
+        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
         if room.persistent:
             await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
@@ -631,12 +671,13 @@ class ChatService(service.Service):
 
     # messages
 
-    def _check_body(self, body) -> str:
+    def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
             raise errors.EmptyMessage()
         if len(body) > self.limits.max_body:
             raise errors.MessageTooLong()
-        return body
+        keepable(str(kind or "text"), "message type")
+        return keepable(body, "message")
 
     def _new_message(self, sender: User, body, kind, **target) -> Message:
         return Message(next(self._next_message), sender.id, sender.username, body,
@@ -646,7 +687,7 @@ class ChatService(service.Service):
     async def send_direct(self, sender: User, to, body, kind="text", *,
                           origin: Session | None = None) -> Message:
         """Store a direct message, then hand it to the recipient's live sessions (or inbox)."""
-        self._check_body(body)
+        self._check_body(body, kind)
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
@@ -660,11 +701,19 @@ class ChatService(service.Service):
         event = events.DirectMessage(message, sender, recipient)
         for session in live + confirming:
             session.sink.deliver(event)
+        delivered = len(live) + len(confirming)
         if recipient.id != sender.id:
             for session in self._sessions.get(sender.id, ()):
                 if session is not origin:
                     session.sink.deliver(event)
+                    delivered += 1
+        self._delivered(message, delivered)
         return message
+
+    def _delivered(self, message: Message, sessions: int):
+        """Count the sessions a message was handed to, and how long after its arrival."""
+        self.stats["deliveries"] += sessions
+        self.delivery_latency.observe(max(0.0, self.clock.seconds() - message.sent_at))
 
     def send_room(self, sender: User, name, body, kind="text", *,
                   origin: Session | None = None) -> Deferred:
@@ -674,7 +723,7 @@ class ChatService(service.Service):
         path, run once per message, and resuming a coroutine costs more than the call.
         """
         try:
-            self._check_body(body)
+            self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
             if sender.id not in room.members:
                 raise errors.NotMember()
@@ -689,13 +738,15 @@ class ChatService(service.Service):
         self.stats["messages"] += 1
         blockers = self._blocked_by.get(event.sender.id) or ()
         sessions = self._sessions
+        delivered = 0
         for uid in event.room.members:
             if uid in blockers:
                 continue
             for session in sessions.get(uid, ()):
                 if session is not origin:
                     session.sink.deliver(event)
-        self.stats["deliveries"] += len(event.room.members)
+                    delivered += 1
+        self._delivered(event.message, delivered)
         return event.message
 
     def typing(self, user: User, active: bool, *, room=None, to=None,
@@ -748,6 +799,65 @@ class ChatService(service.Service):
         unread = [m.id for m in messages if m.recipient_id == user.id and not m.delivered]
         if unread:
             await self.store.mark_delivered(unread)
+
+    # conversations and read state (the web page's list and its unread counts)
+
+    @deferred
+    async def conversations(self, user: User, limit: int | None = None,
+                            before: int | None = None) -> list[Conversation]:
+        """The user's conversations, newest message first: every direct one (contact or not),
+        every room the user is in, and contacts never written to (``last`` None) at the end.
+
+        ``before``: only those whose newest message id is below it (paging, with ``limit``).
+        """
+        rows = await self.store.conversations(user.id, [r.id for r in self.rooms_of(user)], UNREAD_CAP)
+        found, peers = [], set()
+        for kind, target, last, unread in rows:
+            if kind == "room":
+                room = self._rooms_by_id.get(target)
+                if room is not None:
+                    found.append(Conversation(last, unread, room=room))
+            else:
+                peer = self._users.get(target) or self._guest_by_id(target)
+                if peer is not None:  # a guest that left takes its conversations along
+                    peers.add(target)
+                    found.append(Conversation(last, unread, peer=peer))
+        found += [Conversation(None, 0, peer=contact) for contact, _ in self.contacts(user)
+                  if contact.id not in peers]
+        found.sort(key=lambda c: (-c.last_id, fold(c.room.name if c.room else c.peer.username)))
+        if before is not None:
+            found = [c for c in found if c.last_id < before]
+        return found[:limit] if limit is not None else found
+
+    @deferred
+    async def mark_read(self, user: User, *, peer: User | None = None, room: Room | None = None,
+                        up_to: int | None = None) -> int:
+        """The user has read the conversation with ``peer`` (or in ``room``) up to message
+        ``up_to`` (default: its newest). Marks only move forward; every session of the user
+        hears it (ReadMarked), so each clears its unread count. Returns the mark given."""
+        if room is not None and user.id not in room.members:
+            raise errors.NotMember()
+        if up_to is None:
+            newest = await (self.store.room_history(room.id, 1) if room is not None
+                            else self.store.direct_history(user.id, peer.id, 1))
+            up_to = newest[-1].id if newest else 0
+        kind, target = ("room", room.id) if room is not None else ("user", peer.id)
+        await self.store.set_read_mark(user.id, kind, target, up_to)
+        self._deliver_to_users(events.ReadMarked(user, up_to, peer=peer, room=room), (user.id,))
+        return up_to
+
+    # login tokens: seed 004's session IDs, kept so that a restart keeps web users logged in
+
+    def saved_tokens(self) -> list[tuple[str, User, float, float]]:
+        """The tokens the store had at start: (digest, user, created at, last used)."""
+        return [(digest, self._users[uid], created, used) for digest, uid, created, used in self._tokens
+                if uid in self._users]
+
+    def save_token(self, digest: str, user: User, created_at: float, last_used: float) -> Deferred:
+        return self.store.save_token(digest, user.id, created_at, last_used)
+
+    def drop_token(self, digest: str) -> Deferred:
+        return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
 

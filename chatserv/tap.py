@@ -18,6 +18,7 @@ from typing import ClassVar
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -105,6 +106,20 @@ def exit_status_failed():
     atexit.register(_exit_failed)
 
 
+def stop_failed(reactor, on_failure=None) -> None:
+    """Stop a daemon that cannot go on (goodbyes said, queued writes finished), after
+    ``on_failure`` (twistd: exit_status_failed)."""
+    if on_failure is not None:
+        on_failure()
+    if not reactor.running:
+        reactor.callWhenRunning(reactor.stop)
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # stopping already
+
+
 class PortService(service.Service):
     """Listens on one endpoint once the chat service has loaded its store."""
 
@@ -133,12 +148,7 @@ class PortService(service.Service):
         log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
                      why=failure.getErrorMessage())
         # A daemon missing one of its ports is not what was asked for: stop it.
-        if self.on_failure is not None:
-            self.on_failure()
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            self.reactor.callWhenRunning(self.reactor.stop)
+        stop_failed(self.reactor, self.on_failure)
 
     def stopService(self):
         super().stopService()
@@ -148,14 +158,21 @@ class PortService(service.Service):
         return None
 
 
+def _store_broke(_, reactor, on_failure) -> None:
+    log.critical("chatserv: the store can no longer write: stopping, so that a supervisor restarts it")
+    stop_failed(reactor, on_failure)
+
+
 def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services.
 
-    ``on_failure``: called if a port cannot listen (the daemon then stops).
+    ``on_failure``: called if a port cannot listen or the store can no longer write (the daemon
+    then stops).
     """
     root = service.MultiService()
     daemon, limits = options.config(DaemonConfig), options.limits()
     store = open_store(daemon.db, reactor)
+    store.when_broken().addCallback(_store_broke, reactor, on_failure)
     hashing = HashingThreads(limits.hash_threads)
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
     hasher = Hasher(reactor, hashing.pool, options.config(HashCost), limit=hashing.size + limits.hash_queue)

@@ -21,9 +21,13 @@ from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from chatserv import errors, events
-from chatserv.limits import Limits
+from chatserv.limits import Limits, QuietLog
+from chatserv.text import check_decoded
+
+log = Logger()
 
 
 class BadRequest(errors.ChatError):
@@ -57,9 +61,11 @@ class NotAnObject(ValueError):
 
 
 def json_object(document: str | bytes) -> dict:
-    """The JSON object a request line or body carries (MalformedJSON or NotAnObject otherwise).
+    """The JSON object a request line or body carries (MalformedJSON or NotAnObject otherwise;
+    UnencodableText when a string in it is a lone surrogate, which JSON's escapes can spell).
 
-    Shared by every JSON wire so deep nesting (RecursionError) and arrays are refused alike.
+    Shared by every JSON wire so deep nesting (RecursionError), arrays and text the store
+    cannot keep are refused alike.
     """
     try:
         found = json.loads(document)
@@ -67,7 +73,7 @@ def json_object(document: str | bytes) -> dict:
         raise MalformedJSON() from None
     if not isinstance(found, dict):
         raise NotAnObject()
-    return found
+    return check_decoded(found)
 
 
 class RequestQueue:
@@ -211,27 +217,58 @@ class ConnectionTracker(service.Service):
         self.connections: set = set()
         self.per_host: collections.Counter = collections.Counter()
         self.refused = 0
+        self._quiet = QuietLog(log, clock=clock)  # refusals: one line a minute at most
+        self._shared: set = set()
         self._emptied: list[defer.Deferred] = []
 
     def admits(self, host: str, limits: Limits) -> bool:
         """May one more connection from ``host`` open, within the total and per-address limits?"""
-        if (limits.max_connections and len(self.connections) >= limits.max_connections) or (
-                limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip):
-            self.refused += 1
+        if limits.max_connections and len(self.connections) >= limits.max_connections:
+            self._refuse(host, "--max-connections")
+            return False
+        if limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip:
+            self._refuse(host, "--connections-per-ip")
             return False
         return True
+
+    def _refuse(self, host: str, limit: str):
+        """Count a refusal; the log has a line a minute at most, saying how many were held back."""
+        self.refused += 1
+        self._quiet.warn("refused a connection from {host}, over {limit}", host=host, limit=limit)
 
     def add(self, connection):
         self.connections.add(connection)
         self.per_host[connection.peer_host] += 1
 
+    def share(self, connection) -> bool:
+        """``connection`` is part of a client counted otherwise (a browser's polling requests
+        belong to its Engine.IO session): it stays in the total but leaves its address's
+        count. False if it is not tracked or already shared."""
+        if connection not in self.connections or connection in self._shared:
+            return False
+        self._shared.add(connection)
+        self._uncount(connection.peer_host)
+        return True
+
+    def unshare(self, connection):
+        """Count ``connection`` for its address again (the client it was part of is gone)."""
+        if connection in self._shared:
+            self._shared.discard(connection)
+            self.per_host[connection.peer_host] += 1
+
+    def _uncount(self, host):
+        self.per_host[host] -= 1
+        if not self.per_host[host]:
+            del self.per_host[host]
+
     def discard(self, connection):
         if connection not in self.connections:
             return
         self.connections.discard(connection)
-        self.per_host[connection.peer_host] -= 1
-        if not self.per_host[connection.peer_host]:
-            del self.per_host[connection.peer_host]
+        if connection in self._shared:
+            self._shared.discard(connection)
+        else:
+            self._uncount(connection.peer_host)
         if not self.connections:
             waiting, self._emptied = self._emptied, []
             for d in waiting:

@@ -12,10 +12,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.web import WebSite
+from chatserv.wire import ConnectionTracker
 from tests.support import InstantHasher
 
 OPTIONS = {"web-max-body": 65536, "web-session-ttl": 3600.0, "web-ping-interval": 40.0,

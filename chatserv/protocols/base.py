@@ -17,13 +17,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors
-from chatserv.limits import Limits, TokenBucket
+from chatserv.limits import Limits, QuietLog, TokenBucket
 from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
 from chatserv.wire import ConnectionTracker, Deadline, ErrorTable, RequestQueue, SendQueue
 
 log = Logger()
+quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
 
 
 @implementer(ISink, IPushProducer, IHalfCloseableProtocol)
@@ -158,7 +159,7 @@ class ChatConnection(protocol.Protocol):
         try:
             self._reply(self.error_table.reply(failure.value))
         except Exception:
-            log.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
             self._reply(self.internal_error())
 
     def in_background(self, work: defer.Deferred) -> defer.Deferred | None:
@@ -179,7 +180,7 @@ class ChatConnection(protocol.Protocol):
     def _landed(self, result):
         self._in_flight -= 1
         if isinstance(result, Failure):
-            log.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
@@ -220,8 +221,8 @@ class ChatConnection(protocol.Protocol):
             self.transport.write(data)
             return
         if not self.unsent.hold(data):
-            log.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
-                     peer=self.peer_host)
+            quiet.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
+                       peer=self.peer_host)
             self.unsent.take()
             self._closing = True
             self.requests.stop()
@@ -304,7 +305,7 @@ class ChatConnection(protocol.Protocol):
         try:
             data = self.render(event)
         except Exception:
-            log.failure("cannot render {event!r}", event=event)
+            quiet.failure("cannot render {event!r}", event=event)
             return
         if data:
             if self._write_paused:

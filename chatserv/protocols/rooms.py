@@ -19,6 +19,7 @@ from chatserv import errors
 from chatserv.model import fold
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LiteralFramer
+from chatserv.text import UnencodableText, check_decoded
 from chatserv.wire import BadRequest, ErrorTable
 
 GREETING = b"Welcome to the Server.\n"
@@ -143,7 +144,9 @@ def newest_that_fit(messages: list, limit: int) -> tuple[list[dict], list]:
 def parse_request(frame: bytes) -> tuple[str | int, object]:
     """``(name or LIVENESS_PROBE, body)`` from one literal; BadRequest for anything else."""
     try:
-        request = ast.literal_eval(frame.decode("utf-8"))
+        request = check_decoded(ast.literal_eval(frame.decode("utf-8")))
+    except UnencodableText as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
     except (UnicodeDecodeError, ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise BadRequest("invalid request: not a Python literal") from None
     if type(request) is not list or len(request) != 2:
@@ -222,7 +225,7 @@ class RoomsConnection(ChatConnection):
     def _member_room(self, name: str):
         room = self.service.room(name)
         if not self.service.is_member(self.user, room):
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         return room
 
     # requests (the client sends its own user first where a body has one; checked above)

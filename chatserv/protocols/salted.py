@@ -22,6 +22,7 @@ from chatserv.model import LOBBY, fold
 from chatserv.options import option
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LineFramer
+from chatserv.text import UnencodableText
 from chatserv.wire import BadRequest, ErrorTable, json_object
 
 PROTOCOL = "salted"
@@ -96,6 +97,8 @@ def parse(frame: bytes) -> dict:
     """One request object with a string ``type``; anything else is a BadRequest."""
     try:
         request = json_object(frame.decode("utf-8"))
+    except UnencodableText as exc:
+        raise BadRequest(str(exc)) from None
     except ValueError:  # bad UTF-8, not JSON, or not an object
         raise BadRequest("not a JSON object") from None
     if not isinstance(request.get("type"), str):

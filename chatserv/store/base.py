@@ -15,6 +15,10 @@ class IStore(Interface):
     def close():
         """Finish every queued write and release the database: Deferred[None]."""
 
+    def when_broken():
+        """Deferred[BaseException]: fires, with the reason, if the store can no longer write at
+        all (its writer thread stopped); a daemon should then exit, so a supervisor restarts it."""
+
     def add_user(user):
         """Persist a new User."""
 
@@ -66,3 +70,19 @@ class IStore(Interface):
 
     def remove_ban(address):
         """Lift an IP ban."""
+
+    def set_read_mark(user_id, kind, target_id, message_id):
+        """The user has read a conversation (``kind`` ``user`` or ``room``) up to ``message_id``;
+        a mark never moves back."""
+
+    def conversations(user_id, room_ids, unread_cap):
+        """Deferred[list[(kind, target_id, last Message or None, unread)]]: every direct
+        conversation of the user (``user``, the other party's id) and each of ``room_ids``
+        (``room``). ``unread`` counts others' messages after the read mark, at most
+        ``unread_cap``; a room without a mark counts none."""
+
+    def save_token(digest, user_id, created_at, last_used):
+        """Create or refresh a login token (kept as the digest of the token)."""
+
+    def remove_token(digest):
+        """Forget a login token."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import attrs
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from chatserv.model import Message, Room, Snapshot, User
@@ -26,6 +26,8 @@ class MemoryStore:
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
+        self._read_marks: dict[tuple[int, str, int], int] = {}
+        self._tokens: dict[str, tuple[str, int, float, float]] = {}
         self._last_guest_id = 0
         self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
@@ -44,6 +46,7 @@ class MemoryStore:
                 next_room_id=max([*self._rooms, *(m.room_id or 0 for m in self._messages.values())],
                                  default=0) + 1,
                 next_message_id=max(self._messages, default=0) + 1,
+                tokens=list(self._tokens.values()),
                 last_guest_id=self._last_guest_id,
                 salt_secret=self._salt_secret,
             )
@@ -51,6 +54,9 @@ class MemoryStore:
 
     def close(self):
         return succeed(None)
+
+    def when_broken(self):
+        return Deferred()  # memory never stops taking writes
 
     def add_user(self, user):
         self._users[user.id] = attrs.evolve(user)
@@ -122,4 +128,36 @@ class MemoryStore:
 
     def remove_ban(self, address):
         self._bans.discard(address)
+        return succeed(None)
+
+    def set_read_mark(self, user_id, kind, target_id, message_id):
+        key = (user_id, kind, target_id)
+        self._read_marks[key] = max(self._read_marks.get(key, 0), message_id)
+        return succeed(None)
+
+    def conversations(self, user_id, room_ids, unread_cap):
+        last: dict[tuple[str, int], Message] = {}
+        unread: dict[tuple[str, int], int] = {}
+        rooms = set(room_ids)
+        for m in sorted(self._messages.values(), key=lambda m: m.id):
+            if m.room_id in rooms:
+                key = ("room", m.room_id)
+            elif m.recipient_id == user_id or (m.sender_id == user_id and m.is_direct):
+                key = ("user", m.sender_id if m.recipient_id == user_id else m.recipient_id)
+            else:
+                continue
+            last[key] = m
+            mark = self._read_marks.get((user_id, *key), None if key[0] == "room" else 0)
+            if mark is not None and m.id > mark and m.sender_id != user_id:
+                unread[key] = min(unread.get(key, 0) + 1, unread_cap)
+        found = [(kind, target, m, unread.get((kind, target), 0)) for (kind, target), m in last.items()]
+        found += [("room", rid, None, 0) for rid in rooms if ("room", rid) not in last]
+        return succeed(found)
+
+    def save_token(self, digest, user_id, created_at, last_used):
+        self._tokens[digest] = (digest, user_id, created_at, last_used)
+        return succeed(None)
+
+    def remove_token(self, digest):
+        self._tokens.pop(digest, None)
         return succeed(None)

@@ -11,6 +11,7 @@ import io
 from typing import ClassVar
 
 import attrs
+from twisted.internet import protocol
 from twisted.web import http, server
 
 from chatserv.limits import Limits
@@ -18,6 +19,8 @@ from chatserv.options import from_options, option
 from chatserv.service import ChatService
 from chatserv.web import rest
 from chatserv.web.engineio import EngineServer
+from chatserv.web.metrics import WebMetrics
+from chatserv.web.proxy import TrustedProxies, trusted_proxies
 from chatserv.web.sessions import WebSessions
 from chatserv.web.socketio import SocketIOConnection
 from chatserv.wire import ConnectionTracker
@@ -167,6 +170,11 @@ class WebConfig:
     request_timeout: float = option(30.0, "seed 004: seconds for a whole request (body too) to arrive")
     ping_interval: float = option(25.0, "seed 004: seconds between Engine.IO pings")
     ping_timeout: float = option(20.0, "seed 004: seconds a client has to answer a ping")
+    sessions_per_user: int = option(10, "seed 004: session IDs one user may hold; a login beyond ends the "
+                                        "oldest (0: no cap)")
+    trusted_proxies: TrustedProxies = option(
+        TrustedProxies(), "seed 004: reverse proxies (addresses or networks, comma-separated) whose "
+        "X-Forwarded-For names the client", coerce=trusted_proxies)
 
 
 class WebSite(server.Site):
@@ -184,18 +192,41 @@ class WebSite(server.Site):
         self.header_timeout = config.header_timeout
         self.request_timeout = config.request_timeout
         self.counters = collections.Counter()
-        self.web_sessions = WebSessions(clock, config.session_ttl, limits)
+        self.proxies = config.trusted_proxies
+        self.web_sessions = WebSessions(service, clock, config.session_ttl, limits, config.sessions_per_user)
         self.engine = EngineServer(
             clock, self._socket_opened, ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout, max_payload=self.max_body,
-            send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits))
+            send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits),
+            client_address=self.proxies.client, channels=tracker)
+        self.metrics = WebMetrics(self)
         super().__init__(rest.Root(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
         self.displayTracebacks = False
 
     def buildProtocol(self, addr):
-        if not self.tracker.admits(getattr(addr, "host", ""), self.limits):
-            return None
+        host = getattr(addr, "host", "")
+        limits = self.limits
+        if self.proxies.trusts(host):
+            # A trusted proxy brings many clients over its connections: the per-address limit
+            # applies to each client's address (X-Forwarded-For) once its request is read.
+            limits = attrs.evolve(limits, connections_per_ip=0)
+        elif limits.connections_per_ip and self.engine.follow_ups(host):
+            # This may be a connection of one of the address's sessions: room for those.
+            limits = attrs.evolve(limits, connections_per_ip=limits.connections_per_ip
+                                  + self.engine.follow_ups(host))
+        if not self.tracker.admits(host, limits):
+            return Refused(self.clock)
         return super().buildProtocol(addr)
+
+    def client_address(self, request) -> str:
+        """The address a request comes from: its TCP peer, or behind a trusted proxy the
+        client's (X-Forwarded-For)."""
+        peer = getattr(request.getClientAddress(), "host", "")
+        return self.proxies.client(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
+
+    def startFactory(self):
+        super().startFactory()
+        self.web_sessions.load()
 
     def _socket_opened(self, engine_socket, query, address):
         return SocketIOConnection(engine_socket, query, address, self)
@@ -204,20 +235,28 @@ class WebSite(server.Site):
         """No access log: query strings carry session IDs."""
 
     def stopFactory(self):
-        self.web_sessions.end_all()
+        self.web_sessions.close()
         super().stopFactory()
 
-    def metrics(self) -> str:
-        """Prometheus text format: connections by protocol, web sessions, service counters."""
-        lines = ["# TYPE chatserv_connections gauge"]
-        names = {c.protocol_name for c in self.tracker.connections} | {SocketIOConnection.protocol_name}
-        lines += [f'chatserv_connections{{protocol="{name}"}} {self.tracker.count(name)}'
-                  for name in sorted(names)]
-        lines += ["# TYPE chatserv_rest_sessions gauge", f"chatserv_rest_sessions {len(self.web_sessions)}",
-                  "# TYPE chatserv_engineio_sessions gauge",
-                  f"chatserv_engineio_sessions {len(self.engine.sessions)}"]
-        counters = dict(self.service.stats)
-        counters.update({f"web_{name}": n for name, n in self.counters.items()})
-        for name in sorted(counters):
-            lines += [f"# TYPE chatserv_{name}_total counter", f"chatserv_{name}_total {counters[name]}"]
-        return "\n".join(lines) + "\n"
+
+REFUSED = b'{"error":"too many connections: try again later"}'
+
+
+class Refused(protocol.Protocol):
+    """A connection over --max-connections or --connections-per-ip: HTTP 503 at once, then
+    its request is read and dropped (closing with it unread would reset the connection and
+    lose the answer) until the client closes, or LINGER seconds have passed."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def connectionMade(self):
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 10\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(REFUSED), REFUSED))
+        self.transport.loseWriteConnection()
+        self._linger = self.clock.callLater(LINGER, self.transport.abortConnection)
+
+    def connectionLost(self, reason):
+        if self._linger.active():
+            self._linger.cancel()

@@ -137,7 +137,8 @@ def _position(subcommand: str, reference: str):
             moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
-        else:
+        else:  # a time with no zone is UTC, as every time on IRC is (never the server's local time)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
             return (lambda m: m.sent_at), moment.timestamp()
     raise N.Fail("CHATHISTORY", "INVALID_MSGREFTYPE", subcommand, reference)
 
