@@ -8,9 +8,16 @@ CONTACT_STATUSES = frozenset({"friend", "new", "blocked", "last_words", "timeout
 LOBBY = "lobby"
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def fold(name: str) -> str:
-    """The key under which user and room names are unique: case-insensitive, as IRC needs."""
-    return name.casefold()
+    """The key under which user and room names are unique: ASCII letters compare without case.
+
+    IRC's ``CASEMAPPING=ascii``, which every client implements: ``#Straße`` and ``#STRASSE``
+    are two rooms, as IRC clients expect, and only A-Z/a-z are folded.
+    """
+    return name.translate(_ASCII_LOWER)
 
 
 @attrs.define(eq=False)
@@ -62,6 +69,19 @@ class Message:
     @property
     def is_direct(self) -> bool:
         return self.recipient_id is not None
+
+
+@attrs.frozen
+class HistoryBounds:
+    """Which stored messages a history query wants: ids strictly between ``after_id`` and
+    ``before_id``, sent at or after ``since`` and before ``until`` (seconds); None is open.
+    ``oldest``: the oldest ``limit`` of them rather than the newest."""
+
+    after_id: int | None = None
+    before_id: int | None = None
+    since: float | None = None
+    until: float | None = None
+    oldest: bool = False
 
 
 @attrs.frozen

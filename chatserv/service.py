@@ -25,7 +25,7 @@ from zope.interface import Interface
 from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits, RateTable
-from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, Message, Room, User, fold
+from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, HistoryBounds, Message, Room, User, fold
 from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
@@ -98,6 +98,8 @@ class ChatService(service.Service):
         self._users: dict[int, User] = {}
         self._user_keys: dict[str, User] = {}
         self._guests: dict[str, User] = {}
+        self._aliases: dict[str, User] = {}  # fold(name) -> the account going by it while online
+        self._alias_of: dict[int, str] = {}
         self._rooms: dict[str, Room] = {}
         self._rooms_by_id: dict[int, Room] = {}
         # Indexes, so that nothing done for one user costs time in proportion to all rooms.
@@ -120,6 +122,9 @@ class ChatService(service.Service):
         self._tokens: list[tuple[str, int, float, float]] = []
         self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
         self._operators: dict[int, set[int]] = {}
+        self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
+        # what accounts were shown in rooms the store does not keep: room id -> user id -> message id
+        self._seen_unstored: dict[int, dict[int, int]] = collections.defaultdict(dict)
         self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
@@ -193,7 +198,7 @@ class ChatService(service.Service):
         return name
 
     def _check_free(self, name, guest: User | None = None):
-        holder = self._guests.get(fold(name))
+        holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
         if fold(name) in self._user_keys or (holder is not None and holder is not guest):
             raise errors.UsernameTaken()
 
@@ -205,9 +210,12 @@ class ChatService(service.Service):
         return user
 
     def user_or_guest(self, name) -> User:
-        """A registered user or an online guest of that name, else NotFound."""
-        guest = self._guests.get(fold(name)) if isinstance(name, str) else None
-        return guest or self.user(name)
+        """A registered user, an online guest, or whoever goes by that name now; else NotFound."""
+        if isinstance(name, str):
+            found = self._guests.get(fold(name)) or self._aliases.get(fold(name))
+            if found is not None:
+                return found
+        return self.user(name)
 
     def user_by_id(self, user_id) -> User:
         user = self._users.get(user_id)
@@ -337,8 +345,8 @@ class ChatService(service.Service):
             self._presence(user, True, protocol, origin=session)
         return session
 
-    def detach(self, session: Session) -> None:
-        """Unregister a session; the last one of a user takes them offline."""
+    def detach(self, session: Session, reason: str = "") -> None:
+        """Unregister a session; the last one of a user takes them offline (``reason``: why)."""
         sessions = self._sessions.get(session.user.id)
         if not sessions or session not in sessions:
             return
@@ -351,7 +359,8 @@ class ChatService(service.Service):
         if not sessions:
             del self._sessions[session.user.id]
             # Watchers hear of it while a leaving guest's rooms still name it (IRC's QUIT needs them).
-            self._presence(session.user, False, session.protocol, origin=session)
+            self._presence(session.user, False, session.protocol, origin=session, reason=reason)
+            self._drop_alias(session.user)
             if session.user.guest:
                 self._forget_guest(session.user)
 
@@ -361,8 +370,8 @@ class ChatService(service.Service):
         for room in list(self._rooms_of.get(user.id, ())):
             self._drop_member(room, user.id)
 
-    def _presence(self, user, online, protocol, origin):
-        event = events.PresenceChanged(user, online, protocol)
+    def _presence(self, user, online, protocol, origin, reason="", renamed_from=None):
+        event = events.PresenceChanged(user, online, protocol, reason, renamed_from)
         targets = set(self._watchers)
         targets.update(self._presence_watchers.get(user.id, ()))
         for owner in self._contact_of.get(user.id, ()):
@@ -392,6 +401,98 @@ class ChatService(service.Service):
 
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
+
+    # names: while online, an account may go by another name than its username (an IRC nick)
+
+    def name_of(self, user: User) -> str:
+        """The name ``user`` goes by now: an alias taken while online, else the username."""
+        return self._alias_of.get(user.id, user.username)
+
+    def rename(self, user: User, name, *, origin: Session | None = None) -> str:
+        """``user`` goes by ``name`` from now on (until their last session ends, for an account).
+
+        A guest's name is its username, so the guest is renamed; an account keeps its username
+        and goes by ``name`` as an alias (its own username again drops the alias). The name must
+        be free: nobody else's account, guest or alias (AlreadyExists). Room-mates and the
+        user's other sessions hear of it (events.Renamed).
+        """
+        self.validate_username(name)
+        old = self.name_of(user)
+        if name == old:
+            return old
+        if user.guest:
+            self._check_free(name, user)
+            del self._guests[fold(user.username)]
+            user.username = name
+            self._guests[fold(name)] = user
+        else:
+            owner = self._user_keys.get(fold(name))
+            holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
+            if (owner is not None and owner is not user) or (holder is not None and holder is not user):
+                raise errors.UsernameTaken()
+            self._drop_alias(user)
+            if name != user.username:
+                self._aliases[fold(name)] = user
+                self._alias_of[user.id] = name
+        self._deliver_to_users(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
+        return name
+
+    def _drop_alias(self, user: User) -> None:
+        alias = self._alias_of.pop(user.id, None)
+        if alias is not None:
+            self._aliases.pop(fold(alias), None)
+
+    def _room_mates(self, user: User) -> set[int]:
+        mates: set[int] = set()
+        for room in self._rooms_of.get(user.id, ()):
+            mates |= room.members
+        return mates
+
+    @deferred
+    async def become(self, session: Session, account: User) -> None:
+        """A guest's session logged in to ``account``: it becomes the account's session, and the
+        account joins the guest's rooms and takes its operator grants.
+
+        When the account was offline, whoever saw the guest sees it renamed (events.Renamed with
+        ``before``) rather than leaving, and the account's other room-mates see it arrive; when
+        the account is online already, the guest leaves and the account joins as usual.
+        """
+        guest = session.user
+        rooms = self.rooms_of(guest)
+        if self.is_online(account):
+            for room in rooms:
+                if account.id not in room.members:
+                    await self._add_member(room, account, origin=session)
+                self._take_grants(room, guest, account)
+            self.detach(session, reason=f"Logged in as {account.username}")
+            self._attach_session(session, account)
+            return
+        for room in rooms:
+            if account.id not in room.members:
+                await self._enroll(room, account)
+            self._take_grants(room, guest, account)
+        self._deliver_to_users(events.Renamed(account, guest.username, before=guest),
+                               self._room_mates(guest), session)
+        self._sessions.pop(guest.id, None)
+        self._watchers.discard(session)
+        self._attach_session(session, account, renamed_from=guest)
+        self._forget_guest(guest)  # gone without a word where the rename was shown
+        self._presence(guest, False, session.protocol, origin=session,
+                       reason=f"Logged in as {account.username}")
+
+    def _take_grants(self, room: Room, guest: User, account: User) -> None:
+        grants = self._operators.get(room.id, set())
+        if guest.id in grants:
+            grants.add(account.id)
+
+    def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
+        session.user = account
+        sessions = self._sessions.setdefault(account.id, [])
+        sessions.append(session)
+        if session.watches_presence:
+            self._watchers.add(session)
+        if len(sessions) == 1:
+            self._presence(account, True, session.protocol, origin=session, renamed_from=renamed_from)
 
     def kick_others(self, session: Session, reason: str) -> None:
         """End the user's other sessions on the same protocol (a second login kicks the first)."""
@@ -593,11 +694,15 @@ class ChatService(service.Service):
         return room
 
     async def _add_member(self, room, user, origin):
+        await self._enroll(room, user)
+        self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
+
+    async def _enroll(self, room, user):
+        """A membership, in memory and (an account's, in a persistent room) in the store."""
         room.members.add(user.id)
         self._rooms_of[user.id].add(room)
         if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
-        self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
 
     def _drop_member(self, room: Room, user_id: int):
         """End a membership in memory; a room that is not persistent vanishes once empty."""
@@ -613,6 +718,8 @@ class ChatService(service.Service):
     def _vanish(self, room: Room):
         del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
         self._operators.pop(room.id, None)
+        self._seen_unstored.pop(room.id, None)
+        self._newest.pop(room.id, None)
         creator, address = self._creation.pop(room, (None, ""))
         for index, key in ((self._created_by, creator), (self._created_from, address)):
             rooms = index.get(key)
@@ -685,8 +792,11 @@ class ChatService(service.Service):
 
     @deferred
     async def send_direct(self, sender: User, to, body, kind="text", *,
-                          origin: Session | None = None) -> Message:
-        """Store a direct message, then hand it to the recipient's live sessions (or inbox)."""
+                          origin: Session | None = None, tags: dict | None = None) -> Message:
+        """Store a direct message, then hand it to the recipient's live sessions (or inbox).
+
+        ``tags``: client-only tags that travel with the live message and are never stored.
+        """
         self._check_body(body, kind)
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
@@ -698,7 +808,7 @@ class ChatService(service.Service):
                                     delivered=bool(live))
         await self.store.add_message(message)
         self.stats["messages"] += 1
-        event = events.DirectMessage(message, sender, recipient)
+        event = events.DirectMessage(message, sender, recipient, tags)
         for session in live + confirming:
             session.sink.deliver(event)
         delivered = len(live) + len(confirming)
@@ -716,7 +826,7 @@ class ChatService(service.Service):
         self.delivery_latency.observe(max(0.0, self.clock.seconds() - message.sent_at))
 
     def send_room(self, sender: User, name, body, kind="text", *,
-                  origin: Session | None = None) -> Deferred:
+                  origin: Session | None = None, tags: dict | None = None) -> Deferred:
         """Store a room message, then hand it to every member's sessions but ``origin``.
 
         Deferred[Message]. A plain callback rather than a coroutine: this is the fan-out hot
@@ -731,11 +841,12 @@ class ChatService(service.Service):
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)
         stored = self.store.add_message(message)
-        stored.addCallback(self._fan_out, events.RoomMessage(message, sender, room), origin)
+        stored.addCallback(self._fan_out, events.RoomMessage(message, sender, room, tags), origin)
         return stored
 
     def _fan_out(self, _, event: events.RoomMessage, origin: Session | None) -> Message:
         self.stats["messages"] += 1
+        self._newest[event.room.id] = event.message.id
         blockers = self._blocked_by.get(event.sender.id) or ()
         sessions = self._sessions
         delivered = 0
@@ -750,18 +861,31 @@ class ChatService(service.Service):
         return event.message
 
     def typing(self, user: User, active: bool, *, room=None, to=None,
-               origin: Session | None = None) -> None:
-        """Tell a room's members, or one user, that ``user`` is typing."""
+               origin: Session | None = None, tags: dict | None = None) -> None:
+        """Tell a room's members, or one user, that ``user`` is typing (``tags``: an IRC
+        TAGMSG's client-only tags, relayed with it)."""
+        self._relay(events.Typing(user, bool(active), tags=tags), room, to, origin)
+
+    def tag_message(self, user: User, tags: dict, *, room=None, to=None,
+                    origin: Session | None = None) -> None:
+        """Relay client-only tags on their own (reactions, replies) to a room or one user."""
+        self._relay(events.Tagged(user, dict(tags)), room, to, origin)
+
+    def _relay(self, event, room, to, origin):
+        """Deliver a never-stored event to a room's members, or to one user unless they blocked
+        the sender; the sender's other sessions hear it too."""
+        user = event.user
         if room is not None:
-            room = self.room(room)
+            event.room = room = room if isinstance(room, Room) else self.room(room)
             if user.id not in room.members:
                 raise errors.NotMember()
-            self._deliver_to_users(events.Typing(user, bool(active), room=room), room.members, origin)
+            self._deliver_to_users(event, room.members, origin)
         elif to is not None:
-            recipient = self.user_or_guest(to)
+            event.recipient = recipient = to if isinstance(to, User) else self.user_or_guest(to)
             if not self.has_blocked(recipient, user):
-                self._deliver_to_users(events.Typing(user, bool(active), recipient=recipient),
-                                       (recipient.id,), origin)
+                self._deliver_to_users(event, (recipient.id,))  # the origin too, when it is to itself
+                if recipient.id != user.id:
+                    self._deliver_to_users(event, (user.id,), origin)
 
     def room_history(self, user: User, name, limit=None, before_id=None) -> Deferred:
         """Deferred[list[Message]] of a room the user is in, oldest first."""
@@ -774,6 +898,45 @@ class ChatService(service.Service):
         """Deferred[list[Message]] between the user and ``other``, oldest first."""
         other = other if isinstance(other, User) else self.user(other)
         return self.store.direct_history(user.id, other.id, limit or self.limits.history, before_id)
+
+    def history_range(self, user: User, target, bounds: HistoryBounds, limit: int) -> Deferred:
+        """Deferred[list[Message]], oldest first: a room's messages (``target`` a Room, which the
+        user must be in) or those between the user and ``target`` (a User), within ``bounds``."""
+        if isinstance(target, Room):
+            if user.id not in target.members:
+                raise errors.NotMember()
+            return self.store.message_range(bounds, limit, room_id=target.id)
+        return self.store.message_range(bounds, limit, pair=(user.id, target.id))
+
+    def last_seen(self, user: User) -> Deferred:
+        """Deferred[dict[room id, message id]]: the newest room message each of the account's
+        sessions was shown, as recorded by ``note_seen`` (empty for a guest)."""
+        if user.guest:
+            return succeed({})
+        unstored = {room_id: seen[user.id] for room_id, seen in self._seen_unstored.items()
+                    if user.id in seen}
+        return self.store.last_seen(user.id).addCallback(lambda stored: {**stored, **unstored})
+
+    def newest_message_id(self, room: Room) -> int | None:
+        """The id of the newest message handed to the room's members since the service started."""
+        return self._newest.get(room.id)
+
+    def note_seen(self, user: User, seen: dict) -> None:
+        """Record that the account was shown room messages up to these ids ({room id: id});
+        kept only forward, across restarts, for rooms the store keeps. Nothing is written
+        once the service stops."""
+        if user.guest or not self.running:
+            return
+        for room_id, message_id in seen.items():
+            room = self._rooms_by_id.get(room_id)
+            if room is not None and not room.persistent:  # a guest's room: kept while it lasts
+                unstored = self._seen_unstored[room_id]
+                unstored[user.id] = max(unstored.get(user.id, 0), message_id)
+            elif room is not None:
+                written = self.store.set_last_seen(user.id, room_id, message_id)
+                written.addErrback(lambda failure: log.warn(
+                    "cannot record what {user} was shown: {why}", user=user.username,
+                    why=failure.getErrorMessage()))
 
     def inbox(self, user: User, limit=None) -> Deferred:
         """Deferred[list[Message]]: direct messages the user received, oldest first."""

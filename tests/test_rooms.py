@@ -236,7 +236,7 @@ async def test_rooms_are_irc_channels_and_personal_messages_cross_both_ways(daem
     alice_on_irc = await connect(daemon.port("irc"))
     alice_on_irc.send(b"PASS pw", b"NICK alice", b"USER a 0 * :A")
     lines = await irc_until(alice_on_irc, b"unread here")
-    assert b":alice!alice@chatserv JOIN #den" in lines
+    assert b":alice!a@chatserv JOIN #den" in lines
     assert not any(b"psst, alice" in line for line in lines)  # read here: not handed over again
 
 

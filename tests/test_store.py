@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from chatserv.model import Message, Room, User
+from chatserv.model import HistoryBounds, Message, Room, User
 from chatserv.store.memory import MemoryStore
 from chatserv.store.migrations import MIGRATIONS
 from chatserv.store.sqlite import SQLiteStore, WriterStopped
@@ -294,3 +294,60 @@ async def test_sqlite_close_leaves_the_main_file_a_complete_backup(tmp_path):
     finally:
         conn.close()
     assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_ranges_and_last_seen(make_store):
+    """What CHATHISTORY, znc playback and the join-time replay read, alike on both stores."""
+    store = make_store()
+    await store.open()
+    for uid, name in [(1, "a"), (2, "b"), (3, "c")]:
+        await store.add_user(user(uid, name))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    await store.add_room(Room(2, "s", 1, 1.0))
+    for mid in range(1, 11):  # sent at 2001.0 .. 2010.0
+        await store.add_message(message(mid, 1, room_id=1))
+    await store.add_message(message(11, 1, recipient_id=2))
+    await store.add_message(message(12, 3, recipient_id=1))
+    await store.add_message(message(13, 2, recipient_id=3))
+    await store.add_message(message(14, 2, room_id=2))
+
+    def ids(found):
+        return [m.id for m in found]
+
+    assert ids(await store.message_range(HistoryBounds(), 3, room_id=1)) == [8, 9, 10]
+    assert ids(await store.message_range(HistoryBounds(after_id=3, before_id=9), 3, room_id=1)) == [6, 7, 8]
+    assert ids(await store.message_range(HistoryBounds(after_id=3, before_id=9, oldest=True), 3,
+                                         room_id=1)) == [4, 5, 6]
+    assert ids(await store.message_range(HistoryBounds(since=2004.0, until=2006.0), 10, room_id=1)) == [4, 5]
+    assert ids(await store.message_range(HistoryBounds(), 10, pair=(2, 1))) == [11]
+    assert ids(await store.message_range(HistoryBounds(oldest=True), 10, pair=(1, 3))) == [12]
+
+    assert await store.last_seen(1) == {}
+    await store.set_last_seen(1, 1, 7)
+    await store.set_last_seen(1, 1, 5)  # never back
+    await store.set_last_seen(1, 2, 14)
+    await store.set_last_seen(2, 1, 3)
+    store, _ = await reopen(store, make_store)
+    assert await store.last_seen(1) == {1: 7, 2: 14}
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_names_are_keyed_as_irc_ascii_casemapping(tmp_path):
+    """Migration 2 rewrites keys made with Unicode casefolding: #Straße and #STRASSE are two."""
+    import sqlite3
+
+    path = str(tmp_path / "s.sqlite3")
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO rooms (id, name, name_key, created_at) VALUES (1, ?, 'strasse', 1.0)",
+                 ("Stra\u00dfe",))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, reactor)
+    await store.open()
+    await store.add_room(Room(2, "STRASSE", None, 2.0))
+    store, snapshot = await reopen(store, lambda: SQLiteStore(path, reactor))
+    assert sorted(r.name for r in snapshot.rooms) == ["STRASSE", "Stra\u00dfe"]
+    await store.close()

@@ -135,9 +135,9 @@ async def test_skype_lines_and_frames(daemon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_irc_replaces_what_is_not_utf8(daemon):
-    """IRC decodes bytes, replacing invalid UTF-8 (clients send Latin-1 too): a surrogate spelled
-    in bytes becomes U+FFFD, which is stored and relayed."""
+async def test_irc_refuses_what_is_not_utf8(daemon):
+    """IRC advertises UTF8ONLY: a surrogate spelled in bytes (CESU-8) is invalid UTF-8, answered
+    with FAIL INVALID_UTF8, and neither stored nor relayed; the next valid line goes through."""
     await daemon.chat.register("alice", "pw")
     alice = await raw(daemon, "alice", before=[b"PASS pw"])
     bob = await raw(daemon, "bob")
@@ -145,8 +145,10 @@ async def test_irc_replaces_what_is_not_utf8(daemon):
         client.send(b"JOIN #lobby")
         await until(client, b" 366 ")
     alice.send(b"PRIVMSG #lobby :a" + CESU + b"z")
-    assert (await until(bob, b"PRIVMSG"))[-1].endswith(b" #lobby a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdz")
-    assert await lobby_bodies(daemon) == ["a\ufffd\ufffd\ufffdz"]
+    assert b"FAIL PRIVMSG INVALID_UTF8" in (await until(alice, b"FAIL"))[-1]
+    alice.send(b"PRIVMSG #lobby :fine")
+    assert (await until(bob, b"PRIVMSG"))[-1].split(b" #lobby ")[-1].lstrip(b":") == b"fine"
+    assert await lobby_bodies(daemon) == ["fine"]
 
 
 # the service refuses such text too: the last line of defence behind the ports

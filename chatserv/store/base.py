@@ -59,6 +59,17 @@ class IStore(Interface):
     def inbox(user_id, limit, undelivered_only=False):
         """Deferred[list[Message]]: direct messages received by a user, oldest first."""
 
+    def message_range(bounds, limit, room_id=None, pair=None):
+        """Deferred[list[Message]], oldest first: a room's messages, or those between the two
+        users of ``pair``, within ``bounds`` (a HistoryBounds): the newest ``limit``, or the
+        oldest with ``bounds.oldest``."""
+
+    def last_seen(user_id):
+        """Deferred[dict[room_id, message_id]]: what ``set_last_seen`` recorded for the user."""
+
+    def set_last_seen(user_id, room_id, message_id):
+        """Record that the user was shown the room's messages up to ``message_id`` (never back)."""
+
     def note_guest_id(guest_id):
         """Keep ``guest_id`` as the lowest guest id handed out (``Snapshot.last_guest_id``)."""
 

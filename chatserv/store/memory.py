@@ -17,6 +17,13 @@ def _newest(messages, limit, before_id):
     return chosen[-limit:] if limit > 0 else []
 
 
+def _within(message, bounds) -> bool:
+    return ((bounds.after_id is None or message.id > bounds.after_id)
+            and (bounds.before_id is None or message.id < bounds.before_id)
+            and (bounds.since is None or message.sent_at >= bounds.since)
+            and (bounds.until is None or message.sent_at < bounds.until))
+
+
 @implementer(IStore)
 class MemoryStore:
     def __init__(self):
@@ -26,6 +33,7 @@ class MemoryStore:
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
+        self._last_seen: dict[tuple[int, int], int] = {}
         self._read_marks: dict[tuple[int, str, int], int] = {}
         self._tokens: dict[str, tuple[str, int, float, float]] = {}
         self._last_guest_id = 0
@@ -112,6 +120,24 @@ class MemoryStore:
             if m.recipient_id == user_id and not (undelivered_only and m.delivered)
         ]
         return succeed(_newest(found, limit, None))
+
+    def message_range(self, bounds, limit, room_id=None, pair=None):
+        if room_id is not None:
+            found = [m for m in self._messages.values() if m.room_id == room_id]
+        else:
+            users = set(pair)
+            found = [m for m in self._messages.values()
+                     if m.recipient_id is not None and {m.sender_id, m.recipient_id} == users]
+        found = sorted((m for m in found if _within(m, bounds)), key=lambda m: m.id)
+        return succeed(found[:limit] if bounds.oldest else found[-limit:] if limit > 0 else [])
+
+    def last_seen(self, user_id):
+        return succeed({room: mid for (uid, room), mid in self._last_seen.items() if uid == user_id})
+
+    def set_last_seen(self, user_id, room_id, message_id):
+        key = (user_id, room_id)
+        self._last_seen[key] = max(self._last_seen.get(key, message_id), message_id)
+        return succeed(None)
 
     def note_guest_id(self, guest_id):
         self._last_guest_id = min(self._last_guest_id, guest_id)

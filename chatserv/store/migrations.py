@@ -97,6 +97,22 @@ MIGRATIONS = [
     );
     CREATE INDEX messages_sent ON messages(sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
     """,
+    # 6: names compare as IRC's CASEMAPPING=ascii does (model.fold): SQLite's lower() folds
+    # A-Z only. Keys that were distinct stay distinct (ASCII folding is finer than casefold).
+    """
+    UPDATE users SET username_key = lower(username);
+    UPDATE rooms SET name_key = lower(name);
+    """,
+    # 7: the newest room message an account was shown on IRC, so a reconnect replays only what
+    # it missed.
+    """
+    CREATE TABLE last_seen (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    );
+    """,
 ]
 
 

@@ -452,6 +452,42 @@ class SQLiteStore:
         where = "recipient_id = ?" + (" AND delivered = 0" if undelivered_only else "")
         return self._newest(where, (user_id,), limit, None)
 
+    def message_range(self, bounds, limit, room_id=None, pair=None):
+        if room_id is not None:
+            where, params = "room_id = ?", [room_id]
+        else:
+            user_id, other_id = pair
+            where = "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))"
+            params = [user_id, other_id, other_id, user_id]
+        if bounds.after_id is not None:
+            where += " AND id > ?"
+            params.append(bounds.after_id)
+        if bounds.before_id is not None:
+            where += " AND id < ?"
+            params.append(bounds.before_id)
+        if bounds.since is not None:
+            where += " AND sent_at >= ?"
+            params.append(bounds.since)
+        if bounds.until is not None:
+            where += " AND sent_at < ?"
+            params.append(bounds.until)
+        sql = (f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               " ORDER BY id ASC LIMIT ?) ORDER BY id") if bounds.oldest else (
+               f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               " ORDER BY id DESC LIMIT ?) ORDER BY id")
+        return self._read(sql, (*params, limit), _message)
+
+    def last_seen(self, user_id):
+        found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))
+        return found.addCallback(dict)
+
+    def set_last_seen(self, user_id, room_id, message_id):
+        return self._write((
+            "INSERT INTO last_seen (user_id, room_id, message_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET message_id = MAX(message_id, excluded.message_id)",
+            (user_id, room_id, message_id),
+        ))
+
 
 def _fire(outcomes):
     for d, failure in outcomes:
