@@ -9,13 +9,8 @@ import pytest
 from twisted.python import usage
 
 from chatserv.options import from_options, option, options_of
+from chatserv.protocols.salted import check_version
 from chatserv.tap import Options, config_classes
-
-
-def digits(text: str) -> str:
-    if not text.isdigit():
-        raise ValueError(f"not digits: {text!r}")
-    return text
 
 
 @attrs.frozen
@@ -23,7 +18,7 @@ class Example:
     option_prefix: ClassVar[str] = "example-"
 
     rate: float = option(1.5, "example: a rate")
-    version: str = option("", "example: a checked text", coerce=digits)
+    version: str = option("", "example: a checked text", coerce=check_version)
     legacy: int = option(7, "example: an older name", name="old-name")
     plain: int = 3
 
@@ -37,8 +32,8 @@ def test_one_declaration_gives_the_option_its_default_help_type_and_typed_value(
         ("example-rate", 1.5, "example: a rate"), ("example-version", "", "example: a checked text"),
         ("old-name", 7, "example: an older name"), ("example-plain", 3, "plain")]
     parsed = ExampleOptions()
-    parsed.parseOptions(["--example-rate", "2", "--old-name", "9", "--example-version", "12"])
-    assert from_options(Example, parsed) == Example(rate=2.0, version="12", legacy=9, plain=3)
+    parsed.parseOptions(["--example-rate", "2", "--old-name", "9", "--example-version", "1.2"])
+    assert from_options(Example, parsed) == Example(rate=2.0, version="1.2", legacy=9, plain=3)
     with pytest.raises(usage.UsageError):
         ExampleOptions().parseOptions(["--example-version", "soon"])
     with pytest.raises(usage.UsageError):
