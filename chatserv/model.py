@@ -79,6 +79,21 @@ ROOM_ROLES = ("operator", "voice")
 
 
 @attrs.frozen
+class RoomInfo:
+    """What a port may show of a room's settings, as they are now (``ChatService.room_info``)."""
+
+    invite_only: bool
+    key: str
+    limit: int
+    moderated: bool
+    secret: bool
+    no_external: bool
+    topic_locked: bool
+    topic_by: str
+    topic_at: float
+
+
+@attrs.frozen
 class RoomBan:
     """A ban mask (``nick!user@host``, ``*`` and ``?`` wildcards), who set it and when."""
 

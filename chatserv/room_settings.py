@@ -13,10 +13,22 @@ long as the guest.
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
 from chatserv import errors, events
-from chatserv.model import LOBBY, ROOM_FLAGS, ROOM_ROLES, ROOM_VALUES, Room, RoomBan, RoomChange, User, fold
+from chatserv.model import (
+    LOBBY,
+    ROOM_FLAGS,
+    ROOM_ROLES,
+    ROOM_VALUES,
+    Room,
+    RoomBan,
+    RoomChange,
+    RoomInfo,
+    User,
+    fold,
+)
 
 KEY_LENGTH = 23  # characters in a room key (as IRC servers allow)
 MASK_LENGTH = 100  # characters in a ban mask
@@ -51,13 +63,20 @@ class RoomSettings:
         """May change the room, its topic and its members: an operator, or a server operator."""
         return self.is_operator(user, room) or self.is_server_operator(user)
 
-    def is_banned(self, user: User, room: Room) -> bool:
+    def is_banned_from(self, user: User, room: Room) -> bool:
         """A ban matches the user's name, or the other name it goes by now (an IRC nick)."""
         names = {user.username, self.name_of(user)}
         return any(ban.matches(name) for ban in room.bans.values() for name in names)
 
     def is_invited(self, user: User, room: Room) -> bool:
         return room.id in self._invites.get(user.id, ())
+
+    def room_info(self, room: Room) -> RoomInfo:
+        return RoomInfo(**{field.name: getattr(room, field.name) for field in attrs.fields(RoomInfo)})
+
+    def room_bans(self, room: Room) -> list[RoomBan]:
+        """The room's ban masks, oldest first."""
+        return sorted(room.bans.values(), key=lambda ban: ban.set_at)
 
     def listed_rooms(self, user: User) -> list[Room]:
         """Every room but the secret ones ``user`` is not in."""
@@ -69,27 +88,27 @@ class RoomSettings:
         """Refuse a join the room's settings forbid; the founder always gets in."""
         if room.founder == user.id:
             return
-        if self.is_banned(user, room):
-            raise errors.Banned("you are banned from this room")
+        if self.is_banned_from(user, room):
+            raise errors.Banned()
         invited = self.is_invited(user, room)
         if room.invite_only and not invited:
-            raise errors.InviteOnly("this room is invite-only")
+            raise errors.InviteOnly()
         if room.key and key != room.key and not invited:
-            raise errors.WrongKey("this room needs a key")
+            raise errors.WrongKey()
         if room.limit and len(room.members) >= room.limit and not invited:
-            raise errors.RoomFull("this room is full")
+            raise errors.RoomFull()
 
     def _check_speak(self, user: User, room: Room) -> None:
         """Refuse a room message the room's settings forbid (cheap when none apply)."""
         if user.id not in room.members:
             if room.no_external:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
         elif not (room.moderated or room.bans):
             return
         if self.is_operator(user, room) or self.is_voiced(user, room):
             return
-        if room.moderated or self.is_banned(user, room):
-            raise errors.CannotSend("you may not speak in this room")
+        if room.moderated or self.is_banned_from(user, room):
+            raise errors.CannotSend()
 
     def _joined(self, room: Room, user: User) -> Deferred:
         """Called just before ``user`` becomes a member; Deferred: its roles are stored.
@@ -133,7 +152,7 @@ class RoomSettings:
     async def _change_room(self, by: User, name, changes: list[RoomChange]) -> list[RoomChange]:
         room = name if isinstance(name, Room) else self.room(name)
         if not self.can_manage(by, room):
-            raise errors.NotOperator("not an operator of this room")
+            raise errors.NotOperator()
         for change in changes:
             self._check_change(room, change)
         applied = [change for change in changes if self._apply(room, by, change)]
@@ -159,20 +178,20 @@ class RoomSettings:
         setting, value = change.setting, change.value
         if setting == "key":
             if value and not valid_key(value):
-                raise errors.InvalidKey("a key is 1-23 visible characters, no spaces or commas")
+                raise errors.InvalidKey()
         elif setting == "limit":
             if not isinstance(value, int) or value < 0:
-                raise errors.Invalid("a limit is a number of members")
+                raise errors.InvalidRoomSetting("a limit is a number of members")
         elif setting in ROOM_ROLES:
             if change.user is None or change.user.id not in room.members:
-                raise errors.NotFound("not a member")
+                raise errors.MemberNotFound()
         elif setting == "ban":
             if not change.mask or len(change.mask) > MASK_LENGTH or not change.mask.isprintable():
-                raise errors.Invalid("a ban mask is nick!user@host, at most 100 characters")
+                raise errors.InvalidRoomSetting("a ban mask is nick!user@host, at most 100 characters")
             if value and len(room.bans) >= BANS_PER_ROOM and fold(change.mask) not in room.bans:
-                raise errors.ListFull("the room's ban list is full")
+                raise errors.ListFull()
         elif setting not in ROOM_FLAGS:
-            raise errors.Invalid("unknown room setting")
+            raise errors.InvalidRoomSetting("unknown room setting")
 
     def _apply(self, room: Room, by: User, change: RoomChange) -> bool:
         """Apply one change; False when it changes nothing."""
@@ -210,11 +229,11 @@ class RoomSettings:
         """``by``, a member, invites ``user``: one join past invite-only, the key and the limit."""
         room = self.room(name)
         if by.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         if room.invite_only and not self.can_manage(by, room):
-            raise errors.NotOperator("only operators invite to an invite-only room")
+            raise errors.NotOperator()
         if user.id in room.members:
-            raise errors.AlreadyExists("already a member")
+            raise errors.AlreadyMember()
         self._invites.setdefault(user.id, set()).add(room.id)
         self._deliver_to_users(events.Invited(room, by, user), (user.id,))
         return room
@@ -222,6 +241,6 @@ class RoomSettings:
     def end_sessions(self, by: User, user: User, reason: str) -> None:
         """A server operator disconnects every session of ``user`` (IRC's KILL)."""
         if not self.is_server_operator(by):
-            raise errors.Denied("not a server operator")
+            raise errors.NotServerOperator()
         for session in self.sessions_of(user):
             session.sink.deliver(events.Kicked(reason))

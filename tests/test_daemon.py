@@ -21,6 +21,8 @@ def test_defaults_are_the_documented_ones():
     assert options["db"] == "chatserv.sqlite3"
     assert options["skype"] == "tcp:5001" and options["skype-framed"] == "tcp:4000"
     assert options.limits().max_line == 8192
+    irc = options["irc-flood-burst"], options["irc-flood-rate"], options["irc-ping-interval"]
+    assert irc == (20, 5, 120)  # as README says
 
 
 def talk(port, *lines: bytes) -> list[bytes]:

@@ -12,8 +12,7 @@ from chatserv.service import ChatService
 from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
 from chatserv.store.migrations import MIGRATIONS, script
-from tests.support import Daemon
-from tests.test_chatroom import Instant
+from tests.support import Daemon, InstantHasher
 from tests.test_irc import raw, until
 
 
@@ -45,7 +44,7 @@ async def test_a_guest_after_a_restart_cannot_read_an_earlier_guests_direct_mess
 
 
 async def started(store, clock=None) -> ChatService:
-    chat = ChatService(store, Instant(), clock or task.Clock())
+    chat = ChatService(store, InstantHasher(), clock or task.Clock())
     chat.startService()
     return await chat.when_ready()
 

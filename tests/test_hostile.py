@@ -96,7 +96,7 @@ async def test_readers_that_never_read_are_let_go_on_every_pushing_port_and_the_
                 break
         assert online >= slow and gone >= slow  # each came online, then was disconnected
         tracker = daemon.ports["salted"].factory.tracker
-        assert all(c._queued_bytes <= send_queue for c in tracker.connections)
+        assert all(c.unsent.size <= send_queue for c in tracker.connections)
         assert {c.protocol_name for c in tracker.connections} == {"salted"}  # the flooder alone
 
         listener = await log_in(daemon, "listener")

@@ -12,17 +12,19 @@ import irc.client
 import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor, threads
+from twisted.python import usage
 
 from chatserv import errors
-from chatserv.credentials import HashCost, Hasher, LoginThrottle
+from chatserv.credentials import LoginThrottle
 from chatserv.limits import Limits
 from chatserv.model import RoomBan, RoomChange
+from chatserv.protocols.irc.connection import IRCConfig
 from chatserv.protocols.irc.modes import ban_mask, mode_lines
 from chatserv.protocols.irc.operators import OperatorBook
 from chatserv.service import ChatService
 from chatserv.store import open_store
-from tests.support import TIMEOUT, Daemon
-from tests.test_chatroom import Instant
+from chatserv.tap import Options
+from tests.support import TIMEOUT, Daemon, InstantHasher, cheap_hasher
 from tests.test_irc import Bot, raw, until
 from tests.test_rooms import error, logged_in
 
@@ -398,7 +400,7 @@ async def test_settings_roles_bans_and_the_topic_setter_are_stored(store_db):
     store = open_store(store_db, reactor)
 
     async def started(store):
-        chat = ChatService(store, Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)), reactor)
+        chat = ChatService(store, cheap_hasher(threads=True), reactor)
         chat.startService()
         return await chat.when_ready()
 
@@ -580,7 +582,7 @@ def test_many_mode_changes_are_split_to_fit_a_line():
 async def test_oper_guesses_meet_the_login_throttle_across_connections():
     clock = [1000.0]
     throttle = LoginThrottle(lambda: clock[0], Limits(login_attempts=3))
-    book = OperatorBook(Instant(), throttle, [("root", "sesame")])
+    book = OperatorBook(InstantHasher(), throttle, [("root", "sesame")])
     assert await book.check("nobody", "x", "10.0.0.1") is None
     assert [await book.check("root", "guess", "10.0.0.1") for _ in range(3)] == [False] * 3
     with pytest.raises(errors.RateLimited):  # locked out, the right password too, whatever the connection
@@ -588,3 +590,13 @@ async def test_oper_guesses_meet_the_login_throttle_across_connections():
     assert await book.check("root", "sesame", "10.0.0.2")  # another address is not
     clock[0] += 1.5
     assert await book.check("root", "sesame", "10.0.0.1")
+
+
+def test_irc_oper_may_be_given_many_times_and_is_listed_in_help():
+    options = Options()
+    options.parseOptions(["--irc-oper", "root:sesame", "--irc-oper=keeper:$argon2id$v=19$m=8,t=1,p=1$x"])
+    assert options.config(IRCConfig).opers == (("root", "sesame"), ("keeper", "$argon2id$v=19$m=8,t=1,p=1$x"))
+    assert Options().config(IRCConfig).opers == ()
+    with pytest.raises(usage.UsageError, match="--irc-oper: wants NAME:PASSWORD"):
+        Options().parseOptions(["--irc-oper", "no-colon"])
+    assert "--irc-oper=" in str(Options())

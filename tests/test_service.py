@@ -3,14 +3,14 @@ restart, on every engine."""
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from chatserv import errors, events
-from chatserv.credentials import HashCost, Hasher, password_digest
-from chatserv.model import LOBBY
+from chatserv.credentials import password_digest
+from chatserv.model import LOBBY, RoomChange
 from chatserv.service import ChatService
 from chatserv.store import open_store
-from tests.support import PostgresOutage
+from tests.support import PostgresOutage, cheap_hasher
 
 
 class Sink:
@@ -25,7 +25,7 @@ class Sink:
 
 
 async def start(db):
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    hasher = cheap_hasher()
     chat = ChatService(open_store(db, reactor), hasher, reactor)
     chat.startService()
     return await chat.when_ready()
@@ -350,7 +350,7 @@ async def test_failed_logins_lock_out_that_address_for_a_doubling_time():
     from twisted.internet.testing import MemoryReactorClock
 
     clock = MemoryReactorClock()
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    hasher = cheap_hasher()
     chat = ChatService(open_store("memory", reactor), hasher, clock)
     chat.startService()
     await chat.when_ready()
@@ -371,3 +371,38 @@ async def test_failed_logins_lock_out_that_address_for_a_doubling_time():
         await chat.authenticate("alice", "right", "10.0.0.1")
     clock.advance(1)
     assert (await chat.authenticate("alice", "right", "10.0.0.1")).username == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_failure_has_a_type_of_its_own_under_the_broad_one(chat):
+    """Ports tell failures apart by type (UserNotFound vs RoomNotFound), never by their words."""
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.create_room(alice, "games")
+    failures = [
+        (errors.UsernameTaken, errors.AlreadyExists, lambda: chat.register("ALICE", "pw")),
+        (errors.ReservedUsername, errors.Invalid, lambda: chat.register("NickServ", "pw")),
+        (errors.InvalidUsername, errors.Invalid, lambda: chat.register("1abc", "pw")),
+        (errors.EmptyPassword, errors.Invalid, lambda: chat.register("carol", "")),
+        (errors.UserNotFound, errors.NotFound, lambda: chat.user("nobody")),
+        (errors.UserNotFound, errors.NotFound, lambda: chat.user_by_id(10**9)),
+        (errors.RoomNotFound, errors.NotFound, lambda: chat.room("nowhere")),
+        (errors.RoomNotFound, errors.NotFound, lambda: chat.room_by_id(10**9)),
+        (errors.RoomExists, errors.AlreadyExists, lambda: chat.create_room(bob, "GAMES")),
+        (errors.InvalidRoomName, errors.Invalid, lambda: chat.create_room(bob, "has space")),
+        (errors.NotMember, errors.Denied, lambda: chat.leave_room(bob, "games")),
+        (errors.NotMember, errors.Denied, lambda: chat.send_room(bob, "games", "hi")),
+        (errors.NotOperator, errors.Denied,
+         lambda: chat.change_room(bob, "games", [RoomChange("operator", user=alice)])),
+        (errors.MemberNotFound, errors.NotFound,
+         lambda: chat.change_room(alice, "games", [RoomChange("operator", user=bob)])),
+        (errors.ContactNotFound, errors.NotFound, lambda: chat.remove_contact(alice, "bob")),
+        (errors.ContactIsSelf, errors.Invalid, lambda: chat.add_contact(alice, "alice")),
+        (errors.UnknownContactStatus, errors.Invalid, lambda: chat.set_contact(alice, "bob", "enemy")),
+        (errors.GuestDenied, errors.Denied, lambda: chat.add_contact(chat.guest("visitor"), "bob")),
+        (errors.EmptyMessage, errors.Invalid, lambda: chat.send_direct(alice, "bob", "")),
+        (errors.MessageTooLong, errors.Invalid, lambda: chat.send_direct(alice, "bob", "x" * 10**5)),
+    ]
+    for narrow, broad, attempt in failures:
+        with pytest.raises(narrow) as raised:
+            await defer.maybeDeferred(attempt)
+        assert isinstance(raised.value, broad) and raised.value.message

@@ -23,7 +23,7 @@ class ChannelsMixin:
         if target.startswith("#") and len(target) > 1:
             try:
                 return self.service.room(target[1:])
-            except errors.NotFound:
+            except errors.RoomNotFound:
                 pass
         raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target)
 
@@ -47,7 +47,7 @@ class ChannelsMixin:
 
     def sees_inside(self, room: Room) -> bool:
         """Whether this client may see a room's members: always, unless it is secret (+s)."""
-        return not room.secret or self.user.id in room.members
+        return not self.service.room_info(room).secret or self.service.is_member(self.user, room)
 
     def online_members(self, room: Room):
         return [u for u in self.service.members(room) if self.service.is_online(u)]
@@ -78,7 +78,7 @@ class ChannelsMixin:
         name = target[1:] if target.startswith("#") else ""
         try:
             self.service.validate_room_name(name)
-        except errors.Invalid:
+        except errors.InvalidRoomName:
             raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
         if fold(name) in self.channels:
             return
@@ -97,18 +97,19 @@ class ChannelsMixin:
 
     def topic_lines(self, room: Room) -> list[bytes]:
         """RPL_TOPIC and RPL_TOPICWHOTIME, or nothing without a topic."""
-        if not room.topic:
+        topic = self.service.topic(room)
+        if not topic:
             return []
-        channel = "#" + room.name
-        return [self.numeric(N.RPL_TOPIC, channel=channel, topic=room.topic),
-                self.numeric(N.RPL_TOPICWHOTIME, channel=channel, by=room.topic_by or "*",
-                             at=int(room.topic_at))]
+        channel, info = "#" + room.name, self.service.room_info(room)
+        return [self.numeric(N.RPL_TOPIC, channel=channel, topic=topic),
+                self.numeric(N.RPL_TOPICWHOTIME, channel=channel, by=info.topic_by or "*",
+                             at=int(info.topic_at))]
 
     def names_lines(self, room: Room) -> list[bytes]:
         """RPL_NAMREPLY lines (none for a secret room seen from outside), then RPL_ENDOFNAMES."""
         channel = "#" + room.name
         lines, names, size = [], [], 0
-        kind = "@" if room.secret else "="
+        kind = "@" if self.service.room_info(room).secret else "="
         full = "userhost-in-names" in self.caps
         for user in self.online_members(room) if self.sees_inside(room) else ():
             name = self.prefixed(user, room) + (self.mask_of(user) if full else self.nick_of(user))
@@ -130,7 +131,7 @@ class ChannelsMixin:
         room = self.joined(target)
         try:
             await self.service.leave_room(self.user, room.name, reason=reason)
-        except errors.Denied:
+        except errors.NotMember:
             self.channels.pop(fold(room.name), None)
             raise
 
@@ -157,7 +158,7 @@ class ChannelsMixin:
             user = self.service.user_or_guest(nick)
         except errors.NotFound:
             raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
-        if user.id not in room.members:
+        if not self.service.is_member(user, room):
             raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel="#" + room.name)
         await self.service.leave_room(user, room.name, by=self.user, reason=reason)
 
@@ -166,9 +167,9 @@ class ChannelsMixin:
         nick, channel = line.params[:2]
         user = self.online(nick)
         room = self.joined(channel)
-        if room.invite_only:
+        if self.service.room_info(room).invite_only:
             self.need_operator(room)
-        if user.id in room.members:
+        if self.service.is_member(user, room):
             raise N.IRCError(N.ERR_USERONCHANNEL, target=self.nick_of(user), channel="#" + room.name)
         self.service.invite(self.user, room.name, user)
         self.reply(N.RPL_INVITING, target=self.nick_of(user), channel="#" + room.name)
@@ -182,7 +183,7 @@ class ChannelsMixin:
             rooms = [r for r in rooms if fold(r.name) in wanted]
         lines = [self.numeric(N.RPL_LISTSTART)]
         lines += [self.numeric(N.RPL_LIST, channel="#" + r.name, count=len(self.online_members(r)),
-                               topic=r.topic) for r in rooms]
+                               topic=self.service.topic(r)) for r in rooms]
         lines.append(self.numeric(N.RPL_LISTEND))
         self.send(b"".join(lines))
 
@@ -203,7 +204,7 @@ class ChannelsMixin:
             room = self.service_room(target)
             if not self.sees_inside(room):
                 raise N.IRCError(N.ERR_NOTONCHANNEL, target=target)
-            if room.topic:
+            if self.service.topic(room):
                 return self.send(b"".join(self.topic_lines(room)))
             return self.reply(N.RPL_NOTOPIC, channel=target)
         room = self.joined(target)
@@ -232,7 +233,8 @@ class ChannelsMixin:
     def render_topic(self, event):
         if fold(event.room.name) not in self.channels:
             return None
-        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.room.topic,
+        topic = self.service.topic(event.room)
+        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, topic,
                                                           prefix=self.mask_of(event.by)))
 
     def render_invited(self, event):

@@ -88,15 +88,16 @@ class ModesMixin:
     def channel_modes(self, room) -> bytes:
         """RPL_CHANNELMODEIS and RPL_CREATIONTIME; the key is shown to members only."""
         channel = "#" + room.name
+        info = self.service.room_info(room)
         letters = "+" + "".join(letter for letter, setting in sorted(FLAG_MODES.items())
-                                if getattr(room, setting))
+                                if getattr(info, setting))
         params = []
-        if room.key:
+        if info.key:
             letters += "k"
-            params.append(room.key if self.user.id in room.members else "<key>")
-        if room.limit:
+            params.append(info.key if self.service.is_member(self.user, room) else "<key>")
+        if info.limit:
             letters += "l"
-            params.append(str(room.limit))
+            params.append(str(info.limit))
         return (self.numeric(N.RPL_CHANNELMODEIS, channel=channel, modes=" ".join([letters, *params]))
                 + self.numeric(N.RPL_CREATIONTIME, channel=channel, created=int(room.created_at)))
 
@@ -135,7 +136,7 @@ class ModesMixin:
             raise N.IRCError(N.ERR_CHANOPRIVSNEEDED, target=channel)
         changes = [change for change in (self._mode_change(room, *request) for request in wanted) if change]
         applied = await self.service.change_room(self.user, room, changes) if changes else []
-        if applied and self.user.id not in room.members:  # a server operator from outside sees it too
+        if applied and not self.service.is_member(self.user, room):  # a server operator outside sees it
             self.send(mode_lines(self.own_mask(), channel, applied, self.nick_of))
 
     def _mode_change(self, room, char: str, on: bool, argument: str) -> RoomChange | None:
@@ -162,7 +163,7 @@ class ModesMixin:
             except errors.NotFound:
                 self.reply(N.ERR_NOSUCHNICK, target=argument)
                 return None
-            if user.id not in room.members:
+            if not self.service.is_member(user, room):
                 self.reply(N.ERR_USERNOTINCHANNEL, target=argument, channel=channel)
                 return None
             return RoomChange(ROLE_MODES[char], on, user=user)
@@ -170,9 +171,8 @@ class ModesMixin:
 
     def ban_list(self, room) -> bytes:
         channel = "#" + room.name
-        bans = sorted(room.bans.values(), key=lambda ban: ban.set_at)
         lines = [self.numeric(N.RPL_BANLIST, channel=channel, mask=ban.mask, by=ban.set_by,
-                              at=int(ban.set_at)) for ban in bans]
+                              at=int(ban.set_at)) for ban in self.service.room_bans(room)]
         lines.append(self.numeric(N.RPL_ENDOFBANLIST, channel=channel))
         return b"".join(lines)
 

@@ -9,7 +9,6 @@ operator for as long as the connection lasts (or until ``MODE nick -o``).
 from __future__ import annotations
 
 from twisted.internet.defer import gatherResults
-from twisted.python import usage
 
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.message import serialise
@@ -21,7 +20,7 @@ def oper_entry(value: str) -> tuple[str, str]:
     """``NAME:PASSWORD`` (or ``NAME:<argon2 hash>``) from the command line."""
     name, colon, secret = value.partition(":")
     if not colon or not name or not secret or " " in name:
-        raise usage.UsageError(f"--irc-oper wants NAME:PASSWORD, not {value!r}")
+        raise ValueError(f"wants NAME:PASSWORD, not {value!r}")
     return name, secret
 
 

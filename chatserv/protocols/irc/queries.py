@@ -89,7 +89,7 @@ class QueriesMixin:
             return []
         if not self.sees_inside(room):
             return []
-        inside = self.user.id in room.members or self.service.is_server_operator(self.user)
+        inside = self.service.is_member(self.user, room) or self.service.is_server_operator(self.user)
         return [(user, room) for user in self.online_members(room) if inside or not self.is_invisible(user)]
 
     def _matching_users(self, target: str):
@@ -102,7 +102,7 @@ class QueriesMixin:
                 return []
         else:
             pattern = fold(target).replace("[", "[[]")
-        mates = {uid for room in self.service.rooms_of(self.user) for uid in room.members}
+        mates = {user.id for room in self.service.rooms_of(self.user) for user in self.service.members(room)}
         sees_all = self.service.is_server_operator(self.user)
         found = []
         for user in self.service.online_users():
