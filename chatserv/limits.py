@@ -7,39 +7,38 @@ import time
 
 import attrs
 
-
-def _limit(default, help_text: str):
-    """A limit with its own ``--help`` text (the others get one made from their name)."""
-    return attrs.field(default=default, metadata={"help": help_text})
+from chatserv.options import option
 
 
 @attrs.define
 class Limits:
-    max_line: int = 8192  # bytes in one line or frame
-    prelogin_timeout: float = 60.0  # seconds a connection may stay without logging in
-    idle_timeout: float = 600.0  # seconds without a request before a session is closed
-    login_attempts: int = 5  # failed logins before the connection is closed
-    messages_per_second: float = 10.0  # sustained message rate per session (0: unlimited)
-    message_burst: int = 20  # messages a session may send at once before the rate applies
-    send_queue: int = 1 << 20  # bytes queued for a slow reader before it is disconnected
-    max_pending_requests: int = 64  # parsed requests waiting their turn before reading pauses
-    max_body: int = 4096  # characters in one message body
-    history: int = 50  # messages replayed or returned by default
-    max_connections: int = 20000  # open connections on all ports together (0: unlimited)
-    connections_per_ip: int = 100  # open connections from one address (0: unlimited)
-    logins_per_ip: int = 2  # logins and registrations from one address hashing at once (0: unlimited)
-    hash_threads: int = 0  # argon2 hashes at once (0: one per CPU, at most 4)
-    hash_queue: int = 16  # hashes waiting for a thread before a login is told "busy, try again"
+    """What every port enforces; each field is also a ``twistd chatserv`` option (``--max-line``...)."""
+
+    max_line: int = option(8192, "bytes in one line or frame")
+    prelogin_timeout: float = option(60.0, "seconds a connection may stay without logging in")
+    idle_timeout: float = option(600.0, "seconds without a request before a session is closed")
+    login_attempts: int = option(5, "failed logins before the connection is closed")
+    messages_per_second: float = option(10.0, "sustained message rate per session (0: unlimited)")
+    message_burst: int = option(20, "messages a session may send at once before the rate applies")
+    send_queue: int = option(1 << 20, "bytes queued for a slow reader before it is disconnected")
+    max_pending_requests: int = option(64, "parsed requests waiting their turn before reading pauses")
+    max_body: int = option(4096, "characters in one message body")
+    history: int = option(50, "messages replayed or returned by default")
+    max_connections: int = option(20000, "open connections on all ports together (0: unlimited)")
+    connections_per_ip: int = option(100, "open connections from one address (0: unlimited)")
+    logins_per_ip: int = option(2, "logins and registrations from one address hashing at once (0: unlimited)")
+    hash_threads: int = option(0, "argon2 hashes at once (0: one per CPU, at most 4)")
+    hash_queue: int = option(16, "hashes waiting for a thread before a login is told 'busy, try again'")
     # Room creation (0: unlimited). Rates are rooms a minute once the burst is spent.
-    max_rooms: int = _limit(100_000, "rooms on the server (0: unlimited)")
-    max_rooms_per_user: int = _limit(100, "rooms one user created that still exist (0: unlimited)")
-    max_rooms_per_address: int = _limit(
+    max_rooms: int = option(100_000, "rooms on the server (0: unlimited)")
+    max_rooms_per_user: int = option(100, "rooms one user created that still exist (0: unlimited)")
+    max_rooms_per_address: int = option(
         1000, "rooms created from one address since the start that still exist (0: unlimited)")
-    room_rate_per_user: float = _limit(10.0, "rooms a user may create a minute after its burst (0: no limit)")
-    room_burst_per_user: int = _limit(20, "rooms a user may create at once")
-    room_rate_per_address: float = _limit(
+    room_rate_per_user: float = option(10.0, "rooms a user may create a minute after its burst (0: no limit)")
+    room_burst_per_user: int = option(20, "rooms a user may create at once")
+    room_rate_per_address: float = option(
         60.0, "rooms one address may create a minute after its burst (0: no limit)")
-    room_burst_per_address: int = _limit(100, "rooms one address may create at once")
+    room_burst_per_address: int = option(100, "rooms one address may create at once")
 
 
 class TokenBucket:
@@ -90,37 +89,6 @@ class RateTable:
 
     def forget(self, key):
         self._buckets.pop(key, None)
-
-
-class Deadline:
-    """One pending timeout: armed, pushed back by activity, cancelled; ``expired`` runs once."""
-
-    def __init__(self, clock, expired):
-        self._clock = clock
-        self._expired = expired
-        self._call = None
-        self._seconds = 0.0
-
-    def arm(self, seconds: float):
-        """Start the countdown afresh (a shorter one before login, the idle one after, ...)."""
-        self.cancel()
-        self._seconds = seconds
-        if seconds and seconds > 0:
-            self._call = self._clock.callLater(seconds, self._fire)
-
-    def push_back(self):
-        """Activity: the countdown starts again from its full length."""
-        if self._call is not None and self._call.active():
-            self._call.reset(self._seconds)
-
-    def cancel(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _fire(self):
-        self._call = None
-        self._expired()
 
 
 class QuietLog:

@@ -26,6 +26,7 @@ from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits, RateTable
 from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, HistoryBounds, Message, Room, User, fold
+from chatserv.room_settings import RoomSettings
 from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
@@ -78,9 +79,10 @@ class Session:
     # Hears the presence of the members of its user's rooms (IRC's JOIN and QUIT lines), not
     # everyone's: a login costs one delivery per room-mate, not one per connection.
     watches_room_presence: bool = False
+    server_operator: bool = False  # may manage every room (see RoomSettings.make_server_operator)
 
 
-class ChatService(service.Service):
+class ChatService(RoomSettings, service.Service):
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None):
         self.store = store
         self.hasher = hasher
@@ -121,7 +123,7 @@ class ChatService(service.Service):
         self._watching: dict[Session, set[int]] = {}
         self._tokens: list[tuple[str, int, float, float]] = []
         self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
-        self._operators: dict[int, set[int]] = {}
+        self._invites: dict[int, set[int]] = {}  # user id -> rooms it was invited to, until it joins
         self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
         # what accounts were shown in rooms the store does not keep: room id -> user id -> message id
         self._seen_unstored: dict[int, dict[int, int]] = collections.defaultdict(dict)
@@ -164,7 +166,10 @@ class ChatService(service.Service):
         return d
 
     def _failed_open(self, failure):
-        log.failure("cannot open the store", failure)
+        if failure.check(errors.StoreUnavailable):  # not a bug: one line says where and why
+            log.critical("cannot open the store: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("cannot open the store", failure)
         self._release_waiters(None, failure)
 
     def _release_waiters(self, _, failure):
@@ -192,21 +197,21 @@ class ChatService(service.Service):
 
     def validate_username(self, name) -> str:
         if not isinstance(name, str) or not _USERNAME.match(name):
-            raise errors.Invalid("invalid username")
+            raise errors.InvalidUsername()
         if fold(name) in RESERVED_NAMES:
-            raise errors.Invalid("reserved username")
+            raise errors.ReservedUsername()
         return name
 
     def _check_free(self, name, guest: User | None = None):
         holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
         if fold(name) in self._user_keys or (holder is not None and holder is not guest):
-            raise errors.AlreadyExists("username taken")
+            raise errors.UsernameTaken()
 
     def user(self, name) -> User:
         """The registered user of that name (case-insensitive), else NotFound."""
         user = self._user_keys.get(fold(name)) if isinstance(name, str) else None
         if user is None:
-            raise errors.NotFound("no such user")
+            raise errors.UserNotFound()
         return user
 
     def user_or_guest(self, name) -> User:
@@ -220,7 +225,7 @@ class ChatService(service.Service):
     def user_by_id(self, user_id) -> User:
         user = self._users.get(user_id)
         if user is None:
-            raise errors.NotFound("no such user")
+            raise errors.UserNotFound()
         return user
 
     def users(self) -> list[User]:
@@ -247,7 +252,7 @@ class ChatService(service.Service):
         """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
-            raise errors.Invalid("empty password")
+            raise errors.EmptyPassword()
         keepable(password, "password")
         self._check_free(username, guest)
         salt = new_salt()
@@ -260,7 +265,7 @@ class ChatService(service.Service):
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
-            raise errors.Invalid("empty password")
+            raise errors.EmptyPassword()
         keepable(digest, "password")
         self._check_free(username, guest)
         with self.throttle.hashing(address):
@@ -370,6 +375,7 @@ class ChatService(service.Service):
         self._guests.pop(fold(user.username), None)
         self._last_address.pop(user.id, None)
         self._user_room_rate.forget(user.id)
+        self._forget_roles(user)
         for room in list(self._rooms_of.get(user.id, ())):
             self._drop_member(room, user.id)
 
@@ -407,6 +413,9 @@ class ChatService(service.Service):
     def is_online(self, user: User) -> bool:
         return user.id in self._sessions
 
+    def online_count(self) -> int:
+        return len(self._sessions)
+
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
 
@@ -437,7 +446,7 @@ class ChatService(service.Service):
             owner = self._user_keys.get(fold(name))
             holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
             if (owner is not None and owner is not user) or (holder is not None and holder is not user):
-                raise errors.AlreadyExists("username taken")
+                raise errors.UsernameTaken()
             self._drop_alias(user)
             if name != user.username:
                 self._aliases[fold(name)] = user
@@ -459,7 +468,7 @@ class ChatService(service.Service):
     @deferred
     async def become(self, session: Session, account: User) -> None:
         """A guest's session logged in to ``account``: it becomes the account's session, and the
-        account joins the guest's rooms and takes its operator grants.
+        account joins the guest's rooms, past their settings, and takes its roles there.
 
         When the account was offline, whoever saw the guest sees it renamed (events.Renamed with
         ``before``) rather than leaving, and the account's other room-mates see it arrive; when
@@ -472,7 +481,7 @@ class ChatService(service.Service):
                 self._check_attached(session)
                 if account.id not in room.members:
                     await self._add_member(room, account, origin=session)
-                self._take_grants(room, guest, account)
+                await self._take_roles(room, guest, account)
             self._check_attached(session)
             self.detach(session, reason=f"Logged in as {account.username}")
             self._attach_session(session, account)
@@ -481,7 +490,7 @@ class ChatService(service.Service):
             self._check_attached(session)
             if account.id not in room.members:
                 await self._enroll(room, account)
-            self._take_grants(room, guest, account)
+            await self._take_roles(room, guest, account)
         self._check_attached(session)
         self._deliver_to_users(events.Renamed(account, guest.username, before=guest),
                                self._room_mates(guest), session)
@@ -498,11 +507,6 @@ class ChatService(service.Service):
         the store): it must not be attached again, as a session nobody would ever detach."""
         if session not in self._sessions.get(session.user.id, ()):
             raise errors.NotLoggedIn("the session has ended")
-
-    def _take_grants(self, room: Room, guest: User, account: User) -> None:
-        grants = self._operators.get(room.id, set())
-        if guest.id in grants:
-            grants.add(account.id)
 
     def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
         session.user = account
@@ -552,10 +556,10 @@ class ChatService(service.Service):
 
     def _registered_other(self, owner: User, name) -> User:
         if owner.guest:
-            raise errors.Denied("guests have no contacts")
+            raise errors.GuestDenied()
         other = self.user(name)
         if other.id == owner.id:
-            raise errors.Invalid("that is you")
+            raise errors.ContactIsSelf()
         return other
 
     @deferred
@@ -566,7 +570,7 @@ class ChatService(service.Service):
         heard by the owner alone: the other was never told of the block, and is not "added".
         """
         if status not in CONTACT_STATUSES:
-            raise errors.Invalid("unknown contact status")
+            raise errors.UnknownContactStatus()
         other = self._registered_other(owner, name)
         current = self.contact_status(owner, other)
         if current == status or (keep_existing and current is not None):
@@ -586,7 +590,7 @@ class ChatService(service.Service):
         other = self._registered_other(owner, name)
         previous = self.contact_status(owner, other)
         if previous is None:
-            raise errors.NotFound("not a contact")
+            raise errors.ContactNotFound()
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
         self._deliver_to_users(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
@@ -613,18 +617,21 @@ class ChatService(service.Service):
     def room(self, name) -> Room:
         room = self._rooms.get(fold(name)) if isinstance(name, str) else None
         if room is None:
-            raise errors.NotFound("no such room")
+            raise errors.RoomNotFound()
         return room
 
     def room_by_id(self, room_id) -> Room:
         """The room with that id (seed 004 names groups by id), else NotFound."""
         room = self._rooms_by_id.get(room_id)
         if room is None:
-            raise errors.NotFound("no such room")
+            raise errors.RoomNotFound()
         return room
 
     def rooms(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
+
+    def room_count(self) -> int:
+        return len(self._rooms)
 
     def rooms_of(self, user: User) -> list[Room]:
         return sorted(self._rooms_of.get(user.id, ()), key=lambda r: fold(r.name))
@@ -633,13 +640,19 @@ class ChatService(service.Service):
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
         return sorted((u for u in found if u), key=lambda u: fold(u.username))
 
+    def is_member(self, user: User, room: Room) -> bool:
+        return user.id in room.members
+
+    def topic(self, room: Room) -> str:
+        return room.topic
+
     def _guest_by_id(self, user_id):
         sessions = self._sessions.get(user_id)
         return sessions[0].user if sessions else None
 
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
-            raise errors.Invalid("invalid room name")
+            raise errors.InvalidRoomName()
         return keepable(name, "room name")
 
     def _check_room_quota(self, creator: User, address: str):
@@ -672,8 +685,6 @@ class ChatService(service.Service):
             self._created_by[creator.id].add(room)
             if address:
                 self._created_from[address].add(room)
-        if guest:  # a guest creator is an operator while it lives
-            self._operators.setdefault(room.id, set()).add(creator.id)
         if room.persistent:
             await self.store.add_room(room)
         return room
@@ -689,20 +700,25 @@ class ChatService(service.Service):
         request came from, for the per-address cap; by default the user's last address)."""
         self.validate_room_name(name)
         if fold(name) in self._rooms:
-            raise errors.AlreadyExists("room exists")
+            raise errors.RoomExists()
         room = await self._new_room(name, user, self._creator_address(user, None, address))
         await self._add_member(room, user, origin=None)
         return room
 
     @deferred
     async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
-                        address: str | None = None) -> Room:
-        """Join (and with ``create``, first create) a room; members hear of it."""
+                        address: str | None = None, key: str = "") -> Room:
+        """Join (and with ``create``, first create) a room; members hear of it.
+
+        The room's settings may refuse it (``errors.Banned``, ``InviteOnly``, ``WrongKey``,
+        ``RoomFull``): see ``RoomSettings``.
+        """
         if create and fold(self.validate_room_name(name)) not in self._rooms:
             room = await self._new_room(name, user, self._creator_address(user, origin, address))
         else:
             room = self.room(name)
         if user.id not in room.members:
+            self._check_join(user, room, key)
             await self._add_member(room, user, origin)
         return room
 
@@ -711,11 +727,14 @@ class ChatService(service.Service):
         self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
 
     async def _enroll(self, room, user):
-        """A membership, in memory and (an account's, in a persistent room) in the store."""
+        """A membership, in memory and (an account's, in a persistent room) in the store; its
+        roles too (see ``RoomSettings._joined``)."""
+        roles = self._joined(room, user)
         room.members.add(user.id)
         self._rooms_of[user.id].add(room)
         if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
+        await roles
 
     def _drop_member(self, room: Room, user_id: int):
         """End a membership in memory; a room that is not persistent vanishes once empty."""
@@ -730,7 +749,6 @@ class ChatService(service.Service):
 
     def _vanish(self, room: Room):
         del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
-        self._operators.pop(room.id, None)
         self._seen_unstored.pop(room.id, None)
         self._newest.pop(room.id, None)
         creator, address = self._creation.pop(room, (None, ""))
@@ -748,42 +766,29 @@ class ChatService(service.Service):
                          by: User | None = None, reason: str = "") -> Room:
         """End a membership; members, and the one leaving, hear of it."""
         room = self.room(name)
+        if by is not None and by.id != user.id and not self.can_manage(by, room):
+            raise errors.NotOperator()
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
+        roles = self._left(room, user)
         self._drop_member(room, user.id)
         if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
-        return room
-
-    def is_operator(self, user: User, room: Room) -> bool:
-        """The room's creator, or someone an operator made one (grants live in memory only)."""
-        if room.created_by is not None and room.created_by == user.id:
-            return True
-        return user.id in self._operators.get(room.id, ())
-
-    def set_operator(self, by: User, name, user: User, granted: bool) -> Room:
-        """An operator grants (or takes back) operator rights; the room's members hear of it.
-
-        The creator stays an operator whatever is taken back.
-        """
-        room = self.room(name)
-        if not self.is_operator(by, room):
-            raise errors.Denied("not an operator")
-        if user.id not in room.members:
-            raise errors.NotFound("not a member")
-        grants = self._operators.setdefault(room.id, set())
-        grants.add(user.id) if granted else grants.discard(user.id)
-        self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
+        await roles
         return room
 
     @deferred
     async def set_topic(self, user: User, name, topic: str, *, origin: Session | None = None) -> Room:
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
-        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
+            raise errors.NotMember()
+        topic = keepable(str(topic), "topic")[: self.limits.max_body]
+        if room.topic_locked and not self.can_manage(user, room):
+            raise errors.NotOperator()
+        room.topic = topic
+        room.topic_by, room.topic_at = user.username, self.clock.seconds()
         if room.persistent:
             await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
@@ -793,9 +798,9 @@ class ChatService(service.Service):
 
     def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
-            raise errors.Invalid("empty message")
+            raise errors.EmptyMessage()
         if len(body) > self.limits.max_body:
-            raise errors.Invalid("message too long")
+            raise errors.MessageTooLong()
         keepable(str(kind or "text"), "message type")
         return keepable(body, "message")
 
@@ -848,8 +853,7 @@ class ChatService(service.Service):
         try:
             self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
-            if sender.id not in room.members:
-                raise errors.Denied("not a member")
+            self._check_speak(sender, room)
         except errors.ChatError:
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)
@@ -892,7 +896,7 @@ class ChatService(service.Service):
         if room is not None:
             event.room = room = room if isinstance(room, Room) else self.room(room)
             if user.id not in room.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
             self._deliver_to_users(event, room.members, origin)
         elif to is not None:
             event.recipient = recipient = to if isinstance(to, User) else self.user_or_guest(to)
@@ -905,7 +909,7 @@ class ChatService(service.Service):
         """Deferred[list[Message]] of a room the user is in, oldest first."""
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         return self.store.room_history(room.id, limit or self.limits.history, before_id)
 
     def direct_history(self, user: User, other, limit=None, before_id=None) -> Deferred:
@@ -918,7 +922,7 @@ class ChatService(service.Service):
         user must be in) or those between the user and ``target`` (a User), within ``bounds``."""
         if isinstance(target, Room):
             if user.id not in target.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
             return self.store.message_range(bounds, limit, room_id=target.id)
         return self.store.message_range(bounds, limit, pair=(user.id, target.id))
 
@@ -1013,7 +1017,7 @@ class ChatService(service.Service):
         ``up_to`` (default: its newest). Marks only move forward; every session of the user
         hears it (ReadMarked), so each clears its unread count. Returns the mark given."""
         if room is not None and user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         if up_to is None:
             newest = await (self.store.room_history(room.id, 1) if room is not None
                             else self.store.direct_history(user.id, peer.id, 1))
@@ -1037,6 +1041,10 @@ class ChatService(service.Service):
         return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
+
+    def is_banned(self, address: str) -> bool:
+        """``address`` as ``bans.ban_key`` writes it."""
+        return address in self.bans
 
     @deferred
     async def ban(self, address: str) -> None:

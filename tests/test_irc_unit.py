@@ -4,20 +4,21 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from chatserv import errors
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
+from chatserv.model import RoomChange
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.test_chatroom import Gated, Instant
+from chatserv.tap import Options
+from chatserv.wire import ConnectionTracker
+from tests.support import HeldHasher, InstantHasher, cheap_hasher
 
 # lines
 
@@ -84,16 +85,19 @@ def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
 
 
 async def connect(chat=None, **options):
-    """A registered-to-nothing IRC connection on a fake clock (``chat``: a service of the
-    test's own, on its clock)."""
+    """A connection with flood control off and a 100 s ping (``options`` override them)."""
+    settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
+    return await irc_connection(settings, chat)
+
+
+async def irc_connection(settings: dict, chat=None):
+    """``chat``: a started service of the test's own (its clock is the connection's)."""
     limits = Limits(prelogin_timeout=30, send_queue=1000)
     if chat is None:
-        chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                           MemoryReactorClock(), limits)
+        chat = ChatService(MemoryStore(), cheap_hasher(), MemoryReactorClock(), limits)
         chat.startService()
         await chat.when_ready()
     clock = chat.clock
-    settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
     factory = IRCFactory(chat, ConnectionTracker(clock), limits, clock, settings)
     connection = factory.buildProtocol(None)
     transport = StringTransport()
@@ -131,6 +135,27 @@ async def test_registration_times_out_with_an_error_line():
     clock.advance(31)
     assert take(transport) == [b"ERROR :Closing Link: chatserv (Registration timed out)"]
     assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_given_no_options_floods_and_pings_as_twistd_help_says():
+    """Each default is declared once: an IRC port built with no options at all (as a test or
+    another program may build one) holds the values ``twistd chatserv --help`` shows."""
+    shown = Options()  # the defaults --help lists
+    burst, rate = shown["irc-flood-burst"], shown["irc-flood-rate"]
+    clock, connection, transport = await irc_connection({})
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    take(transport)
+    connection.dataReceived(b"MOTD\r\n" * (burst + 2))
+    assert sum(b" 376 " in line for line in take(transport)) == burst
+    clock.advance(1 / rate)
+    assert sum(b" 376 " in line for line in take(transport)) == 1
+    clock.advance(1 / rate)
+    assert sum(b" 376 " in line for line in take(transport)) == 1
+    clock.advance(shown["irc-ping-interval"] - 1)  # idle since the last command
+    assert take(transport) == []
+    clock.advance(2)
+    assert take(transport) == [b"PING chatserv"]
 
 
 @pytest_twisted.ensureDeferred
@@ -197,7 +222,7 @@ async def identify_and_leave(held_owner, held_name):
     """A guest on a room kept in the store logs in to dave and drops its connection while
     ``held_owner.held_name`` (a step of the login) waits; then that step goes on. Returns the
     service."""
-    hasher = Gated()
+    hasher = HeldHasher()
     chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
     chat.startService()
     await chat.when_ready()
@@ -235,7 +260,7 @@ async def test_a_guest_that_leaves_while_it_logs_in_is_gone_and_its_messages_wai
 
 @pytest_twisted.ensureDeferred
 async def test_a_guest_that_leaves_while_it_logs_in_to_an_account_online_elsewhere_leaves_no_session():
-    hasher = Gated()
+    hasher = HeldHasher()
     chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
     chat.startService()
     await chat.when_ready()
@@ -257,7 +282,7 @@ async def test_a_guest_that_leaves_while_it_logs_in_to_an_account_online_elsewhe
 
 @pytest_twisted.ensureDeferred
 async def test_an_account_that_leaves_during_its_replay_still_has_its_messages_waiting():
-    chat = ChatService(MemoryStore(), Instant(), MemoryReactorClock(), Limits())
+    chat = ChatService(MemoryStore(), InstantHasher(), MemoryReactorClock(), Limits())
     chat.startService()
     await chat.when_ready()
     owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
@@ -292,7 +317,7 @@ def table_sizes(*owners) -> dict:
 async def test_guests_that_came_and_went_leave_the_tables_as_they_were():
     """Guest ids are never reused, so whatever is kept by a guest's id once it has gone is
     kept for good: a stream of guests would grow the daemon without bound."""
-    chat = ChatService(MemoryStore(), Gated(), MemoryReactorClock(), Limits())
+    chat = ChatService(MemoryStore(), HeldHasher(), MemoryReactorClock(), Limits())
     chat.startService()
     await chat.when_ready()
     await chat.register("dave", "pw")
@@ -335,8 +360,7 @@ class Sink:
 
 async def service():
     clock = MemoryReactorClock()
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, Limits())
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, Limits())
     chat.startService()
     return await chat.when_ready()
 
@@ -350,14 +374,16 @@ async def test_operators_grant_and_take_back_and_members_hear_of_it():
     await chat.join_room(bob, "ops")
     sink = Sink()
     chat.attach(bob, sink, "test")
-    room = chat.set_operator(alice, "ops", bob, True)
-    assert chat.is_operator(bob, room) and sink.events[-1].granted and sink.events[-1].by is alice
-    chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
+    room = chat.room("ops")
+    await chat.change_room(alice, "ops", [RoomChange("operator", True, user=bob)])
+    granted = sink.events[-1]
+    assert chat.is_operator(bob, room) and granted.changes[0].value and granted.by is alice
+    await chat.change_room(bob, "ops", [RoomChange("operator", False, user=alice)])  # the creator stays one
     assert chat.is_operator(alice, room)
-    chat.set_operator(alice, "ops", bob, False)
+    await chat.change_room(alice, "ops", [RoomChange("operator", False, user=bob)])
     assert not chat.is_operator(bob, room)
-    with pytest.raises(errors.Denied):
-        chat.set_operator(bob, "ops", bob, True)
+    with pytest.raises(errors.NotOperator):
+        await chat.change_room(bob, "ops", [RoomChange("operator", True, user=bob)])
 
 
 @pytest_twisted.ensureDeferred
