@@ -1,5 +1,8 @@
 """IRC lines, and one IRC connection driven by a fake clock and an in-memory transport."""
 
+import subprocess
+import sys
+
 import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
@@ -13,12 +16,12 @@ from chatserv.limits import Limits
 from chatserv.model import RoomChange
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
-from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
+from chatserv.protocols.irc.message import IRCFramer, LineTooLong, glob_match, parse, serialise, split_text
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.tap import Options
 from chatserv.wire import ConnectionTracker
-from tests.support import HeldHasher, InstantHasher, cheap_hasher
+from tests.support import ROOT, TIMEOUT, HeldHasher, InstantHasher, cheap_hasher
 
 # lines
 
@@ -71,6 +74,23 @@ def test_split_text_keeps_lines_and_utf8_within_the_budget():
     assert chunks[0] == "one"
     assert all(len(c.encode()) <= 100 for c in chunks)
     assert "".join(chunks[1:]) == "two " + "é" * 300
+
+
+def test_wildcards_match_irc_masks():
+    assert glob_match("#*", "#lobby") and glob_match("b?b", "bob") and glob_match("*", "")
+    assert not glob_match("#*", "bob") and not glob_match("b?b", "bb")
+    assert glob_match("[x]*", "[x]y") and not glob_match("[x]*", "xy")  # only * and ? are special
+
+
+def test_a_wildcard_pattern_costs_no_more_than_its_length_times_the_names():
+    """``*a*a*a...c`` against a long name: as a backtracking regex, one guest's
+    ``PRIVMSG *playback :PLAY *a*a*a*a*a*a*a*ac 0`` held the reactor (every port) for 3.6 s,
+    and each further ``*a`` multiplies that. Run apart, so that a regression fails at the
+    usual wait instead of hanging the suite."""
+    script = ("from chatserv.protocols.irc.message import glob_match\n"
+              "print(glob_match('*a' * 40 + 'c', '#' + 'a' * 49), glob_match('*a' * 40, 'a' * 50))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert done.stdout == b"False True\n", done.stderr
 
 
 def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
