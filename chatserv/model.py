@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from chatserv.bus import Subscription
+
 CONTACT_STATUSES = frozenset({"friend", "new", "blocked", "last_words", "timeout"})
 LOBBY = "lobby"
 
@@ -50,6 +52,19 @@ class Room:
     topic: str = ""
     members: set[int] = attrs.field(factory=set)
     persistent: bool = True
+
+
+@attrs.define(eq=False)
+class Session:
+    """One live connection (or REST session) of a user on one protocol. ``subscribes``: what
+    its sink renders (``chatserv.bus.Subscription``), beyond what every sink hears."""
+
+    id: int
+    user: User
+    protocol: str
+    address: str
+    sink: object
+    subscribes: Subscription = Subscription.DIRECT
 
 
 @attrs.frozen

@@ -1,7 +1,8 @@
 """ChatService: the domain. Accounts, sessions and presence, contacts, blocks, rooms, messages.
 
 It knows no wire format. Protocols call it with a logged-in ``Session`` (or a ``User``) and
-get Deferreds back; live events reach sessions through ``sink.deliver(event)``. The small
+get Deferreds back; live events go out through one seam, ``self.bus.publish(event, audience)``
+(``chatserv.bus``), which hands them to the sinks that subscribed. The small
 tables live in memory here and are written through to the store; every change is durable
 before the Deferred that reports it fires, and a message is stored before anyone sees it.
 """
@@ -15,7 +16,6 @@ import itertools
 import re
 from collections.abc import Iterable
 
-import attrs
 from prometheus_client import Histogram
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -23,9 +23,21 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from chatserv import errors, events
+from chatserv.bus import Audience, IBus, Subscription, to_room, to_users
+from chatserv.bus.local import LocalBus
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits, RateTable
-from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, HistoryBounds, Message, Room, User, fold
+from chatserv.model import (
+    CONTACT_STATUSES,
+    LOBBY,
+    Conversation,
+    HistoryBounds,
+    Message,
+    Room,
+    Session,
+    User,
+    fold,
+)
 from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
@@ -61,28 +73,30 @@ def deferred(method):
     return wrapper
 
 
-@attrs.define(eq=False)
-class Session:
-    """One live connection (or REST session) of a user on one protocol."""
+class _Directory:
+    """What the bus asks the domain to resolve an audience (``chatserv.bus.IDirectory``)."""
 
-    id: int
-    user: User
-    protocol: str
-    address: str
-    sink: object
-    accepts_direct: bool = True
-    watches_presence: bool = False
-    # Hears direct messages but they count as delivered only once it says so (mark_delivered):
-    # a wire whose pushes can fail (seed 001 connects to its client) leaves them in the inbox.
-    confirms_direct: bool = False
-    # Hears the presence of the members of its user's rooms (IRC's JOIN and QUIT lines), not
-    # everyone's: a login costs one delivery per room-mate, not one per connection.
-    watches_room_presence: bool = False
+    def __init__(self, service: ChatService):
+        self._service = service
+
+    def room_members(self, room_id):
+        room = self._service._rooms_by_id.get(room_id)
+        return room.members if room is not None else ()
+
+    def rooms_of(self, user_id):
+        return [room.id for room in self._service._rooms_of.get(user_id, ())]
+
+    def contact_owners(self, user_id):
+        return self._service._contact_of.get(user_id, ())
+
+    def blockers_of(self, user_id):
+        return self._service._blocked_by.get(user_id) or ()
 
 
 class ChatService(service.Service):
-    def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None):
+    def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None, bus: IBus | None = None):
         self.store = store
+        self.bus = bus if bus is not None else LocalBus(_Directory(self))
         self.hasher = hasher
         self.clock = clock
         self.limits = limits or Limits()
@@ -114,11 +128,6 @@ class ChatService(service.Service):
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
         self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
-        self._sessions: dict[int, list[Session]] = {}
-        self._watchers: set[Session] = set()
-        # sessions that hear one user's presence without being their contact, and the reverse
-        self._presence_watchers: dict[int, set[Session]] = collections.defaultdict(set)
-        self._watching: dict[Session, set[int]] = {}
         self._tokens: list[tuple[str, int, float, float]] = []
         self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
         self._operators: dict[int, set[int]] = {}
@@ -332,35 +341,30 @@ class ChatService(service.Service):
     # sessions and presence
 
     def attach(self, user: User, sink, protocol: str, address: str = "", *,
-               accepts_direct: bool = True, watches_presence: bool = False,
-               confirms_direct: bool = False, watches_room_presence: bool = False) -> Session:
-        """Register a live session; the first one of a user brings them online."""
-        session = Session(next(self._session_ids), user, protocol, address, sink,
-                          accepts_direct, watches_presence, confirms_direct, watches_room_presence)
-        sessions = self._sessions.setdefault(user.id, [])
-        sessions.append(session)
+               subscribes: Subscription | None = None) -> Session:
+        """Register a live session; the first one of a user brings them online.
+
+        ``subscribes``: what the sink renders, by default its ``subscribes`` attribute (else
+        direct messages, besides what every sink hears).
+        """
+        if subscribes is None:
+            subscribes = getattr(sink, "subscribes", Subscription.DIRECT)
+        session = Session(next(self._session_ids), user, protocol, address, sink, subscribes)
+        first = not self.bus.sessions_of(user.id)
+        self.bus.subscribe(session)
         if address:
             self._last_address[user.id] = address
-        if watches_presence:
-            self._watchers.add(session)
         self.stats["sessions"] += 1
-        if len(sessions) == 1:
+        if first:
             self._presence(user, True, protocol, origin=session)
         return session
 
     def detach(self, session: Session, reason: str = "") -> None:
         """Unregister a session; the last one of a user takes them offline (``reason``: why)."""
-        sessions = self._sessions.get(session.user.id)
-        if not sessions or session not in sessions:
+        if session not in self.bus.sessions_of(session.user.id):
             return
-        sessions.remove(session)
-        self._watchers.discard(session)
-        for uid in self._watching.pop(session, ()):
-            self._presence_watchers[uid].discard(session)
-            if not self._presence_watchers[uid]:
-                del self._presence_watchers[uid]
-        if not sessions:
-            del self._sessions[session.user.id]
+        self.bus.unsubscribe(session)
+        if not self.bus.sessions_of(session.user.id):
             # Watchers hear of it while a leaving guest's rooms still name it (IRC's QUIT needs them).
             self._presence(session.user, False, session.protocol, origin=session, reason=reason)
             self._drop_alias(session.user)
@@ -374,36 +378,23 @@ class ChatService(service.Service):
             self._drop_member(room, user.id)
 
     def _presence(self, user, online, protocol, origin, reason="", renamed_from=None):
-        event = events.PresenceChanged(user, online, protocol, reason, renamed_from)
-        targets = set(self._watchers)
-        targets.update(self._presence_watchers.get(user.id, ()))
-        for owner in self._contact_of.get(user.id, ()):
-            targets.update(self._sessions.get(owner, ()))
-        for room in self._rooms_of.get(user.id, ()):
-            for uid in room.members:
-                targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
-        targets.discard(origin)
-        for session in targets:
-            session.sink.deliver(event)
+        self.bus.publish(events.PresenceChanged(user, online, protocol, reason, renamed_from),
+                         Audience(presence_of=user.id, skip_session=origin.id))
 
     def watch_presence_of(self, session: Session, users: Iterable[User]) -> None:
         """``session`` also hears when ``users`` come and go: people it has a conversation with
         who are not its user's contacts (a contact's presence reaches it anyway)."""
-        if self._sessions.get(session.user.id) is None or session not in self._sessions[session.user.id]:
-            return
-        watching = self._watching.setdefault(session, set())
-        for user in users:
-            watching.add(user.id)
-            self._presence_watchers[user.id].add(session)
+        self.bus.watch_presence(session, [user.id for user in users])
 
     def sessions_of(self, user: User) -> list[Session]:
-        return list(self._sessions.get(user.id, ()))
+        return list(self.bus.sessions_of(user.id))
 
     def is_online(self, user: User) -> bool:
-        return user.id in self._sessions
+        return bool(self.bus.sessions_of(user.id))
 
     def online_users(self) -> list[User]:
-        return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
+        found = (self.bus.sessions_of(uid)[0].user for uid in list(self.bus.users_online()))
+        return sorted(found, key=lambda u: fold(u.username))
 
     # names: while online, an account may go by another name than its username (an IRC nick)
 
@@ -437,7 +428,7 @@ class ChatService(service.Service):
             if name != user.username:
                 self._aliases[fold(name)] = user
                 self._alias_of[user.id] = name
-        self._deliver_to_users(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
+        self._publish(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
         return name
 
     def _drop_alias(self, user: User) -> None:
@@ -474,10 +465,8 @@ class ChatService(service.Service):
             if account.id not in room.members:
                 await self._enroll(room, account)
             self._take_grants(room, guest, account)
-        self._deliver_to_users(events.Renamed(account, guest.username, before=guest),
-                               self._room_mates(guest), session)
-        self._sessions.pop(guest.id, None)
-        self._watchers.discard(session)
+        self._publish(events.Renamed(account, guest.username, before=guest), self._room_mates(guest), session)
+        self.bus.unsubscribe(session)
         self._attach_session(session, account, renamed_from=guest)
         self._forget_guest(guest)  # gone without a word where the rename was shown
         self._presence(guest, False, session.protocol, origin=session,
@@ -490,18 +479,17 @@ class ChatService(service.Service):
 
     def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
         session.user = account
-        sessions = self._sessions.setdefault(account.id, [])
-        sessions.append(session)
-        if session.watches_presence:
-            self._watchers.add(session)
-        if len(sessions) == 1:
+        first = not self.bus.sessions_of(account.id)
+        self.bus.subscribe(session)
+        if first:
             self._presence(account, True, session.protocol, origin=session, renamed_from=renamed_from)
 
     def kick_others(self, session: Session, reason: str) -> None:
         """End the user's other sessions on the same protocol (a second login kicks the first)."""
-        for other in self.sessions_of(session.user):
-            if other is not session and other.protocol == session.protocol:
-                other.sink.deliver(events.Kicked(reason))
+        others = [other.id for other in self.sessions_of(session.user)
+                  if other is not session and other.protocol == session.protocol]
+        if others:
+            self.bus.publish(events.Kicked(reason), Audience(sessions=frozenset(others)))
 
     # contacts and blocks
 
@@ -559,7 +547,7 @@ class ChatService(service.Service):
         self._index_contact(owner.id, other.id, status, before_block)
         await self.store.set_contact(owner.id, other.id, status, before_block)
         event = events.ContactChanged(owner, other, status, current)
-        self._deliver_to_users(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
+        self._publish(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
 
     def add_contact(self, owner: User, name, status="friend"):
@@ -573,7 +561,7 @@ class ChatService(service.Service):
             raise errors.ContactNotFound()
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
-        self._deliver_to_users(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
+        self._publish(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
         return other
 
     def block(self, owner: User, name):
@@ -624,7 +612,7 @@ class ChatService(service.Service):
         return room.topic
 
     def _guest_by_id(self, user_id):
-        sessions = self._sessions.get(user_id)
+        sessions = self.bus.sessions_of(user_id)
         return sessions[0].user if sessions else None
 
     def validate_room_name(self, name) -> str:
@@ -698,7 +686,7 @@ class ChatService(service.Service):
 
     async def _add_member(self, room, user, origin):
         await self._enroll(room, user)
-        self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
+        self._publish_to_room(events.MembershipChanged(room, user, True), room, origin)
 
     async def _enroll(self, room, user):
         """A membership, in memory and (an account's, in a persistent room) in the store."""
@@ -741,7 +729,7 @@ class ChatService(service.Service):
         if user.id not in room.members:
             raise errors.NotMember()
         event = events.MembershipChanged(room, user, False, by, reason)
-        self._deliver_to_users(event, room.members, origin)
+        self._publish_to_room(event, room, origin)
         self._drop_member(room, user.id)
         if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
@@ -765,7 +753,7 @@ class ChatService(service.Service):
             raise errors.MemberNotFound()
         grants = self._operators.setdefault(room.id, set())
         grants.add(user.id) if granted else grants.discard(user.id)
-        self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
+        self._publish_to_room(events.OperatorChanged(room, user, granted, by), room)
         return room
 
     @deferred
@@ -776,7 +764,7 @@ class ChatService(service.Service):
         room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
         if room.persistent:
             await self.store.update_room(room)
-        self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
+        self._publish_to_room(events.TopicChanged(room, user, room.topic), room, origin)
         return room
 
     # messages
@@ -804,22 +792,15 @@ class ChatService(service.Service):
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
-        live = [s for s in self._sessions.get(recipient.id, ()) if s.accepts_direct]
-        confirming = [s for s in self._sessions.get(recipient.id, ())
-                      if s.confirms_direct and not s.accepts_direct]
-        message = self._new_message(sender, body, kind, recipient_id=recipient.id,
-                                    delivered=bool(live))
+        live = any(s.subscribes & Subscription.DIRECT for s in self.bus.sessions_of(recipient.id))
+        message = self._new_message(sender, body, kind, recipient_id=recipient.id, delivered=live)
         await self.store.add_message(message)
         self.stats["messages"] += 1
         event = events.DirectMessage(message, sender, recipient, tags)
-        for session in live + confirming:
-            session.sink.deliver(event)
-        delivered = len(live) + len(confirming)
-        if recipient.id != sender.id:
-            for session in self._sessions.get(sender.id, ()):
-                if session is not origin:
-                    session.sink.deliver(event)
-                    delivered += 1
+        if recipient.id == sender.id:  # to oneself: every session, the origin too
+            delivered = self._publish(event, (sender.id,))
+        else:  # the recipient's sessions, and the sender's others
+            delivered = self._publish(event, (recipient.id, sender.id), origin)
         self._delivered(message, delivered)
         return message
 
@@ -850,45 +831,38 @@ class ChatService(service.Service):
     def _fan_out(self, _, event: events.RoomMessage, origin: Session | None) -> Message:
         self.stats["messages"] += 1
         self._newest[event.room.id] = event.message.id
-        blockers = self._blocked_by.get(event.sender.id) or ()
-        sessions = self._sessions
-        delivered = 0
-        for uid in event.room.members:
-            if uid in blockers:
-                continue
-            for session in sessions.get(uid, ()):
-                if session is not origin:
-                    session.sink.deliver(event)
-                    delivered += 1
-        self._delivered(event.message, delivered)
+        audience = to_room(event.room.id, skip_session=origin.id if origin is not None else None,
+                           skip_blockers_of=event.sender.id)
+        self._delivered(event.message, self.bus.publish(event, audience))
         return event.message
 
     def typing(self, user: User, active: bool, *, room=None, to=None,
                origin: Session | None = None, tags: dict | None = None) -> None:
         """Tell a room's members, or one user, that ``user`` is typing (``tags``: an IRC
         TAGMSG's client-only tags, relayed with it)."""
-        self._relay(events.Typing(user, bool(active), tags=tags), room, to, origin)
+        self._relay(events.Typing, dict(user=user, active=bool(active), tags=tags), room, to, origin)
 
     def tag_message(self, user: User, tags: dict, *, room=None, to=None,
                     origin: Session | None = None) -> None:
         """Relay client-only tags on their own (reactions, replies) to a room or one user."""
-        self._relay(events.Tagged(user, dict(tags)), room, to, origin)
+        self._relay(events.Tagged, dict(user=user, tags=dict(tags)), room, to, origin)
 
-    def _relay(self, event, room, to, origin):
-        """Deliver a never-stored event to a room's members, or to one user unless they blocked
+    def _relay(self, kind, fields: dict, room, to, origin):
+        """Publish a never-stored event to a room's members, or to one user unless they blocked
         the sender; the sender's other sessions hear it too."""
-        user = event.user
+        user = fields["user"]
         if room is not None:
-            event.room = room = room if isinstance(room, Room) else self.room(room)
+            room = room if isinstance(room, Room) else self.room(room)
             if user.id not in room.members:
                 raise errors.NotMember()
-            self._deliver_to_users(event, room.members, origin)
+            self._publish_to_room(kind(room=room, **fields), room, origin)
         elif to is not None:
-            event.recipient = recipient = to if isinstance(to, User) else self.user_or_guest(to)
+            recipient = to if isinstance(to, User) else self.user_or_guest(to)
             if not self.has_blocked(recipient, user):
-                self._deliver_to_users(event, (recipient.id,))  # the origin too, when it is to itself
+                event = kind(recipient=recipient, **fields)
+                self._publish(event, (recipient.id,))  # the origin too, when it is to itself
                 if recipient.id != user.id:
-                    self._deliver_to_users(event, (user.id,), origin)
+                    self._publish(event, (user.id,), origin)
 
     def room_history(self, user: User, name, limit=None, before_id=None) -> Deferred:
         """Deferred[list[Message]] of a room the user is in, oldest first."""
@@ -1009,7 +983,7 @@ class ChatService(service.Service):
             up_to = newest[-1].id if newest else 0
         kind, target = ("room", room.id) if room is not None else ("user", peer.id)
         await self.store.set_read_mark(user.id, kind, target, up_to)
-        self._deliver_to_users(events.ReadMarked(user, up_to, peer=peer, room=room), (user.id,))
+        self._publish(events.ReadMarked(user, up_to, peer=peer, room=room), (user.id,))
         return up_to
 
     # login tokens: seed 004's session IDs, kept so that a restart keeps web users logged in
@@ -1043,8 +1017,9 @@ class ChatService(service.Service):
 
     # delivery
 
-    def _deliver_to_users(self, event, user_ids: Iterable[int], origin: Session | None = None):
-        for uid in list(user_ids):
-            for session in self._sessions.get(uid, ()):
-                if session is not origin:
-                    session.sink.deliver(event)
+    def _publish(self, event, user_ids: Iterable[int], origin: Session | None = None) -> int:
+        """Publish ``event`` to these users' sessions but ``origin``."""
+        return self.bus.publish(event, to_users(*user_ids, skip_session=origin.id if origin else None))
+
+    def _publish_to_room(self, event, room: Room, origin: Session | None = None) -> int:
+        return self.bus.publish(event, to_room(room.id, skip_session=origin.id if origin else None))

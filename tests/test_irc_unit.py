@@ -8,6 +8,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from chatserv import errors
+from chatserv.bus import Subscription
+from chatserv.events import UserRef
 from chatserv.limits import Limits
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
@@ -208,7 +210,7 @@ async def test_operators_grant_and_take_back_and_members_hear_of_it():
     sink = Sink()
     chat.attach(bob, sink, "test")
     room = chat.set_operator(alice, "ops", bob, True)
-    assert chat.is_operator(bob, room) and sink.events[-1].granted and sink.events[-1].by is alice
+    assert chat.is_operator(bob, room) and sink.events[-1].granted and sink.events[-1].by == UserRef.of(alice)
     chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
     assert chat.is_operator(alice, room)
     chat.set_operator(alice, "ops", bob, False)
@@ -239,7 +241,8 @@ async def test_watchers_hear_a_guest_leave_while_its_rooms_still_name_it():
     seen = []
     watcher = Sink()
     watcher.deliver = lambda event: seen.append(guest.id in chat.room("lobby").members)
-    chat.attach(await chat.register("bob", "pw"), watcher, "test", watches_presence=True)
+    chat.attach(await chat.register("bob", "pw"), watcher, "test",
+                subscribes=Subscription.DIRECT | Subscription.PRESENCE)
     chat.detach(session)
     assert seen == [True] and guest.id not in chat.room("lobby").members
 

@@ -6,7 +6,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from chatserv import errors, events
+from chatserv.bus import Subscription
 from chatserv.credentials import password_digest
+from chatserv.events import UserRef
 from chatserv.model import LOBBY
 from chatserv.service import ChatService
 from chatserv.store import open_store
@@ -125,7 +127,7 @@ async def test_presence_reaches_contacts_and_watchers_once(chat):
     bob_sink, carol_sink, watcher = Sink(), Sink(), Sink()
     chat.attach(bob, bob_sink, "test")
     chat.attach(carol, carol_sink, "test")
-    chat.attach(carol, watcher, "test", watches_presence=True)
+    chat.attach(carol, watcher, "test", subscribes=Subscription.DIRECT | Subscription.PRESENCE)
     first = chat.attach(alice, Sink(), "test", "10.1.1.1")
     second = chat.attach(alice, Sink(), "other")
     assert [(e.user.username, e.online) for e in bob_sink.of(events.PresenceChanged)] == [("alice", True)]
@@ -276,7 +278,7 @@ async def test_conversations_list_everyone_written_to_with_unread_counts(chat):
         chat.attach(alice, sink, "test")
     assert await chat.mark_read(alice, peer=bob) == found[2].last.id
     assert [(e.peer, e.up_to) for s in sessions for e in s.of(events.ReadMarked)] == [
-        (bob, found[2].last.id)] * 2
+        (UserRef.of(bob), found[2].last.id)] * 2
     await chat.send_room(alice, "games", "more")  # one's own messages are never unread
     await chat.join_room(bob, "games")
     await chat.mark_read(alice, room=found[0].room, up_to=0)
@@ -295,17 +297,18 @@ async def test_presence_reaches_those_who_watch_a_non_contact(chat):
     chat.watch_presence_of(session, [bob])
     bob_session = chat.attach(bob, Sink(), "test")
     chat.detach(bob_session)
-    assert [(e.user, e.online) for e in sink.of(events.PresenceChanged)] == [(bob, True), (bob, False)]
+    assert [(e.user, e.online) for e in sink.of(events.PresenceChanged)] == [
+        (UserRef.of(bob), True), (UserRef.of(bob), False)]
     chat.detach(session)
     chat.attach(bob, Sink(), "test")
-    assert len(sink.of(events.PresenceChanged)) == 2 and chat._presence_watchers == {}
+    assert len(sink.of(events.PresenceChanged)) == 2 and chat.bus._watchers == {}
 
 
 @pytest_twisted.ensureDeferred
 async def test_direct_messages_wait_in_the_inbox_until_taken(chat):
     alice, bob = await users(chat, "alice", "bob")
     await chat.send_direct(alice, "bob", "while you were out")
-    skype_like = chat.attach(bob, Sink(), "test", accepts_direct=False)
+    skype_like = chat.attach(bob, Sink(), "test", subscribes=Subscription.NONE)
     await chat.send_direct(alice, "bob", "you cannot see this here")
     chat.detach(skype_like)
     waiting = await chat.take_undelivered(bob)

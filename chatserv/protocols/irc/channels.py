@@ -239,7 +239,7 @@ class ChannelsMixin:
             if event.joined:
                 if key in self.channels:
                     return None
-                self.show_join(room)
+                self.show_join(self.service.room_by_id(room.id))
                 return None
             if self.channels.pop(key, None) is None:
                 return None
@@ -250,8 +250,7 @@ class ChannelsMixin:
     def render_topic(self, event):
         if fold(event.room.name) not in self.channels:
             return None
-        topic = self.service.topic(event.room)
-        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, topic,
+        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.text,
                                                           prefix=self.mask_of(event.by)))
 
     def render_operator(self, event):
