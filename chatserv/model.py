@@ -107,11 +107,7 @@ class Snapshot:
     rooms: list[Room]
     contacts: list[tuple[int, int, str, str | None]]  # owner, contact, status, status before a block
     bans: list[str]
-    next_user_id: int
-    next_room_id: int
-    next_message_id: int
     salt_secret: bytes  # kept in the store: fake salts for unknown names derive from it
-    last_guest_id: int = 0  # the lowest guest id ever handed out: guest ids are never reused
     # Live login tokens: (SHA-256 digest of the token, user id, created at, last used).
     tokens: list[tuple[str, int, float, float]] = attrs.field(factory=list)
 

@@ -16,6 +16,7 @@ import itertools
 import re
 from collections.abc import Iterable
 
+import attrs
 from prometheus_client import Histogram
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -137,7 +138,9 @@ class ChatService(service.Service):
         self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
-        self._guest_ids = itertools.count(-1, -1)
+        # Names being registered, and rooms being created, while the store writes them.
+        self._registering: set[str] = set()
+        self._creating: dict[str, Deferred] = {}
 
     # life cycle
 
@@ -162,10 +165,6 @@ class ChatService(service.Service):
         self.bans = set(snapshot.bans)
         self._tokens = list(snapshot.tokens)
         self._salt_secret = snapshot.salt_secret
-        self._next_user = itertools.count(snapshot.next_user_id)
-        self._next_room = itertools.count(snapshot.next_room_id)
-        self._next_message = itertools.count(snapshot.next_message_id)
-        self._guest_ids = itertools.count(snapshot.last_guest_id - 1, -1)
         d = succeed(None)
         if fold(LOBBY) not in self._rooms:
             d = Deferred.fromCoroutine(self._new_room(LOBBY, None))
@@ -211,7 +210,8 @@ class ChatService(service.Service):
 
     def _check_free(self, name, guest: User | None = None):
         holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
-        if fold(name) in self._user_keys or (holder is not None and holder is not guest):
+        if (fold(name) in self._user_keys or fold(name) in self._registering
+                or (holder is not None and holder is not guest)):
             raise errors.UsernameTaken()
 
     def user(self, name) -> User:
@@ -278,10 +278,14 @@ class ChatService(service.Service):
         with self.throttle.hashing(address):
             verifier = await self.hasher.make_verifier(digest)
         self._check_free(username, guest)  # another registration may have won while we hashed
-        user = User(next(self._next_user), username, salt, verifier, self.clock.seconds())
+        user = User(0, username, salt, verifier, self.clock.seconds())
+        self._registering.add(fold(username))
+        try:
+            user.id = await self.store.add_user(user)  # stored first, then cached
+        finally:
+            self._registering.discard(fold(username))
         self._users[user.id] = user
         self._user_keys[fold(username)] = user
-        await self.store.add_user(user)
         self.stats["registrations"] += 1
         return user
 
@@ -320,8 +324,9 @@ class ChatService(service.Service):
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
-        user.public_key = key if key is None else keepable(key, "public key")
-        await self.store.update_user(user)
+        key = key if key is None else keepable(key, "public key")
+        await self.store.update_user(attrs.evolve(user, public_key=key))
+        user.public_key = key
 
     def guest(self, name) -> User:
         """A temporary user for this name; it lives while it has sessions and is never stored.
@@ -332,10 +337,8 @@ class ChatService(service.Service):
         """
         self.validate_username(name)
         self._check_free(name)
-        user = User(next(self._guest_ids), name, "", None, self.clock.seconds())
+        user = User(self.store.new_guest_id(), name, "", None, self.clock.seconds())
         self._guests[fold(name)] = user
-        self.store.note_guest_id(user.id).addErrback(
-            lambda failure: log.failure("cannot keep the guest id counter", failure))
         return user
 
     # sessions and presence
@@ -544,8 +547,8 @@ class ChatService(service.Service):
         if current == status or (keep_existing and current is not None):
             return other
         before_block = current if status == "blocked" else None
-        self._index_contact(owner.id, other.id, status, before_block)
         await self.store.set_contact(owner.id, other.id, status, before_block)
+        self._index_contact(owner.id, other.id, status, before_block)
         event = events.ContactChanged(owner, other, status, current)
         self._publish(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
@@ -559,8 +562,8 @@ class ChatService(service.Service):
         previous = self.contact_status(owner, other)
         if previous is None:
             raise errors.ContactNotFound()
-        self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
+        self._unindex_contact(owner.id, other.id)
         self._publish(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
         return other
 
@@ -642,9 +645,19 @@ class ChatService(service.Service):
         if creator is not None:
             self._check_room_quota(creator, address)
         guest = creator is not None and creator.guest
-        room = Room(next(self._next_room), name, creator.id if creator and not guest else None,
-                    self.clock.seconds(), persistent=not guest)
-        self._rooms[fold(name)] = self._rooms_by_id[room.id] = room
+        room = Room(0, name, creator.id if creator and not guest else None, self.clock.seconds(),
+                    persistent=not guest)
+        key = fold(name)
+        waiting = self._creating[key] = []
+        try:
+            room.id = await self.store.add_room(room)  # stored (or only numbered) first, then cached
+        except BaseException:
+            del self._creating[key]
+            for d in waiting:
+                d.errback()
+            raise
+        del self._creating[key]
+        self._rooms[key] = self._rooms_by_id[room.id] = room
         if creator is not None:
             self._creation[room] = (creator.id, address)
             self._created_by[creator.id].add(room)
@@ -652,9 +665,18 @@ class ChatService(service.Service):
                 self._created_from[address].add(room)
         if guest:  # a guest creator is an operator while it lives
             self._operators.setdefault(room.id, set()).add(creator.id)
-        if room.persistent:
-            await self.store.add_room(room)
+        for d in waiting:
+            d.callback(room)
         return room
+
+    def _being_created(self, name) -> Deferred | None:
+        """Deferred[Room] if a room of that name is being created now, else None."""
+        waiting = self._creating.get(fold(name))
+        if waiting is None:
+            return None
+        d = Deferred()
+        waiting.append(d)
+        return d
 
     def _creator_address(self, user: User, origin: Session | None, address: str | None) -> str:
         if address is not None:
@@ -666,7 +688,7 @@ class ChatService(service.Service):
         """Create a room with ``user`` as its creator and first member (``address``: where the
         request came from, for the per-address cap; by default the user's last address)."""
         self.validate_room_name(name)
-        if fold(name) in self._rooms:
+        if fold(name) in self._rooms or fold(name) in self._creating:
             raise errors.RoomExists()
         room = await self._new_room(name, user, self._creator_address(user, None, address))
         await self._add_member(room, user, origin=None)
@@ -676,7 +698,10 @@ class ChatService(service.Service):
     async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
                         address: str | None = None) -> Room:
         """Join (and with ``create``, first create) a room; members hear of it."""
-        if create and fold(self.validate_room_name(name)) not in self._rooms:
+        pending = self._being_created(name) if isinstance(name, str) else None
+        if pending is not None:
+            room = await pending
+        elif create and fold(self.validate_room_name(name)) not in self._rooms:
             room = await self._new_room(name, user, self._creator_address(user, origin, address))
         else:
             room = self.room(name)
@@ -689,11 +714,11 @@ class ChatService(service.Service):
         self._publish_to_room(events.MembershipChanged(room, user, True), room, origin)
 
     async def _enroll(self, room, user):
-        """A membership, in memory and (an account's, in a persistent room) in the store."""
-        room.members.add(user.id)
-        self._rooms_of[user.id].add(room)
+        """A membership, in the store (an account's, in a persistent room), then in memory."""
         if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
+        room.members.add(user.id)
+        self._rooms_of[user.id].add(room)
 
     def _drop_member(self, room: Room, user_id: int):
         """End a membership in memory; a room that is not persistent vanishes once empty."""
@@ -728,11 +753,12 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.NotMember()
-        event = events.MembershipChanged(room, user, False, by, reason)
-        self._publish_to_room(event, room, origin)
-        self._drop_member(room, user.id)
         if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
+        if user.id not in room.members:  # another leave (or a kick) ended it while it was written
+            return room
+        self._publish_to_room(events.MembershipChanged(room, user, False, by, reason), room, origin)
+        self._drop_member(room, user.id)
         return room
 
     def is_operator(self, user: User, room: Room) -> bool:
@@ -761,10 +787,11 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.NotMember()
-        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
+        text = keepable(str(topic), "topic")[: self.limits.max_body]
         if room.persistent:
-            await self.store.update_room(room)
-        self._publish_to_room(events.TopicChanged(room, user, room.topic), room, origin)
+            await self.store.update_room(attrs.evolve(room, topic=text, members=set()))
+        room.topic = text
+        self._publish_to_room(events.TopicChanged(room, user, text), room, origin)
         return room
 
     # messages
@@ -778,8 +805,9 @@ class ChatService(service.Service):
         return keepable(body, "message")
 
     def _new_message(self, sender: User, body, kind, **target) -> Message:
-        return Message(next(self._next_message), sender.id, sender.username, body,
-                       self.clock.seconds(), str(kind or "text"), **target)
+        """A message to store; the store gives it its id (``_stored``)."""
+        return Message(0, sender.id, sender.username, body, self.clock.seconds(), str(kind or "text"),
+                       **target)
 
     @deferred
     async def send_direct(self, sender: User, to, body, kind="text", *,
@@ -794,7 +822,7 @@ class ChatService(service.Service):
             raise errors.Blocked("blocked")
         live = any(s.subscribes & Subscription.DIRECT for s in self.bus.sessions_of(recipient.id))
         message = self._new_message(sender, body, kind, recipient_id=recipient.id, delivered=live)
-        await self.store.add_message(message)
+        message = attrs.evolve(message, id=await self.store.add_message(message))
         self.stats["messages"] += 1
         event = events.DirectMessage(message, sender, recipient, tags)
         if recipient.id == sender.id:  # to oneself: every session, the origin too
@@ -825,16 +853,18 @@ class ChatService(service.Service):
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)
         stored = self.store.add_message(message)
-        stored.addCallback(self._fan_out, events.RoomMessage(message, sender, room, tags), origin)
+        stored.addCallback(self._fan_out, message, sender, room, tags, origin)
         return stored
 
-    def _fan_out(self, _, event: events.RoomMessage, origin: Session | None) -> Message:
+    def _fan_out(self, message_id: int, draft: Message, sender: User, room: Room, tags,
+                 origin: Session | None) -> Message:
+        message = attrs.evolve(draft, id=message_id)
         self.stats["messages"] += 1
-        self._newest[event.room.id] = event.message.id
-        audience = to_room(event.room.id, skip_session=origin.id if origin is not None else None,
-                           skip_blockers_of=event.sender.id)
-        self._delivered(event.message, self.bus.publish(event, audience))
-        return event.message
+        self._newest[room.id] = message_id
+        audience = to_room(room.id, skip_session=origin.id if origin is not None else None,
+                           skip_blockers_of=sender.id)
+        self._delivered(message, self.bus.publish(events.RoomMessage(message, sender, room, tags), audience))
+        return message
 
     def typing(self, user: User, active: bool, *, room=None, to=None,
                origin: Session | None = None, tags: dict | None = None) -> None:
@@ -1007,13 +1037,20 @@ class ChatService(service.Service):
 
     @deferred
     async def ban(self, address: str) -> None:
+        """Honoured at once (a ban must not wait for a disk); taken back if it cannot be stored."""
+        fresh = address not in self.bans
         self.bans.add(address)
-        await self.store.add_ban(address)
+        try:
+            await self.store.add_ban(address)
+        except BaseException:
+            if fresh:
+                self.bans.discard(address)
+            raise
 
     @deferred
     async def unban(self, address: str) -> None:
-        self.bans.discard(address)
         await self.store.remove_ban(address)
+        self.bans.discard(address)
 
     # delivery
 

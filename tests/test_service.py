@@ -12,6 +12,7 @@ from chatserv.events import UserRef
 from chatserv.model import LOBBY
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from chatserv.store.memory import MemoryStore
 from tests.support import PostgresOutage, cheap_hasher
 
 
@@ -407,3 +408,51 @@ async def test_each_failure_has_a_type_of_its_own_under_the_broad_one(chat):
         with pytest.raises(narrow) as raised:
             await defer.maybeDeferred(attempt)
         assert isinstance(raised.value, broad) and raised.value.message
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose writes fail while ``failing`` is set (a database gone away)."""
+
+    failing = False
+
+    def _fails(name):
+        def write(self, *args, **kwargs):
+            if self.failing:
+                return defer.fail(errors.StoreUnavailable("the database is gone"))
+            return getattr(MemoryStore, name)(self, *args, **kwargs)
+        return write
+
+    add_user = _fails("add_user")
+    add_room = _fails("add_room")
+    set_contact = _fails("set_contact")
+    remove_contact = _fails("remove_contact")
+    add_member = _fails("add_member")
+    remove_member = _fails("remove_member")
+    update_room = _fails("update_room")
+    add_message = _fails("add_message")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_write_leaves_no_trace_in_memory():
+    store = FailingStore()
+    chat = ChatService(store, cheap_hasher(), reactor)
+    chat.startService()
+    await chat.when_ready()
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.create_room(alice, "kept")
+    await chat.add_contact(alice, "bob")
+    store.failing = True
+    attempts = [chat.register("carol", "pw"), chat.create_room(alice, "lost"),
+                chat.join_room(bob, "kept"), chat.block(alice, "bob"), chat.remove_contact(alice, "bob"),
+                chat.set_topic(alice, "kept", "new"), chat.send_room(alice, "kept", "hi")]
+    for attempt in attempts:
+        with pytest.raises(errors.StoreUnavailable):
+            await attempt
+    assert not chat.is_registered("carol") and [r.name for r in chat.rooms()] == ["kept", "lobby"]
+    kept = chat.room("kept")
+    assert not chat.is_member(bob, kept) and chat.topic(kept) == ""
+    assert chat.contact_status(alice, bob) == "friend" and not chat.has_blocked(alice, bob)
+    store.failing = False
+    assert (await chat.register("carol", "pw")).username == "carol"  # the name was not kept either
+    assert (await chat.create_room(alice, "lost")).name == "lost"
+    await chat.stopService()
