@@ -103,9 +103,9 @@ class PostgresStore(SQLStore):
 
     def _take_ids(self, conn, table, count):
         """From the table's identity sequence, which every node shares: one query a batch."""
-        rows = conn.execute(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id'))"
-                            " FROM generate_series(1, %s)", (count,)).fetchall()
-        return sorted(row[0] for row in rows)
+        ((ids,),) = conn.execute(f"SELECT array_agg(nextval(pg_get_serial_sequence('{table}', 'id')))"
+                                 " FROM generate_series(1, %s)", (count,)).fetchall()
+        return sorted(ids)
 
     def _next_ids(self, conn):
         """Move each id sequence past every stored id (ids written before the store handed
