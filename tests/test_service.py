@@ -436,12 +436,17 @@ class FailingStore(MemoryStore):
     add_room_ban = _fails("add_room_ban")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failed_write_leaves_no_trace_in_memory():
+async def failing_chat():
     store = FailingStore()
     chat = ChatService(store, cheap_hasher(), reactor)
     chat.startService()
     await chat.when_ready()
+    return store, chat
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_write_leaves_no_trace_in_memory():
+    store, chat = await failing_chat()
     alice, bob = await users(chat, "alice", "bob")
     await chat.create_room(alice, "kept")
     await chat.add_contact(alice, "bob")
@@ -464,10 +469,7 @@ async def test_a_failed_write_leaves_no_trace_in_memory():
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_room_settings_write_leaves_the_room_as_it_was():
-    store = FailingStore()
-    chat = ChatService(store, cheap_hasher(), reactor)
-    chat.startService()
-    await chat.when_ready()
+    store, chat = await failing_chat()
     alice, bob = await users(chat, "alice", "bob")
     room = await chat.create_room(alice, "kept")
     await chat.join_room(bob, "kept")
