@@ -56,6 +56,16 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds of a process (this one when ``pid`` is None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -132,8 +142,9 @@ def chatserv_ports() -> list[str]:
 
 
 def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path | None = None,
-             extra: list[str] = ()) -> Server:
-    """``twistd -n chatserv`` listening only on ``ports`` ({option: port}), flood control off."""
+             extra: list[str] = (), source: Path = SOURCE) -> Server:
+    """``twistd -n chatserv`` from ``source`` listening only on ``ports`` ({option: port}), flood
+    control off."""
     accepted = chatserv_options()
     argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "chatserv", "--db", db]
     for option in chatserv_ports():
@@ -146,7 +157,7 @@ def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path 
         if limit in accepted:
             argv += [f"--{limit}", "0"]
     argv += list(extra)
-    env = dict(os.environ, PYTHONPATH=str(SOURCE))
+    env = dict(os.environ, PYTHONPATH=str(source))
     first, *others = ports.values()
     return Server("chatserv", argv, first, workdir, env=env, profile_to=profile_to, also_ports=others)
 
