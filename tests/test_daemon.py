@@ -6,10 +6,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.testing import MemoryReactorClock
 
-from chatserv.tap import PORTS, Options
+from chatserv.tap import PORTS, Options, PortService
 from tests.support import ROOT, TIMEOUT, Twistd
 
 
@@ -19,6 +23,16 @@ def test_defaults_are_the_documented_ones():
     assert options["db"] == "chatserv.sqlite3"
     assert options["skype"] == "tcp:5001" and options["skype-framed"] == "tcp:4000"
     assert options.limits().max_line == 8192
+
+
+def test_ports_hold_a_burst_of_connects_unless_the_endpoint_says_otherwise():
+    """Twisted's listen backlog of 50 drops connects when thousands arrive at once."""
+    reactor = MemoryReactorClock()
+    chat = SimpleNamespace(when_ready=lambda: defer.succeed(None))
+    irc = next(p for p in PORTS if p.option == "irc")
+    for endpoint, backlog in [("tcp:6667", 1024), ("tcp:6668:backlog=7:interface=127.0.0.1", 7)]:
+        PortService(chat, irc, endpoint, ServerFactory(), reactor).startService()
+        assert reactor.tcpServers[-1][2] == backlog
 
 
 def talk(port, *lines: bytes) -> list[bytes]:
