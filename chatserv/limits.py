@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import weakref
+
 import attrs
+from twisted.logger import Logger
+
+log = Logger()
 
 
 @attrs.define
@@ -47,31 +54,134 @@ class TokenBucket:
 
 
 class Deadline:
-    """One pending timeout: armed, pushed back by activity, cancelled; ``expired`` runs once."""
+    """One pending timeout: armed, pushed back by activity, cancelled; ``expired`` runs once.
+
+    Every deadline of a clock shares that clock's one ``Timeouts`` schedule. Activity only
+    moves ``_due`` (a float store, no reactor call); the schedule looks at it when the time it
+    queued the deadline for comes.
+    """
+
+    __slots__ = ("_timeouts", "_expired", "_seconds", "_due", "_entry")
 
     def __init__(self, clock, expired):
-        self._clock = clock
+        self._timeouts = Timeouts.of(clock)
         self._expired = expired
-        self._call = None
         self._seconds = 0.0
+        self._due: float | None = None  # when it expires; None while not armed
+        self._entry: list | None = None  # its place in the schedule: [time, order, self]
 
     def arm(self, seconds: float):
         """Start the countdown afresh (a shorter one before login, the idle one after, ...)."""
-        self.cancel()
         self._seconds = seconds
-        if seconds and seconds > 0:
-            self._call = self._clock.callLater(seconds, self._fire)
+        if not seconds or seconds <= 0:
+            self.cancel()
+            return
+        self._due = self._timeouts.now() + seconds
+        if self._entry is None or self._entry[0] > self._due:
+            self._timeouts.queue(self)
 
     def push_back(self):
         """Activity: the countdown starts again from its full length."""
-        if self._call is not None and self._call.active():
-            self._call.reset(self._seconds)
+        if self._due is not None:
+            self._due = self._timeouts.now() + self._seconds
 
     def cancel(self):
+        self._due = None
+        if self._entry is not None:
+            self._timeouts.drop(self)
+
+
+class Timeouts:
+    """The deadlines of one clock in one heap under one DelayedCall, not a DelayedCall each.
+
+    An idle connection costs a heap entry (a cancelled one's entry holds nothing, and such
+    entries are swept out once they are the majority). An entry is a deadline's time when it
+    was queued; a deadline pushed back since is queued again, for its new time, when that
+    entry comes up, so activity costs nothing here. Firing is exact: the DelayedCall is due
+    with the earliest entry.
+    """
+
+    _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, clock) -> Timeouts:
+        """The schedule of ``clock`` (the reactor, or a test's fake clock)."""
+        timeouts = cls._of.get(clock)
+        if timeouts is None:
+            timeouts = cls._of[clock] = cls(clock)
+        return timeouts
+
+    def __init__(self, clock):
+        self._clock = weakref.ref(clock)  # held weakly: this object is the value of a weak mapping
+        self._heap: list[list] = []
+        self._order = itertools.count()  # equal times fire in the order queued
+        self._live = 0  # entries that still hold a deadline
+        self._call = None
+        self._call_time = 0.0
+        self._running = False
+
+    def now(self) -> float:
+        return self._clock().seconds()
+
+    def queue(self, deadline: Deadline):
+        if deadline._entry is not None:
+            self.drop(deadline)
+        entry = [deadline._due, next(self._order), deadline]
+        deadline._entry = entry
+        heapq.heappush(self._heap, entry)
+        self._live += 1
+        if self._heap[0] is entry and not self._running:
+            self._wake()
+
+    def drop(self, deadline: Deadline):
+        """Forget ``deadline``'s entry (it stays in the heap, empty, until it comes up)."""
+        deadline._entry[2] = None
+        deadline._entry = None
+        self._live -= 1
+        if self._running:
+            return  # _run wakes (or stops) the DelayedCall when it is done
+        if not self._live:
+            self._heap.clear()
+            self._wake()
+        elif len(self._heap) > 64 and len(self._heap) > 2 * self._live:
+            self._heap = [entry for entry in self._heap if entry[2] is not None]
+            heapq.heapify(self._heap)
+
+    def _wake(self):
+        """Make the one DelayedCall due with the earliest entry (or cancel it: none left)."""
+        when = self._heap[0][0] if self._heap else None
         if self._call is not None and self._call.active():
+            if self._call_time == when:
+                return
             self._call.cancel()
         self._call = None
+        if when is not None:
+            clock = self._clock()
+            self._call_time = when
+            self._call = clock.callLater(max(0.0, when - clock.seconds()), self._run)
 
-    def _fire(self):
+    def _run(self):
         self._call = None
-        self._expired()
+        now = max(self.now(), self._call_time)  # the call is due when the entry is, rounding aside
+        self._running = True
+        try:
+            while self._heap and self._heap[0][0] <= now:
+                entry = heapq.heappop(self._heap)
+                deadline = entry[2]
+                if deadline is None:
+                    continue  # cancelled, or queued again for an earlier time
+                deadline._entry = None
+                self._live -= 1
+                if deadline._due > now:  # pushed back since it was queued
+                    self.queue(deadline)
+                    continue
+                deadline._due = None
+                try:
+                    deadline._expired()
+                except Exception:
+                    log.failure("a timeout's handler failed")
+        finally:
+            self._running = False
+            if not self._live:
+                self._heap.clear()
+            self._wake()
