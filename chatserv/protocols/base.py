@@ -56,22 +56,29 @@ class ChatConnection(protocol.Protocol):
     watches_presence = False
     watches_room_presence = False
 
+    # Slots, not an instance dict, and nothing an idle connection does not use (queues and
+    # the rate bucket come when needed): tens of thousands of connections stay idle.
+    __slots__ = ("session", "_pending", "_busy", "_draining", "_reading_paused", "_write_paused",
+                 "_queued", "_queued_bytes", "_closing", "_input_ended", "deadline", "_in_flight",
+                 "_drained", "_settled", "failed_logins", "framer", "peer_host", "_rate")
+
     def __init__(self):
         self.session: Session | None = None
-        self._pending: collections.deque = collections.deque()
+        self._pending: collections.deque | tuple = ()  # frames waiting their turn
         self._busy = False
         self._draining = False
         self._reading_paused = False
         self._write_paused = False
-        self._queued: list[bytes] = []
+        self._queued: list[bytes] | tuple = ()  # bytes held while the transport's buffer is full
         self._queued_bytes = 0
         self._closing = False
         self._input_ended = False
         self.deadline: Deadline | None = None  # set on connect: the connection's one timeout
         self._in_flight = 0
         self._drained: defer.Deferred | None = None
-        self._settled: list[defer.Deferred] = []
+        self._settled: list[defer.Deferred] | None = None
         self.failed_logins = 0
+        self._rate: TokenBucket | None = None
 
     # set up by the factory
 
@@ -87,6 +94,13 @@ class ChatConnection(protocol.Protocol):
     def clock(self):
         return self.factory.clock
 
+    @property
+    def rate(self) -> TokenBucket:
+        """The session's message rate bucket, made when first asked (it starts full either way)."""
+        if self._rate is None:
+            self._rate = TokenBucket(self.clock, self.limits.messages_per_second, self.limits.message_burst)
+        return self._rate
+
     def make_framer(self):
         raise NotImplementedError
 
@@ -95,7 +109,6 @@ class ChatConnection(protocol.Protocol):
     def connectionMade(self):
         self.framer = self.make_framer()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
-        self.rate = TokenBucket(self.clock, self.limits.messages_per_second, self.limits.message_burst)
         self.transport.registerProducer(self, True)
         self.factory.tracker.add(self)
         self.deadline = Deadline(self.clock, self.timed_out)
@@ -105,7 +118,7 @@ class ChatConnection(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone):
         self._closing = True
         self.deadline.cancel()
-        self._pending.clear()
+        self._pending = ()
         self.factory.tracker.discard(self)
         self.logout()
 
@@ -117,7 +130,7 @@ class ChatConnection(protocol.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._pending.clear()
+        self._pending = ()
         self.deadline.cancel()
         self._write_paused = False
         self.transport.unregisterProducer()
@@ -128,11 +141,17 @@ class ChatConnection(protocol.Protocol):
     def dataReceived(self, data: bytes):
         if self._closing:
             return
-        self._pending.extend(self.framer.feed(data))
+        self._enqueue(self.framer.feed(data))
         if len(self._pending) > self.limits.max_pending_requests and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
         self._next()
+
+    def _enqueue(self, frames):
+        if self._pending:
+            self._pending.extend(frames)
+        elif frames:
+            self._pending = collections.deque(frames)
 
     def _next(self):
         if self._draining:
@@ -157,6 +176,8 @@ class ChatConnection(protocol.Protocol):
             d.addCallback(self._reply)
             d.addErrback(self._failed)
             d.addBoth(self._done)
+        if not self._pending:
+            self._pending = ()  # the deque goes with the burst that needed it
         if self._reading_paused and len(self._pending) < self.limits.max_pending_requests // 2:
             self._reading_paused = False
             if not self._closing:
@@ -166,7 +187,7 @@ class ChatConnection(protocol.Protocol):
     def queue_frame(self, frame):
         """Answer, in order, a frame found outside the framer (an unterminated last request)."""
         if not self._closing:
-            self._pending.append(frame)
+            self._enqueue((frame,))
             self._next()
 
     def readConnectionLost(self):
@@ -219,8 +240,8 @@ class ChatConnection(protocol.Protocol):
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
-        if not self._in_flight:
-            settled, self._settled = self._settled, []
+        if not self._in_flight and self._settled:
+            settled, self._settled = self._settled, None
             for d in settled:
                 d.callback(None)
 
@@ -228,6 +249,8 @@ class ChatConnection(protocol.Protocol):
         """Fires once every message this connection sent has landed (stored and delivered)."""
         if not self._in_flight:
             return defer.succeed(None)
+        if self._settled is None:
+            self._settled = []
         self._settled.append(defer.Deferred())
         return self._settled[-1]
 
@@ -255,12 +278,14 @@ class ChatConnection(protocol.Protocol):
         if not self._write_paused:
             self.transport.write(data)
             return
+        if not self._queued:
+            self._queued = []
         self._queued.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes > self.limits.send_queue:
             log.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
                      peer=self.peer_host)
-            self._queued.clear()
+            self._queued = ()
             self._closing = True
             self.transport.unregisterProducer()
             self.transport.abortConnection()
@@ -270,12 +295,12 @@ class ChatConnection(protocol.Protocol):
 
     def resumeProducing(self):
         self._write_paused = False
-        queued, self._queued, self._queued_bytes = self._queued, [], 0
+        queued, self._queued, self._queued_bytes = self._queued, (), 0
         if queued and not self._closing:
             self.transport.writeSequence(queued)
 
     def stopProducing(self):
-        self._queued.clear()
+        self._queued = ()
 
     # timeouts: a shorter one before login, the idle one after (self.deadline)
 

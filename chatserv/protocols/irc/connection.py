@@ -32,6 +32,7 @@ from chatserv.protocols.irc.message import (
 )
 
 VERSION = "chatserv-0.1"
+NO_CAPS = frozenset()  # what most clients have: shared, so it costs an idle connection nothing
 NICKSERV = "NickServ"
 MOTD = (
     "Welcome to chatserv: one server, many chat protocols, one set of accounts and rooms.",
@@ -99,29 +100,44 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
     error_table = ERRORS
     watches_room_presence = True  # a room-mate's first login and last logout are JOIN and QUIT lines
 
+    # like ChatConnection: slots for what every client has, nothing made before it is needed
+    __slots__ = ("nick", "user_given", "password", "registered", "caps", "tag_variant", "render_key",
+                 "channels", "_awaiting_pong", "_batches", "_flood", "ping_interval")
+
     def __init__(self):
         super().__init__()
         self.nick: str | None = None
         self.user_given = False
         self.password: str | None = None
         self.registered = False
-        self.caps: set[str] = set()
+        self.caps: set[str] | frozenset = NO_CAPS  # a set of its own once the client asks for one
         self.tag_variant = (False, False)  # (server-time, message-tags)
-        self.render_key = ("irc", *self.tag_variant)  # one rendering per variant, shared by recipients
+        self.render_key = ("irc", False, False)  # ("irc", *tag_variant): one rendering per variant
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
         self._awaiting_pong = False
         self._batches = 0
+        self._flood: TokenBucket | None = None
 
     def make_framer(self):
         return IRCFramer()
 
     def connectionMade(self):
         super().connectionMade()
-        options = self.factory.options
-        rate = options.get("irc-flood-rate", 0)
-        self.flood = TokenBucket(self.clock, rate, options.get("irc-flood-burst", 1))
-        self.flood_delay = 1.0 / rate if rate else 0.0
-        self.ping_interval = options.get("irc-ping-interval", self.limits.idle_timeout)
+        self.ping_interval = self.factory.options.get("irc-ping-interval", self.limits.idle_timeout)
+
+    @property
+    def flood(self) -> TokenBucket:
+        """The command bucket, made when first asked (a client that sends nothing needs none)."""
+        if self._flood is None:
+            options = self.factory.options
+            self._flood = TokenBucket(self.clock, options.get("irc-flood-rate", 0),
+                                      options.get("irc-flood-burst", 1))
+        return self._flood
+
+    @property
+    def flood_delay(self) -> float:
+        rate = self.factory.options.get("irc-flood-rate", 0)
+        return 1.0 / rate if rate else 0.0
 
     def connectionLost(self, reason=None):
         if self.session is not None:
