@@ -101,9 +101,11 @@ def report(results: dict, args) -> str:
             ratio = f"{after / before:.2f}x" if before and after is not None else "-"
             shown = ["-" if m is None else f"{m:,.2f}".rstrip("0").rstrip(".") for m in medians]
             lines.append(f"| {figure} ({better}) | " + " | ".join(shown) + f" | {ratio} |")
-        for label in labels:
-            rounds = [r.get(FIGURES[run][0][0]) for r in results[label][run]]
-            lines.append(f"\n{label}, {FIGURES[run][0][0]} per round: {rounds}")
+        lines.append("\nper round:")
+        for figure, better in FIGURES[run]:
+            if better != "-":
+                lines.append(f"- {figure}: " + "; ".join(
+                    f"{label} {[r.get(figure) for r in results[label][run]]}" for label in labels))
     return "\n".join(lines)
 
 
