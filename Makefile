@@ -24,12 +24,15 @@ test: $(STAMP) peers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# Real peers the end-to-end tests drive: Debian's Chromium (installed when missing and we
-# are root with apt). Node modules are installed by the tests themselves.
+# Real peers the end-to-end tests drive: Debian's Chromium, irssi and tmux (installed when
+# missing and we are root with apt). Node modules are installed by the tests themselves.
+PEERS := chromium irssi tmux
+
 peers:
-	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing chromium for the browser test"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	@missing=""; for peer in $(PEERS); do command -v $$peer >/dev/null 2>&1 || missing="$$missing $$peer"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing for the end-to-end tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # Benchmarks (bench/run_all.py, under 5 minutes): chatserv beside twisted.words and ngIRCd on

@@ -321,7 +321,7 @@ async def run(args) -> dict:
         await asyncio.sleep(args.settle)
         samples["after traffic"] = sample(server.pid)
         status, metrics = await soak.http("GET", "/metrics", {})
-        totals = {line.split()[0]: int(line.split()[1]) for line in metrics.decode().splitlines()
+        totals = {line.split()[0]: int(float(line.split()[1])) for line in metrics.decode().splitlines()
                   if line.startswith("chatserv_") and line.split()[0].endswith("_total")}
     finally:
         server.stop()

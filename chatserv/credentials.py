@@ -13,7 +13,6 @@ import hashlib
 import os
 import secrets
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -27,11 +26,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatserv import errors
+from chatserv.limits import QuietLog
 
 log = Logger()
+quiet = QuietLog(log)  # a hash failing under a flood: one line a minute at most, never a traceback
 
 MAX_HASHING_THREADS = 4  # argon2's default cost is 64 MiB a hash: 4 at once is 256 MiB
-FAILURE_LOG_INTERVAL = 60.0  # seconds between log lines about hashing failures
 BUSY = "server busy, try again"
 MAX_LOCKOUT = 300.0  # seconds: the doubling lockout stops growing here
 MAX_TALLIES = 100_000  # throttle entries kept; the least recently failed go first
@@ -102,8 +102,6 @@ class Hasher:
         self._pool = threadpool
         self._limit = limit
         self._pending = 0  # hashes running or waiting for a thread
-        self._failures = 0  # hashes that failed inside argon2
-        self._quiet_until = 0.0
         self._hasher = argon2.PasswordHasher(
             time_cost=cost.time_cost,
             memory_cost=cost.memory_cost,
@@ -131,11 +129,8 @@ class Hasher:
         self._pending -= 1
         if not isinstance(result, Failure):
             return result
-        self._failures += 1
-        if time.monotonic() >= self._quiet_until:  # at most one line a minute, never a traceback
-            self._quiet_until = time.monotonic() + FAILURE_LOG_INTERVAL
-            log.warn("password hashing failed ({error}); {count} failures so far, each told to try again",
-                     error=f"{result.type.__name__}: {result.getErrorMessage()}", count=self._failures)
+        quiet.warn("password hashing failed ({error}); the login was told to try again",
+                   error=f"{result.type.__name__}: {result.getErrorMessage()}")
         raise errors.Busy(BUSY)
 
     def _check(self, verifier: str | None, digest: str) -> bool:

@@ -52,3 +52,7 @@ class RateLimited(ChatError):
 class Busy(ChatError):
     """The server cannot check a password now (too many logins in flight, or hashing failed):
     nothing was tried, so nothing counts against the caller; try again shortly."""
+
+
+class TooManyRooms(ChatError):
+    """Creating a room is refused: the creator's or its address's rate or cap, or ``--max-rooms``."""

@@ -33,6 +33,7 @@ class DirectMessage(Event):
     message: Message
     sender: User
     recipient: User
+    tags: dict | None = None  # client-only tags (IRCv3 ``+name``), relayed live and never stored
 
 
 @attrs.define(eq=False)
@@ -40,6 +41,7 @@ class RoomMessage(Event):
     message: Message
     sender: User
     room: Room
+    tags: dict | None = None  # client-only tags (IRCv3 ``+name``), relayed live and never stored
 
 
 @attrs.define(eq=False)
@@ -47,12 +49,39 @@ class PresenceChanged(Event):
     user: User
     online: bool
     protocol: str
+    reason: str = ""  # why the last session ended (an IRC QUIT message)
+    # Coming online by a guest's session logging in: whoever saw the guest sees a rename
+    # (Renamed) rather than this user arriving.
+    renamed_from: User | None = None
+
+
+@attrs.define(eq=False)
+class Renamed(Event):
+    """``user`` now goes by ``service.name_of(user)``; it was shown as ``old_name``.
+
+    ``before`` is set when a guest logged in and became the account ``user``.
+    """
+
+    user: User
+    old_name: str
+    before: User | None = None
 
 
 @attrs.define(eq=False)
 class Typing(Event):
     user: User
     active: bool
+    room: Room | None = None
+    recipient: User | None = None
+    tags: dict | None = None  # every client-only tag of an IRC TAGMSG that carried ``+typing``
+
+
+@attrs.define(eq=False)
+class Tagged(Event):
+    """Client-only tags sent on their own (an IRC TAGMSG: reactions, replies...): never stored."""
+
+    user: User
+    tags: dict
     room: Room | None = None
     recipient: User | None = None
 
@@ -62,6 +91,18 @@ class ContactChanged(Event):
     owner: User
     contact: User
     status: str | None  # None: the contact was removed
+    previous: str | None = None  # the status before (None: there was no relation)
+
+
+@attrs.define(eq=False)
+class ReadMarked(Event):
+    """``user`` read a conversation (with ``peer``, or in ``room``) up to message ``up_to``:
+    their other sessions clear its unread count."""
+
+    user: User
+    up_to: int
+    peer: User | None = None
+    room: Room | None = None
 
 
 @attrs.define(eq=False)

@@ -1,15 +1,22 @@
-"""Limits every port enforces (DESIGN.md, "Limits"), and the token bucket behind rates."""
+"""Limits every port enforces (DESIGN.md, "Limits"), the token bucket behind rates, and the
+quiet log that bounds what clients can make the daemon write to its log."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import time
 import weakref
 
 import attrs
 from twisted.logger import Logger
 
 log = Logger()
+
+
+def _limit(default, help_text: str):
+    """A limit with its own ``--help`` text (the others get one made from their name)."""
+    return attrs.field(default=default, metadata={"help": help_text})
 
 
 @attrs.define
@@ -29,6 +36,16 @@ class Limits:
     logins_per_ip: int = 2  # logins and registrations from one address hashing at once (0: unlimited)
     hash_threads: int = 0  # argon2 hashes at once (0: one per CPU, at most 4)
     hash_queue: int = 16  # hashes waiting for a thread before a login is told "busy, try again"
+    # Room creation (0: unlimited). Rates are rooms a minute once the burst is spent.
+    max_rooms: int = _limit(100_000, "rooms on the server (0: unlimited)")
+    max_rooms_per_user: int = _limit(100, "rooms one user created that still exist (0: unlimited)")
+    max_rooms_per_address: int = _limit(
+        1000, "rooms created from one address since the start that still exist (0: unlimited)")
+    room_rate_per_user: float = _limit(10.0, "rooms a user may create a minute after its burst (0: no limit)")
+    room_burst_per_user: int = _limit(20, "rooms a user may create at once")
+    room_rate_per_address: float = _limit(
+        60.0, "rooms one address may create a minute after its burst (0: no limit)")
+    room_burst_per_address: int = _limit(100, "rooms one address may create at once")
 
 
 class TokenBucket:
@@ -41,16 +58,44 @@ class TokenBucket:
         self._tokens = self._burst
         self._stamp = clock.seconds()
 
-    def allow(self) -> bool:
+    def ready(self) -> bool:
+        """Whether an event would be allowed now (nothing is taken)."""
         if not self._rate:
             return True
         now = self._clock.seconds()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
-        if self._tokens >= 1.0:
+        return self._tokens >= 1.0
+
+    def allow(self) -> bool:
+        if not self.ready():
+            return False
+        if self._rate:
             self._tokens -= 1.0
-            return True
-        return False
+        return True
+
+
+class RateTable:
+    """A token bucket per key (a user id, an address), made on first use. Bounded: past
+    ``max_keys`` the oldest bucket is forgotten, so its key starts afresh."""
+
+    def __init__(self, clock, per_minute: float, burst: int, max_keys: int = 100_000):
+        self._clock = clock
+        self._rate = per_minute / 60.0
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: dict = {}
+
+    def bucket(self, key) -> TokenBucket:
+        found = self._buckets.get(key)
+        if found is None:
+            found = self._buckets[key] = TokenBucket(self._clock, self._rate, self._burst)
+            while len(self._buckets) > self._max_keys:
+                del self._buckets[next(iter(self._buckets))]
+        return found
+
+    def forget(self, key):
+        self._buckets.pop(key, None)
 
 
 class Deadline:
@@ -185,3 +230,45 @@ class Timeouts:
             if not self._live:
                 self._heap.clear()
             self._wake()
+
+
+class QuietLog:
+    """A logger that writes each kind of entry (its format) at most once per ``interval``
+    seconds; the next one written says how many were held back. Whatever a client can make the
+    daemon log goes through one, so no flood of requests fills the disk with log lines."""
+
+    def __init__(self, logger, interval: float = 60.0, clock=None):
+        self._logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._quiet_until: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.monotonic()
+
+    def _format(self, format: str) -> str | None:
+        """The format to write now (saying what was held back), or None to hold this one back."""
+        now = self._now()
+        if now < self._quiet_until.get(format, now):
+            self._held[format] = self._held.get(format, 0) + 1
+            return None
+        self._quiet_until[format] = now + self.interval
+        held = self._held.pop(format, 0)
+        return format + (f" ({held} more like it held back)" if held else "")
+
+    def failure(self, format: str, failure=None, **fields):
+        """A failure with its traceback (``failure``: the one being handled if None)."""
+        written = self._format(format)
+        if written is not None:
+            self._logger.failure(written, failure, **fields)
+
+    def warn(self, format: str, **fields):
+        written = self._format(format)
+        if written is not None:
+            self._logger.warn(written, **fields)
+
+    def info(self, format: str, **fields):
+        written = self._format(format)
+        if written is not None:
+            self._logger.info(written, **fields)

@@ -8,9 +8,16 @@ CONTACT_STATUSES = frozenset({"friend", "new", "blocked", "last_words", "timeout
 LOBBY = "lobby"
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def fold(name: str) -> str:
-    """The key under which user and room names are unique: case-insensitive, as IRC needs."""
-    return name.casefold()
+    """The key under which user and room names are unique: ASCII letters compare without case.
+
+    IRC's ``CASEMAPPING=ascii``, which every client implements: ``#Straße`` and ``#STRASSE``
+    are two rooms, as IRC clients expect, and only A-Z/a-z are folded.
+    """
+    return name.translate(_ASCII_LOWER)
 
 
 @attrs.define(eq=False)
@@ -31,7 +38,10 @@ class User:
 
 @attrs.define(eq=False)
 class Room:
-    """A named room: seed 003 rooms, seed 004 groups and IRC channels are all rooms."""
+    """A named room: seed 003 rooms, seed 004 groups and IRC channels are all rooms.
+
+    A room a guest created is not ``persistent``: it is never stored and vanishes once empty.
+    """
 
     id: int
     name: str
@@ -39,6 +49,7 @@ class Room:
     created_at: float
     topic: str = ""
     members: set[int] = attrs.field(factory=set)
+    persistent: bool = True
 
 
 @attrs.frozen
@@ -61,6 +72,19 @@ class Message:
 
 
 @attrs.frozen
+class HistoryBounds:
+    """Which stored messages a history query wants: ids strictly between ``after_id`` and
+    ``before_id``, sent at or after ``since`` and before ``until`` (seconds); None is open.
+    ``oldest``: the oldest ``limit`` of them rather than the newest."""
+
+    after_id: int | None = None
+    before_id: int | None = None
+    since: float | None = None
+    until: float | None = None
+    oldest: bool = False
+
+
+@attrs.frozen
 class Snapshot:
     """What a store hands the service at start: the small tables, held in memory."""
 
@@ -72,3 +96,24 @@ class Snapshot:
     next_room_id: int
     next_message_id: int
     salt_secret: bytes  # kept in the store: fake salts for unknown names derive from it
+    last_guest_id: int = 0  # the lowest guest id ever handed out: guest ids are never reused
+    # Live login tokens: (SHA-256 digest of the token, user id, created at, last used).
+    tokens: list[tuple[str, int, float, float]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Conversation:
+    """One conversation of a user, as the web page lists it: with a person or in a room.
+
+    ``unread`` counts the messages from others after the user's read mark (see
+    ``ChatService.mark_read``); a room the user never marked read counts none.
+    """
+
+    last: Message | None
+    unread: int
+    peer: User | None = None
+    room: Room | None = None
+
+    @property
+    def last_id(self) -> int:
+        return self.last.id if self.last is not None else 0

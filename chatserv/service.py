@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 
 import attrs
+from prometheus_client import Histogram
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -23,8 +24,9 @@ from zope.interface import Interface
 
 from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
-from chatserv.limits import Limits
-from chatserv.model import CONTACT_STATUSES, LOBBY, Message, Room, User, fold
+from chatserv.limits import Limits, RateTable
+from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, HistoryBounds, Message, Room, User, fold
+from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
 
@@ -32,6 +34,15 @@ log = Logger()
 _USERNAME = re.compile(r"[A-Za-z_\[\]\\`^{|}][A-Za-z0-9_\-\[\]\\`^{|}]{0,31}\Z")
 _ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
 RESERVED_NAMES = frozenset({"nickserv", "chanserv", "server", "system"})
+UNREAD_CAP = 1000  # unread messages counted per conversation ("1000" means "at least")
+
+
+def keepable(text: str, what: str) -> str:
+    """``text`` if the store can keep it (UTF-8 can encode it), else errors.Invalid. Every port
+    refuses such text as it decodes it: this is the last line of defence."""
+    if not encodable(text):
+        raise errors.Invalid(f"{what}: {NOT_UNICODE}")
+    return text
 
 
 class ISink(Interface):
@@ -76,22 +87,44 @@ class ChatService(service.Service):
         self.clock = clock
         self.limits = limits or Limits()
         self.stats = collections.Counter()
+        # Unregistered: the web port's /metrics registry adds it.
+        self.delivery_latency = Histogram(
+            "chatserv_delivery_latency_seconds",
+            "Seconds from a message's arrival to its hand-over to the recipients' live sessions "
+            "(storing it included)", registry=None)
         self._salt_secret: bytes | None = None  # the store's, so fake salts outlive restarts
         self._ready: Deferred | None = None
         self._waiting: list[Deferred] = []
         self._users: dict[int, User] = {}
         self._user_keys: dict[str, User] = {}
         self._guests: dict[str, User] = {}
+        self._aliases: dict[str, User] = {}  # fold(name) -> the account going by it while online
+        self._alias_of: dict[int, str] = {}
         self._rooms: dict[str, Room] = {}
         self._rooms_by_id: dict[int, Room] = {}
+        # Indexes, so that nothing done for one user costs time in proportion to all rooms.
+        self._rooms_of: dict[int, set[Room]] = collections.defaultdict(set)  # by member id
+        self._created_by: dict[int, set[Room]] = collections.defaultdict(set)  # by creator id
+        self._created_from: dict[str, set[Room]] = collections.defaultdict(set)  # by creator address
+        self._creation: dict[Room, tuple[int, str]] = {}  # room -> (creator id, address)
+        lim = self.limits
+        self._user_room_rate = RateTable(clock, lim.room_rate_per_user, lim.room_burst_per_user)
+        self._address_room_rate = RateTable(clock, lim.room_rate_per_address, lim.room_burst_per_address)
         self._contacts: dict[int, dict[int, str]] = collections.defaultdict(dict)
         self._contact_of: dict[int, set[int]] = collections.defaultdict(set)
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
         self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._sessions: dict[int, list[Session]] = {}
         self._watchers: set[Session] = set()
-        self._last_address: dict[int, str] = {}
+        # sessions that hear one user's presence without being their contact, and the reverse
+        self._presence_watchers: dict[int, set[Session]] = collections.defaultdict(set)
+        self._watching: dict[Session, set[int]] = {}
+        self._tokens: list[tuple[str, int, float, float]] = []
+        self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
         self._operators: dict[int, set[int]] = {}
+        self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
+        # what accounts were shown in rooms the store does not keep: room id -> user id -> message id
+        self._seen_unstored: dict[int, dict[int, int]] = collections.defaultdict(dict)
         self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
         self._session_ids = itertools.count(1)
@@ -111,13 +144,19 @@ class ChatService(service.Service):
             self._user_keys[fold(user.username)] = user
         for room in snapshot.rooms:
             self._rooms[fold(room.name)] = self._rooms_by_id[room.id] = room
+            for uid in room.members:
+                self._rooms_of[uid].add(room)
+            if room.created_by is not None:
+                self._created_by[room.created_by].add(room)
         for owner, contact, status, before_block in snapshot.contacts:
             self._index_contact(owner, contact, status, before_block)
         self.bans = set(snapshot.bans)
+        self._tokens = list(snapshot.tokens)
         self._salt_secret = snapshot.salt_secret
         self._next_user = itertools.count(snapshot.next_user_id)
         self._next_room = itertools.count(snapshot.next_room_id)
         self._next_message = itertools.count(snapshot.next_message_id)
+        self._guest_ids = itertools.count(snapshot.last_guest_id - 1, -1)
         d = succeed(None)
         if fold(LOBBY) not in self._rooms:
             d = Deferred.fromCoroutine(self._new_room(LOBBY, None))
@@ -159,7 +198,7 @@ class ChatService(service.Service):
         return name
 
     def _check_free(self, name, guest: User | None = None):
-        holder = self._guests.get(fold(name))
+        holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
         if fold(name) in self._user_keys or (holder is not None and holder is not guest):
             raise errors.AlreadyExists("username taken")
 
@@ -171,9 +210,12 @@ class ChatService(service.Service):
         return user
 
     def user_or_guest(self, name) -> User:
-        """A registered user or an online guest of that name, else NotFound."""
-        guest = self._guests.get(fold(name)) if isinstance(name, str) else None
-        return guest or self.user(name)
+        """A registered user, an online guest, or whoever goes by that name now; else NotFound."""
+        if isinstance(name, str):
+            found = self._guests.get(fold(name)) or self._aliases.get(fold(name))
+            if found is not None:
+                return found
+        return self.user(name)
 
     def user_by_id(self, user_id) -> User:
         user = self._users.get(user_id)
@@ -206,6 +248,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(password, str) or not password:
             raise errors.Invalid("empty password")
+        keepable(password, "password")
         self._check_free(username, guest)
         salt = new_salt()
         return await self.register_digest(username, salt, password_digest(salt, password), guest=guest,
@@ -218,6 +261,7 @@ class ChatService(service.Service):
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
             raise errors.Invalid("empty password")
+        keepable(digest, "password")
         self._check_free(username, guest)
         with self.throttle.hashing(address):
             verifier = await self.hasher.make_verifier(digest)
@@ -234,6 +278,8 @@ class ChatService(service.Service):
         """The user, if the plain password is theirs; else BadCredentials."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(password, "password")
         user = self._user_keys.get(fold(username))
         salt = user.salt if user else self.salt_for(username)
         return await self.authenticate_digest(username, password_digest(salt, password), address)
@@ -248,6 +294,8 @@ class ChatService(service.Service):
         """
         if not isinstance(username, str) or not isinstance(digest, str):
             raise errors.BadCredentials("bad credentials")
+        keepable(username, "username")
+        keepable(digest, "password")
         user = self._user_keys.get(fold(username))
         with self.throttle.attempt(fold(username), address, account=user is not None) as attempt:
             ok = await self.hasher.check(user.verifier if user else None, digest)
@@ -260,15 +308,22 @@ class ChatService(service.Service):
 
     @deferred
     async def set_public_key(self, user: User, key: str | None) -> None:
-        user.public_key = key
+        user.public_key = key if key is None else keepable(key, "public key")
         await self.store.update_user(user)
 
     def guest(self, name) -> User:
-        """A temporary user for this name; it lives while it has sessions and is never stored."""
+        """A temporary user for this name; it lives while it has sessions and is never stored.
+
+        Its id is never reused, even after a restart (the store keeps the lowest one handed out,
+        and that write goes before any message naming the id), so no later guest reads its
+        conversations.
+        """
         self.validate_username(name)
         self._check_free(name)
         user = User(next(self._guest_ids), name, "", None, self.clock.seconds())
         self._guests[fold(name)] = user
+        self.store.note_guest_id(user.id).addErrback(
+            lambda failure: log.failure("cannot keep the guest id counter", failure))
         return user
 
     # sessions and presence
@@ -290,37 +345,53 @@ class ChatService(service.Service):
             self._presence(user, True, protocol, origin=session)
         return session
 
-    def detach(self, session: Session) -> None:
-        """Unregister a session; the last one of a user takes them offline."""
+    def detach(self, session: Session, reason: str = "") -> None:
+        """Unregister a session; the last one of a user takes them offline (``reason``: why)."""
         sessions = self._sessions.get(session.user.id)
         if not sessions or session not in sessions:
             return
         sessions.remove(session)
         self._watchers.discard(session)
+        for uid in self._watching.pop(session, ()):
+            self._presence_watchers[uid].discard(session)
+            if not self._presence_watchers[uid]:
+                del self._presence_watchers[uid]
         if not sessions:
             del self._sessions[session.user.id]
             # Watchers hear of it while a leaving guest's rooms still name it (IRC's QUIT needs them).
-            self._presence(session.user, False, session.protocol, origin=session)
+            self._presence(session.user, False, session.protocol, origin=session, reason=reason)
+            self._drop_alias(session.user)
             if session.user.guest:
                 self._forget_guest(session.user)
 
     def _forget_guest(self, user):
         self._guests.pop(fold(user.username), None)
-        for room in self._rooms.values():
-            room.members.discard(user.id)
+        self._user_room_rate.forget(user.id)
+        for room in list(self._rooms_of.get(user.id, ())):
+            self._drop_member(room, user.id)
 
-    def _presence(self, user, online, protocol, origin):
-        event = events.PresenceChanged(user, online, protocol)
+    def _presence(self, user, online, protocol, origin, reason="", renamed_from=None):
+        event = events.PresenceChanged(user, online, protocol, reason, renamed_from)
         targets = set(self._watchers)
+        targets.update(self._presence_watchers.get(user.id, ()))
         for owner in self._contact_of.get(user.id, ()):
             targets.update(self._sessions.get(owner, ()))
-        for room in self._rooms.values():
-            if user.id in room.members:
-                for uid in room.members:
-                    targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
+        for room in self._rooms_of.get(user.id, ()):
+            for uid in room.members:
+                targets.update(s for s in self._sessions.get(uid, ()) if s.watches_room_presence)
         targets.discard(origin)
         for session in targets:
             session.sink.deliver(event)
+
+    def watch_presence_of(self, session: Session, users: Iterable[User]) -> None:
+        """``session`` also hears when ``users`` come and go: people it has a conversation with
+        who are not its user's contacts (a contact's presence reaches it anyway)."""
+        if self._sessions.get(session.user.id) is None or session not in self._sessions[session.user.id]:
+            return
+        watching = self._watching.setdefault(session, set())
+        for user in users:
+            watching.add(user.id)
+            self._presence_watchers[user.id].add(session)
 
     def sessions_of(self, user: User) -> list[Session]:
         return list(self._sessions.get(user.id, ()))
@@ -331,8 +402,97 @@ class ChatService(service.Service):
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
 
-    def last_address(self, user: User) -> str:
-        return self._last_address.get(user.id, "")
+    # names: while online, an account may go by another name than its username (an IRC nick)
+
+    def name_of(self, user: User) -> str:
+        """The name ``user`` goes by now: an alias taken while online, else the username."""
+        return self._alias_of.get(user.id, user.username)
+
+    def rename(self, user: User, name, *, origin: Session | None = None) -> str:
+        """``user`` goes by ``name`` from now on (until their last session ends, for an account).
+
+        A guest's name is its username, so the guest is renamed; an account keeps its username
+        and goes by ``name`` as an alias (its own username again drops the alias). The name must
+        be free: nobody else's account, guest or alias (AlreadyExists). Room-mates and the
+        user's other sessions hear of it (events.Renamed).
+        """
+        self.validate_username(name)
+        old = self.name_of(user)
+        if name == old:
+            return old
+        if user.guest:
+            self._check_free(name, user)
+            del self._guests[fold(user.username)]
+            user.username = name
+            self._guests[fold(name)] = user
+        else:
+            owner = self._user_keys.get(fold(name))
+            holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
+            if (owner is not None and owner is not user) or (holder is not None and holder is not user):
+                raise errors.AlreadyExists("username taken")
+            self._drop_alias(user)
+            if name != user.username:
+                self._aliases[fold(name)] = user
+                self._alias_of[user.id] = name
+        self._deliver_to_users(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
+        return name
+
+    def _drop_alias(self, user: User) -> None:
+        alias = self._alias_of.pop(user.id, None)
+        if alias is not None:
+            self._aliases.pop(fold(alias), None)
+
+    def _room_mates(self, user: User) -> set[int]:
+        mates: set[int] = set()
+        for room in self._rooms_of.get(user.id, ()):
+            mates |= room.members
+        return mates
+
+    @deferred
+    async def become(self, session: Session, account: User) -> None:
+        """A guest's session logged in to ``account``: it becomes the account's session, and the
+        account joins the guest's rooms and takes its operator grants.
+
+        When the account was offline, whoever saw the guest sees it renamed (events.Renamed with
+        ``before``) rather than leaving, and the account's other room-mates see it arrive; when
+        the account is online already, the guest leaves and the account joins as usual.
+        """
+        guest = session.user
+        rooms = self.rooms_of(guest)
+        if self.is_online(account):
+            for room in rooms:
+                if account.id not in room.members:
+                    await self._add_member(room, account, origin=session)
+                self._take_grants(room, guest, account)
+            self.detach(session, reason=f"Logged in as {account.username}")
+            self._attach_session(session, account)
+            return
+        for room in rooms:
+            if account.id not in room.members:
+                await self._enroll(room, account)
+            self._take_grants(room, guest, account)
+        self._deliver_to_users(events.Renamed(account, guest.username, before=guest),
+                               self._room_mates(guest), session)
+        self._sessions.pop(guest.id, None)
+        self._watchers.discard(session)
+        self._attach_session(session, account, renamed_from=guest)
+        self._forget_guest(guest)  # gone without a word where the rename was shown
+        self._presence(guest, False, session.protocol, origin=session,
+                       reason=f"Logged in as {account.username}")
+
+    def _take_grants(self, room: Room, guest: User, account: User) -> None:
+        grants = self._operators.get(room.id, set())
+        if guest.id in grants:
+            grants.add(account.id)
+
+    def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
+        session.user = account
+        sessions = self._sessions.setdefault(account.id, [])
+        sessions.append(session)
+        if session.watches_presence:
+            self._watchers.add(session)
+        if len(sessions) == 1:
+            self._presence(account, True, session.protocol, origin=session, renamed_from=renamed_from)
 
     def kick_others(self, session: Session, reason: str) -> None:
         """End the user's other sessions on the same protocol (a second login kicks the first)."""
@@ -395,7 +555,7 @@ class ChatService(service.Service):
         before_block = current if status == "blocked" else None
         self._index_contact(owner.id, other.id, status, before_block)
         await self.store.set_contact(owner.id, other.id, status, before_block)
-        event = events.ContactChanged(owner, other, status)
+        event = events.ContactChanged(owner, other, status, current)
         self._deliver_to_users(event, (owner.id,) if current == "blocked" else (owner.id, other.id))
         return other
 
@@ -405,11 +565,12 @@ class ChatService(service.Service):
     @deferred
     async def remove_contact(self, owner: User, name) -> User:
         other = self._registered_other(owner, name)
-        if self.contact_status(owner, other) is None:
+        previous = self.contact_status(owner, other)
+        if previous is None:
             raise errors.NotFound("not a contact")
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
-        self._deliver_to_users(events.ContactChanged(owner, other, None), (owner.id, other.id))
+        self._deliver_to_users(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
         return other
 
     def block(self, owner: User, name):
@@ -447,7 +608,7 @@ class ChatService(service.Service):
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
     def rooms_of(self, user: User) -> list[Room]:
-        return [r for r in self.rooms() if user.id in r.members]
+        return sorted(self._rooms_of.get(user.id, ()), key=lambda r: fold(r.name))
 
     def members(self, room: Room) -> list[User]:
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
@@ -460,32 +621,66 @@ class ChatService(service.Service):
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
             raise errors.Invalid("invalid room name")
-        return name
+        return keepable(name, "room name")
 
-    async def _new_room(self, name, creator: User | None) -> Room:
-        room = Room(next(self._next_room), name, creator.id if creator and not creator.guest else None,
-                    self.clock.seconds())
+    def _check_room_quota(self, creator: User, address: str):
+        """Refuse a new room over ``--max-rooms``, or over its creator's (or address's) cap or rate."""
+        limits = self.limits
+        if 0 < limits.max_rooms <= len(self._rooms):
+            raise errors.TooManyRooms("the server has too many rooms")
+        if 0 < limits.max_rooms_per_user <= len(self._created_by.get(creator.id, ())):
+            raise errors.TooManyRooms("you have created too many rooms")
+        if address and 0 < limits.max_rooms_per_address <= len(self._created_from.get(address, ())):
+            raise errors.TooManyRooms("too many rooms were created from your address")
+        buckets = [self._user_room_rate.bucket(creator.id)]
+        if address:
+            buckets.append(self._address_room_rate.bucket(address))
+        if not all(bucket.ready() for bucket in buckets):
+            raise errors.TooManyRooms("you are creating rooms too fast: try again later")
+        for bucket in buckets:
+            bucket.allow()
+
+    async def _new_room(self, name, creator: User | None, address: str = "") -> Room:
+        """A new room; one a guest creates is kept in memory only, until it is empty."""
+        if creator is not None:
+            self._check_room_quota(creator, address)
+        guest = creator is not None and creator.guest
+        room = Room(next(self._next_room), name, creator.id if creator and not guest else None,
+                    self.clock.seconds(), persistent=not guest)
         self._rooms[fold(name)] = self._rooms_by_id[room.id] = room
-        if creator is not None and creator.guest:  # a guest creator is an operator while it lives
+        if creator is not None:
+            self._creation[room] = (creator.id, address)
+            self._created_by[creator.id].add(room)
+            if address:
+                self._created_from[address].add(room)
+        if guest:  # a guest creator is an operator while it lives
             self._operators.setdefault(room.id, set()).add(creator.id)
-        await self.store.add_room(room)
+        if room.persistent:
+            await self.store.add_room(room)
         return room
 
+    def _creator_address(self, user: User, origin: Session | None, address: str | None) -> str:
+        if address is not None:
+            return address
+        return origin.address if origin is not None else self._last_address.get(user.id, "")
+
     @deferred
-    async def create_room(self, user: User, name) -> Room:
-        """Create a room with ``user`` as its creator and first member."""
+    async def create_room(self, user: User, name, *, address: str | None = None) -> Room:
+        """Create a room with ``user`` as its creator and first member (``address``: where the
+        request came from, for the per-address cap; by default the user's last address)."""
         self.validate_room_name(name)
         if fold(name) in self._rooms:
             raise errors.AlreadyExists("room exists")
-        room = await self._new_room(name, user)
+        room = await self._new_room(name, user, self._creator_address(user, None, address))
         await self._add_member(room, user, origin=None)
         return room
 
     @deferred
-    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None) -> Room:
+    async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
+                        address: str | None = None) -> Room:
         """Join (and with ``create``, first create) a room; members hear of it."""
         if create and fold(self.validate_room_name(name)) not in self._rooms:
-            room = await self._new_room(name, user)
+            room = await self._new_room(name, user, self._creator_address(user, origin, address))
         else:
             room = self.room(name)
         if user.id not in room.members:
@@ -493,10 +688,41 @@ class ChatService(service.Service):
         return room
 
     async def _add_member(self, room, user, origin):
-        room.members.add(user.id)
-        if not user.guest:
-            await self.store.add_member(room.id, user.id)
+        await self._enroll(room, user)
         self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
+
+    async def _enroll(self, room, user):
+        """A membership, in memory and (an account's, in a persistent room) in the store."""
+        room.members.add(user.id)
+        self._rooms_of[user.id].add(room)
+        if not user.guest and room.persistent:
+            await self.store.add_member(room.id, user.id)
+
+    def _drop_member(self, room: Room, user_id: int):
+        """End a membership in memory; a room that is not persistent vanishes once empty."""
+        room.members.discard(user_id)
+        rooms = self._rooms_of.get(user_id)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[user_id]
+        if not room.persistent and not room.members:
+            self._vanish(room)
+
+    def _vanish(self, room: Room):
+        del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
+        self._operators.pop(room.id, None)
+        self._seen_unstored.pop(room.id, None)
+        self._newest.pop(room.id, None)
+        creator, address = self._creation.pop(room, (None, ""))
+        for index, key in ((self._created_by, creator), (self._created_from, address)):
+            rooms = index.get(key)
+            if rooms is not None:
+                rooms.discard(room)
+                if not rooms:
+                    del index[key]
+        self.store.forget_room_messages(room.id).addErrback(
+            lambda failure: log.failure("cannot forget the messages of a vanished room", failure))
 
     @deferred
     async def leave_room(self, user: User, name, *, origin: Session | None = None,
@@ -507,8 +733,8 @@ class ChatService(service.Service):
             raise errors.Denied("not a member")
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
-        room.members.discard(user.id)
-        if not user.guest:
+        self._drop_member(room, user.id)
+        if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
         return room
 
@@ -538,19 +764,21 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.Denied("not a member")
-        room.topic = str(topic)[: self.limits.max_body]
-        await self.store.update_room(room)
+        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
+        if room.persistent:
+            await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
         return room
 
     # messages
 
-    def _check_body(self, body) -> str:
+    def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
             raise errors.Invalid("empty message")
         if len(body) > self.limits.max_body:
             raise errors.Invalid("message too long")
-        return body
+        keepable(str(kind or "text"), "message type")
+        return keepable(body, "message")
 
     def _new_message(self, sender: User, body, kind, **target) -> Message:
         return Message(next(self._next_message), sender.id, sender.username, body,
@@ -558,9 +786,12 @@ class ChatService(service.Service):
 
     @deferred
     async def send_direct(self, sender: User, to, body, kind="text", *,
-                          origin: Session | None = None) -> Message:
-        """Store a direct message, then hand it to the recipient's live sessions (or inbox)."""
-        self._check_body(body)
+                          origin: Session | None = None, tags: dict | None = None) -> Message:
+        """Store a direct message, then hand it to the recipient's live sessions (or inbox).
+
+        ``tags``: client-only tags that travel with the live message and are never stored.
+        """
+        self._check_body(body, kind)
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
@@ -571,24 +802,32 @@ class ChatService(service.Service):
                                     delivered=bool(live))
         await self.store.add_message(message)
         self.stats["messages"] += 1
-        event = events.DirectMessage(message, sender, recipient)
+        event = events.DirectMessage(message, sender, recipient, tags)
         for session in live + confirming:
             session.sink.deliver(event)
+        delivered = len(live) + len(confirming)
         if recipient.id != sender.id:
             for session in self._sessions.get(sender.id, ()):
                 if session is not origin:
                     session.sink.deliver(event)
+                    delivered += 1
+        self._delivered(message, delivered)
         return message
 
+    def _delivered(self, message: Message, sessions: int):
+        """Count the sessions a message was handed to, and how long after its arrival."""
+        self.stats["deliveries"] += sessions
+        self.delivery_latency.observe(max(0.0, self.clock.seconds() - message.sent_at))
+
     def send_room(self, sender: User, name, body, kind="text", *,
-                  origin: Session | None = None) -> Deferred:
+                  origin: Session | None = None, tags: dict | None = None) -> Deferred:
         """Store a room message, then hand it to every member's sessions but ``origin``.
 
         Deferred[Message]. A plain callback rather than a coroutine: this is the fan-out hot
         path, run once per message, and resuming a coroutine costs more than the call.
         """
         try:
-            self._check_body(body)
+            self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
             if sender.id not in room.members:
                 raise errors.Denied("not a member")
@@ -596,35 +835,51 @@ class ChatService(service.Service):
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)
         stored = self.store.add_message(message)
-        stored.addCallback(self._fan_out, events.RoomMessage(message, sender, room), origin)
+        stored.addCallback(self._fan_out, events.RoomMessage(message, sender, room, tags), origin)
         return stored
 
     def _fan_out(self, _, event: events.RoomMessage, origin: Session | None) -> Message:
         self.stats["messages"] += 1
+        self._newest[event.room.id] = event.message.id
         blockers = self._blocked_by.get(event.sender.id) or ()
         sessions = self._sessions
+        delivered = 0
         for uid in event.room.members:
             if uid in blockers:
                 continue
             for session in sessions.get(uid, ()):
                 if session is not origin:
                     session.sink.deliver(event)
-        self.stats["deliveries"] += len(event.room.members)
+                    delivered += 1
+        self._delivered(event.message, delivered)
         return event.message
 
     def typing(self, user: User, active: bool, *, room=None, to=None,
-               origin: Session | None = None) -> None:
-        """Tell a room's members, or one user, that ``user`` is typing."""
+               origin: Session | None = None, tags: dict | None = None) -> None:
+        """Tell a room's members, or one user, that ``user`` is typing (``tags``: an IRC
+        TAGMSG's client-only tags, relayed with it)."""
+        self._relay(events.Typing(user, bool(active), tags=tags), room, to, origin)
+
+    def tag_message(self, user: User, tags: dict, *, room=None, to=None,
+                    origin: Session | None = None) -> None:
+        """Relay client-only tags on their own (reactions, replies) to a room or one user."""
+        self._relay(events.Tagged(user, dict(tags)), room, to, origin)
+
+    def _relay(self, event, room, to, origin):
+        """Deliver a never-stored event to a room's members, or to one user unless they blocked
+        the sender; the sender's other sessions hear it too."""
+        user = event.user
         if room is not None:
-            room = self.room(room)
+            event.room = room = room if isinstance(room, Room) else self.room(room)
             if user.id not in room.members:
                 raise errors.Denied("not a member")
-            self._deliver_to_users(events.Typing(user, bool(active), room=room), room.members, origin)
+            self._deliver_to_users(event, room.members, origin)
         elif to is not None:
-            recipient = self.user_or_guest(to)
+            event.recipient = recipient = to if isinstance(to, User) else self.user_or_guest(to)
             if not self.has_blocked(recipient, user):
-                self._deliver_to_users(events.Typing(user, bool(active), recipient=recipient),
-                                       (recipient.id,), origin)
+                self._deliver_to_users(event, (recipient.id,))  # the origin too, when it is to itself
+                if recipient.id != user.id:
+                    self._deliver_to_users(event, (user.id,), origin)
 
     def room_history(self, user: User, name, limit=None, before_id=None) -> Deferred:
         """Deferred[list[Message]] of a room the user is in, oldest first."""
@@ -637,6 +892,45 @@ class ChatService(service.Service):
         """Deferred[list[Message]] between the user and ``other``, oldest first."""
         other = other if isinstance(other, User) else self.user(other)
         return self.store.direct_history(user.id, other.id, limit or self.limits.history, before_id)
+
+    def history_range(self, user: User, target, bounds: HistoryBounds, limit: int) -> Deferred:
+        """Deferred[list[Message]], oldest first: a room's messages (``target`` a Room, which the
+        user must be in) or those between the user and ``target`` (a User), within ``bounds``."""
+        if isinstance(target, Room):
+            if user.id not in target.members:
+                raise errors.Denied("not a member")
+            return self.store.message_range(bounds, limit, room_id=target.id)
+        return self.store.message_range(bounds, limit, pair=(user.id, target.id))
+
+    def last_seen(self, user: User) -> Deferred:
+        """Deferred[dict[room id, message id]]: the newest room message each of the account's
+        sessions was shown, as recorded by ``note_seen`` (empty for a guest)."""
+        if user.guest:
+            return succeed({})
+        unstored = {room_id: seen[user.id] for room_id, seen in self._seen_unstored.items()
+                    if user.id in seen}
+        return self.store.last_seen(user.id).addCallback(lambda stored: {**stored, **unstored})
+
+    def newest_message_id(self, room: Room) -> int | None:
+        """The id of the newest message handed to the room's members since the service started."""
+        return self._newest.get(room.id)
+
+    def note_seen(self, user: User, seen: dict) -> None:
+        """Record that the account was shown room messages up to these ids ({room id: id});
+        kept only forward, across restarts, for rooms the store keeps. Nothing is written
+        once the service stops."""
+        if user.guest or not self.running:
+            return
+        for room_id, message_id in seen.items():
+            room = self._rooms_by_id.get(room_id)
+            if room is not None and not room.persistent:  # a guest's room: kept while it lasts
+                unstored = self._seen_unstored[room_id]
+                unstored[user.id] = max(unstored.get(user.id, 0), message_id)
+            elif room is not None:
+                written = self.store.set_last_seen(user.id, room_id, message_id)
+                written.addErrback(lambda failure: log.warn(
+                    "cannot record what {user} was shown: {why}", user=user.username,
+                    why=failure.getErrorMessage()))
 
     def inbox(self, user: User, limit=None) -> Deferred:
         """Deferred[list[Message]]: direct messages the user received, oldest first."""
@@ -662,6 +956,65 @@ class ChatService(service.Service):
         unread = [m.id for m in messages if m.recipient_id == user.id and not m.delivered]
         if unread:
             await self.store.mark_delivered(unread)
+
+    # conversations and read state (the web page's list and its unread counts)
+
+    @deferred
+    async def conversations(self, user: User, limit: int | None = None,
+                            before: int | None = None) -> list[Conversation]:
+        """The user's conversations, newest message first: every direct one (contact or not),
+        every room the user is in, and contacts never written to (``last`` None) at the end.
+
+        ``before``: only those whose newest message id is below it (paging, with ``limit``).
+        """
+        rows = await self.store.conversations(user.id, [r.id for r in self.rooms_of(user)], UNREAD_CAP)
+        found, peers = [], set()
+        for kind, target, last, unread in rows:
+            if kind == "room":
+                room = self._rooms_by_id.get(target)
+                if room is not None:
+                    found.append(Conversation(last, unread, room=room))
+            else:
+                peer = self._users.get(target) or self._guest_by_id(target)
+                if peer is not None:  # a guest that left takes its conversations along
+                    peers.add(target)
+                    found.append(Conversation(last, unread, peer=peer))
+        found += [Conversation(None, 0, peer=contact) for contact, _ in self.contacts(user)
+                  if contact.id not in peers]
+        found.sort(key=lambda c: (-c.last_id, fold(c.room.name if c.room else c.peer.username)))
+        if before is not None:
+            found = [c for c in found if c.last_id < before]
+        return found[:limit] if limit is not None else found
+
+    @deferred
+    async def mark_read(self, user: User, *, peer: User | None = None, room: Room | None = None,
+                        up_to: int | None = None) -> int:
+        """The user has read the conversation with ``peer`` (or in ``room``) up to message
+        ``up_to`` (default: its newest). Marks only move forward; every session of the user
+        hears it (ReadMarked), so each clears its unread count. Returns the mark given."""
+        if room is not None and user.id not in room.members:
+            raise errors.Denied("not a member")
+        if up_to is None:
+            newest = await (self.store.room_history(room.id, 1) if room is not None
+                            else self.store.direct_history(user.id, peer.id, 1))
+            up_to = newest[-1].id if newest else 0
+        kind, target = ("room", room.id) if room is not None else ("user", peer.id)
+        await self.store.set_read_mark(user.id, kind, target, up_to)
+        self._deliver_to_users(events.ReadMarked(user, up_to, peer=peer, room=room), (user.id,))
+        return up_to
+
+    # login tokens: seed 004's session IDs, kept so that a restart keeps web users logged in
+
+    def saved_tokens(self) -> list[tuple[str, User, float, float]]:
+        """The tokens the store had at start: (digest, user, created at, last used)."""
+        return [(digest, self._users[uid], created, used) for digest, uid, created, used in self._tokens
+                if uid in self._users]
+
+    def save_token(self, digest: str, user: User, created_at: float, last_used: float) -> Deferred:
+        return self.store.save_token(digest, user.id, created_at, last_used)
+
+    def drop_token(self, digest: str) -> Deferred:
+        return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
 

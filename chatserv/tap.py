@@ -14,6 +14,7 @@ import sys
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -25,6 +26,7 @@ from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from chatserv.web.proxy import trusted_proxies
 
 log = Logger()
 
@@ -91,8 +93,16 @@ class Options(usage.Options):
              int],
             ["web-session-ttl", None, 3600.0, "seed 004: seconds a REST session ID lives unused", float],
             ["web-max-body", None, 65536, "seed 004: bytes in one HTTP body or WebSocket message", int],
+            ["web-header-timeout", None, 10.0,
+             "seed 004: seconds for a request's headers to arrive, however slowly they trickle", float],
+            ["web-request-timeout", None, 30.0, "seed 004: seconds for a whole request (body too) to arrive",
+             float],
             ["web-ping-interval", None, 25.0, "seed 004: seconds between Engine.IO pings", float],
             ["web-ping-timeout", None, 20.0, "seed 004: seconds a client has to answer a ping", float],
+            ["web-sessions-per-user", None, 10,
+             "seed 004: session IDs one user may hold; a login beyond ends the oldest (0: no cap)", int],
+            ["web-trusted-proxies", None, "", "seed 004: reverse proxies (addresses or networks, comma-"
+             "separated) whose X-Forwarded-For names the client", trusted_proxies],
             ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
             ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
              float],
@@ -104,9 +114,14 @@ class Options(usage.Options):
              float],
             ["irc-flood-burst", None, 20, "IRC: commands a client may send at once", int],
             ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
+            ["irc-server-name", None, "chatserv", "IRC: the server's name in prefixes and replies"],
+            ["irc-network", None, "chatserv", "IRC: the network's name (NETWORK in 005, the welcome)"],
+            ["irc-password", None, None, "IRC: connection password every client must send with PASS "
+             "(accounts then log in with SASL or NickServ); none by default"],
         ]
         + [
-            [_option_name(f.name), None, f.default, f"limit: {f.name.replace('_', ' ')}", type(f.default)]
+            [_option_name(f.name), None, f.default,
+             f.metadata.get("help", f"limit: {f.name.replace('_', ' ')}"), type(f.default)]
             for f in attrs.fields(Limits)
         ]
     )
@@ -130,6 +145,20 @@ def exit_status_failed():
     to set its exit status (Twisted issue 11335): an exit handler ends the process instead."""
     atexit.unregister(_exit_failed)
     atexit.register(_exit_failed)
+
+
+def stop_failed(reactor, on_failure=None) -> None:
+    """Stop a daemon that cannot go on (goodbyes said, queued writes finished), after
+    ``on_failure`` (twistd: exit_status_failed)."""
+    if on_failure is not None:
+        on_failure()
+    if not reactor.running:
+        reactor.callWhenRunning(reactor.stop)
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # stopping already
 
 
 class PortService(service.Service):
@@ -160,12 +189,7 @@ class PortService(service.Service):
         log.critical("chatserv {option}: cannot listen: {why}", option=self.spec.option,
                      why=failure.getErrorMessage())
         # A daemon missing one of its ports is not what was asked for: stop it.
-        if self.on_failure is not None:
-            self.on_failure()
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            self.reactor.callWhenRunning(self.reactor.stop)
+        stop_failed(self.reactor, self.on_failure)
 
     def stopService(self):
         super().stopService()
@@ -175,14 +199,21 @@ class PortService(service.Service):
         return None
 
 
+def _store_broke(_, reactor, on_failure) -> None:
+    log.critical("chatserv: the store can no longer write: stopping, so that a supervisor restarts it")
+    stop_failed(reactor, on_failure)
+
+
 def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services.
 
-    ``on_failure``: called if a port cannot listen (the daemon then stops).
+    ``on_failure``: called if a port cannot listen or the store can no longer write (the daemon
+    then stops).
     """
     root = service.MultiService()
     limits = options.limits()
     store = open_store(options["db"], reactor)
+    store.when_broken().addCallback(_store_broke, reactor, on_failure)
     hashing = HashingThreads(limits.hash_threads)
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
     hasher = Hasher(reactor, hashing.pool, options.hash_cost(), limit=hashing.size + limits.hash_queue)

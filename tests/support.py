@@ -96,11 +96,12 @@ async def connect(port: int, framer=None) -> FrameClient:
 class Twistd:
     """``twistd -n chatserv`` in a directory, every port on 127.0.0.1:0, read through its log."""
 
-    def __init__(self, cwd, *extra):
+    def __init__(self, cwd, *extra, preamble=""):
+        """``preamble``: Python run first in the child, to inject a fault."""
         args = [f"--{p.option}=tcp:0:interface=127.0.0.1" for p in PORTS]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            [sys.executable, "-c", preamble + "\nfrom twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "chatserv", *FAST_HASH, *args, *extra],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -130,6 +131,12 @@ class Twistd:
         """SIGKILL: no goodbye, no flush, as in a crash."""
         self.process.kill()
         self.process.wait(timeout=TIMEOUT)
+
+    def wait(self) -> int:
+        """Wait for the daemon to exit on its own; its exit status."""
+        rest, _ = self.process.communicate(timeout=TIMEOUT)
+        self.log += rest.decode()
+        return self.process.returncode
 
     def stop(self) -> str:
         self.process.send_signal(signal.SIGTERM)

@@ -330,6 +330,21 @@ async def test_json_clients_chat_block_and_log_out(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_body_with_line_breaks_is_one_key_value_push_line(daemon):
+    await users(daemon, "alice", "bob")
+    alice = await connect(daemon.port("chatroom"))  # a key:value client that reads lines
+    assert await alice.request(b"password:pw:type:auth:username:alice") == b"result:ok"
+    bob = await json_login(daemon, "bob")
+    assert await bob.request(type="message", **{"from": "bob"}, to="alice", msg="one\ntwo\r\nthree") == {
+        "result": "ok"}
+    assert await bob.request(type="broadcast", **{"from": "bob"}, msg="four\nfive") == {"result": "ok"}
+    assert await alice.receive() == rb"type:message:from:bob:msg:one\ntwo\r\nthree"
+    assert keyvalue.parse((await alice.receive()).decode()) == {
+        "type": "message", "from": "bob", "msg": "four\nfive", "to": "alice"}
+    assert await alice.request(b"type:alive:from:alice") == b"result:ok"  # nothing was left over
+
+
+@pytest_twisted.ensureDeferred
 async def test_nobody_speaks_as_someone_else(daemon):
     await users(daemon, "alice", "bob")
     alice_port = await listener()
@@ -807,7 +822,9 @@ def test_outbound_pushes_are_bounded_in_number_and_time():
 FIELD_NAMES = ["type", "from", "to", "msg", "username", "password", "port", "target"]
 TYPES = ["auth", "message", "broadcast", "online", "block", "unblock", "logout", "address", "alive"]
 VALUES = st.one_of(st.sampled_from(["alice", "bob", "pw", "5001", *TYPES]), st.text(max_size=8))
-JSON_VALUES = st.one_of(VALUES, st.integers(), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
+WITH_SURROGATES = st.lists(st.characters(categories=["Cs"]) | st.characters(), max_size=8).map("".join)
+JSON_VALUES = st.one_of(VALUES, st.integers(), st.none(), st.booleans(), st.lists(st.integers(), max_size=2),
+                        WITH_SURROGATES)
 LINES = st.one_of(
     st.binary(max_size=64),
     st.dictionaries(st.sampled_from(FIELD_NAMES), JSON_VALUES).map(lambda d: json.dumps(d).encode()),

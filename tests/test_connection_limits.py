@@ -4,7 +4,7 @@ import weakref
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.credentials import HashCost, Hasher
@@ -17,9 +17,9 @@ from chatserv.store.memory import MemoryStore
 from tests.support import Daemon, connect
 
 
-async def make_connection(**limits):
+async def make_connection(store=None, **limits):
     clock = MemoryReactorClock()
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
+    chat = ChatService(store or MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
                        clock, Limits(**limits))
     chat.startService()
     await chat.when_ready()
@@ -83,11 +83,50 @@ async def test_queued_replies_flow_again_when_the_reader_catches_up():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_flood_of_requests_pauses_reading_until_answered():
+async def test_a_flood_of_quick_requests_is_answered_without_recursion():
     _, connection, transport, _ = await make_connection(max_pending_requests=4)
-    connection.dataReceived(b"PING\n" * 10000)  # answered synchronously, no recursion
+    connection.dataReceived(b"PING\n" * 10000)  # each answered at once, in a loop
     assert transport.value() == b"200 OK\n" * 10000
     assert transport.producerState == "producing"
+
+
+class HeldStore(MemoryStore):
+    """Holds each contact write until the test lets it land, as a busy database would."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[defer.Deferred] = []
+
+    def set_contact(self, *args, **kwargs):
+        super().set_contact(*args, **kwargs)
+        self.held.append(defer.Deferred())
+        return self.held[-1]
+
+    def land_one(self):
+        self.held.pop(0).callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_requests_pauses_reading_until_answered():
+    store = HeldStore()
+    _, connection, transport, chat = await make_connection(store=store, max_pending_requests=4)
+    names = [f"u{n}" for n in range(10)]
+    for name in ["alice", *names]:
+        await chat.register(name, "pw")
+    connection.dataReceived(b"LOGIN alice pw\n")
+    while connection.session is None:  # the password is checked in a thread
+        await _turn()
+    transport.clear()
+    connection.dataReceived(b"".join(b"ADD %s\n" % name.encode() for name in names))
+    assert transport.producerState == "paused"  # one ADD waits for the store, nine for it
+    assert transport.value() == b""
+    store.land_one()
+    assert transport.producerState == "paused"  # still more waiting than the bound allows
+    assert transport.value() == b"200 OK\n"
+    while store.held:
+        store.land_one()
+    assert transport.producerState == "producing"  # caught up: reading again
+    assert transport.value() == b"200 OK\n" * len(names)
 
 
 def test_token_bucket_allows_a_burst_then_the_rate():

@@ -2,6 +2,8 @@
 
 import json
 import random
+import shutil
+import signal
 import socket
 import sqlite3
 
@@ -98,3 +100,44 @@ def test_acknowledged_messages_survive_sigkill(tmp_path):
     finally:
         daemon.stop()
     assert lobby_bodies(db) == stored
+    backup = tmp_path / "backup" / "copy.sqlite3"  # SIGTERM checkpointed the WAL: one file is all
+    backup.parent.mkdir()
+    shutil.copyfile(db, backup)
+    assert lobby_bodies(backup) == stored
+
+
+# Stands in for whatever could still stop the SQLite writer thread (it catches every Exception).
+DYING_WRITER = """
+from chatserv.store.sqlite import SQLiteStore
+original = SQLiteStore._transaction
+def transaction(conn, statements):
+    if any("doomed" in map(str, params) for _, params in statements):
+        raise SystemExit("the writer thread stops here")
+    return original(conn, statements)
+SQLiteStore._transaction = staticmethod(transaction)
+"""
+
+
+def test_a_daemon_whose_store_writer_stops_exits_non_zero_and_keeps_what_it_acknowledged(tmp_path):
+    db = str(tmp_path / "chat.sqlite3")
+    daemon = Twistd(tmp_path, "--db", db, preamble=DYING_WRITER)
+    try:
+        client = register(daemon.ports["salted"], "writer", "pw")
+        client.send(user="writer", type="message", message="kept")
+        assert client.receive_type("message")["message"] == "kept"
+        client.send(user="writer", type="message", message="doomed")
+        status = daemon.wait()  # it stops by itself, so that a supervisor restarts it
+    finally:
+        daemon.process.kill()
+    assert status not in (0, -signal.SIGTERM), daemon.log
+    assert "the store can no longer write" in daemon.log
+    assert lobby_bodies(db) == ["kept"]
+
+    daemon = Twistd(tmp_path, "--db", db)  # the restart: it serves again
+    try:
+        again = register(daemon.ports["salted"], "other", "pw")
+        again.send(user="other", type="message", message="after the restart")
+        assert again.receive_type("message")["message"] == "after the restart"
+    finally:
+        daemon.stop()
+    assert lobby_bodies(db) == ["kept", "after the restart"]

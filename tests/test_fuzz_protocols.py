@@ -1,10 +1,14 @@
-"""Hostile bytes, fuzzed: the Skype line and framed ports, IRC, Engine.IO/Socket.IO and REST.
+"""Hostile bytes, fuzzed: the Skype line and framed ports, IRC, the rooms port, Engine.IO/Socket.IO
+and REST.
 
 Each parser is fuzzed twice: fast, on one connection driven through a ``StringTransport``
 (argon2 runs inline, so every answer is written before ``dataReceived`` returns), and once
-over real sockets against a ``twistd -n chatserv`` child, where a well-behaved session must
-keep getting correct answers while the fuzzer works beside it. The conftest fixture fails a
-test whose in-process daemon logged an error; the child's log is checked for tracebacks.
+over real sockets against a ``twistd -n chatserv`` child on SQLite, where a well-behaved session
+must keep getting correct answers while the fuzzer works beside it. Text includes lone
+surrogates wherever a wire can spell one (JSON escapes, Python literals, percent-encoded bytes),
+and IRC history references odd timestamps. The in-memory store used in-process refuses what
+SQLite could not keep. The conftest fixture fails a test whose in-process daemon logged an
+error; the child's log is checked for tracebacks.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import socket
 import threading
 import urllib.parse
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,9 +30,10 @@ from twisted.python.failure import Failure
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
 from chatserv.protocols.base import ConnectionTracker
-from chatserv.protocols.framing import FrameError, LengthPrefixFramer, LineFramer
+from chatserv.protocols.framing import FrameError, LengthPrefixFramer, LineFramer, LiteralFramer
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.connection import COMMANDS
+from chatserv.protocols.rooms import REQUESTS, RoomsFactory
 from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
@@ -38,6 +44,38 @@ OVER_SOCKETS = settings(max_examples=40, deadline=None,
                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 MAX_LINE = 64
 SKYPE_REPLIES = (b"200 ", b"201 ", b"202 ", b"300 ", b"301 ", b"501 ")
+# Text with lone surrogates, often (st.text never draws them, whatever its alphabet).
+any_text = st.lists(st.characters() | st.characters(categories=["Cs"]), max_size=12).map("".join)
+
+
+class EncodingStore(MemoryStore):
+    """Keeps only what SQLite can: text UTF-8 cannot encode fails the write, as it would there."""
+
+    @staticmethod
+    def _check(record):
+        for value in attrs.asdict(record, recurse=False).values():
+            if isinstance(value, str):
+                value.encode("utf-8")
+
+    def add_user(self, user):
+        self._check(user)
+        return super().add_user(user)
+
+    def update_user(self, user):
+        self._check(user)
+        return super().update_user(user)
+
+    def add_room(self, room):
+        self._check(room)
+        return super().add_room(room)
+
+    def update_room(self, room):
+        self._check(room)
+        return super().update_room(room)
+
+    def add_message(self, message):
+        self._check(message)
+        return super().add_message(message)
 
 
 class Inline:
@@ -60,7 +98,7 @@ def unit_connection(factory_class, limits: Limits, options: dict):
     (clock, chat service, protocol, transport)."""
     clock = MemoryReactorClock()
     inline = Inline()
-    chat = ChatService(MemoryStore(), Hasher(inline, inline, HashCost(1, 1024, 1)), clock, limits)
+    chat = ChatService(EncodingStore(), Hasher(inline, inline, HashCost(1, 1024, 1)), clock, limits)
     chat.startService()
     factory = factory_class(chat, ConnectionTracker(clock), limits, clock, options)
     protocol = factory.buildProtocol(None)
@@ -146,9 +184,20 @@ def test_skype_frames_each_get_one_answer_or_a_clean_close(items, cuts):
 
 # IRC: commands it knows with hostile parameters, tags, and raw bytes; separators of every kind
 
+ODD_TIMESTAMPS = [b"timestamp=0001-01-01T00:00:00", b"timestamp=0001-01-01T00:00:00+14:00",
+                  b"timestamp=9999-12-31T23:59:59", b"timestamp=9999-12-31T23:59:59-14:00",
+                  b"timestamp=2024-02-30T00:00:00Z", b"timestamp=", b"timestamp=-1", b"msgid=" + b"9" * 40]
 irc_text = st.one_of(st.text(max_size=30).map(lambda t: t.encode("utf-8")), st.binary(max_size=30),
-                     st.sampled_from([b"#lobby", b"#x", b"*", b"ann", b"msgid=1", b"LATEST", b":"]))
+                     st.sampled_from([b"#lobby", b"#x", b"*", b"ann", b"msgid=1", b"LATEST", b":",
+                                      *ODD_TIMESTAMPS]))
+chathistory = st.builds(
+    lambda *words: b" ".join(words), st.just(b"CHATHISTORY"),
+    st.sampled_from([b"LATEST", b"BEFORE", b"AFTER", b"AROUND", b"BETWEEN", b"TARGETS"]),
+    st.sampled_from([b"#lobby", b"#x", b"fuzzer", b"ann"]),
+    st.sampled_from([b"*", b"msgid=1", *ODD_TIMESTAMPS]),
+    st.sampled_from([b"10", b"1", b"0", b"99999999999999999999", *ODD_TIMESTAMPS]))
 irc_line = st.one_of(
+    chathistory,
     st.builds(lambda tags, command, params: tags + command + b"".join(b" " + p for p in params),
               st.one_of(st.just(b""), st.binary(max_size=40).map(lambda t: b"@%s " % t.replace(b" ", b""))),
               st.sampled_from(sorted(COMMANDS)).map(str.encode),
@@ -161,7 +210,7 @@ irc_separator = st.sampled_from([b"\r\n", b"\n", b"\r", b"\x00\r\n"])
 def irc_connection():
     protocol, transport = connection(IRCFactory, **{"irc-flood-rate": 0.0, "irc-flood-burst": 1,
                                                     "irc-ping-interval": 100.0})
-    protocol.dataReceived(b"NICK fuzzer\r\nUSER f 0 * :Fuzzer\r\n")
+    protocol.dataReceived(b"NICK fuzzer\r\nUSER f 0 * :Fuzzer\r\nJOIN #lobby\r\nPRIVMSG #lobby :hi\r\n")
     assert b" 001 fuzzer " in transport.value()
     return protocol, transport
 
@@ -178,6 +227,38 @@ def test_irc_lines_never_break_the_connection_and_ping_still_gets_pong(lines, cu
     transport.clear()
     protocol.dataReceived(b"PING :still-there\r\n")
     assert transport.value().endswith(b"PONG chatserv still-there\r\n")
+
+
+# the rooms port (seed 003): Python literals with hostile strings, lone surrogates included
+
+# Each field's value for the user "ann", logged in and in room "r"; or any text instead.
+ROOMS_FIELDS = {"user": "ann", "username": "ann", "password": "pw", "room": "r", "current_room": "r",
+                "recipient": "ann", "message": "hi", "rooms": ["r"]}
+
+
+@st.composite
+def rooms_request(draw) -> bytes:
+    """Mostly well-formed requests with hostile strings in their fields; sometimes any shape."""
+    name = draw(st.sampled_from(list(REQUESTS)))
+    body = [draw(st.one_of(st.just(ROOMS_FIELDS[field]),
+                           st.lists(any_text, max_size=3) if field == "rooms" else any_text))
+            for field in REQUESTS[name]]
+    code = draw(st.sampled_from([name, list(REQUESTS).index(name) + 1]))
+    request = draw(st.one_of(st.just([code, body]), st.lists(st.one_of(any_text, st.integers()), max_size=3)))
+    return repr(request).encode()
+
+
+@FUZZ
+@given(st.lists(rooms_request(), max_size=15), cut_points)
+def test_rooms_literals_each_get_one_reply(requests, cuts):
+    _, _, protocol, transport = unit_connection(RoomsFactory, Limits(max_line=512, login_attempts=1000), {})
+    login = [repr(request).encode() for request in (["create_new_user", ["ann", "pw"]],
+                                                    ["create_new_room", ["r", "ann"]])]
+    for chunk in chunks(b"".join(login + requests), cuts):
+        protocol.dataReceived(chunk)
+    greeting, _, replies = transport.value().partition(b"\n")
+    assert len(LiteralFramer(1 << 20).feed(replies)) == len(login) + len(requests)
+    assert not transport.disconnecting
 
 
 # over real sockets, against twistd
@@ -204,7 +285,8 @@ class ChildDaemon(Twistd):
 
 @pytest.fixture(scope="module")
 def child(tmp_path_factory):
-    daemon = ChildDaemon(tmp_path_factory.mktemp("fuzz"), "--db", "memory", "--login-attempts", "1000",
+    directory = tmp_path_factory.mktemp("fuzz")
+    daemon = ChildDaemon(directory, "--db", str(directory / "chat.sqlite3"), "--login-attempts", "1000",
                          "--max-line", str(MAX_LINE), "--irc-flood-rate", "0", "--connections-per-ip", "0")
     yield daemon
     log = daemon.stop()
@@ -308,7 +390,7 @@ def test_irc_over_sockets_any_lines_then_ping_gets_pong(child, witness, lines):
 def http_call(child, method, path, params=None, body=None, headers=None):
     connection = http.client.HTTPConnection("127.0.0.1", child.ports["web"], timeout=TIMEOUT)
     try:
-        query = ("?" + urllib.parse.urlencode(params)) if params else ""
+        query = ("?" + urllib.parse.urlencode(params, errors="surrogatepass")) if params else ""
         connection.request(method, path + query, body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.getheader("content-type", ""), response.read()
@@ -341,7 +423,7 @@ socketio_packets = st.one_of(
               st.sampled_from(["send_message", "add_contact", "other", ""]),
               st.one_of(st.none(), st.integers(), st.text(max_size=10), st.dictionaries(
                   st.sampled_from(["recipient_id", "content", "contact", "is_group", "x"]),
-                  st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10)), max_size=4))),
+                  st.one_of(st.none(), st.booleans(), st.integers(), any_text), max_size=4))),
 )
 
 
@@ -369,14 +451,14 @@ REST_PATHS = ["/register", "/login", "/logout", "/addContact", "/changeContact",
 REST_NAMES = ["username", "password", "sessionID", "contact", "contactID", "status", "recipientID",
               "content", "type", "group", "groupID", "public_key"]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8)
 
 
 @OVER_SOCKETS
 @given(st.sampled_from(REST_PATHS), st.sampled_from(["GET", "POST"]),
-       st.dictionaries(st.sampled_from(REST_NAMES), st.one_of(st.text(max_size=20), st.just("{session}")),
+       st.dictionaries(st.sampled_from(REST_NAMES), st.one_of(any_text, st.just("{session}")),
                        max_size=5),
        st.one_of(st.none(), st.binary(max_size=60),
                  st.dictionaries(st.sampled_from(REST_NAMES), json_values, max_size=5).map(json.dumps)))

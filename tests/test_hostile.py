@@ -11,14 +11,16 @@ import socket
 import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor, task
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 
-from chatserv.limits import Limits
+from chatserv.limits import Limits, QuietLog
 from chatserv.model import LOBBY
+from chatserv.protocols import base
 from chatserv.protocols.chatroom import ChatroomFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
 from chatserv.protocols.rooms import RoomsFactory
 from chatserv.protocols.salted import SaltedFactory
-from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
+from chatserv.protocols.skype import FramedSkypeFactory, SkypeConnection, SkypeFactory
 from tests.support import ROOT, Daemon, FrameClient, connect
 from tests.test_chatroom import json_login
 from tests.test_fuzz_protocols import unit_connection
@@ -121,10 +123,13 @@ async def test_total_connections_are_bounded_over_all_ports_together():
         salted = await connect(daemon.port("salted"))
         assert json.loads(await salted.request(b'{"type":"salt","user":"a"}'))["type"] == "salt"
 
-        for option in ("skype", "skype-framed", "salted", "chatroom", "rooms", "irc", "web"):
-            refused = await connect(daemon.port(option))  # the web port's HTTP connections count too
+        for option in ("skype", "skype-framed", "salted", "chatroom", "rooms", "irc"):
+            refused = await connect(daemon.port(option))
             await refused.wait_closed()
             assert refused.frames.pending == []  # closed without a word
+        refused = await connect(daemon.port("web"))  # the web port's HTTP connections count too
+        assert await refused.receive() == b"HTTP/1.1 503 Service Unavailable"  # HTTP has a word for it
+        await refused.wait_closed()
 
         assert await skype.request(b"EXIT") == b"201 Goodbye"
         await skype.wait_closed()
@@ -492,3 +497,78 @@ async def test_an_idle_keep_alive_http_connection_is_closed_when_the_daemon_stop
     await daemon.stop()  # the tracker closes it; a stopped daemon serves nothing more
     await client.wait_closed()
     assert daemon.ports["web"].factory.tracker.connections == set()
+
+
+# client input never produces a traceback (the autouse fixture fails a test whose daemon logs one)
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_paths_get_a_json_404_or_400():
+    daemon = await Daemon().start()
+    try:
+        for path in ["/static/chat.js%00.html", "/static/%00", "/static/..%2f..%2fsetup.py",
+                     "/static/chat.js/%00", "/chat%00"]:
+            code, body = await call(daemon, path)
+            assert code in (400, 404), (path, code, body)
+        assert (await call(daemon, "/static/chat.js"))[0] == 200
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chathistory_at_any_timestamp_is_answered():
+    """Year 1 and year 9999, with or without a zone: a history batch (UTC when no zone is given),
+    or FAIL for what is no time at all; never "year 0 is out of range" in the log."""
+    daemon = await Daemon().start()
+    try:
+        await daemon.chat.register("alice", "pw")
+        client = await raw(daemon, "alice", caps="batch", before=[b"PASS pw"])
+        client.send(b"JOIN #t", b"PRIVMSG #t :kept")
+        await until(client, b" 366 ")
+        for reference in [b"timestamp=0001-01-01T00:00:00", b"timestamp=0001-01-01T00:00:00Z",
+                          b"timestamp=0001-01-01T00:00:00+14:00", b"timestamp=9999-12-31T23:59:59",
+                          b"timestamp=9999-12-31T23:59:59-14:00", b"timestamp=nonsense"]:
+            for subcommand in [b"LATEST", b"BEFORE", b"AFTER"]:
+                client.send(b"CHATHISTORY " + subcommand + b" #t " + reference + b" 10", b"PING :probe")
+                lines = await until(client, b"PONG")
+                answered = [line for line in lines if b" BATCH +" in line or b" FAIL CHATHISTORY " in line]
+                assert len(answered) == 1, (subcommand, reference, lines)
+                assert (b"FAIL" in answered[0]) == (reference == b"timestamp=nonsense"), lines
+        client.send(b"CHATHISTORY LATEST #t timestamp=0001-01-01T00:00:00 10")
+        assert (await until(client, b"BATCH -"))[-2].endswith(b"] kept")  # after year 1: everything
+    finally:
+        await daemon.stop()
+
+
+def test_the_quiet_log_writes_each_kind_once_an_interval_and_counts_the_rest():
+    clock, seen = task.Clock(), []
+    logger = Logger(observer=seen.append)
+    quiet = QuietLog(logger, interval=60, clock=clock)
+    for _ in range(1000):
+        quiet.info("{peer} is slow", peer="10.0.0.1")
+        quiet.warn("another kind")
+    clock.advance(59)
+    quiet.info("{peer} is slow", peer="10.0.0.2")
+    clock.advance(1)
+    quiet.info("{peer} is slow", peer="10.0.0.3")
+    assert [formatEvent(event) for event in seen] == [
+        "10.0.0.1 is slow", "another kind", "10.0.0.3 is slow (1000 more like it held back)"]
+
+
+@pytest.mark.allow_log_errors  # one traceback, on purpose
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_requests_hitting_a_bug_logs_one_traceback_and_each_gets_an_error(monkeypatch):
+    def broken(self, argument):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SkypeConnection, "do_PING", broken)
+    monkeypatch.setattr(base, "quiet", QuietLog(base.log, clock=task.Clock()))
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        _, _, connection, transport = unit_connection(SkypeFactory, Limits(), {})
+        connection.dataReceived(b"PING\n" * 500)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert transport.value() == b"500 Internal server error\n" * 500
+    assert len([event for event in seen if "log_failure" in event]) == 1

@@ -19,6 +19,7 @@ class Bot(words.IRCClient):
     def __init__(self, nickname, password=None):
         self.nickname = nickname
         self.password = password
+        self.realname = f"{nickname} the bot"
         self.heard = defer.DeferredQueue()
         self.signed_on = defer.Deferred()
 
@@ -157,7 +158,7 @@ async def test_irc_clients_register_join_talk_replay_and_part(daemon):
     batch = [line for line in replay if b"batch=" in line]
     assert [last_param(line) for line in batch] == [b"hello bob", b"hi alice", b"\x01ACTION waves\x01"]
     assert batch[0].startswith(b"@batch=1;time=20") and b";msgid=" in batch[0]
-    assert replay[0] == b":carol!carol@chatserv JOIN #talk"
+    assert replay[0] == b":carol!u@chatserv JOIN #talk"
 
     dave = await bot(daemon, "dave")  # no server-time
     dave.join("#talk")
@@ -169,11 +170,11 @@ async def test_irc_clients_register_join_talk_replay_and_part(daemon):
     assert await bob.hear("left") == ("left", "#talk")
     assert await alice.hear("userLeft") == ("userLeft", "bob", "#talk")
     dave.quit("bye")
-    assert (await alice.hear("userQuit"))[1] == "dave"
+    assert await alice.hear("userQuit") == ("userQuit", "dave", "Quit: bye")  # the reason reaches others
     carol.send(b"QUIT")
     seen = await until(carol, b"ERROR")
     assert seen[-1] == b"ERROR :Closing Link: chatserv (Quit)"
-    assert seen.index(b":bob!bob@chatserv PART #talk") < seen.index(b":dave!dave@chatserv QUIT Quit")
+    assert seen.index(b":bob!bob@chatserv PART #talk") < seen.index(b":dave!dave@chatserv QUIT :Quit: bye")
 
 
 @pytest_twisted.ensureDeferred
@@ -186,7 +187,7 @@ async def test_pass_login_rejoins_rooms_and_delivers_what_waited(daemon):
     client = await connect(daemon.port("irc"))
     client.send(b"PASS pw", b"NICK alice", b"USER a 0 * :A")
     lines = await until(client, b"while you were out")
-    assert b":alice!alice@chatserv JOIN #den" in lines
+    assert b":alice!a@chatserv JOIN #den" in lines
     assert b":chatserv 353 alice = #den :@alice" in lines
     assert lines[-1].startswith(b":bob!bob@chatserv PRIVMSG alice :[20")
     wrong = await connect(daemon.port("irc"))
@@ -271,13 +272,15 @@ async def test_cap_sasl_and_the_register_command(daemon):
     client.send(b"CAP LS 302")
     offered = set((await client.receive()).split(b" :", 1)[1].split())
     assert {b"sasl=PLAIN", b"server-time", b"message-tags", b"echo-message", b"multi-prefix", b"batch",
-            b"draft/chathistory", b"draft/account-registration=before-connect"} <= offered
+            b"draft/chathistory", b"draft/account-registration=before-connect,custom-account-name",
+            b"labeled-response", b"znc.in/playback"} <= offered
     client.send(b"REGISTER alice * pw")
     assert await until(client, b" 900 ") == [
         b":chatserv REGISTER SUCCESS alice :Account created",
         b":chatserv 900 * alice!alice@chatserv alice :You are now logged in as alice"]
-    client.send(b"NICK whatever", b"USER u 0 * :U", b"CAP END")
-    assert (await until(client, b" 001 "))[-1].startswith(b":chatserv 001 alice ")
+    client.send(b"NICK whatever", b"USER u 0 * :U", b"CAP END")  # an account keeps a free nick it asks for
+    assert (await until(client, b" 001 "))[-1] == (
+        b":chatserv 001 whatever :Welcome to the chatserv IRC network whatever!u@chatserv")
     isupport = b" ".join(line for line in await until(client, b" 376 ") if b" 005 " in line).split()
     for token in (b"CHANTYPES=#", b"PREFIX=(o)@", b"NICKLEN=32", b"CHANNELLEN=51", b"CASEMAPPING=ascii",
                   b"CHATHISTORY=50", b"NETWORK=chatserv"):
@@ -295,17 +298,17 @@ async def test_cap_sasl_and_the_register_command(daemon):
     assert await other.receive() == b":chatserv 904 a2 :SASL authentication failed"
     other.send(b"AUTHENTICATE PLAIN", b"AUTHENTICATE " + plain("alice", "pw"))
     assert await until(other, b" 903 ") == [
-        b"AUTHENTICATE +", b":chatserv 900 a2 a2!a2@chatserv alice :You are now logged in as alice",
+        b"AUTHENTICATE +", b":chatserv 900 a2 a2!u@chatserv alice :You are now logged in as alice",
         b":chatserv 903 a2 :SASL authentication successful"]
-    other.send(b"CAP END")
-    assert (await until(other, b" 001 "))[-1].startswith(b":chatserv 001 alice ")
+    other.send(b"CAP END")  # alice is online already, as "whatever": every connection of hers is
+    assert (await until(other, b" 001 "))[-1].startswith(b":chatserv 001 whatever ")
 
     late = await raw(daemon, "late", "sasl")  # a guest may log in after registration too
     late.send(b"AUTHENTICATE PLAIN", b"AUTHENTICATE " + plain("alice", "pw"))
     assert await until(late, b" 903 ") == [
-        b"AUTHENTICATE +", b":late!late@chatserv NICK alice",
-        b":chatserv 900 alice alice!alice@chatserv alice :You are now logged in as alice",
-        b":chatserv 903 alice :SASL authentication successful"]
+        b"AUTHENTICATE +", b":late!u@chatserv NICK whatever",
+        b":chatserv 900 whatever whatever!u@chatserv alice :You are now logged in as alice",
+        b":chatserv 903 whatever :SASL authentication successful"]
 
 
 @pytest_twisted.ensureDeferred
@@ -336,7 +339,8 @@ async def test_chathistory_for_rooms_and_direct_messages(daemon):
     bob = await raw(daemon, "bob", "message-tags")
     bob.send(b"@+typing=active TAGMSG alice", b"@+typing=done;+other=x TAGMSG alice", b"TAGMSG nobody")
     assert [await alice.receive() for _ in range(2)] == [
-        b"@+typing=active :bob!bob@chatserv TAGMSG alice", b"@+typing=done :bob!bob@chatserv TAGMSG alice"]
+        b"@+typing=active;msgid=t1 :bob!u@chatserv TAGMSG alice",
+        b"@+typing=done;+other=x;msgid=t2 :bob!u@chatserv TAGMSG alice"]
     bob.send(b"PRIVMSG alice :direct one")
     await until(alice, b"direct one")
     assert await history(b"CHATHISTORY LATEST bob * 10") == [b"direct one"]
@@ -362,6 +366,7 @@ async def test_across_protocols_with_the_skype_port(daemon):
     await daemon.chat.send_room(carol, "cross", "from the other port")
     assert await bob.hear("privmsg") == ("privmsg", "carol", "#cross", "from the other port")
     bob.msg("carol", "to the skype user")
+    await bob.sync()
     bob.whois("carol")
     assert await bob.numeric("312") == ["carol", "chatserv", "connected with skype"]
     inbox = await daemon.chat.inbox(carol)
@@ -408,12 +413,15 @@ async def test_bad_input_gets_numerics_and_harms_no_one(daemon):
                                                             b":chatserv PONG chatserv b"]
         assert await answers(b"PRIVMSG #bad :a\x00b") == [
             b":chatserv 400 mallory * :Line contains a NUL byte"]
-        client.send(b"PRIVMSG #bad :caf\xe9", b":bob!bob@chatserv PRIVMSG #bad :spoofed")
-        assert await bob.hear("privmsg") == ("privmsg", "mallory", "#bad", "caf\ufffd")
+        latin1 = b"PRIVMSG #bad :caf\xe9"
+        assert await answers(latin1, b":bob!bob@chatserv PRIVMSG #bad :spoofed", count=1) == [
+            b":chatserv FAIL PRIVMSG INVALID_UTF8 :Message rejected: this network takes UTF-8 only "
+            b"(UTF8ONLY)"]
+        # the Latin-1 line went nowhere
         assert await bob.hear("privmsg") == ("privmsg", "mallory", "#bad", "spoofed")
         assert await answers(
             b"MODE #bad +z", b"KICK #bad bob", b"TOPIC #bad :mine", b"JOIN bad", b"PRIVMSG #nochan :x",
-            b"PRIVMSG #bad", b"PRIVMSG nobody :x", b"PART #lobby", b"NICK other", b"USER a b c d",
+            b"PRIVMSG #bad", b"PRIVMSG nobody :x", b"PART #lobby", b"NICK bob", b"USER a b c d",
             b"CHATHISTORY x", b"CAP FOO", b"PRIVMSG", b"MODE bob +i", b"MODE mallory +Z", b"WHOIS nobody",
             b"KICK #bad nobody", b"MODE #bad +o", b"FROB x", count=20) == [
             b":chatserv 472 mallory z :is unknown mode char to me",
@@ -424,8 +432,7 @@ async def test_bad_input_gets_numerics_and_harms_no_one(daemon):
             b":chatserv 412 mallory :No text to send",
             b":chatserv 401 mallory nobody :No such nick/channel",
             b":chatserv 442 mallory #lobby :You're not on that channel",
-            b":chatserv 902 mallory :Your nick is your account name or your guest name; reconnect to change "
-            b"it",
+            b":chatserv 433 mallory bob :Nickname is already in use",
             b":chatserv 462 mallory :You may not reregister",
             b":chatserv 461 mallory CHATHISTORY :Not enough parameters",
             b":chatserv 410 mallory FOO :Invalid CAP command",
@@ -464,7 +471,7 @@ async def test_away_ison_list_names_who_and_a_stopping_daemon(daemon):
         b":chatserv 323 alice :End of /LIST",
         b":chatserv 353 alice = #look :@bob",
         b":chatserv 366 alice #look :End of /NAMES list",
-        b":chatserv 352 alice #look bob chatserv chatserv bob G@ :0 bob",
+        b":chatserv 352 alice #look bob chatserv chatserv bob G@ :0 bob the bot",
         b":chatserv 315 alice #look :End of WHO list",
         b":chatserv 332 alice #look :a topic"]
     await daemon.stop()

@@ -35,11 +35,26 @@ def test_parse_replaces_invalid_utf8_and_refuses_nul():
 
 
 def test_parse_bounds_the_body_and_the_tags_separately():
-    parse(b"@" + b"a" * 8000 + b" PRIVMSG #a :" + b"x" * 490)
+    parse(b"@" + b"a" * 4094 + b" PRIVMSG #a :" + b"x" * 490)  # a client's tag data: 4094 bytes at most
     with pytest.raises(LineTooLong):
         parse(b"PRIVMSG #a :" + b"x" * 510)
     with pytest.raises(LineTooLong):
-        parse(b"@" + b"a" * 8200 + b" PING x")
+        parse(b"@+a=" + b"a" * 4092 + b" PING x")
+
+
+def test_parse_marks_a_line_that_is_not_utf8():
+    assert parse(b"PRIVMSG #a :caf\xc3\xa9").valid_utf8
+    line = parse(b"PRIVMSG #a :caf\xe9")
+    assert not line.valid_utf8 and line.params == ("#a", "caf\ufffd")
+    assert not parse(b"@+k=\xff PING x").valid_utf8
+
+
+def test_serialise_keeps_a_server_line_within_512_bytes_and_whole_characters():
+    line = serialise("PONG", "chatserv", "é" * 400, prefix="chatserv")
+    assert len(line) <= 512 and line.endswith(b"\r\n")
+    line.decode("utf-8")
+    tags = b"@time=" + b"t" * 100 + b" "
+    assert len(serialise("PRIVMSG", "#a", "x" * 600, tags={"time": "t" * 100})) == 512 + len(tags)
 
 
 def test_serialise_adds_a_trailing_colon_only_when_needed_and_never_a_line_break():
@@ -92,7 +107,7 @@ def take(transport) -> list[bytes]:
 async def test_the_server_pings_an_idle_client_and_drops_a_silent_one():
     clock, connection, transport = await connect()
     connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
-    assert take(transport)[0] == b":chatserv 001 ann :Welcome to the chatserv IRC network ann!ann@chatserv"
+    assert take(transport)[0] == b":chatserv 001 ann :Welcome to the chatserv IRC network ann!a@chatserv"
     clock.advance(100)
     assert take(transport) == [b"PING chatserv"]
     connection.dataReceived(b"PONG chatserv\r\n")

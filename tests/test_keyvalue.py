@@ -38,3 +38,9 @@ def test_a_dangling_escape_is_refused():
 @given(st.dictionaries(st.text(), st.text()))
 def test_serialise_then_parse_gives_the_same_pairs(pairs):
     assert keyvalue.parse(keyvalue.serialise(pairs)) == pairs
+
+
+def test_line_breaks_are_escaped_so_a_push_stays_one_line():
+    assert keyvalue.serialise({"msg": "one\ntwo\r\nthree"}) == r"msg:one\ntwo\r\nthree"
+    assert keyvalue.parse(r"msg:one\ntwo\r\nthree") == {"msg": "one\ntwo\r\nthree"}
+    assert keyvalue.parse(r"msg:C\\new") == {"msg": r"C\new"}  # an escaped backslash, then an n

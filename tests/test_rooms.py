@@ -236,7 +236,7 @@ async def test_rooms_are_irc_channels_and_personal_messages_cross_both_ways(daem
     alice_on_irc = await connect(daemon.port("irc"))
     alice_on_irc.send(b"PASS pw", b"NICK alice", b"USER a 0 * :A")
     lines = await irc_until(alice_on_irc, b"unread here")
-    assert b":alice!alice@chatserv JOIN #den" in lines
+    assert b":alice!a@chatserv JOIN #den" in lines
     assert not any(b"psst, alice" in line for line in lines)  # read here: not handed over again
 
 
@@ -388,8 +388,18 @@ async def test_history_replies_fit_one_recv_and_say_what_was_left_out(daemon):
     assert [m.body[:9] for m in waiting] == [f"letter {n:02d}" for n in range(12 - len(shown))]
 
 
+@pytest_twisted.async_yield_fixture
+async def roomy(db):
+    """A daemon where one user may create rooms without limit."""
+    unlimited = ["--max-rooms-per-user", "0", "--room-rate-per-user", "0", "--room-rate-per-address", "0"]
+    running = await Daemon(db, unlimited).start()
+    yield running
+    await running.stop()
+
+
 @pytest_twisted.ensureDeferred
-async def test_long_lists_are_trimmed_to_fit_with_a_last_entry_saying_how_many_more(daemon):
+async def test_long_lists_are_trimmed_to_fit_with_a_last_entry_saying_how_many_more(roomy):
+    daemon = roomy
     alice = await logged_in(daemon)
     user = daemon.chat.user("alice")
     for number in range(250):

@@ -460,9 +460,11 @@ class InstantHasher:
 
 REQUEST_TYPES = ["message", "userlist", "guest", "salt", "login", "register", "disconnect", "typing", "x"]
 FIELDS = ["type", "user", "message", "onlinetype", "password", "status", "salt", "version"]
+WITH_SURROGATES = st.lists(st.characters(categories=["Cs"]) | st.characters(), max_size=8).map("".join)
 VALUES = st.one_of(
     st.sampled_from([*REQUEST_TYPES, "alice", "bob", "true", "false", "1.0", "ALICE_DIGEST"]),
-    st.text(max_size=8), st.integers(), st.floats(), st.none(), st.booleans(),
+    WITH_SURROGATES,
+    st.integers(), st.floats(), st.none(), st.booleans(),
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
 )
 REPLY_TYPES = {"error", "salt", "login", "register_status", "username_register_status", "username_taken",
@@ -473,6 +475,8 @@ REPLY_TYPES = {"error", "salt", "login", "register_status", "username_register_s
 @given(st.lists(st.one_of(
     st.binary(max_size=48).filter(lambda line: b"\n" not in line),
     st.dictionaries(st.sampled_from(FIELDS), VALUES).map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries({"type": st.sampled_from(REQUEST_TYPES)},
+                          optional=dict.fromkeys(FIELDS[1:], VALUES)).map(lambda d: json.dumps(d).encode()),
 ), min_size=1, max_size=10))
 def test_any_lines_get_json_answers_in_order_and_no_failure(lines):
     clock = task.Clock()

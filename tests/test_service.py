@@ -105,7 +105,7 @@ async def test_presence_reaches_contacts_and_watchers_once(chat):
     assert [(e.user.username, e.online) for e in bob_sink.of(events.PresenceChanged)] == [("alice", True)]
     assert carol_sink.of(events.PresenceChanged) == []
     assert [e.user.username for e in watcher.of(events.PresenceChanged)] == ["alice"]
-    assert chat.is_online(alice) and chat.last_address(alice) == "10.1.1.1"
+    assert chat.is_online(alice) and [s.address for s in chat.sessions_of(alice)] == ["10.1.1.1", ""]
     chat.detach(first)
     assert chat.is_online(alice)
     chat.detach(second)
@@ -202,6 +202,76 @@ async def test_room_messages_fan_out_to_members_but_not_origin_or_blockers(chat)
     assert [u.username for u in chat.members(room)] == ["alice", "carol"]
     with pytest.raises(errors.Denied):
         await chat.leave_room(bob, "games")
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliveries_count_the_sessions_a_message_reached(chat):
+    alice, bob, carol = await users(chat, "alice", "bob", "carol")
+    origin = chat.attach(alice, Sink(), "test")
+    chat.attach(alice, Sink(), "test")
+    chat.attach(bob, Sink(), "test")
+    await chat.create_room(alice, "games")
+    await chat.join_room(bob, "games")
+    await chat.join_room(carol, "games")  # offline: nothing is handed to carol
+    await chat.send_room(alice, "games", "hi", origin=origin)
+    assert chat.stats["deliveries"] == 2  # alice's other session and bob
+    await chat.send_direct(alice, "bob", "psst", origin=origin)
+    assert chat.stats["deliveries"] == 4  # bob, and alice's other session
+    await chat.send_direct(alice, "carol", "later")
+    assert chat.stats["deliveries"] == 6  # alice's two sessions: carol is offline
+    samples = {s.name: s.value for s in chat.delivery_latency.collect()[0].samples}
+    assert samples["chatserv_delivery_latency_seconds_count"] == 3  # one per message
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversations_list_everyone_written_to_with_unread_counts(chat):
+    alice, bob, carol, dave = await users(chat, "alice", "bob", "carol", "dave")
+    await chat.add_contact(alice, "dave")  # a contact never written to
+    await chat.create_room(alice, "games")
+    await chat.send_direct(bob, alice, "one")
+    await chat.send_direct(bob, alice, "two")
+    await chat.send_direct(carol, alice, "hello from a stranger")
+    await chat.send_room(alice, "games", "anyone?")
+
+    def listed(conversations):
+        return [(c.room.name if c.room else c.peer.username, c.last and c.last.body, c.unread)
+                for c in conversations]
+
+    found = await chat.conversations(alice)
+    assert listed(found) == [("games", "anyone?", 0), ("carol", "hello from a stranger", 1),
+                             ("bob", "two", 2), ("dave", None, 0)]
+    assert found[0].room is not None and found[1].peer is carol
+    newest_two = await chat.conversations(alice, limit=2)
+    assert listed(await chat.conversations(alice, before=newest_two[-1].last.id)) == listed(found[2:])
+
+    sessions = [Sink(), Sink()]
+    for sink in sessions:
+        chat.attach(alice, sink, "test")
+    assert await chat.mark_read(alice, peer=bob) == found[2].last.id
+    assert [(e.peer, e.up_to) for s in sessions for e in s.of(events.ReadMarked)] == [
+        (bob, found[2].last.id)] * 2
+    await chat.send_room(alice, "games", "more")  # one's own messages are never unread
+    await chat.join_room(bob, "games")
+    await chat.mark_read(alice, room=found[0].room, up_to=0)
+    await chat.send_room(bob, "games", "yes!")
+    assert listed(await chat.conversations(alice))[:3] == [
+        ("games", "yes!", 1), ("carol", "hello from a stranger", 1), ("bob", "two", 0)]
+    with pytest.raises(errors.Denied):
+        await chat.mark_read(carol, room=found[0].room)
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_reaches_those_who_watch_a_non_contact(chat):
+    alice, bob = await users(chat, "alice", "bob")
+    sink = Sink()
+    session = chat.attach(alice, sink, "test")
+    chat.watch_presence_of(session, [bob])
+    bob_session = chat.attach(bob, Sink(), "test")
+    chat.detach(bob_session)
+    assert [(e.user, e.online) for e in sink.of(events.PresenceChanged)] == [(bob, True), (bob, False)]
+    chat.detach(session)
+    chat.attach(bob, Sink(), "test")
+    assert len(sink.of(events.PresenceChanged)) == 2 and chat._presence_watchers == {}
 
 
 @pytest_twisted.ensureDeferred

@@ -2,9 +2,11 @@
 
 import pytest
 import pytest_twisted
+from twisted.internet import endpoints, reactor
 
-from chatserv.protocols.framing import LengthPrefixFramer
-from tests.support import Daemon, connect
+from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
+from tests.support import Daemon, FrameClient, connect
+from tests.test_irc import raw as irc_client
 
 
 @pytest.fixture(params=["line", "framed"])
@@ -58,7 +60,7 @@ async def test_every_command(daemon, framing):
     await bob.wait_closed()
     assert await alice.request(b"AVAILABLE bob") == b"300 Not OK"
     assert await alice.request(b"SEARCH bob") == (
-        b"201 id:2,username:bob,password:,online:false,address:127.0.0.1")
+        b"201 id:2,username:bob,password:,online:false,address:")
     assert await alice.request(b"REMOVE bob") == b"200 OK"
     assert await alice.request(b"REMOVE bob") == b"301 Not found"
     assert await alice.request(b"LIST") == b"301 Not found"
@@ -72,8 +74,8 @@ async def test_list_joins_records_with_spaces(daemon, framing):
         assert await alice.request(b"ADD " + name.encode()) == b"200 OK"
         assert await other.request(b"EXIT") == b"201 Goodbye"
     listing = await alice.request(b"LIST")
-    assert listing == (b"201 id:2,username:bob,password:,online:false,address:127.0.0.1 "
-                       b"id:3,username:carol,password:,online:false,address:127.0.0.1")
+    assert listing == (b"201 id:2,username:bob,password:,online:false,address: "
+                       b"id:3,username:carol,password:,online:false,address:")
 
 
 @pytest_twisted.ensureDeferred
@@ -185,3 +187,24 @@ async def test_replies_keep_request_order_under_pipelining(daemon):
     client.send(b"CREATE alice pw", b"SEARCH alice", b"PING", b"LOGIN alice bad", b"LOGIN alice pw", b"LIST")
     replies = [await client.receive() for _ in range(6)]
     assert [r[:3] for r in replies] == [b"200", b"201", b"200", b"300", b"200", b"301"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_address_is_shown_only_for_a_user_on_a_seed_000_port(daemon):
+    """IRC masks its users' addresses, so seed 000 must not tell them either."""
+    alice = await logged_in(daemon, "line", "alice")
+    for name in ("bob", "carol"):
+        await daemon.chat.register(name, "pw")
+    await irc_client(daemon, "bob", before=[b"PASS pw"])  # on IRC only
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port("skype"),
+                                            bindAddress=("127.0.0.2", 0))
+    carol = await endpoints.connectProtocol(endpoint, FrameClient(LineFramer(1 << 20)))
+    assert await carol.request(b"LOGIN carol pw") == b"200 OK"
+    await irc_client(daemon, "carol", before=[b"PASS pw"])  # and on IRC, later, from 127.0.0.1
+    assert await alice.request(b"SEARCH bob") == b"201 id:2,username:bob,password:,online:true,address:"
+    assert await alice.request(b"AVAILABLE bob") == b"201 id:2,username:bob,password:,online:true,address:"
+    assert await alice.request(b"SEARCH carol") == (
+        b"201 id:3,username:carol,password:,online:true,address:127.0.0.2")
+    assert await carol.request(b"EXIT") == b"201 Goodbye"
+    await carol.wait_closed()
+    assert await alice.request(b"SEARCH carol") == b"201 id:3,username:carol,password:,online:true,address:"

@@ -1,13 +1,18 @@
 """One suite, both stores: what is written comes back, after a reopen too."""
 
+import os
+import shutil
+import sqlite3
+
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from chatserv.model import Message, Room, User
+from chatserv.model import HistoryBounds, Message, Room, User
 from chatserv.store.memory import MemoryStore
 from chatserv.store.migrations import MIGRATIONS
-from chatserv.store.sqlite import SQLiteStore
+from chatserv.store.sqlite import SQLiteStore, WriterStopped
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -105,6 +110,75 @@ async def test_history_is_newest_first_cut_and_oldest_first_returned(make_store)
 
 
 @pytest_twisted.ensureDeferred
+async def test_conversations_last_message_and_unread_after_the_read_mark(make_store):
+    store = make_store()
+    await store.open()
+    for uid, name in [(1, "a"), (2, "b"), (3, "c")]:
+        await store.add_user(user(uid, name))
+    for rid in (1, 2, 3):
+        await store.add_room(Room(rid, f"r{rid}", 1, 1.0))
+    await store.add_message(message(1, 2, recipient_id=1))
+    await store.add_message(message(2, 2, recipient_id=1))
+    await store.add_message(message(3, 1, recipient_id=2))
+    await store.add_message(message(4, 2, recipient_id=1))
+    await store.add_message(message(5, 1, recipient_id=3))  # sent, never answered
+    await store.add_message(message(6, 2, room_id=1))
+    await store.add_message(message(7, 1, room_id=1))
+    await store.add_message(message(8, 3, room_id=1))
+    await store.add_message(message(9, 2, room_id=2))
+    await store.add_message(message(10, 3, recipient_id=2))  # someone else's conversation
+
+    def table(rows):
+        return sorted((kind, target, last and last.id, unread) for kind, target, last, unread in rows)
+
+    # No mark: every message received is unread; a room never marked counts none.
+    assert table(await store.conversations(1, [1, 2, 3], 100)) == [
+        ("room", 1, 8, 0), ("room", 2, 9, 0), ("room", 3, None, 0), ("user", 2, 4, 3), ("user", 3, 5, 0)]
+    await store.set_read_mark(1, "user", 2, 2)
+    await store.set_read_mark(1, "room", 1, 6)
+    await store.set_read_mark(1, "room", 1, 1)  # a mark never moves back
+    await store.set_read_mark(1, "room", 3, 0)
+    store, _ = await reopen(store, make_store)
+    assert table(await store.conversations(1, [1, 3], 100)) == [
+        ("room", 1, 8, 1), ("room", 3, None, 0), ("user", 2, 4, 1), ("user", 3, 5, 0)]
+    assert table(await store.conversations(2, [], 1)) == [("user", 1, 4, 1), ("user", 3, 10, 1)]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_database_counts_as_unread_only_what_was_never_delivered(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "s.sqlite3")
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.executemany("INSERT INTO users VALUES (?, ?, ?, '1', 'v', 0, NULL)", [(1, "a", "a"), (2, "b", "b")])
+    conn.executemany("INSERT INTO messages (id, sender_id, sender_name, recipient_id, body, kind, sent_at,"
+                     " delivered) VALUES (?, 2, 'b', 1, 'hi', 'text', 0, ?)", [(1, 1), (2, 1), (3, 0)])
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, reactor)
+    await store.open()
+    [(_, _, last, unread)] = await store.conversations(1, [], 100)
+    assert (last.id, unread) == (3, 1)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_tokens_survive_a_reopen_until_removed(make_store):
+    store = make_store()
+    await store.open()
+    await store.add_user(user(1, "a"))
+    await store.save_token("d1", 1, 10.0, 10.0)
+    await store.save_token("d2", 1, 11.0, 11.0)
+    await store.save_token("d1", 1, 10.0, 50.0)  # a later use
+    await store.remove_token("d2")
+    store, snapshot = await reopen(store, make_store)
+    assert snapshot.tokens == [("d1", 1, 10.0, 50.0)]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sqlite_failed_write_fails_alone(tmp_path):
     """A write that breaks a constraint fails its own Deferred; its batch-mates commit."""
     store = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
@@ -122,8 +196,6 @@ async def test_sqlite_failed_write_fails_alone(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_sqlite_is_wal_and_migrated(tmp_path):
-    import sqlite3
-
     path = str(tmp_path / "s.sqlite3")
     store = SQLiteStore(path, reactor)
     await store.open()
@@ -139,3 +211,143 @@ async def test_sqlite_bad_path_fails_open(tmp_path):
     store = SQLiteStore(str(tmp_path / "missing-dir" / "s.sqlite3"), reactor)
     with pytest.raises(Exception, match="unable to open"):
         await store.open()
+    await store.close()  # ends at once: no writer to wait for
+
+
+@pytest.mark.parametrize("breaks", [
+    {"body": "\ud800"},  # a lone surrogate: UTF-8 cannot encode it (UnicodeEncodeError)
+    {"sent_at": 2**64},  # too big for an SQLite integer (OverflowError)
+    {"kind": object()},  # a value sqlite3 cannot bind at all (ProgrammingError)
+], ids=["surrogate", "overflow", "unbindable"])
+@pytest_twisted.ensureDeferred
+async def test_sqlite_whatever_one_write_raises_fails_it_alone_and_the_writer_goes_on(tmp_path, breaks):
+    path = str(tmp_path / "s.sqlite3")
+    store = SQLiteStore(path, reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    alone = store.add_message(attrs.evolve(message(1, 1, room_id=1), **breaks))
+    with pytest.raises(Exception):  # noqa: B017 - each value fails in its own way
+        await alone
+    assert (await store.add_message(message(2, 1, room_id=1))) is None  # acknowledged
+    before = store.add_message(message(3, 1, room_id=1))  # in one batch with a bad write
+    batched = store.add_message(attrs.evolve(message(4, 1, room_id=1), **breaks))
+    after = store.add_message(message(5, 1, room_id=1))
+    await before
+    with pytest.raises(Exception):  # noqa: B017
+        await batched
+    await after
+    assert [m.id for m in await store.room_history(1, 10)] == [2, 3, 5]
+    store, _ = await reopen(store, lambda: SQLiteStore(path, reactor))
+    assert [m.id for m in await store.room_history(1, 10)] == [2, 3, 5]
+    await store.close()
+
+
+class Injected(BaseException):
+    """Stands for whatever could still stop the writer thread (the code catches every Exception)."""
+
+
+@pytest.mark.allow_log_errors  # the store logs why its writer stopped
+@pytest_twisted.ensureDeferred
+async def test_sqlite_a_writer_that_stops_anyway_fails_every_waiting_write_and_still_closes(
+        tmp_path, monkeypatch):
+    def transaction(conn, statements):
+        if any("doomed" in map(str, params) for _, params in statements):
+            raise Injected()
+        return original(conn, statements)
+
+    original = SQLiteStore._transaction
+    monkeypatch.setattr(SQLiteStore, "_transaction", staticmethod(transaction))
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    broken = store.when_broken()
+    doomed = store.add_message(attrs.evolve(message(1, 1, recipient_id=1), body="doomed"))
+    with pytest.raises(WriterStopped):
+        await doomed
+    assert isinstance(await broken, Injected)
+    assert isinstance(await store.when_broken(), Injected)  # asked after the fact: told at once
+    with pytest.raises(WriterStopped):
+        await store.add_message(message(2, 1, recipient_id=1))
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_close_leaves_the_main_file_a_complete_backup(tmp_path):
+    """Both connections closed and the WAL checkpointed: a copy of the one file has everything."""
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    await store.add_message(message(1, 1, room_id=1))
+    assert [m.id for m in await store.room_history(1, 10)] == [1]  # the reader has a connection
+    await store.close()
+    backup = tmp_path / "backup" / "copy.sqlite3"
+    backup.parent.mkdir()
+    shutil.copyfile(path, backup)
+    conn = sqlite3.connect(backup)
+    try:
+        assert conn.execute("SELECT username FROM users").fetchall() == [("alice",)]
+        assert conn.execute("SELECT body FROM messages").fetchall() == [("body 1",)]
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_ranges_and_last_seen(make_store):
+    """What CHATHISTORY, znc playback and the join-time replay read, alike on both stores."""
+    store = make_store()
+    await store.open()
+    for uid, name in [(1, "a"), (2, "b"), (3, "c")]:
+        await store.add_user(user(uid, name))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    await store.add_room(Room(2, "s", 1, 1.0))
+    for mid in range(1, 11):  # sent at 2001.0 .. 2010.0
+        await store.add_message(message(mid, 1, room_id=1))
+    await store.add_message(message(11, 1, recipient_id=2))
+    await store.add_message(message(12, 3, recipient_id=1))
+    await store.add_message(message(13, 2, recipient_id=3))
+    await store.add_message(message(14, 2, room_id=2))
+
+    def ids(found):
+        return [m.id for m in found]
+
+    assert ids(await store.message_range(HistoryBounds(), 3, room_id=1)) == [8, 9, 10]
+    assert ids(await store.message_range(HistoryBounds(after_id=3, before_id=9), 3, room_id=1)) == [6, 7, 8]
+    assert ids(await store.message_range(HistoryBounds(after_id=3, before_id=9, oldest=True), 3,
+                                         room_id=1)) == [4, 5, 6]
+    assert ids(await store.message_range(HistoryBounds(since=2004.0, until=2006.0), 10, room_id=1)) == [4, 5]
+    assert ids(await store.message_range(HistoryBounds(), 10, pair=(2, 1))) == [11]
+    assert ids(await store.message_range(HistoryBounds(oldest=True), 10, pair=(1, 3))) == [12]
+
+    assert await store.last_seen(1) == {}
+    await store.set_last_seen(1, 1, 7)
+    await store.set_last_seen(1, 1, 5)  # never back
+    await store.set_last_seen(1, 2, 14)
+    await store.set_last_seen(2, 1, 3)
+    store, _ = await reopen(store, make_store)
+    assert await store.last_seen(1) == {1: 7, 2: 14}
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_names_are_keyed_as_irc_ascii_casemapping(tmp_path):
+    """Migration 2 rewrites keys made with Unicode casefolding: #Straße and #STRASSE are two."""
+    import sqlite3
+
+    path = str(tmp_path / "s.sqlite3")
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO rooms (id, name, name_key, created_at) VALUES (1, ?, 'strasse', 1.0)",
+                 ("Stra\u00dfe",))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, reactor)
+    await store.open()
+    await store.add_room(Room(2, "STRASSE", None, 2.0))
+    store, snapshot = await reopen(store, lambda: SQLiteStore(path, reactor))
+    assert sorted(r.name for r in snapshot.rooms) == ["STRASSE", "Stra\u00dfe"]
+    await store.close()

@@ -3,12 +3,14 @@
 import pytest
 import pytest_twisted
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
 from chatserv.limits import Limits
+from chatserv.model import User
 from chatserv.web.sessions import InvalidSession, WebSessions
 from tests.support import Daemon, connect
-from tests.web_support import base_url, call, register_and_login
+from tests.web_support import Tokens, base_url, call, register_and_login
 
 # The three ways the seed's clients sent parameters.
 FORMS = ["query", "form", "json"]
@@ -187,10 +189,17 @@ async def test_oversized_bodies_are_refused_and_the_port_goes_on(daemon):
     assert await call(daemon, "/") == (200, "Hello World")
 
 
+ALICE = User(1, "alice", "1" * 32, None, 0.0)
+
+
+def started(sessions, user=ALICE):
+    return sessions.start(user).result  # the fake store keeps it at once
+
+
 def test_session_ids_expire_unused_but_not_while_a_socket_uses_them():
     clock = task.Clock()
-    sessions = WebSessions(clock, ttl=60, limits=Limits())
-    first, second = sessions.start("alice"), sessions.start("alice")
+    sessions = WebSessions(Tokens(), clock, ttl=60, limits=Limits())
+    first, second = started(sessions), started(sessions)
     assert first.token != second.token and len(first.token) >= 40
     clock.advance(50)
     assert sessions.get(first.token) is first  # a use pushes the expiry back
@@ -207,21 +216,93 @@ def test_session_ids_expire_unused_but_not_while_a_socket_uses_them():
     assert len(sessions) == 0
 
 
+def test_a_user_holds_a_bounded_number_of_session_ids_and_the_oldest_go():
+    clock = task.Clock()
+    tokens = Tokens()
+    sessions = WebSessions(tokens, clock, ttl=600, limits=Limits(), per_user=3)
+    first, second, third = [started(sessions) for _ in range(3)]
+    first.sockets.add(object())  # the page that is open: spared while others can go
+    clock.advance(1)
+    sessions.get(second.token)
+    fourth = started(sessions)
+    with pytest.raises(InvalidSession):
+        sessions.get(third.token)  # the least recently used without a socket
+    assert {s.token for s in sessions.of_user(ALICE)} == {first.token, second.token, fourth.token}
+    assert len(tokens.kept) == 3
+    bob = User(2, "bob", "1" * 32, None, 0.0)
+    started(sessions, bob)  # another user's logins end none of alice's
+    assert len(sessions.of_user(ALICE)) == 3
+
+
+def test_session_ids_outlive_a_restart_but_not_their_expiry():
+    clock = task.Clock()
+    tokens = Tokens()
+    sessions = WebSessions(tokens, clock, ttl=600, limits=Limits())
+    kept, stale = started(sessions), started(sessions)
+    clock.advance(300)
+    sessions.get(kept.token)  # used half-way: the store hears of it
+    sessions.close()
+    clock.advance(400)  # the daemon was down a while
+    again = WebSessions(tokens, clock, ttl=600, limits=Limits())
+    again.load()
+    assert again.get(kept.token).user is ALICE
+    with pytest.raises(InvalidSession):
+        again.get(stale.token)
+    assert len(tokens.kept) == 1
+    clock.advance(601)
+    assert len(again) == 0 and tokens.kept == {}
+
+
+async def scrape(daemon) -> dict:
+    """/metrics parsed: {sample name with its labels: value}, and the HELP of each family."""
+    response = await treq.get(base_url(daemon) + "/metrics")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]
+    samples, helps = {}, {}
+    for family in text_string_to_metric_families((await treq.content(response)).decode()):
+        helps[family.name] = family.documentation
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples, helps
+
+
 @pytest_twisted.ensureDeferred
 async def test_metrics_in_prometheus_text_format(daemon):
-    await register_and_login(daemon, "alice")
+    fresh, helps = await scrape(daemon)
+    for counter in ["logins", "login_failures", "registrations", "messages", "deliveries", "sessions",
+                    "web_errors", "connections_refused"]:
+        assert fresh[f"chatserv_{counter}_total"] == 0, counter  # present before it ever counts
+        assert helps[f"chatserv_{counter}"], counter
+    assert fresh["process_resident_memory_bytes"] > 0 and fresh["process_open_fds"] > 0
+    assert "process_cpu_seconds_total" in fresh
+    assert fresh["chatserv_delivery_latency_seconds_count"] == 0
+
+    alice = await register_and_login(daemon, "alice")
     await call(daemon, "/login", params={"username": "alice", "password": "wrong"})
     skype = await connect(daemon.port("skype"))
     await skype.request(b"PING")
-    code, text = await call(daemon, "/metrics")
-    assert code == 200
-    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert lines['chatserv_connections{protocol="skype"}'] == "1"
-    assert lines["chatserv_rest_sessions"] == "1"
-    assert lines["chatserv_logins_total"] == "1"
-    assert lines["chatserv_login_failures_total"] == "1"
-    assert lines["chatserv_web_errors_total"] == "1"
+    bob = await connect(daemon.port("skype"))
+    assert await bob.request(b"CREATE bob pw") == b"200 OK"
+    assert await bob.request(b"LOGIN bob pw") == b"200 OK"
+    await call(daemon, "/saveMessage", "POST", json_body={"sessionID": alice["sessionID"],
+                                                         "recipientID": "bob", "content": "hi"})
+    await call(daemon, "/saveMessage", "POST", json_body={"sessionID": alice["sessionID"],
+                                                         "recipientID": "nobody", "content": "hi"})
+    samples, _ = await scrape(daemon)
+    assert samples['chatserv_connections{protocol="skype"}'] == 2
+    assert samples["chatserv_rest_sessions"] == 1
+    assert samples["chatserv_logins_total"] == 2
+    assert samples["chatserv_login_failures_total"] == 1
+    assert samples["chatserv_web_errors_total"] == 2
+    assert samples["chatserv_messages_total"] == 1
+    # bob's skype session takes direct messages from its inbox: nothing was handed to it live
+    assert samples["chatserv_deliveries_total"] == 0
+    assert samples["chatserv_delivery_latency_seconds_count"] == 1
+    assert samples['chatserv_rest_request_seconds_count{endpoint="save_message"}'] == 2
+    assert samples['chatserv_rest_request_seconds_count{endpoint="login"}'] == 2
     skype.transport.loseConnection()
+    bob.transport.loseConnection()
 
 
 @pytest_twisted.ensureDeferred

@@ -45,6 +45,24 @@ async def register_and_login(daemon, username, password="pw") -> dict:
     return reply
 
 
+class Tokens:
+    """What WebSessions needs of the service: the login tokens the store keeps."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def saved_tokens(self):
+        return [(digest, *kept) for digest, kept in self.kept.items()]
+
+    def save_token(self, digest, user, created_at, last_used):
+        self.kept[digest] = (user, created_at, last_used)
+        return defer.succeed(None)
+
+    def drop_token(self, digest):
+        self.kept.pop(digest, None)
+        return defer.succeed(None)
+
+
 def node_modules() -> str:
     """tests/js with its node_modules installed (``npm ci`` once); skip without node and npm."""
     if not shutil.which("node") or not shutil.which("npm"):

@@ -17,11 +17,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, Limits, TokenBucket
+from chatserv.limits import Deadline, Limits, QuietLog, TokenBucket
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
 
 log = Logger()
+quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
 
 
 class BadRequest(errors.ChatError):
@@ -210,7 +211,7 @@ class ChatConnection(protocol.Protocol):
         try:
             self._reply(self.error_table.reply(failure.value))
         except Exception:
-            log.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
             self._reply(self.internal_error())
 
     def _done(self, _):
@@ -236,7 +237,7 @@ class ChatConnection(protocol.Protocol):
     def _landed(self, result):
         self._in_flight -= 1
         if isinstance(result, Failure):
-            log.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
+            quiet.failure("unexpected failure in {proto} background work", result, proto=self.protocol_name)
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
@@ -283,8 +284,8 @@ class ChatConnection(protocol.Protocol):
         self._queued.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes > self.limits.send_queue:
-            log.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
-                     peer=self.peer_host)
+            quiet.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
+                       peer=self.peer_host)
             self._queued = ()
             self._closing = True
             self.transport.unregisterProducer()
@@ -358,7 +359,7 @@ class ChatConnection(protocol.Protocol):
         try:
             data = self.render(event)
         except Exception:
-            log.failure("cannot render {event!r}", event=event)
+            quiet.failure("cannot render {event!r}", event=event)
             return
         if data:
             if self._write_paused:
@@ -383,27 +384,58 @@ class ConnectionTracker(service.Service):
         self.connections: set = set()
         self.per_host: collections.Counter = collections.Counter()
         self.refused = 0
+        self._quiet = QuietLog(log, clock=clock)  # refusals: one line a minute at most
+        self._shared: set = set()
         self._emptied: list[defer.Deferred] = []
 
     def admits(self, host: str, limits: Limits) -> bool:
         """May one more connection from ``host`` open, within the total and per-address limits?"""
-        if (limits.max_connections and len(self.connections) >= limits.max_connections) or (
-                limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip):
-            self.refused += 1
+        if limits.max_connections and len(self.connections) >= limits.max_connections:
+            self._refuse(host, "--max-connections")
+            return False
+        if limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip:
+            self._refuse(host, "--connections-per-ip")
             return False
         return True
+
+    def _refuse(self, host: str, limit: str):
+        """Count a refusal; the log has a line a minute at most, saying how many were held back."""
+        self.refused += 1
+        self._quiet.warn("refused a connection from {host}, over {limit}", host=host, limit=limit)
 
     def add(self, connection):
         self.connections.add(connection)
         self.per_host[connection.peer_host] += 1
 
+    def share(self, connection) -> bool:
+        """``connection`` is part of a client counted otherwise (a browser's polling requests
+        belong to its Engine.IO session): it stays in the total but leaves its address's
+        count. False if it is not tracked or already shared."""
+        if connection not in self.connections or connection in self._shared:
+            return False
+        self._shared.add(connection)
+        self._uncount(connection.peer_host)
+        return True
+
+    def unshare(self, connection):
+        """Count ``connection`` for its address again (the client it was part of is gone)."""
+        if connection in self._shared:
+            self._shared.discard(connection)
+            self.per_host[connection.peer_host] += 1
+
+    def _uncount(self, host):
+        self.per_host[host] -= 1
+        if not self.per_host[host]:
+            del self.per_host[host]
+
     def discard(self, connection):
         if connection not in self.connections:
             return
         self.connections.discard(connection)
-        self.per_host[connection.peer_host] -= 1
-        if not self.per_host[connection.peer_host]:
-            del self.per_host[connection.peer_host]
+        if connection in self._shared:
+            self._shared.discard(connection)
+        else:
+            self._uncount(connection.peer_host)
         if not self.connections:
             waiting, self._emptied = self._emptied, []
             for d in waiting:

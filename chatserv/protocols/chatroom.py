@@ -26,6 +26,7 @@ import json
 import attrs
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
@@ -215,21 +216,80 @@ class OnePush(protocol.Factory):
         return self.client
 
 
+class PushTimedOut(PushFailed):
+    """A target did not take a push in time (no connection, or no answer): it is backed off."""
+
+
+def _connect_timed_out(result, timeout):
+    return Failure(PushTimedOut("cannot connect in time"))
+
+
+@attrs.define(eq=False)
+class _Target:
+    """A client's listening port (host and port): one push at a time, a backoff after a timeout."""
+
+    host: str
+    port: int
+    queue: collections.deque = attrs.field(factory=collections.deque)  # jobs waiting their turn
+    busy: bool = False  # a job of its queue is ready or running
+    timeouts: int = 0  # in a row; an answer clears them
+    not_before: float = 0.0
+    wake: object = None  # the IDelayedCall that ends its backoff
+
+    @property
+    def idle(self) -> bool:
+        return not (self.busy or self.queue or self.wake)
+
+
+@attrs.define(eq=False)
+class _Job:
+    target: _Target
+    payload: bytes
+    first_chunk: bool
+    wait: float
+    beside: bool
+    result: defer.Deferred = attrs.field(factory=defer.Deferred)
+    slow: bool = False  # started for a target that had timed out
+
+
 class Pusher:
     """Outbound pushes, bounded in time (connect and answer timeouts) and in number (at most
-    ``limit`` at once, ``backlog`` waiting; beyond that a push is dropped with a log line)."""
+    ``limit`` at once, ``backlog`` waiting; beyond that a push is dropped with a log line), and
+    fair, so that one target's slow pushes never delay another's:
+
+    - a target (a host and port) gets one push at a time; consent asks go beside its messages
+      (and fail at once while it is backed off: it would not answer them either);
+    - a target that timed out waits a backoff (the push timeout, doubling with each further
+      timeout, at most ``BACKOFF_MAX``) before its next push, and stays *slow* until it answers:
+      healthy targets are served first, and slow ones hold at most half of the slots;
+    - one host holds at most a quarter of the slots, so many tarpits on one address cannot take
+      them all even before the first of them has timed out.
+    """
+
+    BACKOFF_MAX = 300.0
 
     def __init__(self, reactor, limit: int, backlog: int, timeout: float, max_answer: int):
         self.reactor = reactor
         self.timeout = timeout
         self.backlog = backlog
         self.max_answer = max_answer
-        self._slots = defer.DeferredSemaphore(max(1, limit))
+        self.limit = max(1, limit)
+        self.per_host = max(1, self.limit // 4)
+        self.slow_share = max(1, self.limit // 2)
         self.dropped = 0  # since the backlog last filled up
+        self._targets: dict[tuple[str, int], _Target] = {}
+        # Jobs ready to start, healthy (False) and slow (True), by host in round-robin order.
+        self._ready: dict[bool, collections.OrderedDict] = {False: collections.OrderedDict(),
+                                                            True: collections.OrderedDict()}
+        self._host_running: collections.Counter = collections.Counter()
+        self._running = self._running_slow = self._waiting = 0
+        self._pumping = False
+        self._prune_at = backlog
 
-    def push(self, host: str, port: int, payload: bytes, *, first_chunk=False, wait=None) -> defer.Deferred:
+    def push(self, host: str, port: int, payload: bytes, *, first_chunk=False, wait=None,
+             beside=False) -> defer.Deferred:
         """Deferred[bytes]: the client's answer; PushFailed if none came in time."""
-        if len(self._slots.waiting) >= self.backlog:
+        if self._waiting >= self.backlog:
             if not self.dropped:
                 log.warn("chat-room: {n} pushes waiting, dropping more until some are done", n=self.backlog)
             self.dropped += 1
@@ -237,22 +297,145 @@ class Pusher:
         if self.dropped:
             log.warn("chat-room: {n} pushes were dropped", n=self.dropped)
             self.dropped = 0
-        return self._slots.run(lambda: defer.Deferred.fromCoroutine(
-            self._push(host, port, payload, first_chunk, wait or self.timeout)))
+        target = self._targets.get((host, port))
+        if target is None:
+            target = self._targets[host, port] = _Target(host, port)
+            if len(self._targets) > self._prune_at:
+                self._prune()
+        job = _Job(target, payload, first_chunk, wait or self.timeout, beside)
+        if beside:
+            if target.not_before > self.reactor.seconds():
+                return defer.fail(PushFailed("the client did not answer lately"))
+            self._make_ready(job)
+        else:
+            target.queue.append(job)
+            self._release(target)
+        self._waiting += 1
+        self._pump()
+        return job.result
 
-    async def _push(self, host, port, payload, first_chunk, wait):
-        endpoint_type = endpoints.TCP6ClientEndpoint if ":" in host else endpoints.TCP4ClientEndpoint
-        endpoint = endpoint_type(self.reactor, host, port, timeout=self.timeout)
-        client = PushClient(payload, first_chunk, self.max_answer)
+    def stop(self):
+        """The daemon stops: pushes still waiting fail, and no backoff timer outlives it."""
+        waiting = [job for ready in self._ready.values() for jobs in ready.values() for job in jobs]
+        for ready in self._ready.values():
+            ready.clear()
+        for target in self._targets.values():
+            if target.wake is not None:
+                target.wake.cancel()
+                target.wake = None
+            waiting += target.queue
+            target.queue.clear()
+        self._waiting = 0
+        for job in waiting:
+            job.result.errback(PushDropped("the daemon stops"))
+
+    def _prune(self):
+        """Forget targets with nothing to send whose backoff is over (bounded memory)."""
+        now = self.reactor.seconds()
+        for key in [key for key, t in self._targets.items() if t.idle and t.not_before <= now]:
+            del self._targets[key]
+        self._prune_at = max(2 * len(self._targets), self.backlog)
+
+    # scheduling
+
+    def _release(self, target: _Target):
+        """Make the target's next push ready if it is its turn, else wait out its backoff."""
+        if target.busy or not target.queue:
+            return
+        delay = target.not_before - self.reactor.seconds()
+        if delay > 0:
+            if target.wake is None:
+                target.wake = self.reactor.callLater(delay, self._woken, target)
+            return
+        target.busy = True
+        self._make_ready(target.queue.popleft())
+
+    def _make_ready(self, job: _Job):
+        job.slow = job.target.timeouts > 0
+        self._ready[job.slow].setdefault(job.target.host, collections.deque()).append(job)
+
+    def _woken(self, target: _Target):
+        target.wake = None
+        self._release(target)
+        self._pump()
+
+    def _pump(self):
+        if self._pumping:
+            return  # the loop below sees whatever was released meanwhile
+        self._pumping = True
         try:
-            await endpoint.connect(OnePush(client)).addTimeout(self.timeout, self.reactor)
-        except Exception as exc:  # refused, unreachable, timed out: all the same to the caller
+            while self._running < self.limit:
+                job = self._take(slow=False)
+                if job is None and self._running_slow < self.slow_share:
+                    job = self._take(slow=True)
+                if job is None:
+                    break
+                self._start(job)
+        finally:
+            self._pumping = False
+
+    def _take(self, slow: bool) -> _Job | None:
+        """The next ready job whose host has a slot left, taking hosts in turn."""
+        ready = self._ready[slow]
+        for host, jobs in ready.items():
+            if self._host_running[host] >= self.per_host:
+                continue  # at most limit // per_host hosts are full: this skips a few at most
+            job = jobs.popleft()
+            if jobs:
+                ready.move_to_end(host)
+            else:
+                del ready[host]
+            return job
+        return None
+
+    def _start(self, job: _Job):
+        self._waiting -= 1
+        self._running += 1
+        self._running_slow += job.slow
+        self._host_running[job.target.host] += 1
+        defer.Deferred.fromCoroutine(self._push(job)).addBoth(self._finished, job)
+
+    def _finished(self, outcome, job: _Job):
+        target = job.target
+        self._running -= 1
+        self._running_slow -= job.slow
+        self._host_running[target.host] -= 1
+        if not self._host_running[target.host]:
+            del self._host_running[target.host]
+        if isinstance(outcome, Failure) and outcome.check(PushTimedOut):
+            target.timeouts += 1
+            backoff = min(self.timeout * 2 ** (target.timeouts - 1), self.BACKOFF_MAX)
+            target.not_before = self.reactor.seconds() + backoff
+        elif not isinstance(outcome, Failure):
+            target.timeouts, target.not_before = 0, 0.0
+        if not job.beside:
+            target.busy = False
+        job.result.callback(outcome) if not isinstance(outcome, Failure) else job.result.errback(outcome)
+        self._release(target)  # after the caller's turn: it may have queued its next push
+        if target.idle and not target.timeouts:
+            self._targets.pop((target.host, target.port), None)
+        self._pump()
+
+    # one push
+
+    async def _push(self, job: _Job) -> bytes:
+        target = job.target
+        endpoint_type = endpoints.TCP6ClientEndpoint if ":" in target.host else endpoints.TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, target.host, target.port, timeout=self.timeout)
+        client = PushClient(job.payload, job.first_chunk, self.max_answer)
+        try:
+            await endpoint.connect(OnePush(client)).addTimeout(self.timeout, self.reactor,
+                                                               onTimeoutCancel=_connect_timed_out)
+        except PushTimedOut:
+            raise
+        except Exception as exc:  # refused, unreachable: all the same to the caller
             raise PushFailed(f"cannot connect ({exc.__class__.__name__})") from None
         try:
-            answer = await client.answer.addTimeout(wait, self.reactor)
+            answer = await client.answer.addTimeout(job.wait, self.reactor)
         except defer.TimeoutError:
             client.transport.abortConnection()
-            raise PushFailed("no answer in time") from None
+            # A consent ask waits for a person: a slow one says nothing about the client.
+            raise (PushFailed if job.beside else PushTimedOut)("no answer in time") from None
         client.transport.loseConnection()
         return answer
 
@@ -334,7 +517,7 @@ class CallbackLogin:
         (None: no answer in time). It goes out beside the queue: messages do not wait for it."""
         payload = self.wire.encode({"type": "ip", "from": asker.username}) + self.terminator
         asking = self.factory.pusher.push(self.host, self.port, payload, first_chunk=not self.terminator,
-                                          wait=self.factory.consent_timeout)
+                                          wait=self.factory.consent_timeout, beside=True)
         asking.addCallbacks(self._says_ok, self._push_failed)
         return asking
 
@@ -682,6 +865,7 @@ class ChatroomFactory(ChatFactory):
         logins, self.callbacks = list(self.callbacks.values()), {}
         for login in logins:
             login.stop()
+        self.pusher.stop()
         for login in logins:
             self.service.detach(login.session)
 

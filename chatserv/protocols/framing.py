@@ -11,6 +11,8 @@ import re
 
 import attrs
 
+from chatserv.text import check_decoded
+
 
 class MalformedJSON(ValueError):
     """Not JSON at all: bad syntax, bad encoding, or nested too deep to read."""
@@ -21,9 +23,11 @@ class NotAnObject(ValueError):
 
 
 def json_object(document: str | bytes) -> dict:
-    """The JSON object a request line or body carries (MalformedJSON or NotAnObject otherwise).
+    """The JSON object a request line or body carries (MalformedJSON or NotAnObject otherwise;
+    UnencodableText when a string in it is a lone surrogate, which JSON's escapes can spell).
 
-    Shared by every JSON wire so deep nesting (RecursionError) and arrays are refused alike.
+    Shared by every JSON wire so deep nesting (RecursionError), arrays and text the store
+    cannot keep are refused alike.
     """
     try:
         found = json.loads(document)
@@ -31,7 +35,7 @@ def json_object(document: str | bytes) -> dict:
         raise MalformedJSON() from None
     if not isinstance(found, dict):
         raise NotAnObject()
-    return found
+    return check_decoded(found)
 
 
 @attrs.frozen

@@ -5,6 +5,13 @@ Keys and values alternate, joined by ``:``; a ``\\`` makes the next character li
 in any order. Decoding follows the client's own decoder: a repeated key keeps its last value,
 and a trailing key without a value is dropped. A dangling ``\\`` at the end, which that decoder
 would crash on, is refused.
+
+One addition: a line break in a value is written ``\\n`` (``\\r`` for a carriage return), so a
+push is always one line for a client that reads lines (most versions of the Java client read
+with ``readLine``). Read back here, they are line breaks again; the Java decoder, which makes
+the character after ``\\`` literal, shows an ``n`` in their place: a body it shows a little
+wrong, rather than a push cut in two. The Java client never writes ``\\n`` itself (it escapes
+its own backslashes), so its requests decode as before.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Iterable, Mapping
 
 DELIMITER = ":"
 ESCAPE = "\\"
+_LINE_BREAKS = {"n": "\n", "r": "\r"}  # ESCAPE + letter: a line break that keeps a line one line
 
 
 class DecodeError(ValueError):
@@ -20,7 +28,10 @@ class DecodeError(ValueError):
 
 
 def escape(text: str) -> str:
-    return text.replace(ESCAPE, ESCAPE * 2).replace(DELIMITER, ESCAPE + DELIMITER)
+    text = text.replace(ESCAPE, ESCAPE * 2).replace(DELIMITER, ESCAPE + DELIMITER)
+    if "\n" in text or "\r" in text:
+        text = text.replace("\n", ESCAPE + "n").replace("\r", ESCAPE + "r")
+    return text
 
 
 def serialise(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
@@ -39,7 +50,7 @@ def parse(text: str) -> dict[str, str]:
             literal = next(chars, None)
             if literal is None:
                 raise DecodeError("dangling escape")
-            current.append(literal)
+            current.append(_LINE_BREAKS.get(literal, literal))
         elif char == DELIMITER:
             parts.append("".join(current))
             current = []

@@ -19,6 +19,7 @@ from chatserv import errors
 from chatserv.model import fold
 from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
 from chatserv.protocols.framing import LiteralFramer
+from chatserv.text import UnencodableText, check_decoded
 
 GREETING = b"Welcome to the Server.\n"
 REPLY_LIMIT = 2048  # the client reads each reply with one recv(2048)
@@ -142,7 +143,9 @@ def newest_that_fit(messages: list, limit: int) -> tuple[list[dict], list]:
 def parse_request(frame: bytes) -> tuple[str | int, object]:
     """``(name or LIVENESS_PROBE, body)`` from one literal; BadRequest for anything else."""
     try:
-        request = ast.literal_eval(frame.decode("utf-8"))
+        request = check_decoded(ast.literal_eval(frame.decode("utf-8")))
+    except UnencodableText as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
     except (UnicodeDecodeError, ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise BadRequest("invalid request: not a Python literal") from None
     if type(request) is not list or len(request) != 2:
@@ -243,7 +246,7 @@ class RoomsConnection(ChatConnection):
         return literal([self.current_room])
 
     async def do_create_new_room(self, room):
-        self._make_current(await self.service.create_room(self.user, room))
+        self._make_current(await self.service.create_room(self.user, room, address=self.peer_host))
         return OK
 
     def do_list_all_rooms(self, current_room):

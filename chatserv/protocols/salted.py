@@ -20,6 +20,7 @@ from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
 from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
 from chatserv.protocols.framing import LineFramer, json_object
+from chatserv.text import UnencodableText
 
 PROTOCOL = "salted"
 DEFAULT_LOGIN_ATTEMPTS = 3
@@ -94,6 +95,8 @@ def parse(frame: bytes) -> dict:
     """One request object with a string ``type``; anything else is a BadRequest."""
     try:
         request = json_object(frame.decode("utf-8"))
+    except UnencodableText as exc:
+        raise BadRequest(str(exc)) from None
     except ValueError:  # bad UTF-8, not JSON, or not an object
         raise BadRequest("not a JSON object") from None
     if not isinstance(request.get("type"), str):

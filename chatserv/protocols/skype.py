@@ -1,7 +1,9 @@
 """Seed 000, the Skype-style commands, on two framings: lines, and the real C++ client's
 10-digit length prefix (where the server greets first with ``200 OK``).
 
-Identity is the connection, never the IP: two users on one host are two sessions.
+Identity is the connection, never the IP: two users on one host are two sessions. A user
+record shows an address only for a user connected on a seed 000 port, the one place that
+needs it: other ports' users (IRC masks them) and offline users show an empty one.
 """
 
 from __future__ import annotations
@@ -28,17 +30,18 @@ ERRORS = ErrorTable({
 })
 
 BEFORE_LOGIN = frozenset({"CREATE", "LOGIN", "EXIT", "PING"})
+PROTOCOL = "skype"  # both framings
 
 
 def record(service, user) -> str:
     """A user as seed 000 writes one; the password field is always empty."""
     online = "true" if service.is_online(user) else "false"
-    return (f"id:{user.id},username:{user.username},password:,online:{online},"
-            f"address:{service.last_address(user)}")
+    address = next((s.address for s in service.sessions_of(user) if s.protocol == PROTOCOL), "")
+    return f"id:{user.id},username:{user.username},password:,online:{online},address:{address}"
 
 
 class SkypeConnection(ChatConnection):
-    protocol_name = "skype"
+    protocol_name = PROTOCOL
     error_table = ERRORS
     accepts_direct = False  # seed 000 has no messages: direct ones wait in the inbox
 

@@ -15,6 +15,10 @@ class IStore(Interface):
     def close():
         """Finish every queued write and release the database: Deferred[None]."""
 
+    def when_broken():
+        """Deferred[BaseException]: fires, with the reason, if the store can no longer write at
+        all (its writer thread stopped); a daemon should then exit, so a supervisor restarts it."""
+
     def add_user(user):
         """Persist a new User."""
 
@@ -55,8 +59,41 @@ class IStore(Interface):
     def inbox(user_id, limit, undelivered_only=False):
         """Deferred[list[Message]]: direct messages received by a user, oldest first."""
 
+    def message_range(bounds, limit, room_id=None, pair=None):
+        """Deferred[list[Message]], oldest first: a room's messages, or those between the two
+        users of ``pair``, within ``bounds`` (a HistoryBounds): the newest ``limit``, or the
+        oldest with ``bounds.oldest``."""
+
+    def last_seen(user_id):
+        """Deferred[dict[room_id, message_id]]: what ``set_last_seen`` recorded for the user."""
+
+    def set_last_seen(user_id, room_id, message_id):
+        """Record that the user was shown the room's messages up to ``message_id`` (never back)."""
+
+    def note_guest_id(guest_id):
+        """Keep ``guest_id`` as the lowest guest id handed out (``Snapshot.last_guest_id``)."""
+
+    def forget_room_messages(room_id):
+        """Delete the messages of a room that was never persisted and has vanished."""
+
     def add_ban(address):
         """Persist an IP ban."""
 
     def remove_ban(address):
         """Lift an IP ban."""
+
+    def set_read_mark(user_id, kind, target_id, message_id):
+        """The user has read a conversation (``kind`` ``user`` or ``room``) up to ``message_id``;
+        a mark never moves back."""
+
+    def conversations(user_id, room_ids, unread_cap):
+        """Deferred[list[(kind, target_id, last Message or None, unread)]]: every direct
+        conversation of the user (``user``, the other party's id) and each of ``room_ids``
+        (``room``). ``unread`` counts others' messages after the read mark, at most
+        ``unread_cap``; a room without a mark counts none."""
+
+    def save_token(digest, user_id, created_at, last_used):
+        """Create or refresh a login token (kept as the digest of the token)."""
+
+    def remove_token(digest):
+        """Forget a login token."""

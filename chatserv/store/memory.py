@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import attrs
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from chatserv.model import Message, Room, Snapshot, User
@@ -17,6 +17,13 @@ def _newest(messages, limit, before_id):
     return chosen[-limit:] if limit > 0 else []
 
 
+def _within(message, bounds) -> bool:
+    return ((bounds.after_id is None or message.id > bounds.after_id)
+            and (bounds.before_id is None or message.id < bounds.before_id)
+            and (bounds.since is None or message.sent_at >= bounds.since)
+            and (bounds.until is None or message.sent_at < bounds.until))
+
+
 @implementer(IStore)
 class MemoryStore:
     def __init__(self):
@@ -26,6 +33,10 @@ class MemoryStore:
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
+        self._last_seen: dict[tuple[int, int], int] = {}
+        self._read_marks: dict[tuple[int, str, int], int] = {}
+        self._tokens: dict[str, tuple[str, int, float, float]] = {}
+        self._last_guest_id = 0
         self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
     def open(self):
@@ -40,14 +51,20 @@ class MemoryStore:
                 contacts=[(o, c, *relation) for (o, c), relation in self._contacts.items()],
                 bans=sorted(self._bans),
                 next_user_id=max(self._users, default=0) + 1,
-                next_room_id=max(self._rooms, default=0) + 1,
+                next_room_id=max([*self._rooms, *(m.room_id or 0 for m in self._messages.values())],
+                                 default=0) + 1,
                 next_message_id=max(self._messages, default=0) + 1,
+                tokens=list(self._tokens.values()),
+                last_guest_id=self._last_guest_id,
                 salt_secret=self._salt_secret,
             )
         )
 
     def close(self):
         return succeed(None)
+
+    def when_broken(self):
+        return Deferred()  # memory never stops taking writes
 
     def add_user(self, user):
         self._users[user.id] = attrs.evolve(user)
@@ -104,10 +121,69 @@ class MemoryStore:
         ]
         return succeed(_newest(found, limit, None))
 
+    def message_range(self, bounds, limit, room_id=None, pair=None):
+        if room_id is not None:
+            found = [m for m in self._messages.values() if m.room_id == room_id]
+        else:
+            users = set(pair)
+            found = [m for m in self._messages.values()
+                     if m.recipient_id is not None and {m.sender_id, m.recipient_id} == users]
+        found = sorted((m for m in found if _within(m, bounds)), key=lambda m: m.id)
+        return succeed(found[:limit] if bounds.oldest else found[-limit:] if limit > 0 else [])
+
+    def last_seen(self, user_id):
+        return succeed({room: mid for (uid, room), mid in self._last_seen.items() if uid == user_id})
+
+    def set_last_seen(self, user_id, room_id, message_id):
+        key = (user_id, room_id)
+        self._last_seen[key] = max(self._last_seen.get(key, message_id), message_id)
+        return succeed(None)
+
+    def note_guest_id(self, guest_id):
+        self._last_guest_id = min(self._last_guest_id, guest_id)
+        return succeed(None)
+
+    def forget_room_messages(self, room_id):
+        for mid in [m.id for m in self._messages.values() if m.room_id == room_id]:
+            del self._messages[mid]
+        return succeed(None)
+
     def add_ban(self, address):
         self._bans.add(address)
         return succeed(None)
 
     def remove_ban(self, address):
         self._bans.discard(address)
+        return succeed(None)
+
+    def set_read_mark(self, user_id, kind, target_id, message_id):
+        key = (user_id, kind, target_id)
+        self._read_marks[key] = max(self._read_marks.get(key, 0), message_id)
+        return succeed(None)
+
+    def conversations(self, user_id, room_ids, unread_cap):
+        last: dict[tuple[str, int], Message] = {}
+        unread: dict[tuple[str, int], int] = {}
+        rooms = set(room_ids)
+        for m in sorted(self._messages.values(), key=lambda m: m.id):
+            if m.room_id in rooms:
+                key = ("room", m.room_id)
+            elif m.recipient_id == user_id or (m.sender_id == user_id and m.is_direct):
+                key = ("user", m.sender_id if m.recipient_id == user_id else m.recipient_id)
+            else:
+                continue
+            last[key] = m
+            mark = self._read_marks.get((user_id, *key), None if key[0] == "room" else 0)
+            if mark is not None and m.id > mark and m.sender_id != user_id:
+                unread[key] = min(unread.get(key, 0) + 1, unread_cap)
+        found = [(kind, target, m, unread.get((kind, target), 0)) for (kind, target), m in last.items()]
+        found += [("room", rid, None, 0) for rid in rooms if ("room", rid) not in last]
+        return succeed(found)
+
+    def save_token(self, digest, user_id, created_at, last_used):
+        self._tokens[digest] = (digest, user_id, created_at, last_used)
+        return succeed(None)
+
+    def remove_token(self, digest):
+        self._tokens.pop(digest, None)
         return succeed(None)

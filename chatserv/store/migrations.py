@@ -64,6 +64,55 @@ MIGRATIONS = [
         value BLOB NOT NULL
     );
     """,
+    # 4: guest ids are never reused, even across restarts: the lowest one handed out is kept,
+    # starting below any guest id the messages already name.
+    """
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value)
+        SELECT 'last_guest_id', MIN(0, COALESCE(MIN(sender_id), 0), COALESCE(MIN(recipient_id), 0))
+        FROM messages;
+    """,
+    # 5: per-user read state (the web page's unread counts), login tokens that outlive a restart
+    # (seed 004 session IDs, kept as SHA-256 digests), and an index for "every conversation of
+    # a user", which reads the direct messages a user sent as well as those received.
+    """
+    CREATE TABLE read_marks (
+        user_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('user', 'room')),
+        target_id INTEGER NOT NULL,
+        last_read_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, kind, target_id)
+    ) WITHOUT ROWID;
+    INSERT INTO read_marks (user_id, kind, target_id, last_read_id)
+        SELECT recipient_id, 'user', sender_id, MAX(id) FROM messages
+        WHERE recipient_id IS NOT NULL AND delivered = 1 GROUP BY recipient_id, sender_id;
+    CREATE TABLE login_tokens (
+        digest TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        created_at REAL NOT NULL,
+        last_used REAL NOT NULL
+    );
+    CREATE INDEX messages_sent ON messages(sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
+    """,
+    # 6: names compare as IRC's CASEMAPPING=ascii does (model.fold): SQLite's lower() folds
+    # A-Z only. Keys that were distinct stay distinct (ASCII folding is finer than casefold).
+    """
+    UPDATE users SET username_key = lower(username);
+    UPDATE rooms SET name_key = lower(name);
+    """,
+    # 7: the newest room message an account was shown on IRC, so a reconnect replays only what
+    # it missed.
+    """
+    CREATE TABLE last_seen (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, room_id)
+    );
+    """,
 ]
 
 

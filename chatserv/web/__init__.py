@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import io
 
+import attrs
+from twisted.internet import protocol
 from twisted.web import http, server
 
 from chatserv.limits import Limits
@@ -16,6 +18,8 @@ from chatserv.protocols.base import ConnectionTracker
 from chatserv.service import ChatService
 from chatserv.web import rest
 from chatserv.web.engineio import EngineServer
+from chatserv.web.metrics import WebMetrics
+from chatserv.web.proxy import TrustedProxies
 from chatserv.web.sessions import WebSessions
 from chatserv.web.socketio import SocketIOConnection
 
@@ -67,10 +71,19 @@ class BoundedRequest(server.Request):
 
 class TrackedChannel(http.HTTPChannel):
     """An HTTP connection, counted with every other connection: the total and per-address
-    limits apply to it, and a stopping daemon closes it instead of serving on."""
+    limits apply to it, and a stopping daemon closes it instead of serving on.
+
+    A request's headers must have arrived within the site's ``header_timeout`` of its first
+    byte (of the connection's opening, for the first request), and all of it within
+    ``request_timeout``; bytes arriving do not extend either, so a client trickling a request
+    (slowloris) is cut off. Once a request is in, nothing times it: a long poll or a WebSocket
+    takes as long as it needs.
+    """
 
     protocol_name = "http"
     _transport = None
+    _receiving = False
+    _header_deadline = _request_deadline = _linger = None
 
     @property
     def transport(self):
@@ -85,13 +98,54 @@ class TrackedChannel(http.HTTPChannel):
         self._transport = value
 
     def connectionMade(self):
+        self.callLater = self.site.clock.callLater  # the idle timeout too runs on the site's clock
         super().connectionMade()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
         self.site.tracker.add(self)
+        self._request_begins()
 
     def connectionLost(self, reason):
+        self._stop_deadlines()
+        self._cancel(self._linger)
         self.site.tracker.discard(self)
         super().connectionLost(reason)
+
+    def dataReceived(self, data):
+        if data and not self._receiving and not self._handlingRequest:
+            self._request_begins()  # the first byte of the next request on a kept-alive connection
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._cancel(self._header_deadline)
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        self._stop_deadlines()
+        super().allContentReceived()
+
+    def _request_begins(self):
+        self._receiving = True
+        clock, site = self.site.clock, self.site
+        self._header_deadline = clock.callLater(site.header_timeout, self._too_slow)
+        self._request_deadline = clock.callLater(site.request_timeout, self._too_slow)
+
+    def _stop_deadlines(self):
+        self._receiving = False
+        self._cancel(self._header_deadline)
+        self._cancel(self._request_deadline)
+
+    @staticmethod
+    def _cancel(call):
+        if call is not None and call.active():
+            call.cancel()
+
+    def _too_slow(self):
+        """A request did not arrive in time: close without an answer (abort if the close hangs)."""
+        self._stop_deadlines()
+        self.site.counters["slow_requests"] += 1
+        transport = self.transport
+        transport.loseConnection()
+        self._linger = self.site.clock.callLater(LINGER, transport.abortConnection)
 
     def deliver(self, event):
         """At shutdown an idle keep-alive connection closes now, a busy one after its answer."""
@@ -111,19 +165,45 @@ class WebSite(server.Site):
         self.limits = limits
         self.clock = clock
         self.max_body = options["web-max-body"]
+        self.header_timeout = options["web-header-timeout"]
+        self.request_timeout = options["web-request-timeout"]
         self.counters = collections.Counter()
-        self.web_sessions = WebSessions(clock, options["web-session-ttl"], limits)
+        self.proxies = options.get("web-trusted-proxies") or TrustedProxies()
+        self.web_sessions = WebSessions(service, clock, options["web-session-ttl"], limits,
+                                        options.get("web-sessions-per-user", 10))
         self.engine = EngineServer(
             clock, self._socket_opened, ping_interval=options["web-ping-interval"],
             ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,
-            send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits))
+            send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits),
+            client_address=self.proxies.client, channels=tracker)
+        self.metrics = WebMetrics(self)
         super().__init__(rest.Root(rest.WebAPI(self).app.resource()), timeout=limits.prelogin_timeout)
         self.displayTracebacks = False
 
     def buildProtocol(self, addr):
-        if not self.tracker.admits(getattr(addr, "host", ""), self.limits):
-            return None
+        host = getattr(addr, "host", "")
+        limits = self.limits
+        if self.proxies.trusts(host):
+            # A trusted proxy brings many clients over its connections: the per-address limit
+            # applies to each client's address (X-Forwarded-For) once its request is read.
+            limits = attrs.evolve(limits, connections_per_ip=0)
+        elif limits.connections_per_ip and self.engine.follow_ups(host):
+            # This may be a connection of one of the address's sessions: room for those.
+            limits = attrs.evolve(limits, connections_per_ip=limits.connections_per_ip
+                                  + self.engine.follow_ups(host))
+        if not self.tracker.admits(host, limits):
+            return Refused(self.clock)
         return super().buildProtocol(addr)
+
+    def client_address(self, request) -> str:
+        """The address a request comes from: its TCP peer, or behind a trusted proxy the
+        client's (X-Forwarded-For)."""
+        peer = getattr(request.getClientAddress(), "host", "")
+        return self.proxies.client(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
+
+    def startFactory(self):
+        super().startFactory()
+        self.web_sessions.load()
 
     def _socket_opened(self, engine_socket, query, address):
         return SocketIOConnection(engine_socket, query, address, self)
@@ -132,20 +212,28 @@ class WebSite(server.Site):
         """No access log: query strings carry session IDs."""
 
     def stopFactory(self):
-        self.web_sessions.end_all()
+        self.web_sessions.close()
         super().stopFactory()
 
-    def metrics(self) -> str:
-        """Prometheus text format: connections by protocol, web sessions, service counters."""
-        lines = ["# TYPE chatserv_connections gauge"]
-        names = {c.protocol_name for c in self.tracker.connections} | {SocketIOConnection.protocol_name}
-        lines += [f'chatserv_connections{{protocol="{name}"}} {self.tracker.count(name)}'
-                  for name in sorted(names)]
-        lines += ["# TYPE chatserv_rest_sessions gauge", f"chatserv_rest_sessions {len(self.web_sessions)}",
-                  "# TYPE chatserv_engineio_sessions gauge",
-                  f"chatserv_engineio_sessions {len(self.engine.sessions)}"]
-        counters = dict(self.service.stats)
-        counters.update({f"web_{name}": n for name, n in self.counters.items()})
-        for name in sorted(counters):
-            lines += [f"# TYPE chatserv_{name}_total counter", f"chatserv_{name}_total {counters[name]}"]
-        return "\n".join(lines) + "\n"
+
+REFUSED = b'{"error":"too many connections: try again later"}'
+
+
+class Refused(protocol.Protocol):
+    """A connection over --max-connections or --connections-per-ip: HTTP 503 at once, then
+    its request is read and dropped (closing with it unread would reset the connection and
+    lose the answer) until the client closes, or LINGER seconds have passed."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def connectionMade(self):
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 10\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(REFUSED), REFUSED))
+        self.transport.loseWriteConnection()
+        self._linger = self.clock.callLater(LINGER, self.transport.abortConnection)
+
+    def connectionLost(self, reason):
+        if self._linger.active():
+            self._linger.cancel()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime
 
-from chatserv import errors
-from chatserv.model import Message, Room, User
+from chatserv import errors, events
+from chatserv.model import Conversation, Message, Room, User
 from chatserv.protocols.base import BadRequest, ErrorTable
 from chatserv.service import ChatService
 
@@ -63,8 +63,30 @@ def group_entry(room: Room) -> dict:
 
 
 def history_entry(message: Message) -> dict:
+    """A stored message as history lists it; ``type`` is ``text``, or IRC's ``action`` (/me)
+    and ``notice``."""
     return {"message_id": message.id, "content": message.body, "sender_user_id": message.sender_id,
+            "sender_username": message.sender_name, "type": message.kind,
             "send_at": iso_time(message.sent_at)}
+
+
+def conversation_entry(conversation: Conversation, status: str | None, online: bool) -> dict:
+    """One ``/getConversations`` entry: ``kind`` ``user`` (``status`` the contact status, or
+    None for someone who is not a contact) or ``group``."""
+    last = history_entry(conversation.last) if conversation.last is not None else None
+    if conversation.room is not None:
+        return {"kind": "group", "id": conversation.room.id, "name": conversation.room.name,
+                "last_message": last, "unread": conversation.unread}
+    peer = conversation.peer
+    return {"kind": "user", "id": peer.id, "name": peer.username, "contact_status": status,
+            "status": "online" if online else "offline", "last_message": last,
+            "unread": conversation.unread}
+
+
+def read_entry(event: events.ReadMarked) -> dict:
+    """The ``conversation_read`` event's payload: a session of the user read that far."""
+    kind, target = ("group", event.room.id) if event.room is not None else ("user", event.peer.id)
+    return {"kind": kind, "id": target, "last_read_id": event.up_to}
 
 
 def new_message(message: Message) -> dict:

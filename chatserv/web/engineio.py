@@ -11,6 +11,7 @@ handler gets ``message(text)`` and ``lost(reason)`` calls and sends with ``send`
 from __future__ import annotations
 
 import binascii
+import collections
 import json
 import secrets
 from collections.abc import Callable
@@ -27,6 +28,11 @@ from zope.interface import implementer
 log = Logger()
 
 SEPARATOR = "\x1e"  # between packets of one polling payload
+POLLING_CHANNELS = 2  # HTTP connections of one polling session counted as that session: a GET and a POST
+# Connections a live session may still open beyond the per-address limit: its polling GET and
+# POST, and the WebSocket it upgrades to. Without them, sessions that filled an address's
+# quota could not finish connecting (200 clients behind one address: 12 of them got in).
+FOLLOW_UP_CONNECTIONS = POLLING_CHANNELS + 1
 CLOSE_PACKET = eio.Packet(eio.CLOSE).encode()
 NOOP_PACKET = eio.Packet(eio.NOOP).encode()
 PING_PACKET = eio.Packet(eio.PING).encode()
@@ -68,6 +74,8 @@ class EngineSocket:
         self.closed = False
         self._outbox: list[str] = []
         self._outbox_size = 0
+        self.channels: set = set()  # HTTP connections counted as part of this session
+        self.address = ""
         self._poll = None  # the GET being held until there is something to send
         self._ping_call = None
         self._pong_deadline = None
@@ -240,6 +248,10 @@ class EngineSocket:
             if self._poll is not None:
                 request, self._poll = self._poll, None
                 write_text(request, CLOSE_PACKET)
+        for channel in self.channels:
+            self.server.channels.unshare(channel)
+        self.channels.clear()
+        self.server.ended(self)
         if not self._outbox or self.websocket is not None:
             self.server.forget(self)
         else:
@@ -267,6 +279,7 @@ class EngineWebSocket(WebSocketServerProtocol):
 
     engine_socket: EngineSocket | None = None
     _probing: EngineSocket | None = None
+    _address = ""
     _write_paused = False
     _unread = 0  # bytes sent since the transport asked us to pause
 
@@ -276,7 +289,10 @@ class EngineWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(400, BAD_VERSION[1])
         sid = params.get("sid", [None])[0]
         if sid is None:
-            if not self.factory.engine.admits(peer_host(self.transport)):
+            engine = self.factory.engine
+            self._address = engine.client_address(peer_host(self.transport),
+                                                  [request.headers.get("x-forwarded-for", "")])
+            if not engine.admits(self._address):
                 raise ConnectionDeny(403, FORBIDDEN[1])
             return None
         socket = self.factory.engine.sessions.get(sid)
@@ -290,8 +306,7 @@ class EngineWebSocket(WebSocketServerProtocol):
         self.transport.unregisterProducer()  # the HTTP channel this connection began as
         self.transport.registerProducer(self, True)
         if self._probing is None:
-            self.engine_socket = self.factory.engine.open(self, self.http_request_params,
-                                                          peer_host(self.transport))
+            self.engine_socket = self.factory.engine.open(self, self.http_request_params, self._address)
 
     def onMessage(self, payload, isBinary):
         if isBinary:
@@ -335,19 +350,26 @@ class EngineServer:
 
     ``on_open(socket, query, address)`` makes the handler of each new session; ``query`` is
     the handshake's query string as a dict of str to str (first value of each name).
-    ``admits(address)`` says whether one more session may open from that address.
+    ``admits(address)`` says whether one more session may open from that address;
+    ``client_address(peer, forwarded_for)`` is the client's address behind a trusted proxy;
+    ``channels`` (the connection tracker) counts a polling session's HTTP connections as part
+    of the session (``share``/``unshare``).
     """
 
     def __init__(self, clock, on_open: Callable, *, ping_interval: float, ping_timeout: float,
-                 max_payload: int, send_queue: int, admits: Callable = lambda address: True):
+                 max_payload: int, send_queue: int, admits: Callable = lambda address: True,
+                 client_address: Callable = lambda peer, forwarded_for: peer, channels=None):
         self.clock = clock
         self.on_open = on_open
         self.admits = admits
+        self.client_address = client_address
+        self.channels = channels or _Uncounted()
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_payload = max_payload
         self.send_queue = send_queue
         self.sessions: dict[str, EngineSocket] = {}
+        self.per_address: collections.Counter = collections.Counter()  # live sessions by client address
         factory = WebSocketServerFactory()
         factory.protocol = EngineWebSocket
         factory.engine = self
@@ -365,6 +387,8 @@ class EngineServer:
     def open(self, websocket: EngineWebSocket | None, query: dict, address: str) -> EngineSocket:
         """A new session: on ``websocket`` directly, or (None) by a polling handshake."""
         socket = self._new_socket()
+        socket.address = address
+        self.per_address[address] += 1
         query = {k: v[0] for k, v in query.items() if v}
         if websocket is not None:
             socket.websocket = websocket
@@ -377,6 +401,29 @@ class EngineServer:
     def forget(self, socket: EngineSocket):
         if self.sessions.get(socket.sid) is socket:
             del self.sessions[socket.sid]
+
+    def ended(self, socket: EngineSocket):
+        self.per_address[socket.address] -= 1
+        if not self.per_address[socket.address]:
+            del self.per_address[socket.address]
+
+    def follow_ups(self, address: str) -> int:
+        """Connections the live sessions from ``address`` may still open beyond its limit."""
+        return FOLLOW_UP_CONNECTIONS * self.per_address.get(address, 0)
+
+    def adopt(self, socket: EngineSocket, channel):
+        """``channel`` carries ``socket``'s polling requests: it counts as part of the session
+        (up to POLLING_CHANNELS of them; released when the session ends)."""
+        if len(socket.channels) < POLLING_CHANNELS and not socket.closed and self.channels.share(channel):
+            socket.channels.add(channel)
+
+
+class _Uncounted:
+    def share(self, channel):
+        return False
+
+    def unshare(self, channel):
+        pass
 
 
 class EngineResource(resource.Resource):
@@ -391,6 +438,8 @@ class EngineResource(resource.Resource):
 
     def render(self, request):
         request.setHeader(b"access-control-allow-origin", b"*")  # polling from another origin
+        if request.method not in (b"GET", b"POST"):
+            return error_body(request, BAD_METHOD)  # a HEAD would open or drain a session
         args = {k.decode("latin-1"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
         if args.get("EIO") != "4":
             return error_body(request, BAD_VERSION)
@@ -407,16 +456,24 @@ class EngineResource(resource.Resource):
         if sid is None:
             if request.method != b"GET":
                 return error_body(request, BAD_METHOD)
-            address = peer_host(request.channel.transport)
-            if not self.engine.admits(address):
+            engine, channel = self.engine, request.channel
+            address = engine.client_address(peer_host(channel.transport),
+                                            request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
+            shared = engine.channels.share(channel)  # the asking connection is part of the session
+            if not engine.admits(address):
+                if shared:
+                    engine.channels.unshare(channel)
                 return error_body(request, FORBIDDEN)
             query = {k.decode("latin-1"): [v.decode("utf-8", "replace") for v in vs]
                      for k, vs in request.args.items()}
-            socket = self.engine.open(None, query, address)
+            socket = engine.open(None, query, address)
+            if shared:
+                socket.channels.add(channel)
             return socket.poll(request)
         socket = self.engine.sessions.get(sid)
         if socket is None or socket.websocket is not None:
             return error_body(request, UNKNOWN_SID)
+        self.engine.adopt(socket, request.channel)
         if request.method == b"GET":
             return socket.poll(request)
         if request.method == b"POST":

@@ -1,9 +1,11 @@
 """Seed 004's REST half (klein), plus ``/metrics``, ``/healthz``, ``/static/`` and ``/socket.io/``.
 
 Parameters come from the query string, form fields or a JSON object body, whichever the
-client used (the seed's clients used all three); ``contact`` and ``contactID`` are the
-same parameter and name a user by id or by username. Replies are JSON; every failure is
-``{"error": "..."}`` with status 400 (413 for an oversized body), mapped in ``api.ERRORS``.
+client used (the seed's clients used all three; a JSON body sent with a form content type
+counts as JSON); ``contact`` and ``contactID`` are the same parameter and name a user by
+id or by username. HEAD is answered only where nothing is done (the page, files, health).
+Replies are JSON; every failure is ``{"error": "..."}`` with status 400 (413 for an
+oversized body), mapped in ``api.ERRORS``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from urllib.parse import parse_qs
 
 from klein import Klein
 from twisted.logger import Logger
@@ -18,15 +21,21 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
+from chatserv.limits import QuietLog
 from chatserv.protocols.base import BadRequest
 from chatserv.protocols.framing import MalformedJSON, NotAnObject, json_object
+from chatserv.text import UnencodableText
 from chatserv.web import api
+from chatserv.web.metrics import CONTENT_TYPE as METRICS_TYPE
 
 log = Logger()
+quiet = QuietLog(log)  # bounds what clients can make us log
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 BOTH = ["GET", "POST"]
 JSON = b"application/json"
+FORM = b"application/x-www-form-urlencoded"
+MAX_PAGE = 500  # entries one history or conversations request may ask for
 # The page loads only its own scripts and talks only to its own origin: markup smuggled into
 # a message could not run even if it were ever rendered as HTML.
 CHAT_PAGE_POLICY = b"default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -39,23 +48,31 @@ def dumps(payload) -> bytes:
 def read_params(request) -> dict:
     """Query string and form fields, overlaid by a JSON object body when there is one."""
     params = {}
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    body = request.content.read() if request.content is not None else b""
+    is_json = content_type == JSON or (content_type != b"multipart/form-data"
+                                       and body.lstrip().startswith(b"{"))
+    args = request.args
+    if is_json and content_type == FORM:
+        # `curl -d '{...}'`, jQuery's $.post of a string: a JSON body labelled as a form, which
+        # the form parser took for one field named after the whole object. Only the query
+        # string holds fields then.
+        args = parse_qs(request.uri.partition(b"?")[2], keep_blank_values=True)
     try:
-        for name, values in request.args.items():
+        for name, values in args.items():
             if values:
                 params[name.decode("utf-8")] = values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("parameters must be UTF-8") from None
-    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    if content_type in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
-        return params
-    body = request.content.read() if request.content is not None else b""
-    if content_type == JSON or body.lstrip().startswith(b"{"):
+    if is_json:
         try:
             params.update(json_object(body))
         except MalformedJSON:
             raise BadRequest("malformed JSON body") from None
         except NotAnObject:
             raise BadRequest("the JSON body must be an object") from None
+        except UnencodableText as exc:
+            raise BadRequest(str(exc)) from None
     return params
 
 
@@ -77,12 +94,40 @@ def reference(params: dict, *names: str):
     raise BadRequest(f"missing parameter: {names[0]}")
 
 
-def group_id(value) -> int:
+def _whole(value):
+    """An int from JSON or a string of digits, else None."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.isdigit() and len(value) < 19:
         return int(value)
-    raise BadRequest("groupID must be a group id")
+    return None
+
+
+def group_id(value) -> int:
+    found = _whole(value)
+    if found is None:
+        raise BadRequest("groupID must be a group id")
+    return found
+
+
+def message_id(params: dict, name: str) -> int | None:
+    """An optional message id (``before``, ``message_id``)."""
+    if params.get(name) is None:
+        return None
+    found = _whole(params[name])
+    if found is None:
+        raise BadRequest(f"{name} must be a message id")
+    return found
+
+
+def page_size(params: dict) -> int | None:
+    """The optional ``limit``: how many entries, from 1 to MAX_PAGE (larger asks get MAX_PAGE)."""
+    if params.get("limit") is None:
+        return None
+    found = _whole(params["limit"])
+    if not found:
+        raise BadRequest("limit must be a whole number above 0")
+    return min(found, MAX_PAGE)
 
 
 class StaticFiles(static.File):
@@ -90,6 +135,11 @@ class StaticFiles(static.File):
 
     def directoryListing(self):
         return pages.notFound()
+
+    def getChild(self, path, request):
+        if b"\x00" in path:  # no file has one, and the OS refuses to look one up
+            return pages.notFound()
+        return super().getChild(path, request)
 
 
 class Root(resource.Resource):
@@ -120,11 +170,6 @@ class Root(resource.Resource):
         return self.inner.render(request)
 
 
-def client_address(request) -> str:
-    """The caller's address: the service throttles logins and limits hashes per address."""
-    return getattr(request.getClientAddress(), "host", "")
-
-
 def endpoint(method):
     """A JSON endpoint: parse the parameters, call, reply; failures through the error table."""
 
@@ -132,17 +177,24 @@ def endpoint(method):
     async def wrapper(self, request):
         request.setHeader(b"content-type", JSON)
         request.setHeader(b"access-control-allow-origin", b"*")
+        if request.method == b"HEAD":  # HEAD must never act: these endpoints all may
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, POST")
+            return dumps({"error": "Method not allowed"})
+        timer = self.port.metrics.rest_timer(method.__name__)
         try:
             result = await method(self, request, read_params(request))
         except Exception as e:
             try:
                 status, message = api.ERRORS.reply(e)
             except Exception:
-                log.failure("unexpected failure in {path}", path=request.path)
+                quiet.failure("unexpected failure in {path}", path=request.path)
                 status, message = 500, "Internal server error"
             self.counters["errors"] += 1
             request.setResponseCode(status)
             return dumps({"error": message})
+        finally:
+            timer.stop()
         return dumps(result)
 
     return wrapper
@@ -172,7 +224,7 @@ class WebAPI:
         public_key = params.get("public_key")
         if public_key is not None and not isinstance(public_key, str):
             raise BadRequest("public_key must be a string")
-        user = await self.service.register(username, password, address=client_address(request))
+        user = await self.service.register(username, password, address=self.port.client_address(request))
         if public_key:
             await self.service.set_public_key(user, public_key)
         return {"message": "User registered successfully", "user_id": user.id}
@@ -181,8 +233,9 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        user = await self.service.authenticate(username, password, client_address(request))
-        session = self.sessions.start(user)
+        # the service throttles logins and limits hashes per address
+        user = await self.service.authenticate(username, password, self.port.client_address(request))
+        session = await self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 
     @app.route("/logout", methods=BOTH)
@@ -218,7 +271,8 @@ class WebAPI:
     async def get_contact_messages(self, request, params):
         user = self._user(params)
         other = api.user_reference(self.service, reference(params, "contact", "contactID"))
-        history = await self.service.direct_history(user, other)
+        history = await self.service.direct_history(user, other, page_size(params),
+                                                    message_id(params, "before"))
         await self.service.mark_delivered(user, history)  # seen here: not news on other ports
         return [api.history_entry(m) for m in history]
 
@@ -252,7 +306,8 @@ class WebAPI:
     @app.route("/joinGroup", methods=BOTH)
     @endpoint
     async def join_group(self, request, params):
-        room = await self.service.join_room(self._user(params), text(params, "group"), create=True)
+        room = await self.service.join_room(self._user(params), text(params, "group"), create=True,
+                                            address=self.port.client_address(request))
         return api.group_entry(room)
 
     @app.route("/getGroupMessages", methods=BOTH)
@@ -260,8 +315,31 @@ class WebAPI:
     async def get_group_messages(self, request, params):
         user = self._user(params)
         room = self.service.room_by_id(group_id(reference(params, "groupID", "group")))
-        return [dict(api.history_entry(m), sender_username=m.sender_name)
-                for m in await self.service.room_history(user, room.name)]
+        history = await self.service.room_history(user, room.name, page_size(params),
+                                                  message_id(params, "before"))
+        return [api.history_entry(m) for m in history]
+
+    @app.route("/getConversations", methods=BOTH)
+    @endpoint
+    async def get_conversations(self, request, params):
+        user = self._user(params)
+        found = await self.service.conversations(user, page_size(params) or self.port.limits.history,
+                                                 message_id(params, "before"))
+        return [api.conversation_entry(c, c.peer and self.service.contact_status(user, c.peer),
+                                       bool(c.peer) and self.service.is_online(c.peer)) for c in found]
+
+    @app.route("/markRead", methods=BOTH)
+    @endpoint
+    async def mark_read(self, request, params):
+        user = self._user(params)
+        up_to = message_id(params, "message_id")
+        if params.get("groupID", params.get("group")) is not None:
+            room = self.service.room_by_id(group_id(reference(params, "groupID", "group")))
+            marked = await self.service.mark_read(user, room=room, up_to=up_to)
+        else:
+            other = api.user_reference(self.service, reference(params, "contact", "contactID"))
+            marked = await self.service.mark_read(user, peer=other, up_to=up_to)
+        return {"last_read_id": marked}
 
     @app.route("/chat", methods=["GET"])
     def chat_page(self, request):
@@ -275,8 +353,8 @@ class WebAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return self.port.metrics().encode()
+        request.setHeader(b"content-type", METRICS_TYPE)
+        return self.port.metrics.render()
 
     @app.route("/socket.io/", branch=True, methods=BOTH)
     def socket_io(self, request):

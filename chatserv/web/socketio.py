@@ -16,14 +16,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, TokenBucket
+from chatserv.limits import Deadline, QuietLog, TokenBucket
 from chatserv.protocols.base import BadRequest
 from chatserv.service import ISink
+from chatserv.text import UnencodableText, check_decoded
 from chatserv.web import api
 from chatserv.web.engineio import EngineSocket
 from chatserv.web.sessions import InvalidSession, WebSessions
 
 log = Logger()
+quiet = QuietLog(log)  # bounds what clients can make us log
 
 PROTOCOL = "web"
 NAMESPACE = "/"
@@ -147,6 +149,16 @@ class SocketIOConnection:
         self.user = web_session.user
         self.session = self.service.attach(self.user, self, PROTOCOL, self.peer_host)
         self.send(encode(sio.CONNECT, {"sid": self.engine.sid}))
+        self.service.conversations(self.user).addCallbacks(self._watch_partners, self._no_partners)
+
+    def _watch_partners(self, conversations):
+        """The page shows who of the people it talks with is online, contacts or not."""
+        if self.session is not None:
+            self.service.watch_presence_of(self.session, [c.peer for c in conversations if c.peer])
+
+    def _no_partners(self, failure):
+        log.warn("socket.io: no presence of non-contacts for {user}: {why}", user=self.user.username,
+                 why=failure.getErrorMessage())
 
     # events, one at a time and in order
 
@@ -167,6 +179,10 @@ class SocketIOConnection:
             raise BadRequest("Unknown event")
         if not isinstance(data, dict):
             raise BadRequest("event data must be an object")
+        try:
+            check_decoded(data)
+        except UnencodableText as exc:
+            raise BadRequest(str(exc)) from None
         if "sessionID" in data and self.web_sessions.get(data["sessionID"]).user is not self.user:
             raise InvalidSession("Invalid session")
         return defer.ensureDeferred(handler(data))
@@ -175,7 +191,7 @@ class SocketIOConnection:
         try:
             _, text = api.ERRORS.reply(failure.value)
         except Exception:
-            log.failure("unexpected failure in socket.io event {name}", failure, name=name)
+            quiet.failure("unexpected failure in socket.io event {name}", failure, name=name)
             text = "Internal server error"
         self.emit("error", {"message": text})
         return {"error": text}
@@ -230,8 +246,13 @@ class SocketIOConnection:
         if isinstance(event, (events.DirectMessage, events.RoomMessage)):
             self.send(event.render_once(RENDER_KEY, lambda: event_packet(
                 "new_message", api.new_message(event.message))))
+            if isinstance(event, events.DirectMessage) and self.session is not None:
+                partner = event.sender if event.recipient.id == self.user.id else event.recipient
+                self.service.watch_presence_of(self.session, [partner])
         elif isinstance(event, events.PresenceChanged):
             self.emit("user_status", api.presence_entry(event.user, event.online))
+        elif isinstance(event, events.ReadMarked):
+            self.emit("conversation_read", api.read_entry(event))
         elif isinstance(event, events.ContactChanged):
             self._contact_changed(event)
         elif event.ends_session:
@@ -242,7 +263,8 @@ class SocketIOConnection:
             return
         if event.owner.id == self.user.id:
             self.emit("contact_added", api.contact_entry(event.contact, event.status))
-        elif event.status in ("friend", "new"):
+        elif event.status in ("friend", "new") and event.previous is None:
+            # Only a new relation is news: an unblock that restores a contact is not "X added you".
             self.emit("contact_request", {"user_id": event.owner.id, "username": event.owner.username})
 
     def close(self, say_goodbye: bool = True):

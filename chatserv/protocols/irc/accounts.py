@@ -3,7 +3,7 @@
 An account is a chatserv user. Until a client logs in its nick is a guest's; a registered
 account's name is not usable without its password (433 at registration, see README). A
 guest that logs in later (NickServ IDENTIFY, SASL, REGISTER) becomes the account: its nick
-changes to the account's name and it keeps its channels.
+changes to the account's name, it keeps its channels, and the others there see a NICK line.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ import binascii
 from chatserv import errors
 from chatserv.model import fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import SERVER, mask, serialise
+from chatserv.protocols.irc.message import is_number, mask, serialise
 
 CAPABILITIES = {
     "batch": "",
-    "draft/account-registration": "before-connect",
+    "draft/account-registration": "before-connect,custom-account-name",
     "draft/chathistory": "",
     "echo-message": "",
+    "labeled-response": "",
     "message-tags": "",
     "multi-prefix": "",
     "sasl": "PLAIN",
     "server-time": "",
+    "znc.in/playback": "",
 }
 SASL_CHUNK = 400  # bytes of base64 per AUTHENTICATE line (IRCv3 SASL)
 SASL_MAX = 4 * SASL_CHUNK  # a PLAIN payload never needs more
@@ -40,6 +42,7 @@ class AccountsMixin:
     negotiating = False  # between CAP LS/REQ and CAP END, registration waits
     account = None  # the account a client logged in to before registration completed
     _sasl: str | None = None  # base64 received so far, once a mechanism was chosen
+    _sasl_overflow = False  # the rest of a refused, too long payload is being skipped
 
     # CAP
 
@@ -48,23 +51,23 @@ class AccountsMixin:
         who = self.nick or "*"
         if subcommand == "LS":
             self.negotiating = not self.registered
-            with_values = line.param(1).isdigit() and int(line.param(1)) >= 302
+            with_values = is_number(line.param(1)) and int(line.param(1)) >= 302
             offered = " ".join(f"{name}={value}" if with_values and value else name
                                for name, value in CAPABILITIES.items())
-            self.send(serialise("CAP", who, "LS", offered, prefix=SERVER))
+            self.send(serialise("CAP", who, "LS", offered, prefix=self.server))
         elif subcommand == "LIST":
-            self.send(serialise("CAP", who, "LIST", " ".join(sorted(self.caps)), prefix=SERVER))
+            self.send(serialise("CAP", who, "LIST", " ".join(sorted(self.caps)), prefix=self.server))
         elif subcommand == "REQ":
             self.negotiating = not self.registered
             wanted = line.param(1).split()
             if not wanted or any(name.lstrip("-") not in CAPABILITIES for name in wanted):
-                return self.send(serialise("CAP", who, "NAK", line.param(1), prefix=SERVER))
+                return self.send(serialise("CAP", who, "NAK", line.param(1), prefix=self.server))
             self.caps = set(self.caps)
             for name in wanted:
                 self.caps.discard(name[1:]) if name.startswith("-") else self.caps.add(name)
             self.tag_variant = ("server-time" in self.caps, "message-tags" in self.caps)
             self.render_key = ("irc", *self.tag_variant)
-            self.send(serialise("CAP", who, "ACK", " ".join(wanted), prefix=SERVER))
+            self.send(serialise("CAP", who, "ACK", " ".join(wanted), prefix=self.server))
         elif subcommand == "END":
             self.negotiating = False
             await self.try_registration()
@@ -83,8 +86,14 @@ class AccountsMixin:
         if self.has_account():
             raise N.IRCError(N.ERR_SASLALREADY)
         if data == "*":
-            self._sasl = None
+            self._sasl, self._sasl_overflow = None, False
             raise N.IRCError(N.ERR_SASLABORTED)
+        if self._sasl_overflow:
+            self._sasl_overflow = len(data) == SASL_CHUNK  # a shorter chunk ends the payload
+            return None
+        if len(data) > SASL_CHUNK:
+            self._sasl = None
+            raise N.IRCError(N.ERR_SASLTOOLONG)
         if self._sasl is None:
             if data.upper() != "PLAIN":
                 self.reply(N.RPL_SASLMECHS)
@@ -94,8 +103,11 @@ class AccountsMixin:
         if data != "+":
             self._sasl += data
         if len(self._sasl) > SASL_MAX:
+            # No PLAIN payload is that long: refused, and its remaining chunks are skipped
+            # rather than read as mechanism names.
             self._sasl = None
-            raise N.IRCError(N.ERR_SASLTOOLONG)
+            self._sasl_overflow = len(data) == SASL_CHUNK
+            raise N.IRCError(N.ERR_SASLFAIL)
         if len(data) == SASL_CHUNK:
             return None  # more is coming
         payload, self._sasl = self._sasl, None
@@ -130,23 +142,18 @@ class AccountsMixin:
     async def logged_in_as(self, user):
         if not self.registered:
             self.account = user
-            self.reply(N.RPL_LOGGEDIN, mask=mask(self.nick or user.username), account=user.username)
+            shown = mask(self.nick or user.username, self.ident)
+            self.reply(N.RPL_LOGGEDIN, mask=shown, account=user.username)
         else:
             await self.become(user)
 
     async def become(self, user):
-        """A guest logged in after registration: it turns into the account, channels and all."""
-        kept = list(self.channels.values())
-        old_user, old_nick = self.session.user, self.nick
-        self.login(user)
-        self.nick = user.username
-        if old_nick != self.nick:
-            self.send(serialise("NICK", self.nick, prefix=mask(old_nick)))
-        self.reply(N.RPL_LOGGEDIN, mask=mask(self.nick), account=self.nick)
-        for room in kept:
-            await self.service.join_room(user, room.name)
-            if self.service.is_operator(old_user, room) and not self.service.is_operator(user, room):
-                self.service.set_operator(old_user, room.name, user, True)  # the guest's grants outlive it
+        """A guest logged in after registration: it turns into the account, channels and
+        operator grants and all, and goes by the account's name."""
+        await self.service.become(self.session, user)
+        if self.nick != self.nick_of(user):
+            self.show_own_nick(self.nick_of(user))
+        self.reply(N.RPL_LOGGEDIN, mask=self.own_mask(), account=user.username)
         await self.logged_in(user)
 
     # IRCv3 REGISTER (draft/account-registration)
@@ -160,7 +167,7 @@ class AccountsMixin:
         if not password or password == "*":
             raise N.Fail("REGISTER", "UNACCEPTABLE_PASSWORD", account)
         user = await self._register(account, password, "REGISTER")
-        self.send(serialise("REGISTER", "SUCCESS", user.username, "Account created", prefix=SERVER))
+        self.send(serialise("REGISTER", "SUCCESS", user.username, "Account created", prefix=self.server))
         await self.logged_in_as(user)
 
     async def _register(self, account: str, password: str, command: str):

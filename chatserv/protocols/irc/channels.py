@@ -10,7 +10,7 @@ from __future__ import annotations
 from chatserv import errors
 from chatserv.model import Room, fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import HOST, SERVER, mask, serialise
+from chatserv.protocols.irc.message import HOST, serialise
 
 NAMES_BUDGET = 400  # bytes of names in one RPL_NAMREPLY, well inside 512
 
@@ -72,7 +72,7 @@ class ChannelsMixin:
             raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
         if fold(name) in self.channels:
             return
-        room = await self.service.join_room(self.user, name, create=True)
+        room = await self.service.join_room(self.user, name, create=True, address=self.peer_host)
         if fold(room.name) not in self.channels:  # a member already: no event told us
             self.show_join(room)
         await self.replay(room)
@@ -80,7 +80,7 @@ class ChannelsMixin:
     def show_join(self, room: Room):
         self.channels[fold(room.name)] = room
         channel = "#" + room.name
-        lines = [serialise("JOIN", channel, prefix=mask(self.nick))]
+        lines = [serialise("JOIN", channel, prefix=self.own_mask())]
         if room.topic:
             lines.append(self.numeric(N.RPL_TOPIC, channel=channel, topic=room.topic))
         lines += self.names_lines(room)
@@ -90,7 +90,7 @@ class ChannelsMixin:
         channel = "#" + room.name
         lines, names, size = [], [], 0
         for user in self.online_members(room):
-            name = self.prefixed(user, room) + user.username
+            name = self.prefixed(user, room) + self.nick_of(user)
             if size + len(name) + 1 > NAMES_BUDGET:
                 lines.append(self.numeric(N.RPL_NAMREPLY, channel=channel, names=" ".join(names)))
                 names, size = [], 0
@@ -171,8 +171,9 @@ class ChannelsMixin:
 
     def who_line(self, user, room: Room | None) -> bytes:
         flags = ("G" if user.id in self.factory.away else "H") + (self.prefixed(user, room) if room else "")
-        return self.numeric(N.RPL_WHOREPLY, channel="#" + room.name if room else "*", target=user.username,
-                            host=HOST, server=SERVER, flags=flags)
+        ident, realname = self.user_info(user)
+        return self.numeric(N.RPL_WHOREPLY, channel="#" + room.name if room else "*", ident=ident, host=HOST,
+                            server=self.server, target=self.nick_of(user), flags=flags, realname=realname)
 
     # topic and modes
 
@@ -223,7 +224,7 @@ class ChannelsMixin:
                 self.need_operator(room)
                 if char == "t":
                     (self.factory.topic_open.discard if sign == "+" else self.factory.topic_open.add)(room.id)
-                    self.send(serialise("MODE", channel, sign + "t", prefix=mask(self.nick)))
+                    self.send(serialise("MODE", channel, sign + "t", prefix=self.own_mask()))
             else:
                 raise N.IRCError(N.ERR_UNKNOWNMODE, target=char)
 
@@ -242,30 +243,29 @@ class ChannelsMixin:
                 return None
         elif key not in self.channels:
             return None
-        return event.render_once("irc", lambda: _membership_line(event))
+        return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of))
 
     def render_topic(self, event):
         if fold(event.room.name) not in self.channels:
             return None
         return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.room.topic,
-                                                          prefix=mask(event.by.username)))
+                                                          prefix=self.mask_of(event.by)))
 
     def render_operator(self, event):
         if fold(event.room.name) not in self.channels:
             return None
         sign = "+o" if event.granted else "-o"
-        prefix = mask(event.by.username)
-        return event.render_once("irc", lambda: serialise("MODE", "#" + event.room.name, sign,
-                                                          event.user.username, prefix=prefix))
+        return event.render_once("irc", lambda: serialise(
+            "MODE", "#" + event.room.name, sign, self.nick_of(event.user), prefix=self.mask_of(event.by)))
 
 
-def _membership_line(event) -> bytes:
+def _membership_line(event, mask_of, nick_of) -> bytes:
     channel = "#" + event.room.name
     if event.joined:
-        return serialise("JOIN", channel, prefix=mask(event.user.username))
+        return serialise("JOIN", channel, prefix=mask_of(event.user))
     if event.by is not None:
-        return serialise("KICK", channel, event.user.username, event.reason or event.user.username,
-                         prefix=mask(event.by.username))
+        return serialise("KICK", channel, nick_of(event.user), event.reason or nick_of(event.user),
+                         prefix=mask_of(event.by))
     if event.reason:
-        return serialise("PART", channel, event.reason, prefix=mask(event.user.username))
-    return serialise("PART", channel, prefix=mask(event.user.username))
+        return serialise("PART", channel, event.reason, prefix=mask_of(event.user))
+    return serialise("PART", channel, prefix=mask_of(event.user))

@@ -1,12 +1,16 @@
 """The IRC connection: registration state machine, the command table, users and messages.
 
 Channel commands live in ``channels.py``, accounts (CAP, SASL, REGISTER, NickServ) in
-``accounts.py``, history in ``history.py``; each is a mixin of ``IRCConnection``. A nick is
-a chatserv username: an account's name once logged in, else a guest's.
+``accounts.py``, nicks and USER in ``nicks.py``, history in ``history.py``, bouncer playback in
+``playback.py``, labeled responses in ``labels.py``; each is a mixin of ``IRCConnection``. A
+nick is the name a user goes by (``ChatService.name_of``): a guest's name, an account's name
+or a nick the account took.
 """
 
 from __future__ import annotations
 
+import hmac
+import itertools
 import time
 
 import attrs
@@ -20,16 +24,17 @@ from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.accounts import AccountsMixin
 from chatserv.protocols.irc.channels import ChannelsMixin
 from chatserv.protocols.irc.history import HistoryMixin, message_lines
+from chatserv.protocols.irc.labels import LabelsMixin
 from chatserv.protocols.irc.message import (
     HOST,
-    SERVER,
     IRCFramer,
     LineTooLong,
-    mask,
     parse,
     raw_line,
     serialise,
 )
+from chatserv.protocols.irc.nicks import USERLEN, NicksMixin
+from chatserv.protocols.irc.playback import PLAYBACK, PlaybackMixin
 
 VERSION = "chatserv-0.1"
 NO_CAPS = frozenset()  # what most clients have: shared, so it costs an idle connection nothing
@@ -46,10 +51,11 @@ MOTD = (
 ERRORS = ErrorTable({
     errors.NotFound: N.ERR_NOSUCHNICK,
     errors.AlreadyExists: N.ERR_NICKNAMEINUSE,
-    errors.Blocked: N.ERR_BLOCKED,
+    errors.Blocked: N.ERR_CANTSENDTOUSER,
     errors.Denied: N.ERR_NOTONCHANNEL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
+    errors.TooManyRooms: N.ERR_TOOMANYCHANNELS,
     errors.Busy: N.RPL_TRYAGAIN,
     errors.ChatError: N.ERR_UNKNOWNERROR,
 })
@@ -95,14 +101,21 @@ COMMANDS = {
 }
 
 
-class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
+MAX_TARGETS = 4  # PRIVMSG and NOTICE targets per command (ISUPPORT TARGMAX)
+# Commands whose text is repaired rather than refused when it is not UTF-8: an old client can
+# still register and leave.
+REPAIRED_UTF8 = frozenset({"USER", "QUIT"})
+
+
+class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, PlaybackMixin, LabelsMixin,
+                    ChatConnection):
     protocol_name = "irc"
     error_table = ERRORS
     watches_room_presence = True  # a room-mate's first login and last logout are JOIN and QUIT lines
 
     # like ChatConnection: slots for what every client has, nothing made before it is needed
     __slots__ = ("nick", "user_given", "password", "registered", "caps", "tag_variant", "render_key",
-                 "channels", "_awaiting_pong", "_batches", "_flood", "ping_interval")
+                 "channels", "held", "seen", "_awaiting_pong", "_batches", "_flood", "ping_interval")
 
     def __init__(self):
         super().__init__()
@@ -114,6 +127,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self.tag_variant = (False, False)  # (server-time, message-tags)
         self.render_key = ("irc", False, False)  # ("irc", *tag_variant): one rendering per variant
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
+        self.held: dict[int, list] = {}  # room id -> (message id, line) held while a replay is fetched
+        self.seen: dict[int, int] = {}  # room id -> newest message id shown here
         self._awaiting_pong = False
         self._batches = 0
         self._flood: TokenBucket | None = None
@@ -142,21 +157,37 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
     def connectionLost(self, reason=None):
         if self.session is not None:
             self.factory.away.pop(self.session.user.id, None)
+        self.quit_reason = self.quit_reason or "Connection closed"
         super().connectionLost(reason)
+
+    quit_reason = ""  # what others see in this client's QUIT
+
+    def logout(self):
+        self.remember_seen()
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.service.detach(session, reason=self.quit_reason)
+
+    @property
+    def server(self) -> str:
+        return self.factory.server_name
 
     # writing
 
     def send(self, data: bytes):
-        self.write_raw(data)
+        if not self.capture(data):
+            self.write_raw(data)
 
     def numeric(self, numeric: N.Numeric, **fields) -> bytes:
-        return raw_line(f":{SERVER} {numeric.code} {self.nick or '*'} {numeric.params(**fields)}")
+        return raw_line(f":{self.server} {numeric.code} {self.nick or '*'} {numeric.params(**fields)}")
 
     def reply(self, numeric: N.Numeric, **fields):
         self.send(self.numeric(numeric, **fields))
 
-    def error_and_close(self, text: str):
-        self.send(serialise("ERROR", f"Closing Link: {SERVER} ({text})"))
+    def error_and_close(self, text: str, quit_reason: str = ""):
+        """ERROR and close; others see ``quit_reason`` (else ``text``) in the QUIT line."""
+        self.quit_reason = quit_reason or text
+        self.write_raw(serialise("ERROR", f"Closing Link: {self.server} ({text})"))
         self.logout()
         self.close()
 
@@ -184,6 +215,15 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self._awaiting_pong = False
         if not line.command:
             return None
+        label = line.tags.get("label") if "labeled-response" in self.caps else None
+        if label:
+            return defer.ensureDeferred(self.labeled(label, lambda: self._dispatch(line)))
+        return self._dispatch(line)
+
+    def _dispatch(self, line):
+        if not line.valid_utf8 and line.command not in REPAIRED_UTF8:
+            return self.send(serialise("FAIL", line.command, "INVALID_UTF8", N.FAIL_TEXTS["INVALID_UTF8"],
+                                       prefix=self.server))
         command = COMMANDS.get(line.command)
         if not self.registered and (command is None or not command.before_registration):
             return self.reply(N.ERR_NOTREGISTERED)
@@ -212,7 +252,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         except N.IRCError as exc:
             self.reply(exc.numeric, **exc.fields)
         except N.Fail as exc:
-            self.send(serialise("FAIL", exc.command, exc.code, *exc.context, exc.text, prefix=SERVER))
+            self.send(serialise("FAIL", exc.command, exc.code, *exc.context, exc.text, prefix=self.server))
         except errors.ChatError as exc:
             self.domain_error(exc, line.param(0, "*"), line.command)
 
@@ -234,24 +274,28 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             self.service.validate_username(nick)
         except errors.Invalid:
             raise N.IRCError(N.ERR_ERRONEUSNICKNAME, target=nick) from None
-        if not self.registered:
-            self.nick = nick
-            await self.try_registration()
-        elif fold(nick) != fold(self.nick):
-            raise N.IRCError(N.ERR_NICKLOCKED)
-
-    async def irc_USER(self, line):
         if self.registered:
-            raise N.IRCError(N.ERR_ALREADYREGISTERED)
-        self.user_given = True
+            return self.change_nick(nick)
+        self.nick = nick
         await self.try_registration()
 
     async def try_registration(self):
-        """Registration completes once NICK and USER came and CAP/SASL negotiation ended."""
+        """Registration completes once NICK and USER came and CAP/SASL negotiation ended.
+
+        With ``--irc-password``, PASS is that password and nothing else (464 and ERROR
+        without it); accounts log in with SASL or NickServ. Without it, PASS is the password
+        of the account the nick names.
+        """
         if self.registered or not self.nick or not self.user_given or self.negotiating:
             return
         user = self.account
         password, self.password = self.password, None  # kept no longer than registration needs it
+        required = self.factory.options.get("irc-password")
+        if required:
+            if password is None or not hmac.compare_digest(password.encode(), required.encode()):
+                self.reply(N.ERR_PASSWDREQUIRED if password is None else N.ERR_PASSWDMISMATCH)
+                return self.error_and_close("Bad password")
+            password = None
         if user is None and password is not None and self.service.is_registered(self.nick):
             try:
                 user = await self.service.authenticate(self.nick, password, self.peer_host)
@@ -268,12 +312,26 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
                 user = self.service.guest(self.nick)
             except errors.AlreadyExists:
                 raise N.IRCError(N.ERR_NICKNAMEINUSE, target=self.nick) from None
-        self.login(user)
+        if self.login(user) is None:
+            return None  # the client left meanwhile
         self.registered = True
-        self.nick = user.username
+        self.nick = self._keep_nick(user)
         self.welcome()
         if not user.guest:
             await self.logged_in(user)
+
+    def _keep_nick(self, user) -> str:
+        """An account logged in with SASL or REGISTER keeps the nick it asked for when that is
+        free (its own name, or nobody's); otherwise it goes by its account name. Connections of
+        an account already online take the nick it goes by."""
+        if user.guest or len(self.service.sessions_of(user)) > 1:
+            return self.nick_of(user)
+        if fold(self.nick) == fold(user.username):
+            return user.username
+        try:
+            return self.service.rename(user, self.nick, origin=self.session)
+        except errors.AlreadyExists:
+            return user.username
 
     def login(self, user, **options):
         session = super().login(user, **options)
@@ -282,17 +340,19 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
 
     def welcome(self):
         limits = self.limits
+        network = self.factory.network
         tokens = [
             "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=,,,nt", "CHANNELLEN=51",
-            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp", "NETWORK=chatserv",
-            "NICKLEN=32", "PREFIX=(o)@", f"TOPICLEN={limits.max_body}", "UTF8ONLY",
-            "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,NAMES:1,WHOIS:1",
+            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp",
+            f"NETWORK={network}",
+            "NICKLEN=32", "PREFIX=(o)@", f"TOPICLEN={limits.max_body}", "UTF8ONLY", f"USERLEN={USERLEN}",
+            f"TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:1,WHOIS:1",
         ]
         lines = [
-            self.numeric(N.RPL_WELCOME, network="chatserv", nick=mask(self.nick)),
-            self.numeric(N.RPL_YOURHOST, server=SERVER, version=VERSION),
+            self.numeric(N.RPL_WELCOME, network=network, mask=self.own_mask()),
+            self.numeric(N.RPL_YOURHOST, server=self.server, version=VERSION),
             self.numeric(N.RPL_CREATED, created=self.factory.started),
-            self.numeric(N.RPL_MYINFO, server=SERVER, version=VERSION),
+            self.numeric(N.RPL_MYINFO, server=self.server, version=VERSION),
         ]
         for start in range(0, len(tokens), 12):
             lines.append(self.numeric(N.RPL_ISUPPORT, tokens=" ".join(tokens[start : start + 12])))
@@ -300,7 +360,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         self.irc_MOTD(None)
 
     def irc_MOTD(self, line):
-        lines = [self.numeric(N.RPL_MOTDSTART, server=SERVER)]
+        lines = [self.numeric(N.RPL_MOTDSTART, server=self.server)]
         lines += [self.numeric(N.RPL_MOTD, line=text) for text in MOTD]
         lines.append(self.numeric(N.RPL_ENDOFMOTD))
         self.send(b"".join(lines))
@@ -313,19 +373,21 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         if self._awaiting_pong:
             return self.error_and_close("Ping timeout")
         self._awaiting_pong = True
-        self.send(serialise("PING", SERVER))
+        self.send(serialise("PING", self.server))
         self.deadline.arm(self.ping_interval)
 
     async def irc_PING(self, line):
         """PONG once the messages sent before the PING have landed, so a client can use PING to
         know its messages are stored and delivered, as with a server that handles them inline."""
         await self.settled()
-        self.send(serialise("PONG", SERVER, line.params[0], prefix=SERVER))
+        self.send(serialise("PONG", self.server, line.params[0], prefix=self.server))
 
     def irc_PONG(self, line):
         """Any line proves the client alive (see ``handle``)."""
 
-    def irc_QUIT(self, line):
+    async def irc_QUIT(self, line):
+        """Messages sent before land first (and count as seen), then the goodbye."""
+        await self.settled()
         self.error_and_close(f"Quit: {line.param(0)}" if line.param(0) else "Quit")
 
     # users
@@ -354,7 +416,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         found = []
         for nick in nicks:
             try:
-                found.append(self.online(nick).username)
+                found.append(self.nick_of(self.online(nick)))
             except N.IRCError:
                 pass
         self.reply(N.RPL_ISON, nicks=" ".join(found))
@@ -367,7 +429,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             except N.IRCError:
                 continue
             away = "-" if user.id in self.factory.away else "+"
-            replies.append(f"{user.username}={away}{user.username}@{HOST}")
+            replies.append(f"{self.nick_of(user)}={away}{self.user_info(user)[0]}@{HOST}")
         self.reply(N.RPL_USERHOST, replies=" ".join(replies))
 
     def irc_WHOIS(self, line):
@@ -377,16 +439,17 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         except N.IRCError:
             self.reply(N.ERR_NOSUCHNICK, target=nick)
             return self.reply(N.RPL_ENDOFWHOIS, target=nick)
-        name = user.username
+        name = self.nick_of(user)
         rooms = " ".join(self.prefixed(user, room) + "#" + room.name for room in self.service.rooms_of(user))
         protocols = sorted({s.protocol for s in self.service.sessions_of(user)})
-        lines = [self.numeric(N.RPL_WHOISUSER, target=name, host=HOST)]
+        ident, realname = self.user_info(user)
+        lines = [self.numeric(N.RPL_WHOISUSER, target=name, ident=ident, host=HOST, realname=realname)]
         if rooms:
             lines.append(self.numeric(N.RPL_WHOISCHANNELS, target=name, channels=rooms))
-        lines.append(self.numeric(N.RPL_WHOISSERVER, target=name, server=SERVER,
+        lines.append(self.numeric(N.RPL_WHOISSERVER, target=name, server=self.server,
                                   where="connected with " + ", ".join(protocols)))
         if not user.guest:
-            lines.append(self.numeric(N.RPL_WHOISACCOUNT, target=name, account=name))
+            lines.append(self.numeric(N.RPL_WHOISACCOUNT, target=name, account=user.username))
         if user.id in self.factory.away:
             lines.append(self.numeric(N.RPL_AWAY, target=name, text=self.factory.away[user.id]))
         lines.append(self.numeric(N.RPL_ENDOFWHOIS, target=name))
@@ -415,61 +478,110 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
             if verb.upper() != "ACTION" or not text:
                 return None  # CTCP queries stay off the other ports' inboxes: never stored or relayed
             body, kind = text, "action"
-        for target in line.params[0].split(",")[:4]:
+        tags = line.client_tags or None
+        targets, dropped = self.recipients(line, quiet)
+        for target in targets:
             try:
-                await self._send_one(target, body, kind, line.command, quiet)
-            except (N.IRCError, errors.ChatError):
-                if not quiet:
-                    raise
+                await self._send_one(target, body, kind, line.command, quiet, tags)
+            except (N.IRCError, errors.ChatError) as exc:
+                self.not_sent(exc, target, line.command, quiet)
+        if dropped:
+            self.reply(N.ERR_TOOMANYTARGETS, target=dropped)
+
+    def recipients(self, line, quiet: bool) -> tuple[list[str], str]:
+        """A PRIVMSG's (NOTICE's, TAGMSG's) targets, each once, and the first one past TARGMAX
+        (which gets 407 once the others were sent to; a NOTICE's gets nothing)."""
+        field = line.params[0]
+        targets = [field] if "," not in field else list(
+            {fold(t): t for t in reversed(field.split(",")) if t}.values())[::-1]
+        if not targets or not targets[0]:
+            if not quiet:
+                self.reply(N.ERR_NORECIPIENT, command=line.command)
+            return [], ""
+        dropped = targets[MAX_TARGETS] if len(targets) > MAX_TARGETS and not quiet else ""
+        return targets[:MAX_TARGETS], dropped
+
+    def not_sent(self, exc: Exception, target: str, command: str, quiet: bool):
+        """One target's error; the others are still sent to. A NOTICE draws none."""
+        if quiet:
+            return
+        if isinstance(exc, N.IRCError):
+            self.reply(exc.numeric, **exc.fields)
+        else:
+            self.domain_error(exc, target, command)
 
     def irc_NOTICE(self, line):
         return self.irc_PRIVMSG(line, kind="notice")
 
-    async def _send_one(self, target: str, body: str, kind: str, command: str, quiet: bool):
+    def sendable_room(self, target: str):
+        """The channel a message to ``target`` goes to, else 403 (none) or 404 (not on it)."""
+        room = self.channels.get(fold(target[1:]))
+        if room is None:
+            self.service_room(target)  # 403 when there is no such channel
+            raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
+        return room
+
+    async def _send_one(self, target: str, body: str, kind: str, command: str, quiet: bool, tags=None):
         """Send one PRIVMSG/NOTICE; the next command is read while the message is stored."""
         if target.startswith("#"):
-            room = self.channels.get(fold(target[1:]))
-            if room is None:
-                self.service_room(target)  # 403 when there is no such channel
-                raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
-            sending = self.service.send_room(self.user, room, body, kind, origin=self.session)
+            room = self.sendable_room(target)
+            sending = self.service.send_room(self.user, room, body, kind, origin=self.session, tags=tags)
             target = "#" + room.name
         elif fold(target) == fold(NICKSERV):
             return await self.nickserv(body)
+        elif fold(target) == PLAYBACK:
+            return await self.playback(body)
         else:
             recipient = self.online_or_registered(target)
-            sending = self.service.send_direct(self.user, recipient, body, kind, origin=self.session)
-            target = recipient.username
+            sending = self.service.send_direct(self.user, recipient, body, kind, origin=self.session,
+                                               tags=tags)
+            target = self.nick_of(recipient)
             if recipient.id in self.factory.away and kind != "notice":
                 self.reply(N.RPL_AWAY, target=target, text=self.factory.away[recipient.id])
-        sending.addCallbacks(self._sent, self._not_sent, callbackArgs=(target,),
+        sending.addCallbacks(self._sent, self._not_sent, callbackArgs=(target, tags),
                              errbackArgs=(target, command, quiet))
         waiting = self.in_background(sending)
         if waiting is not None:
             await waiting
 
-    def _sent(self, message, target: str):
+    def _sent(self, message, target: str, tags):
         if "echo-message" in self.caps:
-            self.send(message_lines(message, target, self.tag_variant))
+            self.send(message_lines(message, target, self.tag_variant, prefix=self.own_mask(),
+                                    client_tags=tags))
 
     def _not_sent(self, failure, target: str, command: str, quiet: bool):
         failure.trap(errors.ChatError)
         if not quiet:
             self.domain_error(failure.value, target, command)
 
-    def irc_TAGMSG(self, line):
-        """IRCv3 typing notifications (``+typing``) go to the room or user; other tags go nowhere."""
-        state = line.tags.get("+typing")
-        if state not in ("active", "paused", "done"):
+    async def irc_TAGMSG(self, line):
+        """Client-only tags on their own, relayed to clients with ``message-tags`` and never
+        stored; ``+typing`` also reaches the other ports that show typing."""
+        tags = line.client_tags
+        if not tags:
             return
-        target = line.params[0]
-        try:
-            if target.startswith("#"):
-                self.service.typing(self.user, state == "active", room=target[1:], origin=self.session)
-            else:
-                self.service.typing(self.user, state == "active", to=target, origin=self.session)
-        except errors.ChatError:
-            pass  # like a NOTICE, a typing notification draws no error reply
+        targets, dropped = self.recipients(line, False)
+        for target in targets:
+            try:
+                self._tags_to(target, tags)
+            except (N.IRCError, errors.ChatError) as exc:
+                self.not_sent(exc, target, line.command, False)
+        if dropped:
+            self.reply(N.ERR_TOOMANYTARGETS, target=dropped)
+
+    def _tags_to(self, target: str, tags: dict):
+        """One TAGMSG target; the relayed tags and the echo share a ``msgid`` of their own."""
+        where = {"room": self.sendable_room(target)} if target.startswith("#") else {
+            "to": self.online_or_registered(target)}
+        tags = {**tags, "msgid": f"t{next(self.factory.tag_ids)}"}  # never a stored message's id
+        state = tags.get("+typing")
+        if state in ("active", "paused", "done"):
+            self.service.typing(self.user, state == "active", origin=self.session, tags=tags, **where)
+        else:
+            self.service.tag_message(self.user, tags, origin=self.session, **where)
+        if "echo-message" in self.caps:
+            shown = "#" + where["room"].name if "room" in where else self.nick_of(where["to"])
+            self.send(serialise("TAGMSG", shown, prefix=self.own_mask(), tags=tags))
 
     def online_or_registered(self, nick: str):
         """A direct message goes to an online nick, or waits in a registered user's inbox."""
@@ -485,36 +597,57 @@ class IRCConnection(AccountsMixin, ChannelsMixin, HistoryMixin, ChatConnection):
         return renderer(self, event) if renderer else None
 
     def _render_room_message(self, event):
+        """The fan-out hot path. Lines for a room whose replay is being fetched wait for it
+        (history.py)."""
         variant = self.tag_variant
-        return event.render_once(self.render_key,
-                                 lambda: message_lines(event.message, "#" + event.room.name, variant))
+        data = event.render_once(self.render_key, lambda: message_lines(
+            event.message, "#" + event.room.name, variant, prefix=self.mask_of(event.sender),
+            client_tags=event.tags if variant[1] else None))
+        if self.held:
+            held = self.held.get(event.room.id)
+            if held is not None:
+                held.append((event.message.id, data))
+                return None
+        return data
 
     def _render_direct_message(self, event):
         variant = self.tag_variant
-        return event.render_once(self.render_key,
-                                 lambda: message_lines(event.message, event.recipient.username, variant))
+        return event.render_once(self.render_key, lambda: message_lines(
+            event.message, self.nick_of(event.recipient), variant, prefix=self.mask_of(event.sender),
+            client_tags=event.tags if variant[1] else None))
 
     def _render_typing(self, event):
+        return self._render_tags(event, event.tags or {"+typing": "active" if event.active else "done"})
+
+    def _render_tagged(self, event):
+        return self._render_tags(event, event.tags)
+
+    def _render_tags(self, event, tags: dict):
         if "message-tags" not in self.caps:
             return None
-        target = "#" + event.room.name if event.room is not None else event.recipient.username
-        state = "active" if event.active else "done"
-        return event.render_once("irc-typing", lambda: serialise(
-            "TAGMSG", target, prefix=mask(event.user.username), tags={"+typing": state}))
+        if event.room is not None:
+            if fold(event.room.name) not in self.channels:
+                return None
+            target = "#" + event.room.name
+        else:
+            target = self.nick_of(event.recipient)
+        return event.render_once("irc-tags", lambda: serialise(
+            "TAGMSG", target, prefix=self.mask_of(event.user), tags=tags))
 
     def _render_presence(self, event):
         shared = [room for room in self.channels.values() if event.user.id in room.members]
+        if event.renamed_from is not None:  # where the guest was, a NICK line said it all
+            shared = [room for room in shared if event.renamed_from.id not in room.members]
         if not shared:
             return None
-        prefix = mask(event.user.username)
         if not event.online:
-            return event.render_once("irc-quit", lambda: serialise("QUIT", "Quit", prefix=prefix))
-        return b"".join(event.render_once(("irc-join", room.id),
-                                          lambda room=room: serialise("JOIN", "#" + room.name, prefix=prefix))
-                        for room in shared)
+            return event.render_once("irc-quit", lambda: serialise(
+                "QUIT", event.reason or "Quit", prefix=self.mask_of(event.user)))
+        return b"".join(event.render_once(("irc-join", room.id), lambda room=room: serialise(
+            "JOIN", "#" + room.name, prefix=self.mask_of(event.user))) for room in shared)
 
     def _render_goodbye(self, event):
-        return serialise("ERROR", f"Closing Link: {SERVER} ({event.reason})")
+        return serialise("ERROR", f"Closing Link: {self.server} ({event.reason})")
 
 
 RENDERERS = {
@@ -522,6 +655,8 @@ RENDERERS = {
     events.DirectMessage: IRCConnection._render_direct_message,
     events.PresenceChanged: IRCConnection._render_presence,
     events.Typing: IRCConnection._render_typing,
+    events.Tagged: IRCConnection._render_tagged,
+    events.Renamed: NicksMixin.render_renamed,
     events.MembershipChanged: ChannelsMixin.render_membership,
     events.TopicChanged: ChannelsMixin.render_topic,
     events.OperatorChanged: ChannelsMixin.render_operator,
@@ -537,4 +672,7 @@ class IRCFactory(ChatFactory):
         super().__init__(*args, **kwargs)
         self.away: dict[int, str] = {}  # user id -> away message, while they are online here
         self.topic_open: set[int] = set()  # rooms set -t: any member may change the topic
+        self.tag_ids = itertools.count(1)  # msgids of TAGMSGs, which are never stored
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))
+        self.server_name = self.options.get("irc-server-name") or "chatserv"
+        self.network = self.options.get("irc-network") or "chatserv"

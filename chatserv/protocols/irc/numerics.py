@@ -2,12 +2,24 @@
 
 A ``Numeric`` is a code and a template: the parameters after the client's nick, with
 ``{fields}`` filled in by ``format``. Replies are written as
-``:chatserv <code> <nick> <template>``; see RFC 1459/2812 and the modern IRC docs.
+``:<server> <code> <nick> <template>``; see RFC 1459/2812 and the modern IRC docs.
+
+Fields that name one thing (``WORD_FIELDS``: a nick, a channel, a command) often echo what
+a client sent, and a client may send anything as its last parameter: such a value with a
+space in it, a leading colon or nothing at all would shift every parameter after it, so it
+is shown as ``*``.
 """
 
 from __future__ import annotations
 
 import attrs
+
+WORD_FIELDS = frozenset({"target", "channel", "command", "nick", "account", "mask", "server", "ident"})
+
+
+def _word(value) -> str:
+    text = str(value)
+    return "*" if not text or " " in text or text.startswith(":") else text
 
 
 @attrs.frozen
@@ -16,7 +28,8 @@ class Numeric:
     template: str
 
     def params(self, **fields) -> str:
-        return self.template.format_map(fields)
+        return self.template.format_map({key: _word(value) if key in WORD_FIELDS else value
+                                         for key, value in fields.items()})
 
 
 class IRCError(Exception):
@@ -29,7 +42,7 @@ class IRCError(Exception):
 
 
 # registration
-RPL_WELCOME = Numeric("001", ":Welcome to the {network} IRC network {nick}")
+RPL_WELCOME = Numeric("001", ":Welcome to the {network} IRC network {mask}")
 RPL_YOURHOST = Numeric("002", ":Your host is {server}, running version {version}")
 RPL_CREATED = Numeric("003", ":This server was created {created}")
 RPL_MYINFO = Numeric("004", "{server} {version} iow nt o")
@@ -46,13 +59,13 @@ RPL_AWAY = Numeric("301", "{target} :{text}")
 RPL_ISON = Numeric("303", ":{nicks}")
 RPL_UNAWAY = Numeric("305", ":You are no longer marked as being away")
 RPL_NOWAWAY = Numeric("306", ":You have been marked as being away")
-RPL_WHOISUSER = Numeric("311", "{target} {target} {host} * :{target}")
+RPL_WHOISUSER = Numeric("311", "{target} {ident} {host} * :{realname}")
 RPL_WHOISSERVER = Numeric("312", "{target} {server} :{where}")
 RPL_ENDOFWHO = Numeric("315", "{target} :End of WHO list")
 RPL_ENDOFWHOIS = Numeric("318", "{target} :End of /WHOIS list")
 RPL_WHOISCHANNELS = Numeric("319", "{target} :{channels}")
 RPL_WHOISACCOUNT = Numeric("330", "{target} {account} :is logged in as")
-RPL_WHOREPLY = Numeric("352", "{channel} {target} {host} {server} {target} {flags} :0 {target}")
+RPL_WHOREPLY = Numeric("352", "{channel} {ident} {host} {server} {target} {flags} :0 {realname}")
 
 # channels
 RPL_LISTSTART = Numeric("321", "Channel :Users  Name")
@@ -67,7 +80,6 @@ RPL_ENDOFNAMES = Numeric("366", "{channel} :End of /NAMES list")
 
 # accounts and SASL (IRCv3)
 RPL_LOGGEDIN = Numeric("900", "{mask} {account} :You are now logged in as {account}")
-ERR_NICKLOCKED = Numeric("902", ":Your nick is your account name or your guest name; reconnect to change it")
 RPL_SASLSUCCESS = Numeric("903", ":SASL authentication successful")
 ERR_SASLFAIL = Numeric("904", ":SASL authentication failed")
 ERR_SASLTOOLONG = Numeric("905", ":SASL message too long")
@@ -81,6 +93,8 @@ ERR_UNKNOWNERROR = Numeric("400", "{command} :{text}")
 ERR_NOSUCHNICK = Numeric("401", "{target} :No such nick/channel")
 ERR_NOSUCHCHANNEL = Numeric("403", "{target} :No such channel")
 ERR_CANNOTSENDTOCHAN = Numeric("404", "{target} :Cannot send to channel")
+ERR_TOOMANYCHANNELS = Numeric("405", "{target} :{text}")
+ERR_TOOMANYTARGETS = Numeric("407", "{target} :Too many targets: this one and those after it got nothing")
 ERR_INVALIDCAPCMD = Numeric("410", "{target} :Invalid CAP command")
 ERR_NORECIPIENT = Numeric("411", ":No recipient given ({command})")
 ERR_NOTEXTTOSEND = Numeric("412", ":No text to send")
@@ -92,17 +106,19 @@ ERR_NICKNAMEINUSE = Numeric("433", "{target} :Nickname is already in use")
 ERR_NICKNAMEREGISTERED = Numeric(
     "433", "{target} :Nickname is registered: log in with SASL or PASS, "
     "or take another nick and /msg NickServ IDENTIFY {target} <password>")
+ERR_NICKNAMERESERVED = Numeric("433", "{target} :Nickname is another account's name")
 ERR_USERNOTINCHANNEL = Numeric("441", "{target} {channel} :They aren't on that channel")
 ERR_NOTONCHANNEL = Numeric("442", "{target} :You're not on that channel")
 ERR_NOTREGISTERED = Numeric("451", ":You have not registered")
 ERR_NEEDMOREPARAMS = Numeric("461", "{command} :Not enough parameters")
 ERR_ALREADYREGISTERED = Numeric("462", ":You may not reregister")
 ERR_PASSWDMISMATCH = Numeric("464", ":Password incorrect")
+ERR_PASSWDREQUIRED = Numeric("464", ":This server needs a password: PASS <password> before NICK and USER")
 ERR_UNKNOWNMODE = Numeric("472", "{target} :is unknown mode char to me")
 ERR_CHANOPRIVSNEEDED = Numeric("482", "{target} :You're not channel operator")
 ERR_UMODEUNKNOWNFLAG = Numeric("501", ":Unknown MODE flag")
 ERR_USERSDONTMATCH = Numeric("502", ":Cant change mode for other users")
-ERR_BLOCKED = Numeric("404", "{target} :Cannot send to that user")
+ERR_CANTSENDTOUSER = Numeric("531", "{target} :You are not permitted to send private messages to this user")
 RPL_ENDOFBANLIST = Numeric("368", "{channel} :End of channel ban list")
 RPL_USERHOST = Numeric("302", ":{replies}")
 
@@ -125,6 +141,7 @@ FAIL_TEXTS = {
     "INVALID_MSGREFTYPE": "References are msgid=<id> or timestamp=<ISO 8601>, or * for LATEST",
     "INVALID_PARAMS": "Invalid parameters",
     "INVALID_TARGET": "No such channel or nick, or you may not read it",
+    "INVALID_UTF8": "Message rejected: this network takes UTF-8 only (UTF8ONLY)",
     "NEED_MORE_PARAMS": "Not enough parameters",
     "UNACCEPTABLE_PASSWORD": "The password may not be empty or *",
 }
