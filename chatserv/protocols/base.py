@@ -58,12 +58,18 @@ class ChatConnection(protocol.Protocol):
     watches_room_presence = False
 
     # Slots, not an instance dict, and nothing an idle connection does not use (queues and
-    # the rate bucket come when needed): tens of thousands of connections stay idle.
+    # the rate bucket come when needed): tens of thousands of connections stay idle. Protocol's
+    # attributes are slots too: a single attribute kept in the instance dict costs every
+    # connection the dict's values (some 270 bytes).
     __slots__ = ("session", "_pending", "_busy", "_draining", "_reading_paused", "_write_paused",
                  "_queued", "_queued_bytes", "_closing", "_input_ended", "deadline", "_in_flight",
-                 "_drained", "_settled", "failed_logins", "framer", "peer_host", "_rate")
+                 "_drained", "_settled", "failed_logins", "framer", "peer_host", "_rate",
+                 "factory", "transport", "connected")
 
     def __init__(self):
+        self.factory = None  # Protocol's class defaults, which the slots hide
+        self.transport = None
+        self.connected = 0
         self.session: Session | None = None
         self._pending: collections.deque | tuple = ()  # frames waiting their turn
         self._busy = False

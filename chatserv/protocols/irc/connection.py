@@ -115,7 +115,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
 
     # like ChatConnection: slots for what every client has, nothing made before it is needed
     __slots__ = ("nick", "user_given", "password", "registered", "caps", "tag_variant", "render_key",
-                 "channels", "held", "seen", "_awaiting_pong", "_batches", "_flood", "ping_interval")
+                 "channels", "held", "seen", "_awaiting_pong", "_batches", "_flood", "ping_interval",
+                 "ident", "realname")
 
     def __init__(self):
         super().__init__()
@@ -132,6 +133,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         self._awaiting_pong = False
         self._batches = 0
         self._flood: TokenBucket | None = None
+        self.ident = self.realname = ""  # NicksMixin's defaults, which the slots hide
 
     def make_framer(self):
         return IRCFramer()
