@@ -139,11 +139,12 @@ class Deadline:
 class Timeouts:
     """The deadlines of one clock in one heap under one DelayedCall, not a DelayedCall each.
 
-    An idle connection costs a heap entry (a cancelled one's entry holds nothing, and such
-    entries are swept out once they are the majority). An entry is a deadline's time when it
-    was queued; a deadline pushed back since is queued again, for its new time, when that
-    entry comes up, so activity costs nothing here. Firing is exact: the DelayedCall is due
-    with the earliest entry.
+    An idle connection costs a heap entry. A cancelled deadline's entry holds nothing, and
+    such emptied entries are swept out once there is one for every two live ones (each sweep
+    paid for by as many drops). An entry is a deadline's time when it was queued; a deadline
+    pushed back since is queued again, for its new time, when that entry comes up, so
+    activity costs nothing here. Firing is exact: the DelayedCall is due with the earliest
+    entry.
     """
 
     _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -188,7 +189,7 @@ class Timeouts:
         if not self._live:
             self._heap.clear()
             self._wake()
-        elif len(self._heap) > 64 and len(self._heap) > 2 * self._live:
+        elif len(self._heap) > 64 and 2 * len(self._heap) > 3 * self._live:
             self._heap = [entry for entry in self._heap if entry[2] is not None]
             heapq.heapify(self._heap)
 
