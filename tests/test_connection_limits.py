@@ -168,6 +168,20 @@ def test_a_deadline_armed_again_shorter_fires_at_the_shorter_time():
     assert fired == [15]
 
 
+def test_many_deadlines_armed_again_or_cancelled_each_fire_once_on_time():
+    clock = MemoryReactorClock()
+    fired = []
+    deadlines = [Deadline(clock, lambda n=n: fired.append((n, clock.seconds()))) for n in range(300)]
+    for deadline in deadlines:
+        deadline.arm(60)
+    for deadline in deadlines[::2]:
+        deadline.arm(30)  # sooner: the entries for 60 s stay behind, emptied, until swept
+    for deadline in deadlines[::3]:
+        deadline.cancel()
+    clock.pump([1] * 70)
+    assert sorted(fired) == [(n, 30 if n % 2 == 0 else 60) for n in range(300) if n % 3]
+
+
 def test_a_cancelled_deadline_keeps_nothing_alive_and_no_call_stays_pending():
     clock = MemoryReactorClock()
 
