@@ -383,7 +383,8 @@ def table(results: dict, args) -> str:
         m = cross["max"]
         lines += ["", f"Cross-protocol lobby: one IRC sender, {cross['members_per_wire']} members on "
                       f"each wire, window {cross['window']}: {m['deliveries_per_s']:,} deliveries/s in all, "
-                      f"server CPU {m.get('server_us_per_delivery', '-')} us/delivery",
+                      f"server CPU {m.get('server_us_per_delivery', '-')} us/delivery, "
+                      f"server / generator CPU {_cpu(m, cross)}",
                   "", "| wire | deliveries/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |"]
         for wire, g in m["by_group"].items():
             lines.append(f"| {wire} | {g['deliveries_per_s']:,} | {_ms(g['p50_ms'])} | {_ms(g['p99_ms'])} |")
