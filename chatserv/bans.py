@@ -97,6 +97,8 @@ class BanFile(service.Service):
         self.path = path
         self.interval = interval
         self._seen: bytes | None = None
+        self._checking = False
+        self._settled: list[defer.Deferred] = []
         self._loop = task.LoopingCall(self.check)
         self._loop.clock = clock
 
@@ -116,10 +118,27 @@ class BanFile(service.Service):
 
     def check(self) -> defer.Deferred:
         """Apply the file if it changed since the last look; never stops the loop on failure."""
+        self._checking = True
         d = defer.maybeDeferred(self._apply)
         d.addErrback(lambda f: log.error("cannot apply the ban file {path}: {why}", path=self.path,
                                          why=f.getErrorMessage()))
+        d.addBoth(self._checked)
         return d
+
+    def _checked(self, _):
+        self._checking = False
+        settled, self._settled = self._settled, []
+        for waiter in settled:
+            waiter.callback(None)
+
+    def settled(self) -> defer.Deferred:
+        """Fires once the look under way (if any) has applied the file and its store writes landed:
+        until then the loop does not look again, so a caller that changed the file waits here."""
+        if not self._checking:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._settled.append(waiter)
+        return waiter
 
     @defer.inlineCallbacks
     def _apply(self):

@@ -15,6 +15,7 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable
+from typing import ClassVar
 
 import argon2
 import attrs
@@ -27,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 
 from chatserv import errors
 from chatserv.limits import QuietLog
+from chatserv.options import option
 
 log = Logger()
 quiet = QuietLog(log)  # a hash failing under a flood: one line a minute at most, never a traceback
@@ -49,11 +51,14 @@ def password_digest(salt: str, password: str) -> str:
 
 @attrs.define
 class HashCost:
-    """argon2id cost parameters; tests lower them, production keeps the library defaults."""
+    """argon2id cost parameters (``--argon2-*``); tests lower them, production keeps the
+    library defaults."""
 
-    time_cost: int = argon2.DEFAULT_TIME_COST
-    memory_cost: int = argon2.DEFAULT_MEMORY_COST
-    parallelism: int = argon2.DEFAULT_PARALLELISM
+    option_prefix: ClassVar[str] = "argon2-"
+
+    time_cost: int = option(argon2.DEFAULT_TIME_COST, "argon2id passes")
+    memory_cost: int = option(argon2.DEFAULT_MEMORY_COST, "argon2id memory (KiB)")
+    parallelism: int = option(argon2.DEFAULT_PARALLELISM, "argon2id lanes")
 
 
 def hashing_threads(requested: int = 0) -> int:
@@ -178,11 +183,11 @@ class LoginThrottle:
         for key in (pair, unknown):
             tally = self._tallies.get(key)
             if tally is not None and tally.locked_until > now:
-                raise errors.RateLimited("too many failed logins: try again later")
+                raise errors.LoginThrottled()
         key = pair if account else unknown
         counted = self._tallies.get(key) or _Tally()
         if counted.checking >= max(self._limits.login_attempts - counted.failures, 1):
-            raise errors.RateLimited("too many failed logins: try again later")
+            raise errors.LoginThrottled()
         attempt = self.hashing(address)
         self._tallies[key] = counted
         counted.checking += 1

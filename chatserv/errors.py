@@ -1,24 +1,60 @@
 """Typed domain failures.
 
 The service raises these; every protocol maps them to its own reply codes in one table
-(see ``chatserv.protocols.base.ErrorTable``), never in scattered ifs.
+(see ``chatserv.wire.ErrorTable``), never in scattered ifs and never by reading
+the message: a table that must tell two failures apart names their classes. The broad
+classes (``NotFound``, ``AlreadyExists``, ``Denied``, ``Invalid``...) stay the catch-alls,
+so a table that only knows them keeps working when a narrower class is added.
+
+A class's ``description`` is its message when none is given: plain words for logs and for
+the tables that show the domain's own words (``lambda exc: exc.message``).
 """
+
+from typing import ClassVar
 
 
 class ChatError(Exception):
     """Base of every failure the service reports to a client."""
 
+    description: ClassVar[str] = ""
+
     def __init__(self, message: str = ""):
-        super().__init__(message or self.__class__.__name__)
-        self.message = message or self.__class__.__name__
+        self.message = message or self.description or self.__class__.__name__
+        super().__init__(self.message)
 
 
 class NotFound(ChatError):
     """The named user, room, contact or message does not exist."""
 
 
+class UserNotFound(NotFound):
+    description = "no such user"
+
+
+class RoomNotFound(NotFound):
+    description = "no such room"
+
+
+class ContactNotFound(NotFound):
+    description = "not a contact"
+
+
+class MemberNotFound(NotFound):
+    """The user acted upon (made an operator, ...) is not in the room."""
+
+    description = "not a member"
+
+
 class AlreadyExists(ChatError):
     """A user or room of that name exists already."""
+
+
+class UsernameTaken(AlreadyExists):
+    description = "username taken"
+
+
+class RoomExists(AlreadyExists):
+    description = "room exists"
 
 
 class NotLoggedIn(ChatError):
@@ -37,8 +73,58 @@ class Denied(ChatError):
     """The session may not do this (not a member, not the owner, spoofed sender...)."""
 
 
+class NotMember(Denied):
+    """The caller acts on a room it is not in."""
+
+    description = "not a member"
+
+
+class NotOperator(Denied):
+    description = "not an operator"
+
+
+class GuestDenied(Denied):
+    """Guests (temporary names) have no contacts, blocks or anything else that is stored."""
+
+    description = "guests have no contacts"
+
+
 class Invalid(ChatError):
     """The request is malformed: bad name, empty body, wrong type, too long."""
+
+
+class InvalidUsername(Invalid):
+    description = "invalid username"
+
+
+class ReservedUsername(InvalidUsername):
+    description = "reserved username"
+
+
+class EmptyPassword(Invalid):
+    description = "empty password"
+
+
+class InvalidRoomName(Invalid):
+    description = "invalid room name"
+
+
+class UnknownContactStatus(Invalid):
+    description = "unknown contact status"
+
+
+class ContactIsSelf(Invalid):
+    """A user names themself as their own contact."""
+
+    description = "that is you"
+
+
+class EmptyMessage(Invalid):
+    description = "empty message"
+
+
+class MessageTooLong(Invalid):
+    description = "message too long"
 
 
 class Offline(ChatError):
@@ -49,6 +135,12 @@ class RateLimited(ChatError):
     """The session sends faster than its limit allows."""
 
 
+class LoginThrottled(RateLimited):
+    """Too many failed logins from one address against one name: that pair waits."""
+
+    description = "too many failed logins: try again later"
+
+
 class Busy(ChatError):
     """The server cannot check a password now (too many logins in flight, or hashing failed):
     nothing was tried, so nothing counts against the caller; try again shortly."""
@@ -56,3 +148,13 @@ class Busy(ChatError):
 
 class TooManyRooms(ChatError):
     """Creating a room is refused: the creator's or its address's rate or cap, or ``--max-rooms``."""
+
+
+class StoreUnavailable(ChatError):
+    """The database cannot be reached or opened: nothing was stored, so nothing is acknowledged,
+    and the same request can succeed once it is back. A client is told only that; ``str()``
+    holds the details, for the log."""
+
+    def __init__(self, detail: str):
+        super().__init__("storage unavailable, try again later")
+        self.args = (detail,)

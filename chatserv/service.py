@@ -164,7 +164,10 @@ class ChatService(service.Service):
         return d
 
     def _failed_open(self, failure):
-        log.failure("cannot open the store", failure)
+        if failure.check(errors.StoreUnavailable):  # not a bug: one line says where and why
+            log.critical("cannot open the store: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("cannot open the store", failure)
         self._release_waiters(None, failure)
 
     def _release_waiters(self, _, failure):
@@ -192,21 +195,21 @@ class ChatService(service.Service):
 
     def validate_username(self, name) -> str:
         if not isinstance(name, str) or not _USERNAME.match(name):
-            raise errors.Invalid("invalid username")
+            raise errors.InvalidUsername()
         if fold(name) in RESERVED_NAMES:
-            raise errors.Invalid("reserved username")
+            raise errors.ReservedUsername()
         return name
 
     def _check_free(self, name, guest: User | None = None):
         holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
         if fold(name) in self._user_keys or (holder is not None and holder is not guest):
-            raise errors.AlreadyExists("username taken")
+            raise errors.UsernameTaken()
 
     def user(self, name) -> User:
         """The registered user of that name (case-insensitive), else NotFound."""
         user = self._user_keys.get(fold(name)) if isinstance(name, str) else None
         if user is None:
-            raise errors.NotFound("no such user")
+            raise errors.UserNotFound()
         return user
 
     def user_or_guest(self, name) -> User:
@@ -220,7 +223,7 @@ class ChatService(service.Service):
     def user_by_id(self, user_id) -> User:
         user = self._users.get(user_id)
         if user is None:
-            raise errors.NotFound("no such user")
+            raise errors.UserNotFound()
         return user
 
     def users(self) -> list[User]:
@@ -247,7 +250,7 @@ class ChatService(service.Service):
         """
         self.validate_username(username)
         if not isinstance(password, str) or not password:
-            raise errors.Invalid("empty password")
+            raise errors.EmptyPassword()
         keepable(password, "password")
         self._check_free(username, guest)
         salt = new_salt()
@@ -260,7 +263,7 @@ class ChatService(service.Service):
         """Create an account from ``sha256_hex(salt + password)`` (the salted port's form)."""
         self.validate_username(username)
         if not isinstance(digest, str) or not digest:
-            raise errors.Invalid("empty password")
+            raise errors.EmptyPassword()
         keepable(digest, "password")
         self._check_free(username, guest)
         with self.throttle.hashing(address):
@@ -429,7 +432,7 @@ class ChatService(service.Service):
             owner = self._user_keys.get(fold(name))
             holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
             if (owner is not None and owner is not user) or (holder is not None and holder is not user):
-                raise errors.AlreadyExists("username taken")
+                raise errors.UsernameTaken()
             self._drop_alias(user)
             if name != user.username:
                 self._aliases[fold(name)] = user
@@ -533,10 +536,10 @@ class ChatService(service.Service):
 
     def _registered_other(self, owner: User, name) -> User:
         if owner.guest:
-            raise errors.Denied("guests have no contacts")
+            raise errors.GuestDenied()
         other = self.user(name)
         if other.id == owner.id:
-            raise errors.Invalid("that is you")
+            raise errors.ContactIsSelf()
         return other
 
     @deferred
@@ -547,7 +550,7 @@ class ChatService(service.Service):
         heard by the owner alone: the other was never told of the block, and is not "added".
         """
         if status not in CONTACT_STATUSES:
-            raise errors.Invalid("unknown contact status")
+            raise errors.UnknownContactStatus()
         other = self._registered_other(owner, name)
         current = self.contact_status(owner, other)
         if current == status or (keep_existing and current is not None):
@@ -567,7 +570,7 @@ class ChatService(service.Service):
         other = self._registered_other(owner, name)
         previous = self.contact_status(owner, other)
         if previous is None:
-            raise errors.NotFound("not a contact")
+            raise errors.ContactNotFound()
         self._unindex_contact(owner.id, other.id)
         await self.store.remove_contact(owner.id, other.id)
         self._deliver_to_users(events.ContactChanged(owner, other, None, previous), (owner.id, other.id))
@@ -594,14 +597,14 @@ class ChatService(service.Service):
     def room(self, name) -> Room:
         room = self._rooms.get(fold(name)) if isinstance(name, str) else None
         if room is None:
-            raise errors.NotFound("no such room")
+            raise errors.RoomNotFound()
         return room
 
     def room_by_id(self, room_id) -> Room:
         """The room with that id (seed 004 names groups by id), else NotFound."""
         room = self._rooms_by_id.get(room_id)
         if room is None:
-            raise errors.NotFound("no such room")
+            raise errors.RoomNotFound()
         return room
 
     def rooms(self) -> list[Room]:
@@ -614,13 +617,19 @@ class ChatService(service.Service):
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in room.members)
         return sorted((u for u in found if u), key=lambda u: fold(u.username))
 
+    def is_member(self, user: User, room: Room) -> bool:
+        return user.id in room.members
+
+    def topic(self, room: Room) -> str:
+        return room.topic
+
     def _guest_by_id(self, user_id):
         sessions = self._sessions.get(user_id)
         return sessions[0].user if sessions else None
 
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
-            raise errors.Invalid("invalid room name")
+            raise errors.InvalidRoomName()
         return keepable(name, "room name")
 
     def _check_room_quota(self, creator: User, address: str):
@@ -670,7 +679,7 @@ class ChatService(service.Service):
         request came from, for the per-address cap; by default the user's last address)."""
         self.validate_room_name(name)
         if fold(name) in self._rooms:
-            raise errors.AlreadyExists("room exists")
+            raise errors.RoomExists()
         room = await self._new_room(name, user, self._creator_address(user, None, address))
         await self._add_member(room, user, origin=None)
         return room
@@ -730,7 +739,7 @@ class ChatService(service.Service):
         """End a membership; members, and the one leaving, hear of it."""
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
         self._drop_member(room, user.id)
@@ -751,9 +760,9 @@ class ChatService(service.Service):
         """
         room = self.room(name)
         if not self.is_operator(by, room):
-            raise errors.Denied("not an operator")
+            raise errors.NotOperator()
         if user.id not in room.members:
-            raise errors.NotFound("not a member")
+            raise errors.MemberNotFound()
         grants = self._operators.setdefault(room.id, set())
         grants.add(user.id) if granted else grants.discard(user.id)
         self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
@@ -763,7 +772,7 @@ class ChatService(service.Service):
     async def set_topic(self, user: User, name, topic: str, *, origin: Session | None = None) -> Room:
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
         if room.persistent:
             await self.store.update_room(room)
@@ -774,9 +783,9 @@ class ChatService(service.Service):
 
     def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
-            raise errors.Invalid("empty message")
+            raise errors.EmptyMessage()
         if len(body) > self.limits.max_body:
-            raise errors.Invalid("message too long")
+            raise errors.MessageTooLong()
         keepable(str(kind or "text"), "message type")
         return keepable(body, "message")
 
@@ -830,7 +839,7 @@ class ChatService(service.Service):
             self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
             if sender.id not in room.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
         except errors.ChatError:
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)
@@ -872,7 +881,7 @@ class ChatService(service.Service):
         if room is not None:
             event.room = room = room if isinstance(room, Room) else self.room(room)
             if user.id not in room.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
             self._deliver_to_users(event, room.members, origin)
         elif to is not None:
             event.recipient = recipient = to if isinstance(to, User) else self.user_or_guest(to)
@@ -885,7 +894,7 @@ class ChatService(service.Service):
         """Deferred[list[Message]] of a room the user is in, oldest first."""
         room = self.room(name)
         if user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         return self.store.room_history(room.id, limit or self.limits.history, before_id)
 
     def direct_history(self, user: User, other, limit=None, before_id=None) -> Deferred:
@@ -898,7 +907,7 @@ class ChatService(service.Service):
         user must be in) or those between the user and ``target`` (a User), within ``bounds``."""
         if isinstance(target, Room):
             if user.id not in target.members:
-                raise errors.Denied("not a member")
+                raise errors.NotMember()
             return self.store.message_range(bounds, limit, room_id=target.id)
         return self.store.message_range(bounds, limit, pair=(user.id, target.id))
 
@@ -993,7 +1002,7 @@ class ChatService(service.Service):
         ``up_to`` (default: its newest). Marks only move forward; every session of the user
         hears it (ReadMarked), so each clears its unread count. Returns the mark given."""
         if room is not None and user.id not in room.members:
-            raise errors.Denied("not a member")
+            raise errors.NotMember()
         if up_to is None:
             newest = await (self.store.room_history(room.id, 1) if room is not None
                             else self.store.direct_history(user.id, peer.id, 1))
@@ -1017,6 +1026,10 @@ class ChatService(service.Service):
         return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
+
+    def is_banned(self, address: str) -> bool:
+        """``address`` as ``bans.ban_key`` writes it."""
+        return address in self.bans
 
     @deferred
     async def ban(self, address: str) -> None:

@@ -1,8 +1,11 @@
 """``twistd chatserv``: options, and the service tree they build.
 
 Every port is a Twisted endpoint string (``tcp:5001``, ``ssl:6697:privateKey=key.pem``) or
-``none``. The tree stops in reverse order: ports stop listening, every connection says
-goodbye on its own wire, then the service closes the store after its last write.
+``none``. Every other option is declared once, in a typed config class (``chatserv.options``
+says how to add one): the daemon's own here, each protocol's next to its factory, the limits
+and the hashing cost beside the code that applies them. The tree stops in reverse order:
+ports stop listening, every connection says goodbye on its own wire, then the service
+closes the store after its last write.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from typing import ClassVar
 
 import attrs
 from twisted.application import service
@@ -22,11 +26,10 @@ from twisted.python.reflect import namedAny
 from chatserv.bans import BanFile
 from chatserv.credentials import HashCost, Hasher, HashingThreads
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
-from chatserv.protocols.salted import DEFAULT_LOGIN_ATTEMPTS, check_version
+from chatserv.options import from_options, option, options_of
 from chatserv.service import ChatService
-from chatserv.store import open_store
-from chatserv.web.proxy import trusted_proxies
+from chatserv.store import check_db, open_store
+from chatserv.wire import ConnectionTracker
 
 log = Logger()
 
@@ -69,8 +72,23 @@ def with_backlog(endpoint_text: str) -> str:
     return f"{endpoint_text}:backlog={LISTEN_BACKLOG}"
 
 
-def _option_name(field: str) -> str:
-    return field.replace("_", "-")
+@attrs.frozen
+class DaemonConfig:
+    """The daemon's own options: the store, the shutdown grace, the IP ban file."""
+
+    option_prefix: ClassVar[str] = ""
+
+    db: str = option("chatserv.sqlite3", "SQLite file path, 'memory' for an in-memory store, or "
+                     "postgresql://user@host:port/dbname", coerce=check_db)
+    shutdown_grace: float = option(2.0, "seconds connections get to close at shutdown")
+    ban_file: str | None = option(None, "IP ban list, one address a line, applied while running")
+    ban_file_interval: float = option(2.0, "seconds between looks at --ban-file")
+
+
+def config_classes() -> list[type]:
+    """Every config class, in ``--help`` order: the daemon's, hashing, each port's, the limits."""
+    ports = [namedAny(p.factory).config_class for p in PORTS]
+    return [DaemonConfig, HashCost, *[c for c in ports if c is not None], Limits]
 
 
 class Options(usage.Options):
@@ -79,58 +97,15 @@ class Options(usage.Options):
 
     optParameters = (
         [[p.option, None, p.default, f"{p.description}: endpoint, or 'none'"] for p in PORTS]
-        + [
-            ["db", None, "chatserv.sqlite3", "SQLite file path, or 'memory' for an in-memory store"],
-            ["argon2-time-cost", None, HashCost().time_cost, "argon2id passes", int],
-            ["argon2-memory-cost", None, HashCost().memory_cost, "argon2id memory (KiB)", int],
-            ["argon2-parallelism", None, HashCost().parallelism, "argon2id lanes", int],
-            ["shutdown-grace", None, 2.0, "seconds connections get to close at shutdown", float],
-            ["ban-file", None, None, "IP ban list, one address a line, applied while running"],
-            ["ban-file-interval", None, 2.0, "seconds between looks at --ban-file", float],
-            ["salted-min-version", None, "", "seed 002: lowest client version served (empty: any)",
-             check_version],
-            ["salted-login-attempts", None, DEFAULT_LOGIN_ATTEMPTS, "seed 002: failed logins before close",
-             int],
-            ["web-session-ttl", None, 3600.0, "seed 004: seconds a REST session ID lives unused", float],
-            ["web-max-body", None, 65536, "seed 004: bytes in one HTTP body or WebSocket message", int],
-            ["web-header-timeout", None, 10.0,
-             "seed 004: seconds for a request's headers to arrive, however slowly they trickle", float],
-            ["web-request-timeout", None, 30.0, "seed 004: seconds for a whole request (body too) to arrive",
-             float],
-            ["web-ping-interval", None, 25.0, "seed 004: seconds between Engine.IO pings", float],
-            ["web-ping-timeout", None, 20.0, "seed 004: seconds a client has to answer a ping", float],
-            ["web-sessions-per-user", None, 10,
-             "seed 004: session IDs one user may hold; a login beyond ends the oldest (0: no cap)", int],
-            ["web-trusted-proxies", None, "", "seed 004: reverse proxies (addresses or networks, comma-"
-             "separated) whose X-Forwarded-For names the client", trusted_proxies],
-            ["alive-timeout", None, 60.0, "seed 001: seconds without a request before a login ends", float],
-            ["chatroom-push-timeout", None, 5.0, "seed 001: seconds to connect to a client, to answer",
-             float],
-            ["chatroom-push-limit", None, 32, "seed 001: outbound pushes at once", int],
-            ["chatroom-push-backlog", None, 10000, "seed 001: pushes waiting before more are dropped", int],
-            ["chatroom-consent-timeout", None, 30.0, "seed 001: seconds a user has to consent to `address`",
-             float],
-            ["irc-flood-rate", None, 5.0, "IRC: commands per second once the burst is spent (0: no limit)",
-             float],
-            ["irc-flood-burst", None, 20, "IRC: commands a client may send at once", int],
-            ["irc-ping-interval", None, 120.0, "IRC: idle seconds before a PING, and to answer it", float],
-            ["irc-server-name", None, "chatserv", "IRC: the server's name in prefixes and replies"],
-            ["irc-network", None, "chatserv", "IRC: the network's name (NETWORK in 005, the welcome)"],
-            ["irc-password", None, None, "IRC: connection password every client must send with PASS "
-             "(accounts then log in with SASL or NickServ); none by default"],
-        ]
-        + [
-            [_option_name(f.name), None, f.default,
-             f.metadata.get("help", f"limit: {f.name.replace('_', ' ')}"), type(f.default)]
-            for f in attrs.fields(Limits)
-        ]
+        + [o.parameter() for config_class in config_classes() for o in options_of(config_class)]
     )
 
-    def limits(self) -> Limits:
-        return Limits(**{f.name: self[_option_name(f.name)] for f in attrs.fields(Limits)})
+    def config(self, config_class):
+        """The parsed options of one config class, typed."""
+        return from_options(config_class, self)
 
-    def hash_cost(self) -> HashCost:
-        return HashCost(self["argon2-time-cost"], self["argon2-memory-cost"], self["argon2-parallelism"])
+    def limits(self) -> Limits:
+        return self.config(Limits)
 
 
 def _exit_failed():
@@ -178,8 +153,13 @@ class PortService(service.Service):
     def startService(self):
         super().startService()
         self.listening = self.chat.when_ready()
-        self.listening.addCallback(lambda _: self.endpoint.listen(self.factory))
-        self.listening.addCallbacks(self._listening, self._failed)
+        # A store that cannot open stops the daemon once (``build``), not once per port.
+        self.listening.addCallbacks(self._listen, lambda _: None)
+
+    def _listen(self, _):
+        listening = self.endpoint.listen(self.factory)
+        listening.addCallbacks(self._listening, self._failed)
+        return listening
 
     def _listening(self, port):
         self.port = port
@@ -207,22 +187,24 @@ def _store_broke(_, reactor, on_failure) -> None:
 def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiService, ChatService, dict]:
     """The whole daemon as a service tree; also returns the chat service and port services.
 
-    ``on_failure``: called if a port cannot listen or the store can no longer write (the daemon
-    then stops).
+    ``on_failure``: called if the store cannot open, a port cannot listen or the store can no
+    longer write (the daemon then stops).
     """
     root = service.MultiService()
-    limits = options.limits()
-    store = open_store(options["db"], reactor)
+    daemon, limits = options.config(DaemonConfig), options.limits()
+    store = open_store(daemon.db, reactor)
     store.when_broken().addCallback(_store_broke, reactor, on_failure)
     hashing = HashingThreads(limits.hash_threads)
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
-    hasher = Hasher(reactor, hashing.pool, options.hash_cost(), limit=hashing.size + limits.hash_queue)
+    hasher = Hasher(reactor, hashing.pool, options.config(HashCost), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
     chat.setServiceParent(root)
-    tracker = ConnectionTracker(reactor, options["shutdown-grace"])
+    # The service logs why the store did not open (one line when the database is unreachable).
+    chat.when_ready().addErrback(lambda _: stop_failed(reactor, on_failure))
+    tracker = ConnectionTracker(reactor, daemon.shutdown_grace)
     tracker.setServiceParent(root)
-    if options["ban-file"]:
-        BanFile(chat, options["ban-file"], reactor, options["ban-file-interval"]).setServiceParent(root)
+    if daemon.ban_file:
+        BanFile(chat, daemon.ban_file, reactor, daemon.ban_file_interval).setServiceParent(root)
     ports = {}
     for spec in PORTS:
         if options[spec.option] == "none":

@@ -20,7 +20,6 @@ from zope.interface import implementer
 from chatserv import errors
 from chatserv.limits import Limits
 from chatserv.protocols import keyvalue
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.chatroom import (
     KILL_REASON,
     ChatroomFactory,
@@ -32,7 +31,8 @@ from chatserv.protocols.chatroom import (
 from chatserv.protocols.framing import LineFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import TIMEOUT, Daemon, FrameClient, connect
+from chatserv.wire import ConnectionTracker
+from tests.support import TIMEOUT, Daemon, FrameClient, HeldHasher, InstantHasher, connect
 from tests.test_irc import bot as irc_bot
 from tests.test_rooms import logged_in as rooms_user
 from tests.test_salted import log_in as salted_log_in
@@ -623,32 +623,6 @@ async def test_chat_room_and_irc_talk_in_the_lobby_and_in_private(daemon):
 # units: the timers and bounds, on a clock the test moves
 
 
-class Instant:
-    """A hasher that costs nothing, for the clock-driven units."""
-
-    def make_verifier(self, digest):
-        return defer.succeed("v:" + digest)
-
-    def check(self, verifier, digest):
-        return defer.succeed(verifier == "v:" + digest)
-
-
-class Gated(Instant):
-    """Checks passwords only when the test says so."""
-
-    def __init__(self):
-        self.waiting = []
-
-    def check(self, verifier, digest):
-        self.waiting.append((defer.Deferred(), verifier == "v:" + digest))
-        return self.waiting[-1][0]
-
-    def release(self):
-        waiting, self.waiting = self.waiting, []
-        for d, result in waiting:
-            d.callback(result)
-
-
 class SlowInbox(MemoryStore):
     """Answers the waiting-messages query only when the test says so, like a store in a thread."""
 
@@ -665,7 +639,7 @@ class SlowInbox(MemoryStore):
 
 def new_chatroom(hasher=None, store=None) -> ChatroomFactory:
     clock = MemoryReactorClock()
-    service = ChatService(store or MemoryStore(), hasher or Instant(), clock)
+    service = ChatService(store or MemoryStore(), hasher or InstantHasher(), clock)
     service.startService()
     for name in ("alice", "bob"):
         service.register(name, "pw")
@@ -762,7 +736,7 @@ async def test_a_session_that_confirms_direct_messages_leaves_them_waiting_until
 
 
 def test_a_client_gone_while_its_password_is_checked_is_not_logged_in():
-    hasher = Gated()
+    hasher = HeldHasher()
     chatroom = new_chatroom(hasher)
     service = chatroom.service
     service.send_direct(service.user("bob"), "alice", "waiting")

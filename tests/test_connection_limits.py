@@ -7,20 +7,18 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from chatserv.credentials import HashCost, Hasher
-from chatserv.limits import Deadline, Limits, TokenBucket
-from chatserv.protocols.base import ConnectionTracker
+from chatserv.limits import Limits, TokenBucket
 from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.protocols.skype import SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import Daemon, connect
+from chatserv.wire import ConnectionTracker, Deadline
+from tests.support import Daemon, cheap_hasher, connect
 
 
 async def make_connection(store=None, **limits):
     clock = MemoryReactorClock()
-    chat = ChatService(store or MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, Limits(**limits))
+    chat = ChatService(store or MemoryStore(), cheap_hasher(threads=True), clock, Limits(**limits))
     chat.startService()
     await chat.when_ready()
     factory = SkypeFactory(chat, ConnectionTracker(clock), Limits(**limits), clock)
@@ -69,7 +67,7 @@ async def test_a_reader_that_never_reads_is_let_go():
     assert not transport.disconnected
     connection.dataReceived(b"PING\n")
     assert transport.disconnected  # aborted once the queue passed 1000 bytes
-    assert len(connection._queued) == 0
+    assert not connection.unsent
 
 
 @pytest_twisted.ensureDeferred
@@ -239,7 +237,7 @@ async def test_a_client_gone_while_its_password_is_checked_is_not_left_online():
     await chat.register("alice", "pw")
     connection.dataReceived(b"LOGIN alice pw\n")
     connection.connectionLost()  # before the hashing thread answers
-    while connection._busy:
+    while not connection.requests.idle:
         await _turn()
     assert not chat.is_online(chat.user("alice"))
     assert chat.sessions_of(chat.user("alice")) == []

@@ -8,10 +8,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.irc import IRCFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
 
 COUNT = 200
 BUDGET = 2048  # bytes of Python objects per registered, idle IRC connection (the transport aside)

@@ -13,8 +13,10 @@ from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import MemoryReactorClock
 
+from chatserv.credentials import password_digest
 from chatserv.tap import PORTS, Options, PortService
 from tests.support import ROOT, TIMEOUT, Twistd
+from tests.test_durability import JsonLines
 
 
 def test_defaults_are_the_documented_ones():
@@ -23,6 +25,8 @@ def test_defaults_are_the_documented_ones():
     assert options["db"] == "chatserv.sqlite3"
     assert options["skype"] == "tcp:5001" and options["skype-framed"] == "tcp:4000"
     assert options.limits().max_line == 8192
+    irc = options["irc-flood-burst"], options["irc-flood-rate"], options["irc-ping-interval"]
+    assert irc == (20, 5, 120)  # as README says
 
 
 def test_ports_hold_a_burst_of_connects_unless_the_endpoint_says_otherwise():
@@ -64,19 +68,63 @@ def test_twistd_serves_logs_one_line_per_port_and_keeps_data(tmp_path):
         daemon.stop()
 
 
+def run_twistd(cwd, *args) -> subprocess.CompletedProcess:
+    """``twistd -n chatserv`` with every port off but those ``args`` name, run to its end."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "chatserv", *[f"--{p.option}=none" for p in PORTS], *args],
+        cwd=cwd, env=env, capture_output=True, timeout=TIMEOUT, text=True,
+    )
+
+
+def salted_login(port, name, password) -> bool:
+    client = JsonLines(port)
+    client.send(user=name, type="salt")
+    salt = client.receive_type("salt")["salt"]
+    client.send(user=name, type="login", password=password_digest(salt, password))
+    return client.receive_type("login")["success"] == "true"
+
+
+def test_twistd_keeps_its_data_in_postgresql(tmp_path, postgresql_url):
+    daemon = Twistd(tmp_path, "--db", postgresql_url)
+    try:
+        assert talk(daemon.ports["skype"], b"CREATE alice pw", b"EXIT") == [b"200 OK", b"201 Goodbye"]
+        assert salted_login(daemon.ports["salted"], "alice", "pw")
+    finally:
+        log = daemon.stop()
+    assert "Traceback" not in log and not (tmp_path / "chatserv.sqlite3").exists()
+
+    daemon = Twistd(tmp_path, "--db", postgresql_url)
+    try:
+        assert salted_login(daemon.ports["salted"], "alice", "pw")
+        assert not salted_login(daemon.ports["salted"], "alice", "wrong")
+        assert talk(daemon.ports["skype"], b"LOGIN alice pw", b"EXIT") == [b"200 OK", b"201 Goodbye"]
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "sqlite"])
+def test_a_store_that_cannot_open_is_one_line_and_a_failure_status(tmp_path, unused_port, engine):
+    """A supervisor sees the failure and an operator reads why, in one line; no port listens."""
+    db = (f"postgresql://chat@127.0.0.1:{unused_port}/chat" if engine == "postgresql"
+          else str(tmp_path / "missing-dir" / "chat.sqlite3"))
+    done = run_twistd(tmp_path, "--db", db, "--skype=tcp:0:interface=127.0.0.1")
+    said = [line for line in done.stdout.splitlines() if "cannot open the store" in line]
+    assert len(said) == 1, done.stdout
+    assert ("is unreachable: connection failed" if engine == "postgresql" else "unable to open") in said[0]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "starting on" not in done.stdout and "cannot listen" not in done.stdout
+    assert "Main loop terminated" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
 def test_a_busy_port_is_reported_and_ends_the_daemon_with_a_failure_status(tmp_path):
     """A supervisor sees the failure: twistd exits non-zero, after a clean shutdown."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        done = subprocess.run(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "chatserv", "--db", "memory", *[f"--{p.option}=none" for p in PORTS],
-             f"--skype=tcp:{port}:interface=127.0.0.1"],
-            cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT, text=True,
-        )
+        done = run_twistd(tmp_path, "--db", "memory", f"--skype=tcp:{port}:interface=127.0.0.1")
     assert "cannot listen" in done.stdout and "Address already in use" in done.stdout
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Main loop terminated" in done.stdout and "Traceback" not in done.stdout + done.stderr

@@ -7,6 +7,8 @@ import signal
 import socket
 import sqlite3
 
+import psycopg
+
 from chatserv.credentials import password_digest
 from tests.support import TIMEOUT, Twistd
 
@@ -54,21 +56,26 @@ def register(port, name, password) -> JsonLines:
     return client
 
 
-def lobby_bodies(path) -> list[str]:
-    conn = sqlite3.connect(path)
+LOBBY_BODIES = ("SELECT body FROM messages JOIN rooms ON rooms.id = messages.room_id"
+                " WHERE rooms.name = 'lobby' ORDER BY messages.id")
+
+
+def lobby_bodies(db) -> list[str]:
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db) as conn:
+            return [row[0] for row in conn.execute(LOBBY_BODIES)]
+    conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return [row[0] for row in conn.execute(
-            "SELECT body FROM messages JOIN rooms ON rooms.id = messages.room_id"
-            " WHERE rooms.name = 'lobby' ORDER BY messages.id")]
+        return [row[0] for row in conn.execute(LOBBY_BODIES)]
     finally:
         conn.close()
 
 
-def test_acknowledged_messages_survive_sigkill(tmp_path):
+def test_acknowledged_messages_survive_sigkill(tmp_path, sql_db):
     seed = random.randrange(1 << 30)
     kill_after = random.Random(seed).randrange(20, 400)
-    db = str(tmp_path / "chat.sqlite3")
+    db = sql_db
     daemon = Twistd(tmp_path, "--db", db, "--messages-per-second", "0")
     acknowledged = []
     try:
@@ -100,21 +107,23 @@ def test_acknowledged_messages_survive_sigkill(tmp_path):
     finally:
         daemon.stop()
     assert lobby_bodies(db) == stored
+    if db.startswith("postgresql://"):
+        return
     backup = tmp_path / "backup" / "copy.sqlite3"  # SIGTERM checkpointed the WAL: one file is all
     backup.parent.mkdir()
     shutil.copyfile(db, backup)
-    assert lobby_bodies(backup) == stored
+    assert lobby_bodies(str(backup)) == stored
 
 
 # Stands in for whatever could still stop the SQLite writer thread (it catches every Exception).
 DYING_WRITER = """
-from chatserv.store.sqlite import SQLiteStore
-original = SQLiteStore._transaction
-def transaction(conn, statements):
+from chatserv.store.sql import SQLStore
+original = SQLStore._apply
+def apply(self, conn, statements):
     if any("doomed" in map(str, params) for _, params in statements):
         raise SystemExit("the writer thread stops here")
-    return original(conn, statements)
-SQLiteStore._transaction = staticmethod(transaction)
+    return original(self, conn, statements)
+SQLStore._apply = apply
 """
 
 

@@ -25,11 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import FrameError, LengthPrefixFramer, LineFramer, LiteralFramer
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.connection import COMMANDS
@@ -37,7 +34,8 @@ from chatserv.protocols.rooms import REQUESTS, RoomsFactory
 from chatserv.protocols.skype import FramedSkypeFactory, SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import TIMEOUT, Twistd
+from chatserv.wire import ConnectionTracker
+from tests.support import TIMEOUT, Twistd, cheap_hasher
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OVER_SOCKETS = settings(max_examples=40, deadline=None,
@@ -78,27 +76,11 @@ class EncodingStore(MemoryStore):
         return super().add_message(message)
 
 
-class Inline:
-    """A thread pool and reactor that run argon2 at once: a fuzzed connection answers synchronously."""
-
-    def callInThreadWithCallback(self, on_result, function, *args, **kwargs):
-        try:
-            result = function(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-    def callFromThread(self, function, *args, **kwargs):
-        function(*args, **kwargs)
-
-
 def unit_connection(factory_class, limits: Limits, options: dict):
     """One connection of a fresh in-memory daemon's port on a StringTransport and a fake clock:
     (clock, chat service, protocol, transport)."""
     clock = MemoryReactorClock()
-    inline = Inline()
-    chat = ChatService(EncodingStore(), Hasher(inline, inline, HashCost(1, 1024, 1)), clock, limits)
+    chat = ChatService(EncodingStore(), cheap_hasher(), clock, limits)
     chat.startService()
     factory = factory_class(chat, ConnectionTracker(clock), limits, clock, options)
     protocol = factory.buildProtocol(None)

@@ -11,9 +11,8 @@ from twisted.internet import reactor, task
 from chatserv.service import ChatService
 from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
-from chatserv.store.migrations import MIGRATIONS
-from tests.support import Daemon
-from tests.test_chatroom import Instant
+from chatserv.store.migrations import MIGRATIONS, script
+from tests.support import Daemon, InstantHasher
 from tests.test_irc import raw, until
 
 
@@ -45,7 +44,7 @@ async def test_a_guest_after_a_restart_cannot_read_an_earlier_guests_direct_mess
 
 
 async def started(store, clock=None) -> ChatService:
-    chat = ChatService(store, Instant(), clock or task.Clock())
+    chat = ChatService(store, InstantHasher(), clock or task.Clock())
     chat.startService()
     return await chat.when_ready()
 
@@ -64,7 +63,7 @@ async def test_guest_ids_go_on_from_where_the_store_left_them():
 async def test_a_database_from_before_the_counter_starts_below_the_guests_it_names(tmp_path):
     path = str(tmp_path / "old.sqlite3")
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    conn.executescript(f"BEGIN;\n{script(MIGRATIONS[0], 'sqlite')}\nPRAGMA user_version = 1;\nCOMMIT;")
     conn.execute("INSERT INTO messages (id, sender_id, sender_name, recipient_id, body, kind, sent_at)"
                  " VALUES (1, -2, 'old guest', 7, 'hi', 'text', 0), (2, 7, 'alice', -5, 'hello', 'text', 0)")
     conn.close()

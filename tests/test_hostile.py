@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import socket
 
 import pytest
@@ -95,7 +96,7 @@ async def test_readers_that_never_read_are_let_go_on_every_pushing_port_and_the_
                 break
         assert online >= slow and gone >= slow  # each came online, then was disconnected
         tracker = daemon.ports["salted"].factory.tracker
-        assert all(c._queued_bytes <= send_queue for c in tracker.connections)
+        assert all(c.unsent.size <= send_queue for c in tracker.connections)
         assert {c.protocol_name for c in tracker.connections} == {"salted"}  # the flooder alone
 
         listener = await log_in(daemon, "listener")
@@ -309,31 +310,46 @@ def is_sql_text(node) -> bool:
     return isinstance(node, ast.Name) and node.id == "where"  # itself only ever SQL text (checked)
 
 
+SQL_STORE_MODULES = ("sql.py", "sqlite.py", "postgres.py")
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|FROM|WHERE|pg_\w+)\b")
+# What SQL f-strings may interpolate besides the modules' SQL constants: a table name (from
+# ID_TABLES), a WHERE clause (checked below), the sequence expression built from that table
+# name, an engine's constant JSON-array function (checked below), and the table and column
+# list of one of the modules' own INSERT statements (postgres.py turns it into a COPY).
+SQL_PIECES = {"table", "where", "sequence", "json_ids", "insert[1]", "insert[2]"}
+
+
 def test_sql_is_built_only_from_constants_and_values_go_in_as_parameters():
-    """The SQLite store's f-strings interpolate only SQL text written in the module (a column list,
-    a table name, a WHERE clause), values always travel as ``?`` parameters, and nothing is built
-    with % or .format."""
-    tree = ast.parse((SOURCE / "store" / "sqlite.py").read_text())
-    constants = {target.id for node in tree.body if isinstance(node, ast.Assign) and is_sql_text(node.value)
-                 for target in node.targets if isinstance(target, ast.Name)}
-    interpolated, problems = set(), []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):
-            interpolated |= {ast.unparse(v.value) for v in node.values if isinstance(v, ast.FormattedValue)}
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and is_sql_text(node.left):
-            problems.append(ast.unparse(node))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "format":
-            problems.append(ast.unparse(node))
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "next_id":
-            problems += [ast.unparse(node) for arg in node.args if not isinstance(arg, ast.Constant)]
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_newest":
-            problems += [] if is_sql_text(node.args[0]) else [ast.unparse(node)]
-        elif isinstance(node, ast.Assign | ast.AugAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(getattr(t, "id", "") == "where" for t in targets) and not is_sql_text(node.value):
+    """The SQL stores' f-strings build SQL only from SQL text written in the store modules,
+    values always travel as parameters, and nothing is built with % or .format."""
+    interpolated, constants, problems = set(), set(), []
+    for name in SQL_STORE_MODULES:
+        tree = ast.parse((SOURCE / "store" / name).read_text())
+        constants |= {target.id for node in tree.body
+                      if isinstance(node, ast.Assign) and is_sql_text(node.value)
+                      for target in node.targets if isinstance(target, ast.Name)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+                if SQL_WORDS.search(text):
+                    interpolated |= {ast.unparse(v.value) for v in node.values
+                                     if isinstance(v, ast.FormattedValue)}
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and is_sql_text(node.left):
                 problems.append(ast.unparse(node))
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "format":
+                problems.append(ast.unparse(node))
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "_newest":
+                problems += [] if is_sql_text(node.args[0]) else [ast.unparse(node)]
+            elif isinstance(node, ast.For) and getattr(node.target, "id", "") == "table":
+                if ast.unparse(node.iter) != "ID_TABLES":
+                    problems.append(ast.unparse(node.iter))
+            elif isinstance(node, ast.Assign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = {getattr(t, "id", "") for t in targets}
+                if ("where" in names or "json_ids" in names) and not is_sql_text(node.value):
+                    problems.append(ast.unparse(node))
     assert problems == []
-    assert interpolated and interpolated <= constants | {"table", "where"}
+    assert interpolated and interpolated <= constants | SQL_PIECES
 
 
 def test_tokens_come_from_the_csprng_and_are_found_by_lookup_not_comparison():

@@ -4,19 +4,19 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from chatserv import errors
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.tap import Options
+from chatserv.wire import ConnectionTracker
+from tests.support import cheap_hasher
 
 # lines
 
@@ -83,13 +83,17 @@ def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
 
 
 async def connect(**options):
+    """A connection with flood control off and a 100 s ping (``options`` override them)."""
+    settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
+    return await irc_connection(settings)
+
+
+async def irc_connection(settings: dict):
     clock = MemoryReactorClock()
     limits = Limits(prelogin_timeout=30, send_queue=1000)
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, limits)
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, limits)
     chat.startService()
     await chat.when_ready()
-    settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
     factory = IRCFactory(chat, ConnectionTracker(clock), limits, clock, settings)
     connection = factory.buildProtocol(None)
     transport = StringTransport()
@@ -127,6 +131,27 @@ async def test_registration_times_out_with_an_error_line():
     clock.advance(31)
     assert take(transport) == [b"ERROR :Closing Link: chatserv (Registration timed out)"]
     assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_given_no_options_floods_and_pings_as_twistd_help_says():
+    """Each default is declared once: an IRC port built with no options at all (as a test or
+    another program may build one) holds the values ``twistd chatserv --help`` shows."""
+    shown = Options()  # the defaults --help lists
+    burst, rate = shown["irc-flood-burst"], shown["irc-flood-rate"]
+    clock, connection, transport = await irc_connection({})
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    take(transport)
+    connection.dataReceived(b"MOTD\r\n" * (burst + 2))
+    assert sum(b" 376 " in line for line in take(transport)) == burst
+    clock.advance(1 / rate)
+    assert sum(b" 376 " in line for line in take(transport)) == 1
+    clock.advance(1 / rate)
+    assert sum(b" 376 " in line for line in take(transport)) == 1
+    clock.advance(shown["irc-ping-interval"] - 1)  # idle since the last command
+    assert take(transport) == []
+    clock.advance(2)
+    assert take(transport) == [b"PING chatserv"]
 
 
 @pytest_twisted.ensureDeferred
@@ -168,8 +193,7 @@ class Sink:
 
 async def service():
     clock = MemoryReactorClock()
-    chat = ChatService(MemoryStore(), Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)),
-                       clock, Limits())
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, Limits())
     chat.startService()
     return await chat.when_ready()
 

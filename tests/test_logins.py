@@ -13,14 +13,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.testing import MemoryReactorClock
 
-from chatserv.credentials import HashCost, Hasher, password_digest
+from chatserv.credentials import Hasher, password_digest
 from chatserv.limits import Limits
 from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import TIMEOUT, Daemon, connect
+from tests.support import CHEAP_HASH, INLINE, TIMEOUT, Daemon, HeldHasher, connect
 from tests.test_chatroom import json_client, kv
-from tests.test_fuzz_protocols import Inline
 from tests.test_hostile import connect_from, freeze_service_clock
 from tests.test_irc import plain, until
 from tests.test_rooms import error, rooms_client
@@ -29,25 +28,6 @@ from tests.web_support import call
 
 OTHER_HOST = "127.0.0.2"
 ATTEMPTS = Limits().login_attempts
-
-
-class HeldHasher:
-    """Checks passwords only when the test releases them (registrations are instant)."""
-
-    def __init__(self):
-        self.checks: list[tuple[defer.Deferred, bool]] = []
-
-    def make_verifier(self, digest):
-        return defer.succeed("v:" + digest)
-
-    def check(self, verifier, digest):
-        self.checks.append((defer.Deferred(), verifier == "v:" + digest))
-        return self.checks[-1][0]
-
-    def release(self):
-        for waiting, ok in self.checks:
-            if not waiting.called:
-                waiting.callback(ok)
 
 
 class HeldPool:
@@ -99,12 +79,12 @@ async def test_parallel_guesses_cannot_outrun_the_lockout():
     hasher.release()
     outcomes = [outcome(d) for d in guesses]
     assert len(hasher.checks) == ATTEMPTS  # at most --login-attempts passwords were checked
-    assert collections.Counter(outcomes) == {"BadCredentials": ATTEMPTS, "RateLimited": 60 - ATTEMPTS}
-    assert outcomes[-1] == "RateLimited"  # the right password, 60th, was never tried
+    assert collections.Counter(outcomes) == {"BadCredentials": ATTEMPTS, "LoginThrottled": 60 - ATTEMPTS}
+    assert outcomes[-1] == "LoginThrottled"  # the right password, 60th, was never tried
 
     clock.advance(1.5)  # the first lockout is over: one attempt at a time now
     after = [chat.authenticate("alice", "right", "10.0.0.1") for _ in range(3)]
-    assert [outcome(d) for d in after] == ["pending", "RateLimited", "RateLimited"]
+    assert [outcome(d) for d in after] == ["pending", "LoginThrottled", "LoginThrottled"]
     hasher.release()
     assert outcome(after[0]).username == "alice"
 
@@ -145,7 +125,7 @@ async def test_guessing_random_names_locks_out_the_address_but_not_the_accounts(
 
 def test_hashes_beyond_the_threads_and_their_queue_are_refused_at_once_as_busy():
     pool = HeldPool()
-    hasher = Hasher(Inline(), pool, HashCost(1, 1024, 1), limit=3)  # e.g. 2 threads + 1 waiting
+    hasher = Hasher(INLINE, pool, CHEAP_HASH, limit=3)  # e.g. 2 threads + 1 waiting
     admitted = [hasher.check(None, "digest") for _ in range(3)]
     assert [outcome(d) for d in admitted] == ["pending"] * 3
     assert outcome(hasher.check(None, "digest")) == "Busy"

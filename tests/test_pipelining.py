@@ -1,15 +1,15 @@
 """A sender's next command is answered while its message is stored; messages still land in order."""
 
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from chatserv.credentials import HashCost, Hasher
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.irc import IRCFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
+from chatserv.wire import ConnectionTracker
+from tests.support import cheap_hasher
 
 
 class SlowStore(MemoryStore):
@@ -44,7 +44,7 @@ async def irc_client(chat, clock, limits, nick):
 @pytest_twisted.ensureDeferred
 async def test_commands_are_answered_while_messages_wait_for_the_store():
     store, clock, limits = SlowStore(), MemoryReactorClock(), Limits(max_pending_requests=4)
-    chat = ChatService(store, Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1)), clock, limits)
+    chat = ChatService(store, cheap_hasher(), clock, limits)
     chat.startService()
     await chat.when_ready()
     sender, sent = await irc_client(chat, clock, limits, "alice")

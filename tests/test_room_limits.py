@@ -13,8 +13,7 @@ from chatserv import errors
 from chatserv.limits import Limits
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import Daemon
-from tests.test_chatroom import Instant
+from tests.support import Daemon, InstantHasher
 from tests.test_irc import raw, until
 from tests.test_rooms import logged_in as rooms_user
 from tests.test_service import Sink
@@ -24,7 +23,7 @@ from tests.web_support import call
 
 def service(**limits) -> ChatService:
     """A started service on a memory store and a clock the test moves."""
-    chat = ChatService(MemoryStore(), Instant(), task.Clock(), Limits(**limits))
+    chat = ChatService(MemoryStore(), InstantHasher(), task.Clock(), Limits(**limits))
     chat.startService()
     return chat
 

@@ -15,9 +15,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.limits import Limits
 from chatserv.model import Message
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LiteralFramer
 from chatserv.protocols.rooms import GREETING, REQUESTS, RoomsFactory, names_that_fit, newest_that_fit, size
+from chatserv.wire import ConnectionTracker
 from tests.support import TIMEOUT, Daemon, FrameClient, connect
 from tests.test_irc import bot as irc_bot
 from tests.test_irc import until as irc_until

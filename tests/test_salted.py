@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import endpoints, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -17,12 +17,12 @@ from chatserv import admin
 from chatserv.bans import BanFile, ban_key
 from chatserv.credentials import password_digest
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.protocols.framing import LineFramer
 from chatserv.protocols.salted import SaltedFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import Daemon, FrameClient, connect
+from chatserv.wire import ConnectionTracker
+from tests.support import Daemon, FrameClient, InstantHasher, connect
 
 OTHER_HOST = "127.0.0.2"  # a second loopback address: "another machine" for IP checks
 
@@ -346,12 +346,14 @@ async def test_the_ban_file_is_applied_while_running(daemon, tmp_path):
 
         path.write_text(f"10.0.0.1\n{OTHER_HOST}  # the noisy one\nnot-an-address\n")
         clock.advance(2)
+        await watcher.settled()
         assert daemon.chat.bans == {"10.0.0.1", OTHER_HOST}
         client = await salted(daemon, OTHER_HOST)
         assert await client.request(type="salt", user="x") == {"type": "banned"}
 
         assert admin.main(["unban", "10.0.0.1", "--ban-file", str(path)]) == 0
         clock.advance(2)
+        await watcher.settled()
         assert daemon.chat.bans == {OTHER_HOST}
     finally:
         watcher.stopService()
@@ -446,16 +448,6 @@ async def test_an_unreadable_ban_file_is_reported_and_the_bans_stay(daemon, tmp_
     assert daemon.chat.bans == {OTHER_HOST}
     assert [e for e in errors_logged if "log_failure" in e] == []
     assert any("cannot apply the ban file" in e.get("log_format", "") for e in errors_logged)
-
-
-class InstantHasher:
-    """A hasher that costs nothing, so a whole session runs inside ``dataReceived``."""
-
-    def make_verifier(self, digest):
-        return defer.succeed("v:" + digest)
-
-    def check(self, verifier, digest):
-        return defer.succeed(verifier == "v:" + digest)
 
 
 REQUEST_TYPES = ["message", "userlist", "guest", "salt", "login", "register", "disconnect", "typing", "x"]

@@ -1,14 +1,16 @@
-"""ChatService over both stores: accounts, presence, contacts, rooms, messages."""
+"""ChatService over the stores: accounts, presence, contacts, rooms, messages; what must outlive a
+restart, on every engine."""
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from chatserv import errors, events
-from chatserv.credentials import HashCost, Hasher, password_digest
+from chatserv.credentials import password_digest
 from chatserv.model import LOBBY
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from tests.support import PostgresOutage, cheap_hasher
 
 
 class Sink:
@@ -23,7 +25,7 @@ class Sink:
 
 
 async def start(db):
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    hasher = cheap_hasher()
     chat = ChatService(open_store(db, reactor), hasher, reactor)
     chat.startService()
     return await chat.when_ready()
@@ -73,9 +75,10 @@ async def test_salts_reveal_no_accounts(chat):
 
 
 @pytest_twisted.ensureDeferred
-async def test_accounts_contacts_and_rooms_survive_a_restart(db):
-    if db == "memory":
+async def test_accounts_contacts_and_rooms_survive_a_restart(store_db):
+    if store_db == "memory":
         pytest.skip("an in-memory store forgets by design")
+    db = store_db
     chat = await start(db)
     alice, bob = await users(chat, "alice", "bob")
     await chat.add_contact(alice, "bob")
@@ -89,6 +92,29 @@ async def test_accounts_contacts_and_rooms_survive_a_restart(db):
     assert [m.body for m in await chat.direct_history(alice, "bob")] == ["hello"]
     assert chat.rooms_of(alice)[0].name == "games"
     assert [r.name for r in chat.rooms()] == ["games", LOBBY]
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_postgresql_is_gone_nothing_is_acknowledged_or_delivered(
+        postgresql_url, postgresql_admin):
+    chat = await start(postgresql_url)
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.join_room(bob, LOBBY)
+    await chat.join_room(alice, LOBBY)
+    bob_sink = Sink()
+    chat.attach(bob, bob_sink, "test")
+    outage = PostgresOutage(postgresql_admin, postgresql_url)
+    outage.begin()
+    with pytest.raises(errors.StoreUnavailable):
+        await chat.send_room(alice, LOBBY, "lost")
+    with pytest.raises(errors.StoreUnavailable):
+        await chat.send_direct(alice, "bob", "lost too")
+    assert bob_sink.of(events.RoomMessage) == bob_sink.of(events.DirectMessage) == []
+    outage.end()
+    await chat.send_room(alice, LOBBY, "kept")
+    assert [e.message.body for e in bob_sink.of(events.RoomMessage)] == ["kept"]
+    assert [m.body for m in await chat.room_history(bob, LOBBY)] == ["kept"]
     await chat.stopService()
 
 
@@ -143,7 +169,8 @@ async def test_contacts_and_blocks(chat):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(db):
+async def test_unblocking_restores_the_contact_the_block_replaced_and_tells_only_the_owner(store_db):
+    db = store_db
     chat = await start(db)
     alice, bob, carol = await users(chat, "alice", "bob", "carol")
     await chat.set_contact(alice, "bob", "last_words")
@@ -323,7 +350,7 @@ async def test_failed_logins_lock_out_that_address_for_a_doubling_time():
     from twisted.internet.testing import MemoryReactorClock
 
     clock = MemoryReactorClock()
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
+    hasher = cheap_hasher()
     chat = ChatService(open_store("memory", reactor), hasher, clock)
     chat.startService()
     await chat.when_ready()
@@ -344,3 +371,36 @@ async def test_failed_logins_lock_out_that_address_for_a_doubling_time():
         await chat.authenticate("alice", "right", "10.0.0.1")
     clock.advance(1)
     assert (await chat.authenticate("alice", "right", "10.0.0.1")).username == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_failure_has_a_type_of_its_own_under_the_broad_one(chat):
+    """Ports tell failures apart by type (UserNotFound vs RoomNotFound), never by their words."""
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.create_room(alice, "games")
+    failures = [
+        (errors.UsernameTaken, errors.AlreadyExists, lambda: chat.register("ALICE", "pw")),
+        (errors.ReservedUsername, errors.Invalid, lambda: chat.register("NickServ", "pw")),
+        (errors.InvalidUsername, errors.Invalid, lambda: chat.register("1abc", "pw")),
+        (errors.EmptyPassword, errors.Invalid, lambda: chat.register("carol", "")),
+        (errors.UserNotFound, errors.NotFound, lambda: chat.user("nobody")),
+        (errors.UserNotFound, errors.NotFound, lambda: chat.user_by_id(10**9)),
+        (errors.RoomNotFound, errors.NotFound, lambda: chat.room("nowhere")),
+        (errors.RoomNotFound, errors.NotFound, lambda: chat.room_by_id(10**9)),
+        (errors.RoomExists, errors.AlreadyExists, lambda: chat.create_room(bob, "GAMES")),
+        (errors.InvalidRoomName, errors.Invalid, lambda: chat.create_room(bob, "has space")),
+        (errors.NotMember, errors.Denied, lambda: chat.leave_room(bob, "games")),
+        (errors.NotMember, errors.Denied, lambda: chat.send_room(bob, "games", "hi")),
+        (errors.NotOperator, errors.Denied, lambda: chat.set_operator(bob, "games", alice, True)),
+        (errors.MemberNotFound, errors.NotFound, lambda: chat.set_operator(alice, "games", bob, True)),
+        (errors.ContactNotFound, errors.NotFound, lambda: chat.remove_contact(alice, "bob")),
+        (errors.ContactIsSelf, errors.Invalid, lambda: chat.add_contact(alice, "alice")),
+        (errors.UnknownContactStatus, errors.Invalid, lambda: chat.set_contact(alice, "bob", "enemy")),
+        (errors.GuestDenied, errors.Denied, lambda: chat.add_contact(chat.guest("visitor"), "bob")),
+        (errors.EmptyMessage, errors.Invalid, lambda: chat.send_direct(alice, "bob", "")),
+        (errors.MessageTooLong, errors.Invalid, lambda: chat.send_direct(alice, "bob", "x" * 10**5)),
+    ]
+    for narrow, broad, attempt in failures:
+        with pytest.raises(narrow) as raised:
+            await defer.maybeDeferred(attempt)
+        assert isinstance(raised.value, broad) and raised.value.message

@@ -1,26 +1,35 @@
-"""One suite, both stores: what is written comes back, after a reopen too."""
+"""One suite, every store (memory, SQLite, PostgreSQL): what is written comes back, after a
+reopen too; and what each SQL engine adds: migrations, failures, a database that goes away."""
 
 import os
+import re
 import shutil
 import sqlite3
 
 import attrs
+import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from chatserv import errors
 from chatserv.model import HistoryBounds, Message, Room, User
+from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
-from chatserv.store.migrations import MIGRATIONS
-from chatserv.store.sqlite import SQLiteStore, WriterStopped
+from chatserv.store.migrations import MIGRATIONS, script
+from chatserv.store.postgres import PostgresStore
+from chatserv.store.sql import SQLStore, WriterStopped
+from chatserv.store.sqlite import SQLiteStore
+from tests.support import PostgresOutage
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def make_store(request, tmp_path):
+@pytest.fixture
+def make_store(store_db):
     """A factory: calling it again reopens the same data (a daemon restart)."""
-    memory = MemoryStore()
-    path = str(tmp_path / "store.sqlite3")
-    return (lambda: memory) if request.param == "memory" else (lambda: SQLiteStore(path, reactor))
+    if store_db == "memory":
+        memory = MemoryStore()
+        return lambda: memory
+    return lambda: open_store(store_db, reactor)
 
 
 def user(uid, name):
@@ -63,15 +72,17 @@ async def test_small_tables_survive_a_reopen(make_store):
     await store.update_room(Room(2, "Games", 1, 6.0, topic="new"))
     await store.add_member(2, 1)
     await store.add_member(2, 2)
+    await store.add_member(2, 2)  # already a member: nothing changes
     await store.remove_member(2, 2)
     await store.add_ban("10.0.0.9")
+    await store.add_ban("10.0.0.8")
     await store.add_ban("10.0.0.8")
     await store.remove_ban("10.0.0.9")
     await store.add_message(message(7, 1, room_id=2))
 
     store, snapshot = await reopen(store, make_store)
-    assert [(u.id, u.username, u.verifier, u.public_key) for u in snapshot.users] == [
-        (1, "alice", "verifier-1", "KEY"), (2, "Bob", "verifier-2", None)]
+    assert [(u.id, u.username, u.verifier, u.public_key, u.created_at) for u in snapshot.users] == [
+        (1, "alice", "verifier-1", "KEY", 1001.0), (2, "Bob", "verifier-2", None, 1002.0)]
     assert sorted(snapshot.contacts) == [(1, 2, "friend", None), (2, 1, "blocked", "friend")]
     rooms = {r.name: r for r in snapshot.rooms}
     assert rooms["Games"].topic == "new" and rooms["Games"].members == {1}
@@ -98,6 +109,7 @@ async def test_history_is_newest_first_cut_and_oldest_first_returned(make_store)
     assert [m.id for m in room] == [8, 9, 10]
     assert [m.id for m in await store.room_history(1, 3, before_id=8)] == [5, 6, 7]
     assert room[0].body == "body 8" and room[0].sender_name == "user1" and room[0].room_id == 1
+    assert room[0].sent_at == 2008.0 and room[0].delivered is False
     assert [m.id for m in await store.direct_history(1, 2, 10)] == [11, 12]
     assert [m.id for m in await store.direct_history(2, 1, 1)] == [12]
     assert [m.id for m in await store.inbox(2, 10)] == [11, 13]
@@ -151,7 +163,7 @@ async def test_an_older_database_counts_as_unread_only_what_was_never_delivered(
 
     path = str(tmp_path / "s.sqlite3")
     conn = sqlite3.connect(path)
-    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.executescript(script(MIGRATIONS[0], "sqlite") + "PRAGMA user_version = 1;")
     conn.executemany("INSERT INTO users VALUES (?, ?, ?, '1', 'v', 0, NULL)", [(1, "a", "a"), (2, "b", "b")])
     conn.executemany("INSERT INTO messages (id, sender_id, sender_name, recipient_id, body, kind, sent_at,"
                      " delivered) VALUES (?, 2, 'b', 1, 'hi', 'text', 0, ?)", [(1, 1), (2, 1), (3, 0)])
@@ -179,19 +191,102 @@ async def test_login_tokens_survive_a_reopen_until_removed(make_store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sqlite_failed_write_fails_alone(tmp_path):
+async def test_the_guest_counter_the_salt_secret_and_a_vanished_rooms_messages(make_store):
+    store = make_store()
+    first = await store.open()
+    assert first.last_guest_id == 0 and len(first.salt_secret) == 32
+    await store.note_guest_id(-3)
+    await store.note_guest_id(-1)  # the counter never moves back
+    await store.add_user(user(1, "a"))
+    await store.add_room(Room(1, "kept", 1, 1.0))
+    for mid in (1, 2):
+        await store.add_message(message(mid, 1, room_id=9))  # a guest's room: never stored
+    await store.add_message(message(3, 1, room_id=1))
+
+    store, snapshot = await reopen(store, make_store)
+    assert snapshot.last_guest_id == -3 and snapshot.salt_secret == first.salt_secret
+    assert snapshot.next_room_id == 10  # past every room id a message names
+    await store.forget_room_messages(9)
+    assert await store.room_history(9, 10) == [] and [m.id for m in await store.room_history(1, 10)] == [3]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_committed_with_others_fails_alone(sql_db):
     """A write that breaks a constraint fails its own Deferred; its batch-mates commit."""
-    store = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
+    store = open_store(sql_db, reactor)
     await store.open()
     await store.add_user(user(1, "alice"))
     duplicate = store.add_user(user(2, "ALICE"))  # same name, case-folded
     fine = store.add_user(user(3, "carol"))
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(Exception, match="(?i)unique"):
         await duplicate
     await fine
-    store, snapshot = await reopen(store, lambda: SQLiteStore(str(tmp_path / "s.sqlite3"), reactor))
+    store, snapshot = await reopen(store, lambda: open_store(sql_db, reactor))
     assert [u.username for u in snapshot.users] == ["alice", "carol"]
     await store.close()
+
+
+def tables(db) -> dict[str, list[str]]:
+    """Each table's columns, in order, as the engine's catalogue lists them."""
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = 'public' AND table_name != 'schema_version'"
+                " ORDER BY table_name, ordinal_position").fetchall()
+    else:
+        conn = sqlite3.connect(db)
+        rows = [(table, column) for (table,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            for _, column, *_ in conn.execute(f"PRAGMA table_info({table})")]
+        conn.close()
+    found = {}
+    for table, column in rows:
+        found.setdefault(table, []).append(column)
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_migration_gives_both_engines_the_same_tables(tmp_path, postgresql_url):
+    schemas = []
+    for db in (str(tmp_path / "chat.sqlite3"), postgresql_url):
+        store = open_store(db, reactor)
+        await store.open()
+        await store.close()
+        schemas.append(tables(db))
+    assert schemas[0] == schemas[1] and "messages" in schemas[0]
+
+
+# What SQLite reads and PostgreSQL reads otherwise, or not at all (see migrations.py).
+ONE_ENGINE_SQL = re.compile(r"\bREAL\b|\bBLOB\b|AUTOINCREMENT|WITHOUT ROWID|INSERT OR|\bPRAGMA\b", re.I)
+
+
+def test_a_step_both_engines_share_is_sql_both_read_alike():
+    """PostgreSQL's REAL is 4 bytes (a time loses its seconds) and BLOB, WITHOUT ROWID or
+    INSERT OR are SQLite's: a step using them needs PerEngine."""
+    shared = [number for number, step in enumerate(MIGRATIONS, 1) if isinstance(step, str)]
+    assert shared and [n for n in shared if ONE_ENGINE_SQL.search(MIGRATIONS[n - 1])] == []
+
+
+def set_schema_version(db, version):
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db) as conn:
+            conn.execute("UPDATE schema_version SET version = %s", (version,))
+    else:
+        conn = sqlite3.connect(db)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_from_a_newer_chatserv_is_refused(sql_db):
+    store = open_store(sql_db, reactor)
+    await store.open()
+    await store.close()
+    set_schema_version(sql_db, len(MIGRATIONS) + 1)
+    with pytest.raises(errors.StoreUnavailable, match=f"version {len(MIGRATIONS) + 1}, newer"):
+        await open_store(sql_db, reactor).open()
 
 
 @pytest_twisted.ensureDeferred
@@ -209,7 +304,7 @@ async def test_sqlite_is_wal_and_migrated(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_sqlite_bad_path_fails_open(tmp_path):
     store = SQLiteStore(str(tmp_path / "missing-dir" / "s.sqlite3"), reactor)
-    with pytest.raises(Exception, match="unable to open"):
+    with pytest.raises(errors.StoreUnavailable, match="unable to open"):
         await store.open()
     await store.close()  # ends at once: no writer to wait for
 
@@ -220,9 +315,10 @@ async def test_sqlite_bad_path_fails_open(tmp_path):
     {"kind": object()},  # a value sqlite3 cannot bind at all (ProgrammingError)
 ], ids=["surrogate", "overflow", "unbindable"])
 @pytest_twisted.ensureDeferred
-async def test_sqlite_whatever_one_write_raises_fails_it_alone_and_the_writer_goes_on(tmp_path, breaks):
-    path = str(tmp_path / "s.sqlite3")
-    store = SQLiteStore(path, reactor)
+async def test_whatever_one_write_raises_fails_it_alone_and_the_writer_goes_on(sql_db, breaks):
+    if "sent_at" in breaks and sql_db.startswith("postgresql://"):
+        pytest.skip("PostgreSQL stores 2**64 as a double precision time")
+    store = open_store(sql_db, reactor)
     await store.open()
     await store.add_user(user(1, "alice"))
     await store.add_room(Room(1, "r", 1, 1.0))
@@ -238,7 +334,7 @@ async def test_sqlite_whatever_one_write_raises_fails_it_alone_and_the_writer_go
         await batched
     await after
     assert [m.id for m in await store.room_history(1, 10)] == [2, 3, 5]
-    store, _ = await reopen(store, lambda: SQLiteStore(path, reactor))
+    store, _ = await reopen(store, lambda: open_store(sql_db, reactor))
     assert [m.id for m in await store.room_history(1, 10)] == [2, 3, 5]
     await store.close()
 
@@ -249,16 +345,15 @@ class Injected(BaseException):
 
 @pytest.mark.allow_log_errors  # the store logs why its writer stopped
 @pytest_twisted.ensureDeferred
-async def test_sqlite_a_writer_that_stops_anyway_fails_every_waiting_write_and_still_closes(
-        tmp_path, monkeypatch):
-    def transaction(conn, statements):
+async def test_a_writer_that_stops_anyway_fails_every_waiting_write_and_still_closes(sql_db, monkeypatch):
+    def apply(self, conn, statements):
         if any("doomed" in map(str, params) for _, params in statements):
             raise Injected()
-        return original(conn, statements)
+        return original(self, conn, statements)
 
-    original = SQLiteStore._transaction
-    monkeypatch.setattr(SQLiteStore, "_transaction", staticmethod(transaction))
-    store = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
+    original = SQLStore._apply
+    monkeypatch.setattr(SQLStore, "_apply", apply)
+    store = open_store(sql_db, reactor)
     await store.open()
     await store.add_user(user(1, "alice"))
     broken = store.when_broken()
@@ -336,11 +431,9 @@ async def test_ranges_and_last_seen(make_store):
 @pytest_twisted.ensureDeferred
 async def test_sqlite_names_are_keyed_as_irc_ascii_casemapping(tmp_path):
     """Migration 2 rewrites keys made with Unicode casefolding: #Straße and #STRASSE are two."""
-    import sqlite3
-
     path = str(tmp_path / "s.sqlite3")
     conn = sqlite3.connect(path)
-    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.executescript(script(MIGRATIONS[0], "sqlite") + "PRAGMA user_version = 1;")
     conn.execute("INSERT INTO rooms (id, name, name_key, created_at) VALUES (1, ?, 'strasse', 1.0)",
                  ("Stra\u00dfe",))
     conn.commit()
@@ -350,4 +443,97 @@ async def test_sqlite_names_are_keyed_as_irc_ascii_casemapping(tmp_path):
     await store.add_room(Room(2, "STRASSE", None, 2.0))
     store, snapshot = await reopen(store, lambda: SQLiteStore(path, reactor))
     assert sorted(r.name for r in snapshot.rooms) == ["STRASSE", "Stra\u00dfe"]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_unreachable_fails_open_with_where_and_why(unused_port):
+    store = PostgresStore(f"postgresql://chat@127.0.0.1:{unused_port}/chat", reactor)
+    with pytest.raises(errors.StoreUnavailable) as failed:
+        await store.open()
+    where = f"PostgreSQL database 'chat' at 127.0.0.1:{unused_port}"
+    assert str(failed.value).startswith(f"{where} is unreachable")
+    assert "refused" in str(failed.value) and "\n" not in str(failed.value)
+    assert failed.value.message == "storage unavailable, try again later"  # all a client is told
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_ids_the_service_wrote_are_never_handed_out_by_the_sequences(postgresql_url):
+    """The service names ids today; the store's sequences will (issue 14): they never clash."""
+    store = PostgresStore(postgresql_url, reactor)
+    await store.open()
+    for uid in (1, 2, 5):
+        await store.add_user(user(uid, f"u{uid}"))
+    await store.add_message(message(40, 1, recipient_id=2))
+    store, snapshot = await reopen(store, lambda: PostgresStore(postgresql_url, reactor))
+    assert (snapshot.next_user_id, snapshot.next_room_id, snapshot.next_message_id) == (6, 1, 41)
+    await store.close()
+    with psycopg.connect(postgresql_url) as conn:
+        (by_sequence,) = conn.execute(
+            "INSERT INTO users (username, username_key, salt, created_at) VALUES ('s', 's', '1', 1)"
+            " RETURNING id").fetchone()
+        conn.execute("DELETE FROM users WHERE id = %s", (by_sequence,))
+    assert by_sequence == 6
+    store = PostgresStore(postgresql_url, reactor)
+    snapshot = await store.open()
+    assert snapshot.next_user_id == 7  # an id the sequence handed out is not handed out again
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_going_away_fails_writes_and_the_store_reconnects_by_itself(
+        postgresql_url, postgresql_admin):
+    store = PostgresStore(postgresql_url, reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    assert await store.inbox(1, 10) == []
+
+    # The connections end: the write that finds out fails, and nothing acknowledges it...
+    outage = PostgresOutage(postgresql_admin, postgresql_url)
+    outage.end_connections()
+    with pytest.raises(errors.StoreUnavailable, match="is unavailable"):
+        await store.add_user(user(2, "lost"))
+    # ...the next write and read go out on new connections.
+    await store.add_user(user(3, "carol"))
+    assert await store.inbox(1, 10) == []
+
+    # The server is gone: every write and read fails, clearly, until it is back.
+    outage.begin()
+    for attempt in range(2):
+        with pytest.raises(errors.StoreUnavailable):
+            await store.add_message(message(attempt + 1, 1, recipient_id=3))
+    with pytest.raises(errors.StoreUnavailable, match="is unreachable"):
+        await store.inbox(3, 10)
+    outage.end()
+    await store.add_message(message(3, 1, recipient_id=3))
+    assert [m.id for m in await store.inbox(3, 10)] == [3]
+
+    store, snapshot = await reopen(store, lambda: PostgresStore(postgresql_url, reactor))
+    assert [u.username for u in snapshot.users] == ["alice", "carol"]
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_a_bad_message_in_a_batch_fails_alone(postgresql_url):
+    """A batch of room messages goes out as one COPY; one that cannot be stored fails alone, and
+    a text PostgreSQL cannot hold (NUL) is the sender's error, not the server's."""
+    store = PostgresStore(postgresql_url, reactor)
+    await store.open()
+    with psycopg.connect(postgresql_url) as holder:
+        holder.execute("LOCK TABLE messages")  # the first write waits: the rest queue up as one batch
+        first = store.add_message(message(1, 1, room_id=1))
+        queued = [store.add_message(message(mid, 1, room_id=1)) for mid in range(2, 22)]
+        duplicate = store.add_message(message(7, 2, room_id=1))
+        nul = store.add_message(attrs.evolve(message(30, 1, room_id=1), body="a\x00b"))
+        late = store.add_message(message(31, 1, room_id=1))
+    await first
+    for stored in queued:
+        await stored
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await duplicate
+    with pytest.raises(errors.Invalid, match="cannot store"):
+        await nul
+    await late
+    history = await store.room_history(1, 100)
+    assert [(m.id, m.sender_id) for m in history] == [(mid, 1) for mid in [*range(1, 22), 31]]
     await store.close()

@@ -12,11 +12,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.web import WebSite
-from tests.test_chatroom import Instant
+from chatserv.wire import ConnectionTracker
+from tests.support import InstantHasher
 
 OPTIONS = {"web-max-body": 65536, "web-session-ttl": 3600.0, "web-ping-interval": 40.0,
            "web-ping-timeout": 20.0, "web-header-timeout": 10.0, "web-request-timeout": 30.0}
@@ -25,7 +25,7 @@ OPTIONS = {"web-max-body": 65536, "web-session-ttl": 3600.0, "web-ping-interval"
 @pytest.fixture
 def site():
     clock = task.Clock()
-    chat = ChatService(MemoryStore(), Instant(), clock)
+    chat = ChatService(MemoryStore(), InstantHasher(), clock)
     chat.startService()
     return WebSite(chat, ConnectionTracker(clock), Limits(), clock, OPTIONS)
 

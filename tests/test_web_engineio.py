@@ -12,10 +12,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from chatserv import errors
 from chatserv.limits import Limits
 from chatserv.model import User
-from chatserv.protocols.base import ConnectionTracker
 from chatserv.web.engineio import EngineServer
 from chatserv.web.sessions import WebSessions
 from chatserv.web.socketio import SocketIOConnection
+from chatserv.wire import ConnectionTracker
 from tests.support import TIMEOUT, Daemon
 from tests.web_support import Tokens, call, register_and_login
 

@@ -21,10 +21,9 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor, task
 
-from chatserv.credentials import HashCost, Hasher
 from chatserv.service import ChatService
 from chatserv.store.sqlite import SQLiteStore
-from tests.support import ROOT, TIMEOUT, Twistd, connect
+from tests.support import ROOT, TIMEOUT, Twistd, cheap_hasher, connect
 from tests.web_support import NodeClient, base_url, call, register_and_login
 
 CHROMIUM = "/usr/bin/chromium"
@@ -148,8 +147,7 @@ async def write_old_history(db: str, days: int = 3, count: int = 60):
     times as if they had been sent then."""
     clock = task.Clock()
     clock.advance(time.time() - days * 86400)
-    hasher = Hasher(reactor, reactor.getThreadPool(), HashCost(1, 1024, 1))
-    chat = ChatService(SQLiteStore(db, reactor), hasher, clock)
+    chat = ChatService(SQLiteStore(db, reactor), cheap_hasher(threads=True), clock)
     chat.startService()
     await chat.when_ready()
     dave = await chat.register("dave", "dave-pw")
@@ -165,7 +163,7 @@ async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restar
     one Chromium with two tabs of alice (1280 and 375 px), bob, carol and dave on IRC, the
     Skype port and REST."""
     browser_driver()  # skip before starting anything
-    daemon = Twistd(tmp_path, "--shutdown-grace", "1")
+    daemon = Twistd(tmp_path)
     driver = None
     try:
         skype = await connect(daemon.ports["skype"])  # accounts made on another port
@@ -277,7 +275,7 @@ async def test_the_page_in_chromium_chats_with_an_irc_user_and_survives_a_restar
 
         await write_old_history(str(tmp_path / "chatserv.sqlite3"))
         same_port = f"--web=tcp:{daemon.ports['web']}:interface=127.0.0.1"
-        daemon = Twistd(tmp_path, "--shutdown-grace", "1", same_port)
+        daemon = Twistd(tmp_path, same_port)
         go(driver, "daemon_restarted")
         restarted = await driver.next("restarted")
         assert restarted["authHidden"] and restarted["badge"] == "60" and restarted["stranger"]

@@ -2,49 +2,29 @@
 
 A protocol module subclasses ``ChatConnection`` and supplies: a framer, ``handle(frame)``
 (bytes in, one service call, reply bytes out), ``render(event)`` for live events, its one
-``ErrorTable``, and its goodbye. Everything here is wire-agnostic.
+``ErrorTable``, and its goodbye. Everything here is wire-agnostic; what the web port shares
+with it (request order, the send queue, deadlines, the error table) is in ``chatserv.wire``.
 """
 
 from __future__ import annotations
 
-import collections
+from collections.abc import Mapping
 
-from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserv import errors, events
-from chatserv.limits import Deadline, Limits, QuietLog, TokenBucket
+from chatserv import errors
+from chatserv.limits import Limits, QuietLog, TokenBucket
+from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
+from chatserv.wire import ConnectionTracker, Deadline, ErrorTable, RequestQueue, SendQueue
 
 log = Logger()
 quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
-
-
-class BadRequest(errors.ChatError):
-    """The request could not be parsed: wrong shape, missing or mistyped fields."""
-
-
-class ErrorTable:
-    """One protocol's mapping from domain failures to its replies.
-
-    ``reply(exc)`` walks the exception's class hierarchy, so a table can name ``ChatError``
-    as the catch-all; an exception the table does not know is a bug and is re-raised.
-    """
-
-    def __init__(self, replies: dict):
-        self._replies = replies
-
-    def reply(self, exc: BaseException):
-        for cls in type(exc).__mro__:
-            if cls in self._replies:
-                found = self._replies[cls]
-                return found(exc) if callable(found) else found
-        raise exc
 
 
 @implementer(ISink, IPushProducer, IHalfCloseableProtocol)
@@ -57,27 +37,23 @@ class ChatConnection(protocol.Protocol):
     watches_presence = False
     watches_room_presence = False
 
-    # Slots, not an instance dict, and nothing an idle connection does not use (queues and
-    # the rate bucket come when needed): tens of thousands of connections stay idle. Protocol's
-    # attributes are slots too: a single attribute kept in the instance dict costs every
-    # connection the dict's values (some 270 bytes).
-    __slots__ = ("session", "_pending", "_busy", "_draining", "_reading_paused", "_write_paused",
-                 "_queued", "_queued_bytes", "_closing", "_input_ended", "deadline", "_in_flight",
-                 "_drained", "_settled", "failed_logins", "framer", "peer_host", "_rate",
-                 "factory", "transport", "connected")
+    # Slots, not an instance dict, and nothing an idle connection does not use (the rate
+    # bucket and the waiters' list come when needed): tens of thousands of connections stay
+    # idle. Protocol's attributes are slots too: a single attribute kept in the instance dict
+    # costs every connection the dict's values (some 270 bytes).
+    __slots__ = ("session", "requests", "_reading_paused", "_write_paused", "unsent", "_closing",
+                 "_input_ended", "deadline", "_in_flight", "_drained", "_settled", "failed_logins",
+                 "framer", "peer_host", "_rate", "factory", "transport", "connected")
 
     def __init__(self):
         self.factory = None  # Protocol's class defaults, which the slots hide
         self.transport = None
         self.connected = 0
         self.session: Session | None = None
-        self._pending: collections.deque | tuple = ()  # frames waiting their turn
-        self._busy = False
-        self._draining = False
+        self.requests = RequestQueue(self._answer_frame, self._requests_waiting)
         self._reading_paused = False
         self._write_paused = False
-        self._queued: list[bytes] | tuple = ()  # bytes held while the transport's buffer is full
-        self._queued_bytes = 0
+        self.unsent: SendQueue | None = None  # set on connect: written while the reader paused us
         self._closing = False
         self._input_ended = False
         self.deadline: Deadline | None = None  # set on connect: the connection's one timeout
@@ -116,6 +92,7 @@ class ChatConnection(protocol.Protocol):
     def connectionMade(self):
         self.framer = self.make_framer()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
+        self.unsent = SendQueue(self.limits.send_queue)
         self.transport.registerProducer(self, True)
         self.factory.tracker.add(self)
         self.deadline = Deadline(self.clock, self.timed_out)
@@ -125,7 +102,7 @@ class ChatConnection(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone):
         self._closing = True
         self.deadline.cancel()
-        self._pending = ()
+        self.requests.stop()
         self.factory.tracker.discard(self)
         self.logout()
 
@@ -137,7 +114,7 @@ class ChatConnection(protocol.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._pending = ()
+        self.requests.stop()
         self.deadline.cancel()
         self._write_paused = False
         self.transport.unregisterProducer()
@@ -148,44 +125,28 @@ class ChatConnection(protocol.Protocol):
     def dataReceived(self, data: bytes):
         if self._closing:
             return
-        self._enqueue(self.framer.feed(data))
-        if len(self._pending) > self.limits.max_pending_requests and not self._reading_paused:
+        self.requests.extend(self.framer.feed(data))
+        if len(self.requests) > self.limits.max_pending_requests and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
-        self._next()
+        self.requests.run()
 
-    def _enqueue(self, frames):
-        if self._pending:
-            self._pending.extend(frames)
-        elif frames:
-            self._pending = collections.deque(frames)
+    def _answer_frame(self, frame) -> defer.Deferred | None:
+        """Answer one frame (``self.requests`` calls this in order); a Deferred holds the next."""
+        self.deadline.push_back()
+        if isinstance(frame, FrameError):
+            self.write(self.frame_error(frame))
+            if frame.fatal:
+                self.close()
+            return None
+        d = defer.maybeDeferred(self.handle, frame)
+        d.addCallback(self._reply)
+        d.addErrback(self._failed)
+        return d
 
-    def _next(self):
-        if self._draining:
-            return  # the loop below is already running further up the stack
-        self._draining = True
-        try:
-            self._drain()
-        finally:
-            self._draining = False
-
-    def _drain(self):
-        while self._pending and not self._busy and not self._closing:
-            frame = self._pending.popleft()
-            self.deadline.push_back()
-            if isinstance(frame, FrameError):
-                self.write(self.frame_error(frame))
-                if frame.fatal:
-                    self.close()
-                continue
-            self._busy = True
-            d = defer.maybeDeferred(self.handle, frame)
-            d.addCallback(self._reply)
-            d.addErrback(self._failed)
-            d.addBoth(self._done)
-        if not self._pending:
-            self._pending = ()  # the deque goes with the burst that needed it
-        if self._reading_paused and len(self._pending) < self.limits.max_pending_requests // 2:
+    def _requests_waiting(self):
+        """Reading resumes once half the backlog is answered; a client that ended is let go."""
+        if self._reading_paused and len(self.requests) < self.limits.max_pending_requests // 2:
             self._reading_paused = False
             if not self._closing:
                 self.transport.resumeProducing()
@@ -194,8 +155,7 @@ class ChatConnection(protocol.Protocol):
     def queue_frame(self, frame):
         """Answer, in order, a frame found outside the framer (an unterminated last request)."""
         if not self._closing:
-            self._enqueue((frame,))
-            self._next()
+            self.requests.put(frame)
 
     def readConnectionLost(self):
         """The client sent its last byte (``printf ... | nc``): answer what came, then close."""
@@ -206,7 +166,7 @@ class ChatConnection(protocol.Protocol):
         self.close()
 
     def _close_if_answered(self):
-        if self._input_ended and not self._pending and not self._busy:
+        if self._input_ended and self.requests.idle:
             self.close()
 
     def _reply(self, reply):
@@ -219,11 +179,6 @@ class ChatConnection(protocol.Protocol):
         except Exception:
             quiet.failure("unexpected failure in {proto} request", failure, proto=self.protocol_name)
             self._reply(self.internal_error())
-
-    def _done(self, _):
-        self._busy = False
-        if not self._closing:
-            self._next()
 
     def in_background(self, work: defer.Deferred) -> defer.Deferred | None:
         """Answer the next requests while ``work`` (a message being stored) finishes.
@@ -285,29 +240,34 @@ class ChatConnection(protocol.Protocol):
         if not self._write_paused:
             self.transport.write(data)
             return
-        if not self._queued:
-            self._queued = []
-        self._queued.append(data)
-        self._queued_bytes += len(data)
-        if self._queued_bytes > self.limits.send_queue:
+        if not self.unsent.hold(data):
             quiet.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
                        peer=self.peer_host)
-            self._queued = ()
+            self.unsent.take()
             self._closing = True
+            self.requests.stop()
+            last_words = self.too_slow()
+            if last_words:
+                self.transport.write(last_words)
             self.transport.unregisterProducer()
             self.transport.abortConnection()
+
+    def too_slow(self) -> bytes | None:
+        """What a reader let go for not reading is told (if it ever reads again): None, or
+        the protocol's own words."""
+        return None
 
     def pauseProducing(self):
         self._write_paused = True
 
     def resumeProducing(self):
         self._write_paused = False
-        queued, self._queued, self._queued_bytes = self._queued, (), 0
-        if queued and not self._closing:
-            self.transport.writeSequence(queued)
+        unsent = self.unsent.take()
+        if unsent and not self._closing:
+            self.transport.writeSequence(unsent)
 
     def stopProducing(self):
-        self._queued = ()
+        self.unsent.take()
 
     # timeouts: a shorter one before login, the idle one after (self.deadline)
 
@@ -317,7 +277,7 @@ class ChatConnection(protocol.Protocol):
 
     # sessions
 
-    def login(self, user, **options) -> Session | None:
+    def login(self, user, **flags) -> Session | None:
         """Attach this connection to the service as ``user`` (replacing any earlier login).
 
         A connection already closing (its client left while the password was checked)
@@ -329,9 +289,9 @@ class ChatConnection(protocol.Protocol):
         self.failed_logins = 0
         self.session = self.service.attach(
             user, self, self.protocol_name, self.peer_host,
-            accepts_direct=options.get("accepts_direct", self.accepts_direct),
-            watches_presence=options.get("watches_presence", self.watches_presence),
-            watches_room_presence=options.get("watches_room_presence", self.watches_room_presence),
+            accepts_direct=flags.get("accepts_direct", self.accepts_direct),
+            watches_presence=flags.get("watches_presence", self.watches_presence),
+            watches_room_presence=flags.get("watches_room_presence", self.watches_room_presence),
         )
         self.deadline.arm(self.limits.idle_timeout)
         return self.session
@@ -381,106 +341,22 @@ class ChatConnection(protocol.Protocol):
         return None
 
 
-class ConnectionTracker(service.Service):
-    """Knows every open connection, so a stopping daemon can say goodbye on each wire."""
-
-    def __init__(self, clock, grace: float = 2.0):
-        self.clock = clock
-        self.grace = grace
-        self.connections: set = set()
-        self.per_host: collections.Counter = collections.Counter()
-        self.refused = 0
-        self._quiet = QuietLog(log, clock=clock)  # refusals: one line a minute at most
-        self._shared: set = set()
-        self._emptied: list[defer.Deferred] = []
-
-    def admits(self, host: str, limits: Limits) -> bool:
-        """May one more connection from ``host`` open, within the total and per-address limits?"""
-        if limits.max_connections and len(self.connections) >= limits.max_connections:
-            self._refuse(host, "--max-connections")
-            return False
-        if limits.connections_per_ip and self.per_host[host] >= limits.connections_per_ip:
-            self._refuse(host, "--connections-per-ip")
-            return False
-        return True
-
-    def _refuse(self, host: str, limit: str):
-        """Count a refusal; the log has a line a minute at most, saying how many were held back."""
-        self.refused += 1
-        self._quiet.warn("refused a connection from {host}, over {limit}", host=host, limit=limit)
-
-    def add(self, connection):
-        self.connections.add(connection)
-        self.per_host[connection.peer_host] += 1
-
-    def share(self, connection) -> bool:
-        """``connection`` is part of a client counted otherwise (a browser's polling requests
-        belong to its Engine.IO session): it stays in the total but leaves its address's
-        count. False if it is not tracked or already shared."""
-        if connection not in self.connections or connection in self._shared:
-            return False
-        self._shared.add(connection)
-        self._uncount(connection.peer_host)
-        return True
-
-    def unshare(self, connection):
-        """Count ``connection`` for its address again (the client it was part of is gone)."""
-        if connection in self._shared:
-            self._shared.discard(connection)
-            self.per_host[connection.peer_host] += 1
-
-    def _uncount(self, host):
-        self.per_host[host] -= 1
-        if not self.per_host[host]:
-            del self.per_host[host]
-
-    def discard(self, connection):
-        if connection not in self.connections:
-            return
-        self.connections.discard(connection)
-        if connection in self._shared:
-            self._shared.discard(connection)
-        else:
-            self._uncount(connection.peer_host)
-        if not self.connections:
-            waiting, self._emptied = self._emptied, []
-            for d in waiting:
-                d.callback(None)
-
-    def count(self, protocol_name: str) -> int:
-        return sum(1 for c in self.connections if c.protocol_name == protocol_name)
-
-    def stopService(self):
-        super().stopService()
-        if not self.connections:
-            return None
-        emptied = defer.Deferred()
-        self._emptied.append(emptied)
-        shutdown = events.ServerShutdown()
-        for connection in list(self.connections):
-            connection.deliver(shutdown)
-        timer = self.clock.callLater(self.grace, self._force_close)
-        emptied.addBoth(lambda r: timer.cancel() if timer.active() else None)
-        return emptied
-
-    def _force_close(self):
-        """The grace is over: abort what is left, and stop waiting for it."""
-        for connection in list(self.connections):
-            if connection.transport is not None:
-                connection.transport.abortConnection()
-            self.discard(connection)
-
-
 class ChatFactory(protocol.Factory):
-    """Builds one protocol's connections and hands them the shared service and limits."""
+    """Builds one protocol's connections and hands them the shared service and limits.
+
+    ``config_class``: the protocol's typed options (``chatserv.options``), if it has any;
+    ``config`` is made from ``options`` (twistd's, or a test's dict of the ones it sets).
+    """
+
+    config_class: type | None = None
 
     def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock,
-                 options=None):
+                 options: Mapping | None = None):
         self.service = service
         self.tracker = tracker
         self.limits = limits
         self.clock = clock
-        self.options = options or {}
+        self.config = from_options(self.config_class, options or {}) if self.config_class else None
 
     def buildProtocol(self, addr):
         """Refuse (close at once) a connection over the total or per-address limit."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import json
+from typing import ClassVar
 
 import attrs
 from twisted.internet import defer, endpoints, protocol
@@ -32,10 +33,12 @@ from zope.interface import implementer
 from chatserv import errors, events
 from chatserv.limits import TokenBucket
 from chatserv.model import LOBBY, Message, User, fold
+from chatserv.options import option
 from chatserv.protocols import keyvalue
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
-from chatserv.protocols.framing import LineFramer, json_object
+from chatserv.protocols.base import ChatConnection, ChatFactory
+from chatserv.protocols.framing import LineFramer
 from chatserv.service import ISink, Session
+from chatserv.wire import BadRequest, ErrorTable, json_object
 
 log = Logger()
 
@@ -839,17 +842,31 @@ REQUESTS = frozenset({"auth", "message", "broadcast", "online", "block", "unbloc
                       "alive"})
 
 
+@attrs.frozen
+class ChatroomConfig:
+    """Seed 001's options (``--alive-timeout``, ``--chatroom-*``): see ``chatserv.options``."""
+
+    option_prefix: ClassVar[str] = "chatroom-"
+
+    alive_timeout: float = option(60.0, "seed 001: seconds without a request before a login ends",
+                                  name="alive-timeout")
+    push_timeout: float = option(5.0, "seed 001: seconds to connect to a client, to answer")
+    push_limit: int = option(32, "seed 001: outbound pushes at once")
+    push_backlog: int = option(10000, "seed 001: pushes waiting before more are dropped")
+    consent_timeout: float = option(30.0, "seed 001: seconds a user has to consent to `address`")
+
+
 class ChatroomFactory(ChatFactory):
     protocol = ChatroomConnection
+    config_class = ChatroomConfig
 
     def __init__(self, service, tracker, limits, clock, options=None):
         super().__init__(service, tracker, limits, clock, options)
-        option = self.options.get
-        self.alive_timeout = float(option("alive-timeout", 60.0))
-        self.consent_timeout = float(option("chatroom-consent-timeout", 30.0))
-        self.pusher = Pusher(clock, int(option("chatroom-push-limit", 32)),
-                             int(option("chatroom-push-backlog", 10000)),
-                             float(option("chatroom-push-timeout", 5.0)), limits.max_line)
+        config = self.config
+        self.alive_timeout = config.alive_timeout
+        self.consent_timeout = config.consent_timeout
+        self.pusher = Pusher(clock, config.push_limit, config.push_backlog, config.push_timeout,
+                             limits.max_line)
         self.callbacks: dict[int, CallbackLogin] = {}
         self._peers: dict[int, set[int]] = collections.defaultdict(set)
 
@@ -873,7 +890,7 @@ class ChatroomFactory(ChatFactory):
         """The callback login of the user of that name, if it was made from ``host``."""
         try:
             login = self.callbacks.get(self.service.user(name).id)
-        except errors.NotFound:
+        except errors.UserNotFound:
             return None
         return login if login is not None and login.host == host else None
 

@@ -6,36 +6,9 @@ comes back as a ``FrameError`` in its place, so the protocol can answer it in or
 
 from __future__ import annotations
 
-import json
 import re
 
 import attrs
-
-from chatserv.text import check_decoded
-
-
-class MalformedJSON(ValueError):
-    """Not JSON at all: bad syntax, bad encoding, or nested too deep to read."""
-
-
-class NotAnObject(ValueError):
-    """JSON, but not the object a request must be."""
-
-
-def json_object(document: str | bytes) -> dict:
-    """The JSON object a request line or body carries (MalformedJSON or NotAnObject otherwise;
-    UnencodableText when a string in it is a lone surrogate, which JSON's escapes can spell).
-
-    Shared by every JSON wire so deep nesting (RecursionError), arrays and text the store
-    cannot keep are refused alike.
-    """
-    try:
-        found = json.loads(document)
-    except (ValueError, RecursionError):
-        raise MalformedJSON() from None
-    if not isinstance(found, dict):
-        raise NotAnObject()
-    return check_decoded(found)
 
 
 @attrs.frozen

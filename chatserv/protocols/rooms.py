@@ -17,9 +17,10 @@ import datetime
 
 from chatserv import errors
 from chatserv.model import fold
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
+from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LiteralFramer
 from chatserv.text import UnencodableText, check_decoded
+from chatserv.wire import BadRequest, ErrorTable
 
 GREETING = b"Welcome to the Server.\n"
 REPLY_LIMIT = 2048  # the client reads each reply with one recv(2048)
@@ -214,17 +215,17 @@ class RoomsConnection(ChatConnection):
         name = self.factory.current_rooms.get(self.user.id)
         try:
             room = self.service.room(name)
-        except errors.NotFound:
+        except errors.RoomNotFound:
             return None
-        return room.name if self.user.id in room.members else None
+        return room.name if self.service.is_member(self.user, room) else None
 
     def _make_current(self, room):
         self.factory.current_rooms[self.user.id] = room.name
 
     def _member_room(self, name: str):
         room = self.service.room(name)
-        if self.user.id not in room.members:
-            raise errors.Denied("not a member")
+        if not self.service.is_member(self.user, room):
+            raise errors.NotMember()
         return room
 
     # requests (the client sends its own user first where a body has one; checked above)
@@ -260,7 +261,7 @@ class RoomsConnection(ChatConnection):
         return literal([current, names_that_fit(names, REPLY_LIMIT - size([current, []]), "rooms")])
 
     async def do_join_new_room(self, room):
-        if self.user.id in self.service.room(room).members:
+        if self.service.is_member(self.user, self.service.room(room)):
             raise errors.AlreadyExists(f"you are in {room} already")
         self._make_current(await self.service.join_room(self.user, room, origin=self.session))
         return OK

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import ClassVar
 
 import attrs
 
@@ -18,12 +19,13 @@ from chatserv import errors, events
 from chatserv.bans import ban_key
 from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
-from chatserv.protocols.framing import LineFramer, json_object
+from chatserv.options import option
+from chatserv.protocols.base import ChatConnection, ChatFactory
+from chatserv.protocols.framing import LineFramer
 from chatserv.text import UnencodableText
+from chatserv.wire import BadRequest, ErrorTable, json_object
 
 PROTOCOL = "salted"
-DEFAULT_LOGIN_ATTEMPTS = 3
 BEFORE_LOGIN = frozenset({"login", "register", "salt", "guest", "disconnect"})
 LOGIN_KINDS = frozenset({"login", "register", "guest"})
 NOT_BAN_CHECKED = frozenset({"login", "register"})  # the seed checks bans before all else
@@ -183,13 +185,13 @@ class SaltedConnection(ChatConnection):
         return None
 
     def banned(self) -> bool:
-        return self.ban_key in self.service.bans
+        return self.service.is_banned(self.ban_key)
 
     def held_elsewhere(self, name: str) -> bool:
         """Is ``name`` logged in on this port from another address (the seed's association)?"""
         try:
             owner = self.service.user_or_guest(name)
-        except errors.NotFound:
+        except errors.UserNotFound:
             return False
         return any(s.protocol == PROTOCOL and s.address != self.peer_host
                    for s in self.service.sessions_of(owner))
@@ -208,11 +210,11 @@ class SaltedConnection(ChatConnection):
         self.pending = None
         try:
             self.service.validate_username(name)
-        except errors.Invalid as exc:
+        except errors.InvalidUsername as exc:
             return register_status(False, exc.message)
         try:
             self.service.user_or_guest(name)
-        except errors.NotFound:
+        except errors.UserNotFound:
             self.pending = PendingRegistration(name, new_salt())
             return encode({"type": "username_register_status", "taken": "false"})
         return encode({"type": "username_register_status", "taken": "true"})
@@ -237,7 +239,7 @@ class SaltedConnection(ChatConnection):
         try:
             user = await self.service.register_digest(pending.username, pending.salt, digest.lower(),
                                                       address=self.peer_host)
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             return register_status(False, "username taken")
         if not await self._enter(user):
             return None
@@ -247,10 +249,10 @@ class SaltedConnection(ChatConnection):
     async def do_guest(self, request):
         try:
             user = self.service.guest(text(request, "user"))
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             self.write(login_status(False))
             return USERNAME_TAKEN
-        except errors.Invalid as exc:
+        except errors.InvalidUsername as exc:
             self.write(login_status(False))
             return error(exc.message)
         return login_status(True) if await self._enter(user) else None
@@ -330,11 +332,21 @@ def event_payload(event) -> dict | None:
     return None
 
 
+@attrs.frozen
+class SaltedConfig:
+    """Seed 002's options (``--salted-*``): see ``chatserv.options``."""
+
+    option_prefix: ClassVar[str] = "salted-"
+
+    min_version: str = option("", "seed 002: lowest client version served (empty: any)", coerce=check_version)
+    login_attempts: int = option(3, "seed 002: failed logins before close")
+
+
 class SaltedFactory(ChatFactory):
     protocol = SaltedConnection
+    config_class = SaltedConfig
 
     def __init__(self, service, tracker, limits, clock, options=None):
-        options = options or {}
-        attempts = options.get("salted-login-attempts", DEFAULT_LOGIN_ATTEMPTS)
-        super().__init__(service, tracker, attrs.evolve(limits, login_attempts=attempts), clock, options)
-        self.min_version = check_version(options.get("salted-min-version", ""))
+        super().__init__(service, tracker, limits, clock, options)
+        self.limits = attrs.evolve(limits, login_attempts=self.config.login_attempts)
+        self.min_version = check_version(self.config.min_version)

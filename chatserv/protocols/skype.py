@@ -9,8 +9,9 @@ needs it: other ports' users (IRC masks them) and offline users show an empty on
 from __future__ import annotations
 
 from chatserv import errors, events
-from chatserv.protocols.base import BadRequest, ChatConnection, ChatFactory, ErrorTable
+from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
+from chatserv.wire import BadRequest, ErrorTable
 
 OK = b"200 OK"
 NOT_OK = b"300 Not OK"

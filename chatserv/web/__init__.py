@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import collections
 import io
+from typing import ClassVar
 
 import attrs
 from twisted.internet import protocol
 from twisted.web import http, server
 
 from chatserv.limits import Limits
-from chatserv.protocols.base import ConnectionTracker
+from chatserv.options import from_options, option
 from chatserv.service import ChatService
 from chatserv.web import rest
 from chatserv.web.engineio import EngineServer
 from chatserv.web.metrics import WebMetrics
-from chatserv.web.proxy import TrustedProxies
+from chatserv.web.proxy import TrustedProxies, trusted_proxies
 from chatserv.web.sessions import WebSessions
 from chatserv.web.socketio import SocketIOConnection
+from chatserv.wire import ConnectionTracker
 
 TOO_LARGE = b'{"error":"request body too large"}'
 LINGER = 5.0  # seconds a refused upload may go on being sent (and dropped) before we cut it
@@ -155,25 +157,46 @@ class TrackedChannel(http.HTTPChannel):
                 self.transport.loseConnection()
 
 
+@attrs.frozen
+class WebConfig:
+    """Seed 004's options (``--web-*``): see ``chatserv.options``."""
+
+    option_prefix: ClassVar[str] = "web-"
+
+    session_ttl: float = option(3600.0, "seed 004: seconds a REST session ID lives unused")
+    max_body: int = option(65536, "seed 004: bytes in one HTTP body or WebSocket message")
+    header_timeout: float = option(10.0, "seed 004: seconds for a request's headers to arrive, however "
+                                         "slowly they trickle")
+    request_timeout: float = option(30.0, "seed 004: seconds for a whole request (body too) to arrive")
+    ping_interval: float = option(25.0, "seed 004: seconds between Engine.IO pings")
+    ping_timeout: float = option(20.0, "seed 004: seconds a client has to answer a ping")
+    sessions_per_user: int = option(10, "seed 004: session IDs one user may hold; a login beyond ends the "
+                                        "oldest (0: no cap)")
+    trusted_proxies: TrustedProxies = option(
+        TrustedProxies(), "seed 004: reverse proxies (addresses or networks, comma-separated) whose "
+        "X-Forwarded-For names the client", coerce=trusted_proxies)
+
+
 class WebSite(server.Site):
     requestFactory = BoundedRequest
     protocol = TrackedChannel
+    config_class = WebConfig
 
     def __init__(self, service: ChatService, tracker: ConnectionTracker, limits: Limits, clock, options):
         self.service = service
         self.tracker = tracker
         self.limits = limits
         self.clock = clock
-        self.max_body = options["web-max-body"]
-        self.header_timeout = options["web-header-timeout"]
-        self.request_timeout = options["web-request-timeout"]
+        self.config = config = from_options(WebConfig, options)
+        self.max_body = config.max_body
+        self.header_timeout = config.header_timeout
+        self.request_timeout = config.request_timeout
         self.counters = collections.Counter()
-        self.proxies = options.get("web-trusted-proxies") or TrustedProxies()
-        self.web_sessions = WebSessions(service, clock, options["web-session-ttl"], limits,
-                                        options.get("web-sessions-per-user", 10))
+        self.proxies = config.trusted_proxies
+        self.web_sessions = WebSessions(service, clock, config.session_ttl, limits, config.sessions_per_user)
         self.engine = EngineServer(
-            clock, self._socket_opened, ping_interval=options["web-ping-interval"],
-            ping_timeout=options["web-ping-timeout"], max_payload=self.max_body,
+            clock, self._socket_opened, ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout, max_payload=self.max_body,
             send_queue=limits.send_queue, admits=lambda address: tracker.admits(address, limits),
             client_address=self.proxies.client, channels=tracker)
         self.metrics = WebMetrics(self)

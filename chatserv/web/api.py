@@ -10,23 +10,21 @@ import datetime
 
 from chatserv import errors, events
 from chatserv.model import Conversation, Message, Room, User
-from chatserv.protocols.base import BadRequest, ErrorTable
 from chatserv.service import ChatService
+from chatserv.wire import BadRequest, ErrorTable
 
 
 class TooLarge(BadRequest):
     """A body or frame over the port's bound."""
 
 
-_NOT_FOUND = {"no such user": "User not found", "no such room": "Group not found"}
-
 ERRORS = ErrorTable({
     TooLarge: lambda e: (413, e.message),
     BadRequest: lambda e: (400, e.message),
     errors.BadCredentials: (400, "Invalid username or password"),
-    errors.NotFound: lambda e: (400, _NOT_FOUND.get(e.message, e.message)),
-    errors.AlreadyExists: lambda e: (400, "Username already exists" if e.message == "username taken"
-                                     else e.message),
+    errors.UserNotFound: (400, "User not found"),
+    errors.RoomNotFound: (400, "Group not found"),
+    errors.UsernameTaken: (400, "Username already exists"),
     errors.Blocked: (400, "You are blocked by this user"),
     errors.Busy: (503, "Server busy, try again"),
     errors.ChatError: lambda e: (400, e.message),

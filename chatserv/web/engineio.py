@@ -25,6 +25,8 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from chatserv.wire import Deadline, SendQueue
+
 log = Logger()
 
 SEPARATOR = "\x1e"  # between packets of one polling payload
@@ -72,13 +74,12 @@ class EngineSocket:
         self.websocket: EngineWebSocket | None = None  # set once on WebSocket
         self.probe: EngineWebSocket | None = None  # a WebSocket asking to take over
         self.closed = False
-        self._outbox: list[str] = []
-        self._outbox_size = 0
+        self._outbox = SendQueue(engine.send_queue)  # packets waiting for the next poll
         self.channels: set = set()  # HTTP connections counted as part of this session
         self.address = ""
         self._poll = None  # the GET being held until there is something to send
-        self._ping_call = None
-        self._pong_deadline = None
+        self._next_ping = Deadline(engine.clock, self._ping)
+        self._pong_due = Deadline(engine.clock, self._pong_missed)
 
     def open_packet(self, upgrades: list[str]) -> str:
         server = self.server
@@ -89,7 +90,7 @@ class EngineSocket:
 
     def start(self, handler):
         self.handler = handler
-        self._schedule_ping()
+        self._next_ping.arm(self.server.ping_interval)
 
     # sending
 
@@ -103,11 +104,9 @@ class EngineSocket:
         if self.websocket is not None:
             self.websocket.send_text(encoded)
             return
-        self._outbox.append(encoded)
-        self._outbox_size += len(encoded)
-        if self._outbox_size > self.server.send_queue:
+        if not self._outbox.hold(encoded):
             log.info("engine.io: closing {sid}, a slow reader", sid=self.sid)
-            self._outbox.clear()
+            self._outbox.take()
             self.close("slow reader", say_goodbye=False)
             return
         self._flush_poll()
@@ -116,8 +115,7 @@ class EngineSocket:
         if self._poll is None or not self._outbox:
             return
         request, self._poll = self._poll, None
-        payload, self._outbox, self._outbox_size = SEPARATOR.join(self._outbox), [], 0
-        write_text(request, payload)
+        write_text(request, SEPARATOR.join(self._outbox.take()))
         if self.closed:
             self.server.forget(self)
 
@@ -185,17 +183,16 @@ class EngineSocket:
         """The upgrade dance on a probing WebSocket: 2probe -> 3probe (+NOOP on the poll), then 5."""
         if text == eio.Packet(eio.PING, "probe").encode():
             websocket.send_text(eio.Packet(eio.PONG, "probe").encode())
-            self._outbox.append(NOOP_PACKET)
+            self._outbox.hold(NOOP_PACKET)
             self._flush_poll()
         elif text == eio.Packet(eio.UPGRADE).encode():
             self.probe = None
             self.websocket = websocket
             websocket.engine_socket = self
             if self._poll is not None:
-                self._outbox.append(NOOP_PACKET)
+                self._outbox.hold(NOOP_PACKET)
                 self._flush_poll()
-            queued, self._outbox, self._outbox_size = self._outbox, [], 0
-            for encoded in queued:
+            for encoded in self._outbox.take():
                 if encoded != NOOP_PACKET:
                     websocket.send_text(encoded)
             if self.closed:
@@ -206,22 +203,16 @@ class EngineSocket:
 
     # heartbeat: the server pings, the client answers within ping_timeout
 
-    def _schedule_ping(self):
-        self._ping_call = self.server.clock.callLater(self.server.ping_interval, self._ping)
-
     def _ping(self):
-        self._ping_call = None
         self.send_packet(PING_PACKET)
-        self._pong_deadline = self.server.clock.callLater(self.server.ping_timeout, self._pong_missed)
+        self._pong_due.arm(self.server.ping_timeout)
 
     def _pong_received(self):
-        if self._pong_deadline is not None and self._pong_deadline.active():
-            self._pong_deadline.cancel()
-            self._pong_deadline = None
-            self._schedule_ping()
+        if self._pong_due.active:
+            self._pong_due.cancel()
+            self._next_ping.arm(self.server.ping_interval)
 
     def _pong_missed(self):
-        self._pong_deadline = None
         self.close("ping timeout", say_goodbye=False)
 
     # closing
@@ -233,10 +224,8 @@ class EngineSocket:
         if say_goodbye:
             self.send_packet(CLOSE_PACKET)
         self.closed = True
-        for call in (self._ping_call, self._pong_deadline):
-            if call is not None and call.active():
-                call.cancel()
-        self._ping_call = self._pong_deadline = None
+        self._next_ping.cancel()
+        self._pong_due.cancel()
         if self.websocket is not None:
             self.websocket.sendClose(1000)
         if self.probe is not None and not say_goodbye:
@@ -244,7 +233,7 @@ class EngineSocket:
         # With a goodbye to give, a probing WebSocket stays: the client has paused polling to
         # upgrade, so the goodbye goes out on the WebSocket once the upgrade is done.
         if not say_goodbye:
-            self._outbox.clear()
+            self._outbox.take()
             if self._poll is not None:
                 request, self._poll = self._poll, None
                 write_text(request, CLOSE_PACKET)
@@ -281,7 +270,7 @@ class EngineWebSocket(WebSocketServerProtocol):
     _probing: EngineSocket | None = None
     _address = ""
     _write_paused = False
-    _unread = 0  # bytes sent since the transport asked us to pause
+    _unread: SendQueue | None = None  # what was sent since the transport asked us to pause
 
     def onConnect(self, request):
         params = request.params
@@ -303,6 +292,7 @@ class EngineWebSocket(WebSocketServerProtocol):
         return None
 
     def onOpen(self):
+        self._unread = SendQueue(self.factory.engine.send_queue)
         self.transport.unregisterProducer()  # the HTTP channel this connection began as
         self.transport.registerProducer(self, True)
         if self._probing is None:
@@ -320,12 +310,10 @@ class EngineWebSocket(WebSocketServerProtocol):
 
     def send_text(self, text: str):
         data = text.encode("utf-8")
-        if self._write_paused:
-            self._unread += len(data)
-            if self._unread > self.factory.engine.send_queue:
-                log.info("engine.io: dropping a WebSocket, a slow reader")
-                self.dropConnection(abort=True)
-                return
+        if self._write_paused and not self._unread.count(data):
+            log.info("engine.io: dropping a WebSocket, a slow reader")
+            self.dropConnection(abort=True)
+            return
         self.sendMessage(data)
 
     def pauseProducing(self):
@@ -333,7 +321,7 @@ class EngineWebSocket(WebSocketServerProtocol):
 
     def resumeProducing(self):
         self._write_paused = False
-        self._unread = 0
+        self._unread.take()
 
     def stopProducing(self):
         pass

@@ -30,6 +30,10 @@ class TrustedProxies:
     def __bool__(self):
         return bool(self.networks)
 
+    def __str__(self):
+        """As the option is written (``--help`` shows the default so: empty)."""
+        return ",".join(str(network) for network in self.networks)
+
     def trusts(self, host: str) -> bool:
         address = _address(host)
         return address is not None and any(address in network for network in self.networks)

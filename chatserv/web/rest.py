@@ -22,11 +22,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
 from chatserv.limits import QuietLog
-from chatserv.protocols.base import BadRequest
-from chatserv.protocols.framing import MalformedJSON, NotAnObject, json_object
 from chatserv.text import UnencodableText
 from chatserv.web import api
 from chatserv.web.metrics import CONTENT_TYPE as METRICS_TYPE
+from chatserv.wire import BadRequest, MalformedJSON, NotAnObject, json_object
 
 log = Logger()
 quiet = QuietLog(log)  # bounds what clients can make us log

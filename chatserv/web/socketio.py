@@ -8,21 +8,19 @@ messages from every port as ``new_message``. Events are handled strictly in orde
 
 from __future__ import annotations
 
-import collections
-
 from socketio import packet as sio
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatserv import errors, events
-from chatserv.limits import Deadline, QuietLog, TokenBucket
-from chatserv.protocols.base import BadRequest
+from chatserv.limits import QuietLog, TokenBucket
 from chatserv.service import ISink
 from chatserv.text import UnencodableText, check_decoded
 from chatserv.web import api
 from chatserv.web.engineio import EngineSocket
 from chatserv.web.sessions import InvalidSession, WebSessions
+from chatserv.wire import BadRequest, Deadline, RequestQueue
 
 log = Logger()
 quiet = QuietLog(log)  # bounds what clients can make us log
@@ -68,8 +66,7 @@ class SocketIOConnection:
         self.session = None  # its service session, while it is in the namespace
         self.user = None
         self.rate = TokenBucket(factory.clock, self.limits.messages_per_second, self.limits.message_burst)
-        self._pending: collections.deque = collections.deque()
-        self._busy = False
+        self.requests = RequestQueue(self._answer_event)
         self.closed = False
         # closes the Engine.IO session while nobody is in the namespace
         self.deadline = Deadline(factory.clock, lambda: self.engine.close("server close"))
@@ -100,11 +97,11 @@ class SocketIOConnection:
         elif packet.packet_type == sio.DISCONNECT:
             self.close(say_goodbye=False)
         elif packet.packet_type == sio.EVENT and self._is_event(packet.data):
-            self._pending.append(packet)
-            if len(self._pending) > self.limits.max_pending_requests:
+            self.requests.extend((packet,))
+            if len(self.requests) > self.limits.max_pending_requests:
                 self.close()
                 return
-            self._next()
+            self.requests.run()
         else:
             self.close()  # binary events and acks are not part of this API
 
@@ -115,13 +112,14 @@ class SocketIOConnection:
     def lost(self, reason: str):
         """Engine.IO: the session ended (closed by either side, timed out or aborted)."""
         self.closed = True
+        self.requests.stop()
         self.deadline.cancel()
         self.factory.tracker.discard(self)
         self._leave()
 
     def _leave(self):
         """Out of the namespace: no longer a service session, nor a user of its session ID."""
-        self._pending.clear()
+        self.requests.clear()
         if self.web_session is not None:
             self.web_session.sockets.discard(self)
             self.web_session.touch()
@@ -162,16 +160,12 @@ class SocketIOConnection:
 
     # events, one at a time and in order
 
-    def _next(self):
-        if self._busy or not self._pending or self.closed:
-            return
-        packet = self._pending.popleft()
-        self._busy = True
+    def _answer_event(self, packet) -> defer.Deferred:
         name, args = packet.data[0], packet.data[1:]
         d = defer.maybeDeferred(self._handle, name, args[0] if args else None)
         d.addErrback(self._failed, name)
         d.addCallback(self._answer, packet.id)
-        d.addBoth(self._done)
+        return d
 
     def _handle(self, name, data):
         handler = {"send_message": self.on_send_message, "add_contact": self.on_add_contact}.get(name)
@@ -199,10 +193,6 @@ class SocketIOConnection:
     def _answer(self, reply, ack_id):
         if ack_id is not None:
             self.send(encode(sio.ACK, [reply], id=ack_id))
-
-    def _done(self, _):
-        self._busy = False
-        self._next()
 
     async def on_send_message(self, data):
         recipient_id = data.get("recipient_id")

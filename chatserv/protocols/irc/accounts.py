@@ -175,9 +175,9 @@ class AccountsMixin:
         try:
             self.service.validate_username(account)
             return await self.service.register(account, password, guest=guest, address=self.peer_host)
-        except errors.Invalid:
+        except errors.InvalidUsername:
             raise N.Fail(command, "BAD_ACCOUNT_NAME", account) from None
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             raise N.Fail(command, "ACCOUNT_EXISTS", account) from None
 
     # NickServ, for clients that know no SASL

@@ -23,7 +23,7 @@ class ChannelsMixin:
         if target.startswith("#") and len(target) > 1:
             try:
                 return self.service.room(target[1:])
-            except errors.NotFound:
+            except errors.RoomNotFound:
                 pass
         raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target)
 
@@ -68,7 +68,7 @@ class ChannelsMixin:
         name = target[1:] if target.startswith("#") else ""
         try:
             self.service.validate_room_name(name)
-        except errors.Invalid:
+        except errors.InvalidRoomName:
             raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
         if fold(name) in self.channels:
             return
@@ -81,8 +81,9 @@ class ChannelsMixin:
         self.channels[fold(room.name)] = room
         channel = "#" + room.name
         lines = [serialise("JOIN", channel, prefix=self.own_mask())]
-        if room.topic:
-            lines.append(self.numeric(N.RPL_TOPIC, channel=channel, topic=room.topic))
+        topic = self.service.topic(room)
+        if topic:
+            lines.append(self.numeric(N.RPL_TOPIC, channel=channel, topic=topic))
         lines += self.names_lines(room)
         self.send(b"".join(lines))
 
@@ -109,7 +110,7 @@ class ChannelsMixin:
         room = self.joined(target)
         try:
             await self.service.leave_room(self.user, room.name, reason=reason)
-        except errors.Denied:
+        except errors.NotMember:
             self.channels.pop(fold(room.name), None)
             raise
 
@@ -121,9 +122,9 @@ class ChannelsMixin:
         async def kick(nick):
             try:
                 user = self.service.user_or_guest(nick)
-            except errors.NotFound:
+            except errors.UserNotFound:
                 raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
-            if user.id not in room.members:
+            if not self.service.is_member(user, room):
                 raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel="#" + room.name)
             await self.service.leave_room(user, room.name, by=self.user, reason=reason or user.username)
 
@@ -138,7 +139,7 @@ class ChannelsMixin:
             rooms = [r for r in rooms if fold(r.name) in wanted]
         lines = [self.numeric(N.RPL_LISTSTART)]
         lines += [self.numeric(N.RPL_LIST, channel="#" + r.name, count=len(self.online_members(r)),
-                               topic=r.topic) for r in rooms]
+                               topic=self.service.topic(r)) for r in rooms]
         lines.append(self.numeric(N.RPL_LISTEND))
         self.send(b"".join(lines))
 
@@ -181,8 +182,9 @@ class ChannelsMixin:
         target = line.params[0]
         if len(line.params) == 1:
             room = self.service_room(target)
-            if room.topic:
-                return self.reply(N.RPL_TOPIC, channel=target, topic=room.topic)
+            topic = self.service.topic(room)
+            if topic:
+                return self.reply(N.RPL_TOPIC, channel=target, topic=topic)
             return self.reply(N.RPL_NOTOPIC, channel=target)
         room = self.joined(target)
         if room.id not in self.factory.topic_open:
@@ -214,9 +216,9 @@ class ChannelsMixin:
                 nick = arguments.pop(0)
                 try:
                     user = self.service.user_or_guest(nick)
-                except errors.NotFound:
+                except errors.UserNotFound:
                     raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
-                if user.id not in room.members:
+                if not self.service.is_member(user, room):
                     raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel=channel)
                 self.service.set_operator(self.user, room.name, user, sign == "+")
             elif char in "nt":
@@ -248,7 +250,8 @@ class ChannelsMixin:
     def render_topic(self, event):
         if fold(event.room.name) not in self.channels:
             return None
-        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.room.topic,
+        topic = self.service.topic(event.room)
+        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, topic,
                                                           prefix=self.mask_of(event.by)))
 
     def render_operator(self, event):

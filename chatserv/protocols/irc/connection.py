@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import time
+from typing import ClassVar
 
 import attrs
 from twisted.internet import defer, task
@@ -19,7 +20,8 @@ from twisted.internet import defer, task
 from chatserv import errors, events
 from chatserv.limits import TokenBucket
 from chatserv.model import fold
-from chatserv.protocols.base import ChatConnection, ChatFactory, ErrorTable
+from chatserv.options import option
+from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.accounts import AccountsMixin
 from chatserv.protocols.irc.channels import ChannelsMixin
@@ -35,6 +37,7 @@ from chatserv.protocols.irc.message import (
 )
 from chatserv.protocols.irc.nicks import USERLEN, NicksMixin
 from chatserv.protocols.irc.playback import PLAYBACK, PlaybackMixin
+from chatserv.wire import ErrorTable
 
 VERSION = "chatserv-0.1"
 NO_CAPS = frozenset()  # what most clients have: shared, so it costs an idle connection nothing
@@ -49,9 +52,11 @@ MOTD = (
 # Domain failures that reach a command's reply (handlers check the usual cases first, to
 # answer with the precise numeric); each numeric is filled with the command's first parameter.
 ERRORS = ErrorTable({
+    errors.RoomNotFound: N.ERR_NOSUCHCHANNEL,
     errors.NotFound: N.ERR_NOSUCHNICK,
     errors.AlreadyExists: N.ERR_NICKNAMEINUSE,
     errors.Blocked: N.ERR_CANTSENDTOUSER,
+    errors.NotOperator: N.ERR_CHANOPRIVSNEEDED,
     errors.Denied: N.ERR_NOTONCHANNEL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
@@ -140,20 +145,19 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
 
     def connectionMade(self):
         super().connectionMade()
-        self.ping_interval = self.factory.options.get("irc-ping-interval", self.limits.idle_timeout)
+        self.ping_interval = self.factory.config.ping_interval
 
     @property
     def flood(self) -> TokenBucket:
         """The command bucket, made when first asked (a client that sends nothing needs none)."""
         if self._flood is None:
-            options = self.factory.options
-            self._flood = TokenBucket(self.clock, options.get("irc-flood-rate", 0),
-                                      options.get("irc-flood-burst", 1))
+            config = self.factory.config
+            self._flood = TokenBucket(self.clock, config.flood_rate, config.flood_burst)
         return self._flood
 
     @property
     def flood_delay(self) -> float:
-        rate = self.factory.options.get("irc-flood-rate", 0)
+        rate = self.factory.config.flood_rate
         return 1.0 / rate if rate else 0.0
 
     def connectionLost(self, reason=None):
@@ -193,11 +197,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         self.logout()
         self.close()
 
-    def write_raw(self, data: bytes):
-        if (self._write_paused and not self._closing
-                and self._queued_bytes + len(data) > self.limits.send_queue):
-            self.transport.write(serialise("ERROR", "Closing Link: SendQ exceeded"))
-        super().write_raw(data)
+    def too_slow(self):
+        return serialise("ERROR", "Closing Link: SendQ exceeded")
 
     def frame_error(self, error):
         return self.numeric(N.ERR_INPUTTOOLONG).rstrip(b"\r\n")
@@ -274,7 +275,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             raise N.IRCError(N.ERR_NONICKNAMEGIVEN)
         try:
             self.service.validate_username(nick)
-        except errors.Invalid:
+        except errors.InvalidUsername:
             raise N.IRCError(N.ERR_ERRONEUSNICKNAME, target=nick) from None
         if self.registered:
             return self.change_nick(nick)
@@ -292,7 +293,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             return
         user = self.account
         password, self.password = self.password, None  # kept no longer than registration needs it
-        required = self.factory.options.get("irc-password")
+        required = self.factory.config.password
         if required:
             if password is None or not hmac.compare_digest(password.encode(), required.encode()):
                 self.reply(N.ERR_PASSWDREQUIRED if password is None else N.ERR_PASSWDMISMATCH)
@@ -312,7 +313,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
                 raise N.IRCError(N.ERR_NICKNAMEREGISTERED, target=self.nick)
             try:
                 user = self.service.guest(self.nick)
-            except errors.AlreadyExists:
+            except errors.UsernameTaken:
                 raise N.IRCError(N.ERR_NICKNAMEINUSE, target=self.nick) from None
         if self.login(user) is None:
             return None  # the client left meanwhile
@@ -332,11 +333,11 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             return user.username
         try:
             return self.service.rename(user, self.nick, origin=self.session)
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             return user.username
 
-    def login(self, user, **options):
-        session = super().login(user, **options)
+    def login(self, user, **flags):
+        session = super().login(user, **flags)
         self.deadline.arm(self.ping_interval)
         return session
 
@@ -407,7 +408,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         """The online user of that nick, else ERR_NOSUCHNICK."""
         try:
             user = self.service.user_or_guest(nick)
-        except errors.NotFound:
+        except errors.UserNotFound:
             user = None
         if user is None or not self.service.is_online(user):
             raise N.IRCError(N.ERR_NOSUCHNICK, target=nick)
@@ -589,7 +590,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         """A direct message goes to an online nick, or waits in a registered user's inbox."""
         try:
             return self.service.user_or_guest(nick)
-        except errors.NotFound:
+        except errors.UserNotFound:
             raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
 
     # events from the service, whichever port they started on
@@ -637,9 +638,9 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             "TAGMSG", target, prefix=self.mask_of(event.user), tags=tags))
 
     def _render_presence(self, event):
-        shared = [room for room in self.channels.values() if event.user.id in room.members]
+        shared = [room for room in self.channels.values() if self.service.is_member(event.user, room)]
         if event.renamed_from is not None:  # where the guest was, a NICK line said it all
-            shared = [room for room in shared if event.renamed_from.id not in room.members]
+            shared = [room for room in shared if not self.service.is_member(event.renamed_from, room)]
         if not shared:
             return None
         if not event.online:
@@ -667,8 +668,32 @@ RENDERERS = {
 }
 
 
+def irc_name(text: str) -> str:
+    """Option coercion for the server's and the network's names: one word IRC can carry."""
+    if not text or any(char.isspace() or char in ":," for char in text):
+        raise ValueError(f"not a name IRC can carry in one word: {text!r}")
+    return text
+
+
+@attrs.frozen
+class IRCConfig:
+    """IRC's options (``--irc-*``): see ``chatserv.options`` to add one."""
+
+    option_prefix: ClassVar[str] = "irc-"
+
+    flood_rate: float = option(5.0, "IRC: commands per second once the burst is spent (0: no limit)")
+    flood_burst: int = option(20, "IRC: commands a client may send at once")
+    ping_interval: float = option(120.0, "IRC: idle seconds before a PING, and to answer it")
+    server_name: str = option("chatserv", "IRC: the server's name in prefixes and replies", coerce=irc_name)
+    network: str = option("chatserv", "IRC: the network's name (NETWORK in 005, the welcome)",
+                          coerce=irc_name)
+    password: str | None = option(None, "IRC: connection password every client must send with PASS "
+                                        "(accounts then log in with SASL or NickServ); none by default")
+
+
 class IRCFactory(ChatFactory):
     protocol = IRCConnection
+    config_class = IRCConfig
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -676,5 +701,5 @@ class IRCFactory(ChatFactory):
         self.topic_open: set[int] = set()  # rooms set -t: any member may change the topic
         self.tag_ids = itertools.count(1)  # msgids of TAGMSGs, which are never stored
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))
-        self.server_name = self.options.get("irc-server-name") or "chatserv"
-        self.network = self.options.get("irc-network") or "chatserv"
+        self.server_name = self.config.server_name
+        self.network = self.config.network

@@ -198,8 +198,8 @@ class HistoryMixin:
         me = self.user
         if target.startswith("#"):
             room = self.service_room(target)
-            if me.id not in room.members:
-                raise errors.Denied("not a member")
+            if not self.service.is_member(me, room):
+                raise errors.NotMember()
             channel = "#" + room.name
             return room, lambda m: channel
         other = self.online_or_registered(target)

@@ -55,7 +55,7 @@ class NicksMixin:
             return
         try:
             self.service.rename(self.user, nick, origin=self.session)
-        except errors.AlreadyExists:
+        except errors.UsernameTaken:
             owner = self.service.is_registered(nick) and self.service.user(nick) is not self.user
             raise N.IRCError(N.ERR_NICKNAMERESERVED if owner else N.ERR_NICKNAMEINUSE, target=nick) from None
         self.show_own_nick(nick)
@@ -73,7 +73,7 @@ class NicksMixin:
                 self.show_own_nick(self.nick_of(event.user))
             return None
         shown = event.before or event.user
-        if not any(shown.id in room.members for room in self.channels.values()):
+        if not any(self.service.is_member(shown, room) for room in self.channels.values()):
             return None
         return event.render_once("irc", lambda: serialise(
             "NICK", self.nick_of(event.user), prefix=mask(event.old_name, self.user_info(shown)[0])))

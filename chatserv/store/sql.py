@@ -1,0 +1,657 @@
+"""What the SQL stores share: one writer thread with group commit, reader threads, the
+statements and the snapshot load. ``sqlite.py`` and ``postgres.py`` add their connections and
+the few places where the engines differ.
+
+Writes queue up while a transaction commits and then go out together in the next one, so
+persistence keeps pace with fan-out. Every Deferred fires on the reactor thread once its
+write is committed; no query ever runs on the reactor thread. Whatever one write raises
+fails that write alone: the rest of its batch commits (one whose text the database cannot
+hold fails with ``Invalid``, as input should). A write that finds the database gone fails
+with ``StoreUnavailable`` (nothing was stored, so nothing is acknowledged); an engine whose
+connection can be lost opens a new one for the next batch. Should the writer thread stop all
+the same, every waiting write fails, ``when_broken`` fires and ``close`` still ends.
+
+Statements are written once, with sqlite3's ``?`` or ``:name`` placeholders, in SQL that both
+engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on every subquery);
+an engine translates the placeholders for its driver.
+
+Ids: today the service numbers users, rooms and messages itself, counting from the
+``Snapshot.next_*_id`` that ``open()`` returns, and every insert names its id. When the store
+assigns ids (issue 14), ``add_user``, ``add_room`` and ``add_message`` will leave the id out and
+end in ``RETURNING id``; the statement runs in the writer's batch like any other and its
+Deferred fires with the id once committed. SQLite then takes the next rowid; PostgreSQL takes
+``nextval`` of the table's identity sequence, which is not transactional, so ids stay unique
+across nodes and are never reused (a rolled-back insert leaves a gap). ``PostgresStore.open``
+already moves each sequence past the highest stored id and hands out the sequence's next
+value as the snapshot's next id, so ids the service names and ids a sequence hands out never
+clash, whichever code wrote the database before.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import threading
+import time
+from contextlib import closing
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from chatserv.errors import Invalid, StoreUnavailable
+from chatserv.model import Message, Room, Snapshot, User, fold
+from chatserv.store.base import IStore
+
+log = Logger()
+
+_STOP = object()
+_MAX_BATCH = 2000
+MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
+_INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Tables whose ids the service hands out today (and the store, later).
+ID_TABLES = ("users", "rooms", "messages")
+
+_LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
+                         " m.room_id, m.delivered")
+def _conversations(json_ids: str) -> str:
+    """Every conversation of :user: direct ones (the other party, the newest message either way,
+    the unread ones received after the read mark) and the rooms in :rooms, a JSON array that
+    ``json_ids`` (an engine's SQL constant) turns into rows."""
+    return f"""
+WITH peers(peer, last_id) AS (
+    SELECT CASE WHEN sender_id = :user THEN recipient_id ELSE sender_id END, MAX(id) FROM messages
+    WHERE recipient_id = :user OR (sender_id = :user AND recipient_id IS NOT NULL) GROUP BY 1),
+listed(room) AS (SELECT CAST(r.value AS BIGINT) FROM {json_ids} AS r),
+rooms(room, last_id, mark) AS (
+    SELECT room, (SELECT MAX(id) FROM messages WHERE room_id = room),
+           (SELECT last_read_id FROM read_marks
+            WHERE user_id = :user AND kind = 'room' AND target_id = room)
+    FROM listed)
+SELECT 'user', peer, (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE recipient_id = :user AND sender_id = peer AND sender_id != :user AND id > COALESCE(
+            (SELECT last_read_id FROM read_marks
+             WHERE user_id = :user AND kind = 'user' AND target_id = peer), 0)
+        LIMIT :cap) AS unread), {_LAST_MESSAGE_COLUMNS}
+FROM peers JOIN messages AS m ON m.id = peers.last_id
+UNION ALL
+SELECT 'room', room, CASE WHEN mark IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM (SELECT 1 FROM messages
+        WHERE room_id = room AND id > mark AND sender_id != :user LIMIT :cap) AS unread) END,
+    {_LAST_MESSAGE_COLUMNS}
+FROM rooms LEFT JOIN messages AS m ON m.id = rooms.last_id
+"""
+
+
+def _message(row) -> Message:
+    return Message(
+        id=row[0],
+        sender_id=row[1],
+        sender_name=row[2],
+        body=row[3],
+        sent_at=row[4],
+        kind=row[5],
+        recipient_id=row[6],
+        room_id=row[7],
+        delivered=bool(row[8]),
+    )
+
+
+def _runs(statements):
+    """Consecutive statements with the same SQL as one ``(sql, [params, ...])`` run, for
+    ``executemany``: a batch of room messages is one run."""
+    runs = []
+    for sql, params in statements:
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].append(params)
+        else:
+            runs.append((sql, [params]))
+    return runs
+
+
+class WriterStopped(RuntimeError):
+    """The writer thread is gone: no write can be acknowledged any more."""
+
+
+class _DaemonThreadPool(ThreadPool):
+    """Reader threads, like the writer, never keep the process alive at exit."""
+
+    def threadFactory(self, *args, **kwargs):
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
+@implementer(IStore)
+class SQLStore:
+    """The engine-neutral part; a subclass provides the hooks under "engine" below."""
+
+    engine: str  # the key of this engine's SQL in ``migrations.PerEngine``
+    reader_threads = 1
+    refused_values: tuple[type[Exception], ...] = ()  # the driver's "this value cannot be stored"
+    json_ids = "json_each(:rooms)"  # rows whose ``value`` is each element of the JSON array :rooms
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed: Deferred | None = None
+        self._readers = _DaemonThreadPool(minthreads=1, maxthreads=self.reader_threads,
+                                          name=f"chatserv-{self.engine}-read")
+        self._reader_local = threading.local()
+        self._reader_conns: set = set()
+        self._reader_lock = threading.Lock()
+        self._conversations = _conversations(self.json_ids)
+        self._conn = None  # the writer's connection: only the writer thread touches it
+        self._batch: list = []  # the writes the writer thread is committing
+        self._stopped: Failure | None = None  # why the writer thread stopped, if it did unasked
+        self._broken: list[Deferred] = []
+
+    # engine
+
+    def _connect(self):
+        """A new connection; StoreUnavailable if the database cannot be reached."""
+        raise NotImplementedError
+
+    def _migrate(self, conn):
+        raise NotImplementedError
+
+    def _transaction(self, conn):
+        """A context manager: one transaction that commits at the end or rolls back on error."""
+        raise NotImplementedError
+
+    def _lost(self, conn) -> bool:
+        """Has ``conn`` lost its database (after an error)?"""
+        return False
+
+    def _sql(self, sql: str) -> str:
+        """A statement written with ``?`` or ``:name`` placeholders, as this engine's driver
+        takes it."""
+        return sql
+
+    def _next_ids(self, conn) -> dict[str, int]:
+        """The next id of each of ``ID_TABLES``: past every stored one."""
+        free = {table: self._query(conn, f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")[0][0]
+                for table in ID_TABLES}
+        # A room that was never stored (a guest's) may have left messages behind in a crash:
+        # room ids are never reused, so they never show up in a new room.
+        (last_room_message,) = self._query(
+            conn, "SELECT COALESCE(MAX(room_id), 0) FROM messages WHERE room_id IS NOT NULL")[0]
+        free["rooms"] = max(free["rooms"], last_room_message + 1)
+        return free
+
+    def _describe(self) -> str:
+        """The database, for log lines (never a password)."""
+        raise NotImplementedError
+
+    # life cycle
+
+    def open(self):
+        opened = Deferred()
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(opened,), name=f"chatserv-{self.engine}-write", daemon=True
+        )
+        self._writer.start()
+        return opened
+
+    def close(self):
+        """Finish the queued writes, then stop the readers and close every connection (the
+        writer thread does that: no database I/O on the reactor thread)."""
+        if self._closed is None:
+            self._closed = Deferred()
+            if self._writer is None or self._stopped is not None:  # no writer left: nothing to wait for
+                self._stop_readers()
+                self._closed.callback(None)
+            else:
+                self._queue.put(_STOP)
+        return self._closed
+
+    def when_broken(self) -> Deferred:
+        """Deferred[BaseException]: fires, with what stopped it, if the writer thread stops
+        unasked (never on a healthy store)."""
+        d = Deferred()
+        if self._stopped is not None:
+            d.callback(self._stopped.value)
+        else:
+            self._broken.append(d)
+        return d
+
+    def _open_failed(self, opened: Deferred, failure: Failure):
+        self._writer = None
+        if self._closed is not None and not self._closed.called:
+            self._closed.callback(None)
+        opened.errback(failure)
+
+    def _write_loop(self, opened: Deferred):
+        conn = None
+        try:
+            conn = self._connect()
+            self._migrate(conn)
+            self._make_secrets(conn)
+            snapshot = self._load(conn)
+        except Exception:
+            failure = Failure()
+            if conn is not None:
+                conn.close()
+            self._reactor.callFromThread(self._open_failed, opened, failure)
+            return
+        self._reactor.callFromThread(self._start_readers)
+        self._reactor.callFromThread(opened.callback, snapshot)
+        self._conn = conn
+        try:
+            self._serve()
+        except BaseException:
+            self._reactor.callFromThread(self._writer_stopped, Failure())
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass  # already broken: the failure above says why
+            return
+        self._shut_down()
+
+    def _serve(self):
+        """Commit batches until told to stop."""
+        while True:
+            item = self._queue.get()
+            stopping = item is _STOP
+            self._batch = batch = [] if stopping else [item]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stopping = True
+                    continue
+                batch.append(more)
+            if batch:
+                self._conn = self._commit(self._conn, batch)
+            self._batch = []
+            if stopping:
+                return
+
+    def _writer_stopped(self, failure: Failure):
+        """The writer thread died: fail what waits for it, and say so."""
+        log.failure("store: the writer thread stopped; no write can be stored any more", failure)
+        self._stopped = failure
+        waiting = [d for _, d in self._batch]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                waiting.append(item[1])
+        for d in waiting:
+            if not d.called:
+                d.errback(WriterStopped("the store's writer thread stopped"))
+        broken, self._broken = self._broken, []
+        for d in broken:
+            d.callback(failure.value)
+        if self._closed is not None and not self._closed.called:
+            self._stop_readers()
+            self._closed.callback(None)
+
+    def _start_readers(self):
+        if self._closed is None:  # not closed while it opened
+            self._readers.start()
+
+    def _make_secrets(self, conn):
+        """The salt secret is made at the first start; whoever inserts it first wins, so every
+        node gets the same one."""
+        conn.execute(self._sql("INSERT INTO secrets (name, value) VALUES ('salt', ?) ON CONFLICT DO NOTHING"),
+                     (secrets.token_bytes(32),))
+
+    def _commit(self, conn, batch):
+        """Commit a whole batch in one transaction; on failure retry each write alone.
+
+        Returns the connection for the next batch: None once the database is gone, and a new
+        one is opened for the next batch.
+        """
+        try:
+            if conn is None:
+                conn = self._connect()
+                self._reactor.callFromThread(log.info, "store: connected to {db} again", db=self._describe())
+            self._apply(conn, [s for statements, _ in batch for s in statements])
+            outcomes = [(d, None) for _, d in batch]
+        except Exception:
+            failure = Failure()
+            if conn is None or self._lost(conn):
+                conn = self._forget_writer(conn, failure)
+                outcomes = [(d, self._unavailable(failure)) for _, d in batch]
+            elif len(batch) == 1:
+                outcomes = [(batch[0][1], self._refused(failure))]
+            else:
+                conn, outcomes = self._commit_each(conn, batch)
+        self._reactor.callFromThread(_fire, outcomes)
+        return conn
+
+    def _commit_each(self, conn, batch):
+        """After a batch failed: each write in its own transaction, so only a bad one fails."""
+        outcomes, gone = [], None
+        for statements, d in batch:
+            if gone is not None:
+                outcomes.append((d, gone))
+                continue
+            try:
+                self._apply(conn, statements)
+                outcomes.append((d, None))
+            except Exception:
+                failure = Failure()
+                if self._lost(conn):
+                    conn = self._forget_writer(conn, failure)
+                    failure = gone = self._unavailable(failure)
+                outcomes.append((d, self._refused(failure)))
+        return conn, outcomes
+
+    def _refused(self, failure: Failure) -> Failure:
+        """Text the database cannot hold is input, not a fault: the sender gets its port's
+        error reply. Any other failure stays as it is."""
+        if failure.check(UnicodeEncodeError, *self.refused_values):
+            return Failure(Invalid("text holds a character the database cannot store"))
+        return failure
+
+    def _apply(self, conn, statements):
+        with self._transaction(conn), closing(conn.cursor()) as cursor:
+            for sql, params in _runs(statements):
+                self._execute_run(cursor, sql, params)
+
+    def _execute_run(self, cursor, sql, params):
+        """One statement, once for each of ``params``."""
+        cursor.executemany(self._sql(sql), params)
+
+    def _forget_writer(self, conn, failure: Failure):
+        if conn is not None:
+            self._reactor.callFromThread(
+                log.warn, "store: lost {db} ({why}); writes fail until it is back",
+                db=self._describe(), why=one_line(failure.getErrorMessage()))
+            conn.close()
+        return None
+
+    def _unavailable(self, failure: Failure) -> Failure:
+        if failure.check(StoreUnavailable):
+            return failure
+        why = one_line(failure.getErrorMessage())
+        return Failure(StoreUnavailable(f"{self._describe()} is unavailable: {why}"))
+
+    def _closing(self, conn):
+        """In the writer thread, after the last write and with the readers closed."""
+
+    def _shut_down(self):
+        """In the writer thread, after the last write: stop the readers, close every
+        connection, then say so."""
+        self._stop_readers()
+        if self._conn is not None:
+            self._closing(self._conn)
+            self._conn.close()
+        self._reactor.callFromThread(self._closed.callback, None)
+
+    def _stop_readers(self):
+        """Wait for a read in progress (queued ones never run) and close the readers' connections."""
+        self._readers.stop()
+        with self._reader_lock:
+            readers, self._reader_conns = self._reader_conns, set()
+        for reader in readers:
+            reader.close()
+
+    def _write(self, *statements):
+        if self._closed is not None:
+            raise RuntimeError("store is closed")
+        if self._stopped is not None:
+            return fail(WriterStopped("the store's writer thread stopped"))
+        d = Deferred()
+        self._queue.put((statements, d))
+        return d
+
+    # reads
+
+    def _query(self, conn, sql, params=()):
+        return conn.execute(self._sql(sql), params).fetchall()
+
+    def _reader(self):
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = self._reader_local.conn = self._connect()
+            with self._reader_lock:
+                self._reader_conns.add(conn)
+        return conn
+
+    def _read_now(self, sql, params):
+        """In a reader thread. A read is safe to repeat: one whose connection was lost is
+        tried once more on a new connection."""
+        for attempt in (1, 2):
+            conn = self._reader()
+            try:
+                return self._query(conn, sql, params)
+            except Exception:
+                if not self._lost(conn):
+                    raise
+                failure = Failure()
+                self._reader_local.conn = None
+                with self._reader_lock:
+                    self._reader_conns.discard(conn)
+                conn.close()
+                if attempt == 2:
+                    raise self._unavailable(failure).value from None
+        raise AssertionError("unreachable")
+
+    def _read(self, sql, params, convert=None):
+        if self._closed is not None:
+            return fail(RuntimeError("store is closed"))
+
+        def run():
+            rows = self._read_now(sql, params)
+            return [convert(r) for r in rows] if convert else rows
+
+        return deferToThreadPool(self._reactor, self._readers, run)
+
+    def _load(self, conn) -> Snapshot:
+        users = [User(*row) for row in self._query(
+            conn, "SELECT id, username, salt, verifier, created_at, public_key FROM users ORDER BY id"
+        )]
+        rooms = {row[0]: Room(*row) for row in self._query(
+            conn, "SELECT id, name, created_by, created_at, topic FROM rooms ORDER BY id"
+        )}
+        for room_id, user_id in self._query(conn, "SELECT room_id, user_id FROM room_members"):
+            rooms[room_id].members.add(user_id)
+        contacts = self._query(
+            conn, "SELECT owner_id, contact_id, status, status_before_block FROM contacts")
+        bans = [row[0] for row in self._query(conn, "SELECT address FROM bans ORDER BY address")]
+        tokens = [tuple(row) for row in self._query(
+            conn, "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
+        ((salt_secret,),) = self._query(conn, "SELECT value FROM secrets WHERE name = 'salt'")
+        ((last_guest_id,),) = self._query(conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
+        next_ids = self._next_ids(conn)
+        return Snapshot(
+            users=users,
+            rooms=list(rooms.values()),
+            contacts=[tuple(c) for c in contacts],
+            bans=bans,
+            next_user_id=next_ids["users"],
+            next_room_id=next_ids["rooms"],
+            next_message_id=next_ids["messages"],
+            tokens=tokens,
+            last_guest_id=last_guest_id,
+            salt_secret=bytes(salt_secret),
+        )
+
+    # writes
+
+    def add_user(self, user):
+        return self._write((
+            "INSERT INTO users (id, username, username_key, salt, verifier, created_at, public_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user.id, user.username, fold(user.username), user.salt, user.verifier,
+             user.created_at, user.public_key),
+        ))
+
+    def update_user(self, user):
+        return self._write((
+            "UPDATE users SET verifier = ?, public_key = ? WHERE id = ?",
+            (user.verifier, user.public_key, user.id),
+        ))
+
+    def set_contact(self, owner_id, contact_id, status, before_block=None):
+        return self._write((
+            "INSERT INTO contacts (owner_id, contact_id, status, status_before_block) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner_id, contact_id) DO UPDATE SET status = excluded.status,"
+            " status_before_block = excluded.status_before_block",
+            (owner_id, contact_id, status, before_block),
+        ))
+
+    def remove_contact(self, owner_id, contact_id):
+        return self._write((
+            "DELETE FROM contacts WHERE owner_id = ? AND contact_id = ?", (owner_id, contact_id),
+        ))
+
+    def add_room(self, room):
+        return self._write((
+            "INSERT INTO rooms (id, name, name_key, topic, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (room.id, room.name, fold(room.name), room.topic, room.created_by, room.created_at),
+        ))
+
+    def update_room(self, room):
+        return self._write(("UPDATE rooms SET topic = ? WHERE id = ?", (room.topic, room.id)))
+
+    def add_member(self, room_id, user_id):
+        return self._write((
+            "INSERT INTO room_members (room_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (room_id, user_id),
+        ))
+
+    def remove_member(self, room_id, user_id):
+        return self._write((
+            "DELETE FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id),
+        ))
+
+    def add_message(self, message):
+        return self._write((
+            _INSERT_MESSAGE,
+            (message.id, message.sender_id, message.sender_name, message.body, message.sent_at,
+             message.kind, message.recipient_id, message.room_id, message.delivered),
+        ))
+
+    def mark_delivered(self, message_ids):
+        return self._write(*[
+            ("UPDATE messages SET delivered = TRUE WHERE id = ?", (mid,)) for mid in message_ids
+        ])
+
+    def note_guest_id(self, guest_id):
+        return self._write((
+            "UPDATE counters SET value = ? WHERE name = 'last_guest_id' AND value > ?", (guest_id, guest_id),
+        ))
+
+    def forget_room_messages(self, room_id):
+        return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
+
+    def add_ban(self, address):
+        return self._write((
+            "INSERT INTO bans (address, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (address, time.time()),
+        ))
+
+    def remove_ban(self, address):
+        return self._write(("DELETE FROM bans WHERE address = ?", (address,)))
+
+    def set_read_mark(self, user_id, kind, target_id, message_id):
+        return self._write((
+            "INSERT INTO read_marks (user_id, kind, target_id, last_read_id) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, kind, target_id) DO UPDATE SET last_read_id = excluded.last_read_id"
+            " WHERE read_marks.last_read_id < excluded.last_read_id",
+            (user_id, kind, target_id, message_id),
+        ))
+
+    def set_last_seen(self, user_id, room_id, message_id):
+        return self._write((
+            "INSERT INTO last_seen (user_id, room_id, message_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET message_id = excluded.message_id"
+            " WHERE last_seen.message_id < excluded.message_id",
+            (user_id, room_id, message_id),
+        ))
+
+    def save_token(self, digest, user_id, created_at, last_used):
+        return self._write((
+            "INSERT INTO login_tokens (digest, user_id, created_at, last_used) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used",
+            (digest, user_id, created_at, last_used),
+        ))
+
+    def remove_token(self, digest):
+        return self._write(("DELETE FROM login_tokens WHERE digest = ?", (digest,)))
+
+    # reads
+
+    def _chosen(self, where, params, limit, oldest=False):
+        """The newest ``limit`` messages ``where`` says (the oldest, with ``oldest``), oldest first."""
+        sql = (f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               + (" ORDER BY id ASC" if oldest else " ORDER BY id DESC") + " LIMIT ?) AS chosen ORDER BY id")
+        return self._read(sql, (*params, limit), _message)
+
+    def _newest(self, where, params, limit, before_id):
+        if before_id is not None:
+            where += " AND id < ?"
+            params = (*params, before_id)
+        return self._chosen(where, params, limit)
+
+    def room_history(self, room_id, limit, before_id=None):
+        return self._newest("room_id = ?", (room_id,), limit, before_id)
+
+    def direct_history(self, user_id, other_id, limit, before_id=None):
+        return self._newest(
+            "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))",
+            (user_id, other_id, other_id, user_id),
+            limit,
+            before_id,
+        )
+
+    def conversations(self, user_id, room_ids, unread_cap):
+        def row(r):
+            return r[0], r[1], _message(r[3:]) if r[3] is not None else None, r[2]
+
+        return self._read(self._conversations, {"user": user_id, "rooms": json.dumps(list(room_ids)),
+                                                "cap": unread_cap}, row)
+
+    def inbox(self, user_id, limit, undelivered_only=False):
+        where = "recipient_id = ?" + (" AND NOT delivered" if undelivered_only else "")
+        return self._newest(where, (user_id,), limit, None)
+
+    def message_range(self, bounds, limit, room_id=None, pair=None):
+        if room_id is not None:
+            where, params = "room_id = ?", [room_id]
+        else:
+            user_id, other_id = pair
+            where = "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))"
+            params = [user_id, other_id, other_id, user_id]
+        if bounds.after_id is not None:
+            where += " AND id > ?"
+            params.append(bounds.after_id)
+        if bounds.before_id is not None:
+            where += " AND id < ?"
+            params.append(bounds.before_id)
+        if bounds.since is not None:
+            where += " AND sent_at >= ?"
+            params.append(bounds.since)
+        if bounds.until is not None:
+            where += " AND sent_at < ?"
+            params.append(bounds.until)
+        return self._chosen(where, params, limit, bounds.oldest)
+
+    def last_seen(self, user_id):
+        found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))
+        return found.addCallback(dict)
+
+
+def one_line(text: str) -> str:
+    """A driver's error message, often several lines, as one log line."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _fire(outcomes):
+    for d, failure in outcomes:
+        if failure is None:
+            d.callback(None)
+        else:
+            d.errback(failure)
