@@ -80,6 +80,21 @@ def json_object(document: str | bytes) -> dict:
     return check_decoded(found)
 
 
+def unbound(callback: Callable) -> tuple[Callable, object]:
+    """``(function, instance)`` of a bound method, ``(callback, None)`` of anything else.
+
+    Kept apart in two slots, they cost nothing of their own; a bound method is an object (64
+    bytes), and every connection holds a few callbacks. ``call_unbound`` calls them.
+    """
+    owner = getattr(callback, "__self__", None)
+    function = getattr(callback, "__func__", None)
+    return (callback, None) if owner is None or function is None else (function, owner)
+
+
+def call_unbound(function: Callable, owner, *args):
+    return function(*args) if owner is None else function(owner, *args)
+
+
 class RequestQueue:
     """Requests answered strictly in order, one at a time.
 
@@ -89,12 +104,13 @@ class RequestQueue:
     called each time the queue stops: empty, or waiting for an answer.
     """
 
-    # one per connection: slots, and a deque only while requests wait (an idle one holds none)
-    __slots__ = ("_answer", "_waiting", "_requests", "_busy", "_running", "stopped")
+    # one per connection: slots, no bound methods, and a deque only while requests wait
+    __slots__ = ("_answer", "_answer_owner", "_waiting", "_waiting_owner", "_requests", "_busy",
+                 "_running", "stopped")
 
     def __init__(self, answer: Callable, waiting: Callable[[], None] = lambda: None):
-        self._answer = answer
-        self._waiting = waiting
+        self._answer, self._answer_owner = unbound(answer)
+        self._waiting, self._waiting_owner = unbound(waiting)
         self._requests: collections.deque | tuple = ()
         self._busy = False
         self._running = False
@@ -136,7 +152,7 @@ class RequestQueue:
         self._running = True
         try:
             while self._requests and not self._busy and not self.stopped:
-                answering = self._answer(self._requests.popleft())
+                answering = call_unbound(self._answer, self._answer_owner, self._requests.popleft())
                 if answering is not None:
                     self._busy = True
                     answering.addBoth(self._answered)
@@ -144,7 +160,7 @@ class RequestQueue:
             self._running = False
         if not self._requests:
             self._requests = ()  # the deque goes with the burst that needed it
-        self._waiting()
+        call_unbound(self._waiting, self._waiting_owner)
 
     def _answered(self, _):
         self._busy = False
@@ -194,11 +210,11 @@ class Deadline:
     queued the deadline for comes.
     """
 
-    __slots__ = ("_timeouts", "_expired", "_seconds", "_due", "_entry")
+    __slots__ = ("_timeouts", "_expired", "_expired_owner", "_seconds", "_due", "_entry")
 
     def __init__(self, clock, expired: Callable[[], object]):
         self._timeouts = Timeouts.of(clock)
-        self._expired = expired
+        self._expired, self._expired_owner = unbound(expired)
         self._seconds = 0.0
         self._due: float | None = None  # when it expires; None while not armed
         self._entry: list | None = None  # its place in the schedule: [time, order, self]
@@ -315,7 +331,7 @@ class Timeouts:
                     continue
                 deadline._due = None
                 try:
-                    deadline._expired()
+                    call_unbound(deadline._expired, deadline._expired_owner)
                 except Exception:
                     log.failure("a timeout's handler failed")
         finally:
