@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import attrs
 
-from chatserv.model import Message, Room, User
+from chatserv.model import Message, Room, RoomChange, User
 
 
 @attrs.define(eq=False)
@@ -117,13 +117,21 @@ class MembershipChanged(Event):
 
 
 @attrs.define(eq=False)
-class OperatorChanged(Event):
-    """``by`` made ``user`` an operator of ``room`` (or, ``granted`` false, took it back)."""
+class RoomChanged(Event):
+    """``by`` changed the room's settings or roles (``chatserv.model.RoomChange``)."""
 
     room: Room
-    user: User
-    granted: bool
     by: User
+    changes: tuple[RoomChange, ...]
+
+
+@attrs.define(eq=False)
+class Invited(Event):
+    """``by`` invited ``user`` into ``room`` (told to the invited user)."""
+
+    room: Room
+    by: User
+    user: User
 
 
 @attrs.define(eq=False)

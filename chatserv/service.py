@@ -26,6 +26,7 @@ from chatserv import errors, events
 from chatserv.credentials import Hasher, LoginThrottle, new_salt, password_digest
 from chatserv.limits import Limits, RateTable
 from chatserv.model import CONTACT_STATUSES, LOBBY, Conversation, HistoryBounds, Message, Room, User, fold
+from chatserv.room_settings import RoomSettings
 from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
@@ -78,9 +79,10 @@ class Session:
     # Hears the presence of the members of its user's rooms (IRC's JOIN and QUIT lines), not
     # everyone's: a login costs one delivery per room-mate, not one per connection.
     watches_room_presence: bool = False
+    server_operator: bool = False  # may manage every room (see RoomSettings.make_server_operator)
 
 
-class ChatService(service.Service):
+class ChatService(RoomSettings, service.Service):
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None):
         self.store = store
         self.hasher = hasher
@@ -121,7 +123,7 @@ class ChatService(service.Service):
         self._watching: dict[Session, set[int]] = {}
         self._tokens: list[tuple[str, int, float, float]] = []
         self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
-        self._operators: dict[int, set[int]] = {}
+        self._invites: dict[int, set[int]] = {}  # user id -> rooms it was invited to, until it joins
         self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
         # what accounts were shown in rooms the store does not keep: room id -> user id -> message id
         self._seen_unstored: dict[int, dict[int, int]] = collections.defaultdict(dict)
@@ -370,6 +372,7 @@ class ChatService(service.Service):
     def _forget_guest(self, user):
         self._guests.pop(fold(user.username), None)
         self._user_room_rate.forget(user.id)
+        self._forget_roles(user)
         for room in list(self._rooms_of.get(user.id, ())):
             self._drop_member(room, user.id)
 
@@ -401,6 +404,9 @@ class ChatService(service.Service):
 
     def is_online(self, user: User) -> bool:
         return user.id in self._sessions
+
+    def online_count(self) -> int:
+        return len(self._sessions)
 
     def online_users(self) -> list[User]:
         return sorted((s[0].user for s in self._sessions.values()), key=lambda u: fold(u.username))
@@ -454,7 +460,7 @@ class ChatService(service.Service):
     @deferred
     async def become(self, session: Session, account: User) -> None:
         """A guest's session logged in to ``account``: it becomes the account's session, and the
-        account joins the guest's rooms and takes its operator grants.
+        account joins the guest's rooms, past their settings, and takes its roles there.
 
         When the account was offline, whoever saw the guest sees it renamed (events.Renamed with
         ``before``) rather than leaving, and the account's other room-mates see it arrive; when
@@ -466,14 +472,14 @@ class ChatService(service.Service):
             for room in rooms:
                 if account.id not in room.members:
                     await self._add_member(room, account, origin=session)
-                self._take_grants(room, guest, account)
+                await self._take_roles(room, guest, account)
             self.detach(session, reason=f"Logged in as {account.username}")
             self._attach_session(session, account)
             return
         for room in rooms:
             if account.id not in room.members:
                 await self._enroll(room, account)
-            self._take_grants(room, guest, account)
+            await self._take_roles(room, guest, account)
         self._deliver_to_users(events.Renamed(account, guest.username, before=guest),
                                self._room_mates(guest), session)
         self._sessions.pop(guest.id, None)
@@ -482,11 +488,6 @@ class ChatService(service.Service):
         self._forget_guest(guest)  # gone without a word where the rename was shown
         self._presence(guest, False, session.protocol, origin=session,
                        reason=f"Logged in as {account.username}")
-
-    def _take_grants(self, room: Room, guest: User, account: User) -> None:
-        grants = self._operators.get(room.id, set())
-        if guest.id in grants:
-            grants.add(account.id)
 
     def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
         session.user = account
@@ -610,6 +611,9 @@ class ChatService(service.Service):
     def rooms(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
+    def room_count(self) -> int:
+        return len(self._rooms)
+
     def rooms_of(self, user: User) -> list[Room]:
         return sorted(self._rooms_of.get(user.id, ()), key=lambda r: fold(r.name))
 
@@ -662,8 +666,6 @@ class ChatService(service.Service):
             self._created_by[creator.id].add(room)
             if address:
                 self._created_from[address].add(room)
-        if guest:  # a guest creator is an operator while it lives
-            self._operators.setdefault(room.id, set()).add(creator.id)
         if room.persistent:
             await self.store.add_room(room)
         return room
@@ -686,13 +688,18 @@ class ChatService(service.Service):
 
     @deferred
     async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
-                        address: str | None = None) -> Room:
-        """Join (and with ``create``, first create) a room; members hear of it."""
+                        address: str | None = None, key: str = "") -> Room:
+        """Join (and with ``create``, first create) a room; members hear of it.
+
+        The room's settings may refuse it (``errors.Banned``, ``InviteOnly``, ``WrongKey``,
+        ``RoomFull``): see ``RoomSettings``.
+        """
         if create and fold(self.validate_room_name(name)) not in self._rooms:
             room = await self._new_room(name, user, self._creator_address(user, origin, address))
         else:
             room = self.room(name)
         if user.id not in room.members:
+            self._check_join(user, room, key)
             await self._add_member(room, user, origin)
         return room
 
@@ -701,11 +708,14 @@ class ChatService(service.Service):
         self._deliver_to_users(events.MembershipChanged(room, user, True), room.members, origin)
 
     async def _enroll(self, room, user):
-        """A membership, in memory and (an account's, in a persistent room) in the store."""
+        """A membership, in memory and (an account's, in a persistent room) in the store; its
+        roles too (see ``RoomSettings._joined``)."""
+        roles = self._joined(room, user)
         room.members.add(user.id)
         self._rooms_of[user.id].add(room)
         if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
+        await roles
 
     def _drop_member(self, room: Room, user_id: int):
         """End a membership in memory; a room that is not persistent vanishes once empty."""
@@ -720,7 +730,6 @@ class ChatService(service.Service):
 
     def _vanish(self, room: Room):
         del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
-        self._operators.pop(room.id, None)
         self._seen_unstored.pop(room.id, None)
         self._newest.pop(room.id, None)
         creator, address = self._creation.pop(room, (None, ""))
@@ -738,34 +747,17 @@ class ChatService(service.Service):
                          by: User | None = None, reason: str = "") -> Room:
         """End a membership; members, and the one leaving, hear of it."""
         room = self.room(name)
+        if by is not None and by.id != user.id and not self.can_manage(by, room):
+            raise errors.NotOperator()
         if user.id not in room.members:
             raise errors.NotMember()
         event = events.MembershipChanged(room, user, False, by, reason)
         self._deliver_to_users(event, room.members, origin)
+        roles = self._left(room, user)
         self._drop_member(room, user.id)
         if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
-        return room
-
-    def is_operator(self, user: User, room: Room) -> bool:
-        """The room's creator, or someone an operator made one (grants live in memory only)."""
-        if room.created_by is not None and room.created_by == user.id:
-            return True
-        return user.id in self._operators.get(room.id, ())
-
-    def set_operator(self, by: User, name, user: User, granted: bool) -> Room:
-        """An operator grants (or takes back) operator rights; the room's members hear of it.
-
-        The creator stays an operator whatever is taken back.
-        """
-        room = self.room(name)
-        if not self.is_operator(by, room):
-            raise errors.NotOperator()
-        if user.id not in room.members:
-            raise errors.MemberNotFound()
-        grants = self._operators.setdefault(room.id, set())
-        grants.add(user.id) if granted else grants.discard(user.id)
-        self._deliver_to_users(events.OperatorChanged(room, user, granted, by), room.members)
+        await roles
         return room
 
     @deferred
@@ -773,7 +765,11 @@ class ChatService(service.Service):
         room = self.room(name)
         if user.id not in room.members:
             raise errors.NotMember()
-        room.topic = keepable(str(topic), "topic")[: self.limits.max_body]
+        topic = keepable(str(topic), "topic")[: self.limits.max_body]
+        if room.topic_locked and not self.can_manage(user, room):
+            raise errors.NotOperator()
+        room.topic = topic
+        room.topic_by, room.topic_at = user.username, self.clock.seconds()
         if room.persistent:
             await self.store.update_room(room)
         self._deliver_to_users(events.TopicChanged(room, user), room.members, origin)
@@ -838,8 +834,7 @@ class ChatService(service.Service):
         try:
             self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
-            if sender.id not in room.members:
-                raise errors.NotMember()
+            self._check_speak(sender, room)
         except errors.ChatError:
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)

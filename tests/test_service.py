@@ -7,7 +7,7 @@ from twisted.internet import defer, reactor
 
 from chatserv import errors, events
 from chatserv.credentials import password_digest
-from chatserv.model import LOBBY
+from chatserv.model import LOBBY, RoomChange
 from chatserv.service import ChatService
 from chatserv.store import open_store
 from tests.support import PostgresOutage, cheap_hasher
@@ -391,8 +391,10 @@ async def test_each_failure_has_a_type_of_its_own_under_the_broad_one(chat):
         (errors.InvalidRoomName, errors.Invalid, lambda: chat.create_room(bob, "has space")),
         (errors.NotMember, errors.Denied, lambda: chat.leave_room(bob, "games")),
         (errors.NotMember, errors.Denied, lambda: chat.send_room(bob, "games", "hi")),
-        (errors.NotOperator, errors.Denied, lambda: chat.set_operator(bob, "games", alice, True)),
-        (errors.MemberNotFound, errors.NotFound, lambda: chat.set_operator(alice, "games", bob, True)),
+        (errors.NotOperator, errors.Denied,
+         lambda: chat.change_room(bob, "games", [RoomChange("operator", user=alice)])),
+        (errors.MemberNotFound, errors.NotFound,
+         lambda: chat.change_room(alice, "games", [RoomChange("operator", user=bob)])),
         (errors.ContactNotFound, errors.NotFound, lambda: chat.remove_contact(alice, "bob")),
         (errors.ContactIsSelf, errors.Invalid, lambda: chat.add_contact(alice, "alice")),
         (errors.UnknownContactStatus, errors.Invalid, lambda: chat.set_contact(alice, "bob", "enemy")),

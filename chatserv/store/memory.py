@@ -8,7 +8,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from chatserv.model import Message, Room, Snapshot, User
+from chatserv.model import Message, Room, Snapshot, User, fold
 from chatserv.store.base import IStore
 
 
@@ -30,6 +30,8 @@ class MemoryStore:
         self._users: dict[int, User] = {}
         self._rooms: dict[int, Room] = {}
         self._members: set[tuple[int, int]] = set()
+        self._roles: set[tuple[int, int, str]] = set()
+        self._room_bans: dict[int, dict] = {}
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
@@ -43,7 +45,10 @@ class MemoryStore:
         rooms = []
         for room in self._rooms.values():
             members = {uid for rid, uid in self._members if rid == room.id}
-            rooms.append(attrs.evolve(room, members=members))
+            roles = {role: {uid for rid, uid, held in self._roles if rid == room.id and held == role}
+                     for role in ("operator", "voice")}
+            rooms.append(attrs.evolve(room, members=members, operators=roles["operator"],
+                                      voiced=roles["voice"], bans=dict(self._room_bans.get(room.id, {}))))
         return succeed(
             Snapshot(
                 users=[attrs.evolve(u) for u in self._users.values()],
@@ -81,7 +86,8 @@ class MemoryStore:
         return succeed(None)
 
     def add_room(self, room):
-        self._rooms[room.id] = attrs.evolve(room, members=set())
+        # Roles and bans are kept apart, as in the SQLite store: only their own writes change them.
+        self._rooms[room.id] = attrs.evolve(room, members=set(), operators=set(), voiced=set(), bans={})
         return succeed(None)
 
     update_room = add_room
@@ -92,6 +98,18 @@ class MemoryStore:
 
     def remove_member(self, room_id, user_id):
         self._members.discard((room_id, user_id))
+        return succeed(None)
+
+    def set_room_role(self, room_id, user_id, role, held):
+        (self._roles.add if held else self._roles.discard)((room_id, user_id, role))
+        return succeed(None)
+
+    def add_room_ban(self, room_id, ban):
+        self._room_bans.setdefault(room_id, {})[fold(ban.mask)] = ban
+        return succeed(None)
+
+    def remove_room_ban(self, room_id, mask):
+        self._room_bans.get(room_id, {}).pop(fold(mask), None)
         return succeed(None)
 
     def add_message(self, message):
