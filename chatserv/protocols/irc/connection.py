@@ -46,6 +46,7 @@ from chatserv.wire import ErrorTable
 
 VERSION = "chatserv-0.1"
 NO_CAPS = frozenset()  # what most clients have: shared, so it costs an idle connection nothing
+INVISIBLE = frozenset("i")  # every client's user modes at registration
 NICKSERV = "NickServ"
 MOTD = (
     "Welcome to chatserv: one server, many chat protocols, one set of accounts and rooms.",
@@ -143,7 +144,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
     # like ChatConnection: slots for what every client has, nothing made before it is needed
     __slots__ = ("nick", "user_given", "password", "registered", "caps", "tag_variant", "render_key",
                  "channels", "held", "seen", "_awaiting_pong", "_batches", "_flood", "ping_interval",
-                 "ident", "realname")
+                 "ident", "realname", "user_modes")
 
     def __init__(self):
         super().__init__()
@@ -157,7 +158,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
         self.held: dict[int, list] = {}  # room id -> (message id, line) held while a replay is fetched
         self.seen: dict[int, int] = {}  # room id -> newest message id shown here
-        self.user_modes = {"i"}
+        self.user_modes: frozenset[str] = INVISIBLE  # changed by replacing it, so clients share it
         self._awaiting_pong = False
         self._batches = 0
         self._flood: TokenBucket | None = None
