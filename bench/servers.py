@@ -142,9 +142,9 @@ def chatserv_ports() -> list[str]:
 
 
 def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path | None = None,
-             extra: list[str] = (), source: Path = SOURCE) -> Server:
-    """``twistd -n chatserv`` from ``source`` listening only on ``ports`` ({option: port}), flood
-    control off."""
+             extra: list[str] = (), source: Path | None = None) -> Server:
+    """``twistd -n chatserv`` listening only on ``ports`` ({option: port}), flood control off;
+    ``source``: the tree to run (``SOURCE`` by default)."""
     accepted = chatserv_options()
     argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "chatserv", "--db", db]
     for option in chatserv_ports():
@@ -157,7 +157,7 @@ def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path 
         if limit in accepted:
             argv += [f"--{limit}", "0"]
     argv += list(extra)
-    env = dict(os.environ, PYTHONPATH=str(source))
+    env = dict(os.environ, PYTHONPATH=str(source or SOURCE))
     first, *others = ports.values()
     return Server("chatserv", argv, first, workdir, env=env, profile_to=profile_to, also_ports=others)
 

@@ -6,6 +6,8 @@ import fnmatch
 
 import attrs
 
+from chatserv.bus import Subscription
+
 CONTACT_STATUSES = frozenset({"friend", "new", "blocked", "last_words", "timeout"})
 LOBBY = "lobby"
 
@@ -132,6 +134,20 @@ class RoomChange:
     mask: str = ""
 
 
+@attrs.define(eq=False)
+class Session:
+    """One live connection (or REST session) of a user on one protocol. ``subscribes``: what
+    its sink renders (``chatserv.bus.Subscription``), beyond what every sink hears."""
+
+    id: int
+    user: User
+    protocol: str
+    address: str
+    sink: object
+    subscribes: Subscription = Subscription.DIRECT
+    server_operator: bool = False  # may manage every room (see RoomSettings.make_server_operator)
+
+
 @attrs.frozen
 class Message:
     """A stored message to one user (``recipient_id``) or to one room (``room_id``)."""
@@ -172,11 +188,7 @@ class Snapshot:
     rooms: list[Room]
     contacts: list[tuple[int, int, str, str | None]]  # owner, contact, status, status before a block
     bans: list[str]
-    next_user_id: int
-    next_room_id: int
-    next_message_id: int
     salt_secret: bytes  # kept in the store: fake salts for unknown names derive from it
-    last_guest_id: int = 0  # the lowest guest id ever handed out: guest ids are never reused
     # Live login tokens: (SHA-256 digest of the token, user id, created at, last used).
     tokens: list[tuple[str, int, float, float]] = attrs.field(factory=list)
 

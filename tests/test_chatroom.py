@@ -18,6 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from chatserv import errors
+from chatserv.bus import Subscription
 from chatserv.limits import Limits
 from chatserv.protocols import keyvalue
 from chatserv.protocols.chatroom import (
@@ -725,7 +726,7 @@ async def test_a_session_that_confirms_direct_messages_leaves_them_waiting_until
     alice, bob = service.user("alice"), service.user("bob")
     heard = []
     sink = type("Sink", (), {"deliver": lambda self, event: heard.append(event)})()
-    service.attach(bob, sink, "test", accepts_direct=False, confirms_direct=True)
+    service.attach(bob, sink, "test", subscribes=Subscription.DIRECT_PUSHED)
     message = await service.send_direct(alice, "bob", "confirm me")
     assert [event.message for event in heard] == [message]
     assert not message.delivered

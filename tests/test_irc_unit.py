@@ -8,6 +8,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from chatserv import errors
+from chatserv.bus import Subscription
+from chatserv.events import UserRef
 from chatserv.limits import Limits
 from chatserv.model import RoomChange
 from chatserv.protocols.framing import FrameError
@@ -211,7 +213,7 @@ async def test_operators_grant_and_take_back_and_members_hear_of_it():
     room = chat.room("ops")
     await chat.change_room(alice, "ops", [RoomChange("operator", True, user=bob)])
     granted = sink.events[-1]
-    assert chat.is_operator(bob, room) and granted.changes[0].value and granted.by is alice
+    assert chat.is_operator(bob, room) and granted.changes[0].value and granted.by == UserRef.of(alice)
     await chat.change_room(bob, "ops", [RoomChange("operator", False, user=alice)])  # the creator stays one
     assert chat.is_operator(alice, room)
     await chat.change_room(alice, "ops", [RoomChange("operator", False, user=bob)])
@@ -242,7 +244,8 @@ async def test_watchers_hear_a_guest_leave_while_its_rooms_still_name_it():
     seen = []
     watcher = Sink()
     watcher.deliver = lambda event: seen.append(guest.id in chat.room("lobby").members)
-    chat.attach(await chat.register("bob", "pw"), watcher, "test", watches_presence=True)
+    chat.attach(await chat.register("bob", "pw"), watcher, "test",
+                subscribes=Subscription.DIRECT | Subscription.PRESENCE)
     chat.detach(session)
     assert seen == [True] and guest.id not in chat.room("lobby").members
 

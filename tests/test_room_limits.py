@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from chatserv import errors
+from chatserv.bus import Subscription
 from chatserv.limits import Limits
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
@@ -194,7 +195,7 @@ def test_rooms_of_presence_and_guest_clean_up_use_the_index_not_every_room():
     result(chat.join_room(guest, "ours"))
     result(chat.join_room(guest, "gina-only", create=True))
     bob_sink = Sink()
-    chat.attach(bob, bob_sink, "irc", watches_room_presence=True)
+    chat.attach(bob, bob_sink, "irc", subscribes=Subscription.DIRECT | Subscription.ROOM_PRESENCE)
 
     chat._rooms = NoScan(chat._rooms)
     assert [r.name for r in chat.rooms_of(alice)] == ["ours"]

@@ -6,10 +6,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from chatserv import errors, events
+from chatserv.bus import Subscription
 from chatserv.credentials import password_digest
+from chatserv.events import UserRef
 from chatserv.model import LOBBY, RoomChange
 from chatserv.service import ChatService
 from chatserv.store import open_store
+from chatserv.store.memory import MemoryStore
 from tests.support import PostgresOutage, cheap_hasher
 
 
@@ -125,7 +128,7 @@ async def test_presence_reaches_contacts_and_watchers_once(chat):
     bob_sink, carol_sink, watcher = Sink(), Sink(), Sink()
     chat.attach(bob, bob_sink, "test")
     chat.attach(carol, carol_sink, "test")
-    chat.attach(carol, watcher, "test", watches_presence=True)
+    chat.attach(carol, watcher, "test", subscribes=Subscription.DIRECT | Subscription.PRESENCE)
     first = chat.attach(alice, Sink(), "test", "10.1.1.1")
     second = chat.attach(alice, Sink(), "other")
     assert [(e.user.username, e.online) for e in bob_sink.of(events.PresenceChanged)] == [("alice", True)]
@@ -276,7 +279,7 @@ async def test_conversations_list_everyone_written_to_with_unread_counts(chat):
         chat.attach(alice, sink, "test")
     assert await chat.mark_read(alice, peer=bob) == found[2].last.id
     assert [(e.peer, e.up_to) for s in sessions for e in s.of(events.ReadMarked)] == [
-        (bob, found[2].last.id)] * 2
+        (UserRef.of(bob), found[2].last.id)] * 2
     await chat.send_room(alice, "games", "more")  # one's own messages are never unread
     await chat.join_room(bob, "games")
     await chat.mark_read(alice, room=found[0].room, up_to=0)
@@ -295,17 +298,18 @@ async def test_presence_reaches_those_who_watch_a_non_contact(chat):
     chat.watch_presence_of(session, [bob])
     bob_session = chat.attach(bob, Sink(), "test")
     chat.detach(bob_session)
-    assert [(e.user, e.online) for e in sink.of(events.PresenceChanged)] == [(bob, True), (bob, False)]
+    assert [(e.user, e.online) for e in sink.of(events.PresenceChanged)] == [
+        (UserRef.of(bob), True), (UserRef.of(bob), False)]
     chat.detach(session)
     chat.attach(bob, Sink(), "test")
-    assert len(sink.of(events.PresenceChanged)) == 2 and chat._presence_watchers == {}
+    assert len(sink.of(events.PresenceChanged)) == 2 and chat.bus._watchers == {}
 
 
 @pytest_twisted.ensureDeferred
 async def test_direct_messages_wait_in_the_inbox_until_taken(chat):
     alice, bob = await users(chat, "alice", "bob")
     await chat.send_direct(alice, "bob", "while you were out")
-    skype_like = chat.attach(bob, Sink(), "test", accepts_direct=False)
+    skype_like = chat.attach(bob, Sink(), "test", subscribes=Subscription.NONE)
     await chat.send_direct(alice, "bob", "you cannot see this here")
     chat.detach(skype_like)
     waiting = await chat.take_undelivered(bob)
@@ -406,3 +410,75 @@ async def test_each_failure_has_a_type_of_its_own_under_the_broad_one(chat):
         with pytest.raises(narrow) as raised:
             await defer.maybeDeferred(attempt)
         assert isinstance(raised.value, broad) and raised.value.message
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose writes fail while ``failing`` is set (a database gone away)."""
+
+    failing = False
+
+    def _fails(name):
+        def write(self, *args, **kwargs):
+            if self.failing:
+                return defer.fail(errors.StoreUnavailable("the database is gone"))
+            return getattr(MemoryStore, name)(self, *args, **kwargs)
+        return write
+
+    add_user = _fails("add_user")
+    add_room = _fails("add_room")
+    set_contact = _fails("set_contact")
+    remove_contact = _fails("remove_contact")
+    add_member = _fails("add_member")
+    remove_member = _fails("remove_member")
+    update_room = _fails("update_room")
+    add_message = _fails("add_message")
+    set_room_role = _fails("set_room_role")
+    add_room_ban = _fails("add_room_ban")
+
+
+async def failing_chat():
+    store = FailingStore()
+    chat = ChatService(store, cheap_hasher(), reactor)
+    chat.startService()
+    await chat.when_ready()
+    return store, chat
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_write_leaves_no_trace_in_memory():
+    store, chat = await failing_chat()
+    alice, bob = await users(chat, "alice", "bob")
+    await chat.create_room(alice, "kept")
+    await chat.add_contact(alice, "bob")
+    store.failing = True
+    attempts = [chat.register("carol", "pw"), chat.create_room(alice, "lost"),
+                chat.join_room(bob, "kept"), chat.block(alice, "bob"), chat.remove_contact(alice, "bob"),
+                chat.set_topic(alice, "kept", "new"), chat.send_room(alice, "kept", "hi")]
+    for attempt in attempts:
+        with pytest.raises(errors.StoreUnavailable):
+            await attempt
+    assert not chat.is_registered("carol") and [r.name for r in chat.rooms()] == ["kept", "lobby"]
+    kept = chat.room("kept")
+    assert not chat.is_member(bob, kept) and chat.topic(kept) == ""
+    assert chat.contact_status(alice, bob) == "friend" and not chat.has_blocked(alice, bob)
+    store.failing = False
+    assert (await chat.register("carol", "pw")).username == "carol"  # the name was not kept either
+    assert (await chat.create_room(alice, "lost")).name == "lost"
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_room_settings_write_leaves_the_room_as_it_was():
+    store, chat = await failing_chat()
+    alice, bob = await users(chat, "alice", "bob")
+    room = await chat.create_room(alice, "kept")
+    await chat.join_room(bob, "kept")
+    store.failing = True
+    for changes in ([RoomChange("moderated"), RoomChange("limit", 5)], [RoomChange("operator", user=bob)],
+                    [RoomChange("ban", mask="carol!*@*")]):
+        with pytest.raises(errors.StoreUnavailable):
+            await chat.change_room(alice, "kept", changes)
+    info = chat.room_info(room)
+    assert not info.moderated and info.limit == 0 and not chat.is_operator(bob, room)
+    assert chat.room_bans(room) == []
+    await chat.stopService()

@@ -51,7 +51,9 @@ async def test_an_empty_store_starts_numbering_at_one(make_store):
     store = make_store()
     snapshot = await store.open()
     assert (snapshot.users, snapshot.rooms, snapshot.contacts, snapshot.bans) == ([], [], [], [])
-    assert (snapshot.next_user_id, snapshot.next_room_id, snapshot.next_message_id) == (1, 1, 1)
+    assert await store.add_user(user(7, "alice")) == 1  # the store gives the ids
+    assert await store.add_room(Room(7, "lobby", None, 5.0)) == 1
+    assert await store.add_message(message(7, 1, room_id=1)) == 1
     await store.close()
 
 
@@ -60,15 +62,14 @@ async def test_small_tables_survive_a_reopen(make_store):
     store = make_store()
     await store.open()
     alice, bob = user(1, "alice"), user(2, "Bob")
-    await store.add_user(alice)
-    await store.add_user(bob)
+    assert [await store.add_user(alice), await store.add_user(bob)] == [1, 2]
     alice.public_key = "KEY"
     await store.update_user(alice)
     await store.set_contact(1, 2, "friend")
     await store.set_contact(2, 1, "friend")
     await store.set_contact(2, 1, "blocked", before_block="friend")
-    await store.add_room(Room(1, "lobby", None, 5.0))
-    await store.add_room(Room(2, "Games", 1, 6.0, topic="old"))
+    assert await store.add_room(Room(1, "lobby", None, 5.0)) == 1
+    assert await store.add_room(Room(2, "Games", 1, 6.0, topic="old")) == 2
     await store.update_room(Room(2, "Games", 1, 6.0, topic="new"))
     await store.add_member(2, 1)
     await store.add_member(2, 2)
@@ -78,7 +79,7 @@ async def test_small_tables_survive_a_reopen(make_store):
     await store.add_ban("10.0.0.8")
     await store.add_ban("10.0.0.8")
     await store.remove_ban("10.0.0.9")
-    await store.add_message(message(7, 1, room_id=2))
+    assert await store.add_message(message(7, 1, room_id=2)) == 1
 
     store, snapshot = await reopen(store, make_store)
     assert [(u.id, u.username, u.verifier, u.public_key, u.created_at) for u in snapshot.users] == [
@@ -88,7 +89,9 @@ async def test_small_tables_survive_a_reopen(make_store):
     assert rooms["Games"].topic == "new" and rooms["Games"].members == {1}
     assert rooms["Games"].created_by == 1 and rooms["lobby"].members == set()
     assert snapshot.bans == ["10.0.0.8"]
-    assert (snapshot.next_user_id, snapshot.next_room_id, snapshot.next_message_id) == (3, 3, 8)
+    new_ids = [await store.add_user(user(9, "carol")), await store.add_room(Room(9, "more", None, 7.0)),
+               await store.add_message(message(9, 1, room_id=2))]
+    assert new_ids == [3, 3, 2]  # past every stored id
     await store.close()
 
 
@@ -194,20 +197,21 @@ async def test_login_tokens_survive_a_reopen_until_removed(make_store):
 async def test_the_guest_counter_the_salt_secret_and_a_vanished_rooms_messages(make_store):
     store = make_store()
     first = await store.open()
-    assert first.last_guest_id == 0 and len(first.salt_secret) == 32
-    await store.note_guest_id(-3)
-    await store.note_guest_id(-1)  # the counter never moves back
+    assert len(first.salt_secret) == 32
+    assert [store.new_guest_id() for _ in range(3)] == [-1, -2, -3]
     await store.add_user(user(1, "a"))
-    await store.add_room(Room(1, "kept", 1, 1.0))
+    assert await store.add_room(Room(1, "kept", 1, 1.0)) == 1
+    assert await store.add_room(Room(9, "guests'", None, 1.0, persistent=False)) == 2  # numbered, not stored
     for mid in (1, 2):
-        await store.add_message(message(mid, 1, room_id=9))  # a guest's room: never stored
+        await store.add_message(message(mid, 1, room_id=2))
     await store.add_message(message(3, 1, room_id=1))
 
     store, snapshot = await reopen(store, make_store)
-    assert snapshot.last_guest_id == -3 and snapshot.salt_secret == first.salt_secret
-    assert snapshot.next_room_id == 10  # past every room id a message names
-    await store.forget_room_messages(9)
-    assert await store.room_history(9, 10) == [] and [m.id for m in await store.room_history(1, 10)] == [3]
+    assert store.new_guest_id() == -4 and snapshot.salt_secret == first.salt_secret
+    assert [r.name for r in snapshot.rooms] == ["kept"]
+    assert await store.add_room(Room(1, "later", 1, 1.0)) == 3  # past every room id a message names
+    await store.forget_room_messages(2)
+    assert await store.room_history(2, 10) == [] and [m.id for m in await store.room_history(1, 10)] == [3]
     await store.close()
 
 
@@ -325,7 +329,7 @@ async def test_whatever_one_write_raises_fails_it_alone_and_the_writer_goes_on(s
     alone = store.add_message(attrs.evolve(message(1, 1, room_id=1), **breaks))
     with pytest.raises(Exception):  # noqa: B017 - each value fails in its own way
         await alone
-    assert (await store.add_message(message(2, 1, room_id=1))) is None  # acknowledged
+    assert (await store.add_message(message(2, 1, room_id=1))) == 2  # acknowledged (id 1 is a gap)
     before = store.add_message(message(3, 1, room_id=1))  # in one batch with a bad write
     batched = store.add_message(attrs.evolve(message(4, 1, room_id=1), **breaks))
     after = store.add_message(message(5, 1, room_id=1))
@@ -458,25 +462,19 @@ async def test_postgresql_unreachable_fails_open_with_where_and_why(unused_port)
 
 
 @pytest_twisted.ensureDeferred
-async def test_postgresql_ids_the_service_wrote_are_never_handed_out_by_the_sequences(postgresql_url):
-    """The service names ids today; the store's sequences will (issue 14): they never clash."""
+async def test_postgresql_ids_come_from_the_sequences_every_node_shares(postgresql_url):
+    """An id another node (here: a plain INSERT) took from a sequence is never handed out again."""
     store = PostgresStore(postgresql_url, reactor)
     await store.open()
-    for uid in (1, 2, 5):
-        await store.add_user(user(uid, f"u{uid}"))
-    await store.add_message(message(40, 1, recipient_id=2))
-    store, snapshot = await reopen(store, lambda: PostgresStore(postgresql_url, reactor))
-    assert (snapshot.next_user_id, snapshot.next_room_id, snapshot.next_message_id) == (6, 1, 41)
-    await store.close()
+    assert [await store.add_user(user(9, f"u{n}")) for n in range(3)] == [1, 2, 3]
     with psycopg.connect(postgresql_url) as conn:
         (by_sequence,) = conn.execute(
             "INSERT INTO users (username, username_key, salt, created_at) VALUES ('s', 's', '1', 1)"
             " RETURNING id").fetchone()
-        conn.execute("DELETE FROM users WHERE id = %s", (by_sequence,))
-    assert by_sequence == 6
-    store = PostgresStore(postgresql_url, reactor)
-    snapshot = await store.open()
-    assert snapshot.next_user_id == 7  # an id the sequence handed out is not handed out again
+    assert by_sequence == 4
+    assert await store.add_user(user(9, "next")) == 5
+    store, _ = await reopen(store, lambda: PostgresStore(postgresql_url, reactor))
+    assert await store.add_user(user(9, "after")) == 6
     await store.close()
 
 
@@ -494,19 +492,19 @@ async def test_postgresql_going_away_fails_writes_and_the_store_reconnects_by_it
     with pytest.raises(errors.StoreUnavailable, match="is unavailable"):
         await store.add_user(user(2, "lost"))
     # ...the next write and read go out on new connections.
-    await store.add_user(user(3, "carol"))
+    carol = await store.add_user(user(3, "carol"))
     assert await store.inbox(1, 10) == []
 
     # The server is gone: every write and read fails, clearly, until it is back.
     outage.begin()
     for attempt in range(2):
         with pytest.raises(errors.StoreUnavailable):
-            await store.add_message(message(attempt + 1, 1, recipient_id=3))
+            await store.add_message(message(attempt + 1, 1, recipient_id=carol))
     with pytest.raises(errors.StoreUnavailable, match="is unreachable"):
-        await store.inbox(3, 10)
+        await store.inbox(carol, 10)
     outage.end()
-    await store.add_message(message(3, 1, recipient_id=3))
-    assert [m.id for m in await store.inbox(3, 10)] == [3]
+    stored = await store.add_message(message(3, 1, recipient_id=carol))
+    assert [m.id for m in await store.inbox(carol, 10)] == [stored]
 
     store, snapshot = await reopen(store, lambda: PostgresStore(postgresql_url, reactor))
     assert [u.username for u in snapshot.users] == ["alice", "carol"]
@@ -523,17 +521,14 @@ async def test_postgresql_a_bad_message_in_a_batch_fails_alone(postgresql_url):
         holder.execute("LOCK TABLE messages")  # the first write waits: the rest queue up as one batch
         first = store.add_message(message(1, 1, room_id=1))
         queued = [store.add_message(message(mid, 1, room_id=1)) for mid in range(2, 22)]
-        duplicate = store.add_message(message(7, 2, room_id=1))
         nul = store.add_message(attrs.evolve(message(30, 1, room_id=1), body="a\x00b"))
         late = store.add_message(message(31, 1, room_id=1))
     await first
     for stored in queued:
         await stored
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        await duplicate
     with pytest.raises(errors.Invalid, match="cannot store"):
         await nul
     await late
     history = await store.room_history(1, 100)
-    assert [(m.id, m.sender_id) for m in history] == [(mid, 1) for mid in [*range(1, 22), 31]]
+    assert [m.id for m in history] == [*range(1, 22), 23]  # the NUL one's id 22 is a gap
     await store.close()

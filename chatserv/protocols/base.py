@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors
+from chatserv.bus import Subscription
 from chatserv.limits import Limits, QuietLog, TokenBucket
 from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
@@ -33,9 +34,7 @@ class ChatConnection(protocol.Protocol):
 
     protocol_name = "base"
     error_table: ErrorTable
-    accepts_direct = True
-    watches_presence = False
-    watches_room_presence = False
+    subscribes = Subscription.DIRECT  # what this wire renders (chatserv.bus.Subscription)
 
     # Slots, not an instance dict, and nothing an idle connection does not use (the rate
     # bucket and the waiters' list come when needed): tens of thousands of connections stay
@@ -277,7 +276,7 @@ class ChatConnection(protocol.Protocol):
 
     # sessions
 
-    def login(self, user, **flags) -> Session | None:
+    def login(self, user) -> Session | None:
         """Attach this connection to the service as ``user`` (replacing any earlier login).
 
         A connection already closing (its client left while the password was checked)
@@ -287,12 +286,7 @@ class ChatConnection(protocol.Protocol):
             return None
         self.logout()
         self.failed_logins = 0
-        self.session = self.service.attach(
-            user, self, self.protocol_name, self.peer_host,
-            accepts_direct=flags.get("accepts_direct", self.accepts_direct),
-            watches_presence=flags.get("watches_presence", self.watches_presence),
-            watches_room_presence=flags.get("watches_room_presence", self.watches_room_presence),
-        )
+        self.session = self.service.attach(user, self, self.protocol_name, self.peer_host)
         self.deadline.arm(self.limits.idle_timeout)
         return self.session
 

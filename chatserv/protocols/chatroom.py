@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserv import errors, events
+from chatserv.bus import Subscription
 from chatserv.limits import TokenBucket
 from chatserv.model import LOBBY, Message, User, fold
 from chatserv.options import option
@@ -454,6 +455,10 @@ class CallbackLogin:
     """A user logged in by the real client: lives until logout or the alive timeout; the
     service delivers to it, and its pushes go out one at a time, in order."""
 
+    # Everyone's offline is pushed (render_push filters); a pushed direct message counts as
+    # delivered once the client answers.
+    subscribes = Subscription.PRESENCE | Subscription.DIRECT_PUSHED
+
     def __init__(self, factory: ChatroomFactory, user: User, host: str, port: int, wire, terminator: bytes):
         self.factory = factory
         self.host = host
@@ -466,8 +471,7 @@ class CallbackLogin:
         self._sending = False
         self._stopped = False
         self._heard: set[int] | None = set()  # direct messages pushed before the waiting ones are
-        self.session: Session = factory.service.attach(user, self, PROTOCOL, host, watches_presence=True,
-                                                       accepts_direct=False, confirms_direct=True)
+        self.session: Session = factory.service.attach(user, self, PROTOCOL, host)
         self._alive = factory.clock.callLater(factory.alive_timeout, self._expired)
 
     @property
@@ -579,7 +583,7 @@ class UnterminatedRequest(bytes):
 class ChatroomConnection(ChatConnection):
     protocol_name = PROTOCOL
     error_table = ERRORS
-    watches_presence = True  # filtered in render: only peers' and contacts' offline is pushed
+    subscribes = Subscription.DIRECT | Subscription.PRESENCE  # render filters presence
 
     def __init__(self):
         super().__init__()

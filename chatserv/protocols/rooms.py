@@ -16,6 +16,7 @@ import ast
 import datetime
 
 from chatserv import errors
+from chatserv.bus import Subscription
 from chatserv.model import fold
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LiteralFramer
@@ -179,7 +180,7 @@ class RoomsConnection(ChatConnection):
     protocol_name = "rooms"
     error_table = ERRORS
     # Nothing is pushed on this wire: a direct message stays undelivered until the inbox shows it.
-    accepts_direct = False
+    subscribes = Subscription.NONE  # direct messages wait in the inbox
 
     def make_framer(self):
         return LiteralFramer(self.limits.max_line)

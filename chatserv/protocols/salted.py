@@ -17,6 +17,7 @@ import attrs
 
 from chatserv import errors, events
 from chatserv.bans import ban_key
+from chatserv.bus import Subscription
 from chatserv.credentials import new_salt
 from chatserv.model import LOBBY, fold
 from chatserv.options import option
@@ -119,8 +120,8 @@ class PendingRegistration:
 class SaltedConnection(ChatConnection):
     protocol_name = PROTOCOL
     error_table = ERRORS
-    accepts_direct = False  # the seed has no direct messages: they wait in the inbox
-    watches_presence = True  # every join and leave becomes a user_notification
+    # No direct messages (they wait in the inbox); every join and leave is a user_notification.
+    subscribes = Subscription.PRESENCE
 
     def __init__(self):
         super().__init__()

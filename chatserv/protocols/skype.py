@@ -9,6 +9,7 @@ needs it: other ports' users (IRC masks them) and offline users show an empty on
 from __future__ import annotations
 
 from chatserv import errors, events
+from chatserv.bus import Subscription
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
 from chatserv.wire import BadRequest, ErrorTable
@@ -44,7 +45,7 @@ def record(service, user) -> str:
 class SkypeConnection(ChatConnection):
     protocol_name = PROTOCOL
     error_table = ERRORS
-    accepts_direct = False  # seed 000 has no messages: direct ones wait in the inbox
+    subscribes = Subscription.NONE  # seed 000 has no messages: direct ones wait in the inbox
 
     def make_framer(self):
         return LineFramer(self.limits.max_line)

@@ -1,8 +1,9 @@
 """The store interface. Only a store touches the database.
 
-The small tables (users, contacts, rooms, members, bans) are handed to the service once, at
-``open``, and kept in memory there; every write returns a Deferred that fires once the
-change is durable. Message history is read back on demand.
+The store is the source of truth and gives every user, room, message and guest its id. The
+small tables (users, contacts, rooms, members, bans) are handed to the service once, at
+``open``, and cached there; every write returns a Deferred that fires once the change is
+durable, and the service updates its cache only then. Message history is read back on demand.
 """
 
 from zope.interface import Interface
@@ -20,7 +21,7 @@ class IStore(Interface):
         all (its writer thread stopped); a daemon should then exit, so a supervisor restarts it."""
 
     def add_user(user):
-        """Persist a new User."""
+        """Persist a new User: Deferred[int], the id the store gave it (``user.id`` is ignored)."""
 
     def update_user(user):
         """Persist a changed verifier or public key."""
@@ -33,7 +34,8 @@ class IStore(Interface):
         """Delete the contact relation."""
 
     def add_room(room):
-        """Persist a new Room."""
+        """Persist a new Room (one that is not ``persistent`` only takes an id): Deferred[int],
+        the id the store gave it. Room ids are never reused."""
 
     def update_room(room):
         """Persist a changed topic or setting (``chatserv.model.ROOM_FLAGS`` and ``ROOM_VALUES``)."""
@@ -54,7 +56,8 @@ class IStore(Interface):
         """End a membership."""
 
     def add_message(message):
-        """Persist a Message (its id is assigned by the service)."""
+        """Persist a Message: Deferred[int], the id the store gave it (``message.id`` is
+        ignored). Ids grow in the order messages are stored."""
 
     def mark_delivered(message_ids):
         """Flag direct messages as handed to a live session."""
@@ -79,8 +82,9 @@ class IStore(Interface):
     def set_last_seen(user_id, room_id, message_id):
         """Record that the user was shown the room's messages up to ``message_id`` (never back)."""
 
-    def note_guest_id(guest_id):
-        """Keep ``guest_id`` as the lowest guest id handed out (``Snapshot.last_guest_id``)."""
+    def new_guest_id():
+        """A new guest id (negative), never handed out before, even before a restart; the write
+        that keeps it goes before any write that names it."""
 
     def forget_room_messages(room_id):
         """Delete the messages of a room that was never persisted and has vanished."""

@@ -24,6 +24,12 @@ def _within(message, bounds) -> bool:
             and (bounds.until is None or message.sent_at < bounds.until))
 
 
+def _room_row(room: Room) -> Room:
+    """What the rooms table keeps: members, roles and bans are kept apart, as in the SQLite
+    store, and only their own writes change them."""
+    return attrs.evolve(room, members=set(), operators=set(), voiced=set(), bans={})
+
+
 @implementer(IStore)
 class MemoryStore:
     def __init__(self):
@@ -39,6 +45,7 @@ class MemoryStore:
         self._read_marks: dict[tuple[int, str, int], int] = {}
         self._tokens: dict[str, tuple[str, int, float, float]] = {}
         self._last_guest_id = 0
+        self._last_ids = {"users": 0, "rooms": 0, "messages": 0}
         self._salt_secret = secrets.token_bytes(32)  # made once, like the SQLite store's
 
     def open(self):
@@ -55,12 +62,7 @@ class MemoryStore:
                 rooms=rooms,
                 contacts=[(o, c, *relation) for (o, c), relation in self._contacts.items()],
                 bans=sorted(self._bans),
-                next_user_id=max(self._users, default=0) + 1,
-                next_room_id=max([*self._rooms, *(m.room_id or 0 for m in self._messages.values())],
-                                 default=0) + 1,
-                next_message_id=max(self._messages, default=0) + 1,
                 tokens=list(self._tokens.values()),
-                last_guest_id=self._last_guest_id,
                 salt_secret=self._salt_secret,
             )
         )
@@ -71,11 +73,18 @@ class MemoryStore:
     def when_broken(self):
         return Deferred()  # memory never stops taking writes
 
+    def _new_id(self, table) -> int:
+        self._last_ids[table] += 1
+        return self._last_ids[table]
+
     def add_user(self, user):
+        user = attrs.evolve(user, id=self._new_id("users"))
+        self._users[user.id] = user
+        return succeed(user.id)
+
+    def update_user(self, user):
         self._users[user.id] = attrs.evolve(user)
         return succeed(None)
-
-    update_user = add_user
 
     def set_contact(self, owner_id, contact_id, status, before_block=None):
         self._contacts[owner_id, contact_id] = (status, before_block)
@@ -86,11 +95,14 @@ class MemoryStore:
         return succeed(None)
 
     def add_room(self, room):
-        # Roles and bans are kept apart, as in the SQLite store: only their own writes change them.
-        self._rooms[room.id] = attrs.evolve(room, members=set(), operators=set(), voiced=set(), bans={})
-        return succeed(None)
+        room_id = self._new_id("rooms")
+        if room.persistent:
+            self._rooms[room_id] = _room_row(attrs.evolve(room, id=room_id))
+        return succeed(room_id)
 
-    update_room = add_room
+    def update_room(self, room):
+        self._rooms[room.id] = _room_row(room)
+        return succeed(None)
 
     def add_member(self, room_id, user_id):
         self._members.add((room_id, user_id))
@@ -113,8 +125,9 @@ class MemoryStore:
         return succeed(None)
 
     def add_message(self, message):
+        message = attrs.evolve(message, id=self._new_id("messages"))
         self._messages[message.id] = message
-        return succeed(None)
+        return succeed(message.id)
 
     def mark_delivered(self, message_ids):
         for mid in message_ids:
@@ -157,9 +170,9 @@ class MemoryStore:
         self._last_seen[key] = max(self._last_seen.get(key, message_id), message_id)
         return succeed(None)
 
-    def note_guest_id(self, guest_id):
-        self._last_guest_id = min(self._last_guest_id, guest_id)
-        return succeed(None)
+    def new_guest_id(self):
+        self._last_guest_id -= 1
+        return self._last_guest_id
 
     def forget_room_messages(self, room_id):
         for mid in [m.id for m in self._messages.values() if m.room_id == room_id]:

@@ -101,10 +101,16 @@ class PostgresStore(SQLStore):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             return super()._load(conn)
 
+    def _take_ids(self, conn, table, count):
+        """From the table's identity sequence, which every node shares: one query a batch."""
+        ((ids,),) = conn.execute(f"SELECT array_agg(nextval(pg_get_serial_sequence('{table}', 'id')))"
+                                 " FROM generate_series(1, %s)", (count,)).fetchall()
+        return sorted(ids)
+
     def _next_ids(self, conn):
-        """Move each id sequence past every stored id (the service names ids today) and hand
-        out its next value, so the service and the sequence agree on the next id. A sequence
-        never moves back: an id it has handed out is never handed out again."""
+        """Move each id sequence past every stored id (ids written before the store handed
+        them out, or a guest's room's messages) and hand out its next value. A sequence never
+        moves back: an id it has handed out is never handed out again."""
         next_ids = {}
         for table, free in super()._next_ids(conn).items():
             sequence = f"pg_get_serial_sequence('{table}', 'id')"

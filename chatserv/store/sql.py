@@ -15,16 +15,14 @@ Statements are written once, with sqlite3's ``?`` or ``:name`` placeholders, in 
 engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on every subquery);
 an engine translates the placeholders for its driver.
 
-Ids: today the service numbers users, rooms and messages itself, counting from the
-``Snapshot.next_*_id`` that ``open()`` returns, and every insert names its id. When the store
-assigns ids (issue 14), ``add_user``, ``add_room`` and ``add_message`` will leave the id out and
-end in ``RETURNING id``; the statement runs in the writer's batch like any other and its
-Deferred fires with the id once committed. SQLite then takes the next rowid; PostgreSQL takes
-``nextval`` of the table's identity sequence, which is not transactional, so ids stay unique
-across nodes and are never reused (a rolled-back insert leaves a gap). ``PostgresStore.open``
-already moves each sequence past the highest stored id and hands out the sequence's next
-value as the snapshot's next id, so ids the service names and ids a sequence hands out never
-clash, whichever code wrote the database before.
+Ids: the store gives every new user, room and message its id. Such an insert names a
+``NewId`` as its first parameter; the writer swaps in real ids as the batch commits (one query
+per table and batch) and the write's Deferred fires with the id. SQLite's writer, the only
+one, counts from past the highest stored id; PostgreSQL takes ``nextval`` of each table's
+identity sequence, which is not transactional, so ids stay unique across nodes and are never
+reused (a rolled-back insert leaves a gap). A room that is not stored (a guest's) still takes
+its id from the rooms' counter, since its messages are stored. Guest ids count down from the
+lowest ever handed out (``counters``), so none is reused across restarts.
 """
 
 from __future__ import annotations
@@ -50,10 +48,23 @@ from chatserv.store.base import IStore
 log = Logger()
 
 _STOP = object()
+
+
+class NewId:
+    """In a write's parameters (always first): the id the store gives the new row of ``table``."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: str):
+        self.table = table
+
+
+NEW_USER, NEW_ROOM, NEW_MESSAGE = NewId("users"), NewId("rooms"), NewId("messages")
+_ID_ONLY = None  # the SQL of a write that only takes an id (a room that is not stored)
 _MAX_BATCH = 2000
 MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
 _INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# Tables whose ids the service hands out today (and the store, later).
+# Tables whose ids the store hands out.
 ID_TABLES = ("users", "rooms", "messages")
 
 # The Room fields after ``members`` that are stored with the room, in the order of their columns.
@@ -155,6 +166,8 @@ class SQLStore:
         self._batch: list = []  # the writes the writer thread is committing
         self._stopped: Failure | None = None  # why the writer thread stopped, if it did unasked
         self._broken: list[Deferred] = []
+        self._next: dict[str, int] = {}  # the next id of each of ID_TABLES (the writer thread's)
+        self._last_guest_id = 0  # the lowest guest id handed out (the reactor thread's)
 
     # engine
 
@@ -188,6 +201,12 @@ class SQLStore:
             conn, "SELECT COALESCE(MAX(room_id), 0) FROM messages WHERE room_id IS NOT NULL")[0]
         free["rooms"] = max(free["rooms"], last_room_message + 1)
         return free
+
+    def _take_ids(self, conn, table: str, count: int) -> list[int]:
+        """``count`` new ids of ``table``, in increasing order (in the writer thread)."""
+        start = self._next[table]
+        self._next[table] = start + count
+        return list(range(start, start + count))
 
     def _describe(self) -> str:
         """The database, for log lines (never a password)."""
@@ -322,37 +341,63 @@ class SQLStore:
             if conn is None:
                 conn = self._connect()
                 self._reactor.callFromThread(log.info, "store: connected to {db} again", db=self._describe())
+            batch, ids = self._assign_ids(conn, batch)
             self._apply(conn, [s for statements, _ in batch for s in statements])
-            outcomes = [(d, None) for _, d in batch]
+            outcomes = [(d, None, new) for (_, d), new in zip(batch, ids, strict=True)]
         except Exception:
             failure = Failure()
             if conn is None or self._lost(conn):
                 conn = self._forget_writer(conn, failure)
-                outcomes = [(d, self._unavailable(failure)) for _, d in batch]
+                outcomes = [(d, self._unavailable(failure), None) for _, d in batch]
             elif len(batch) == 1:
-                outcomes = [(batch[0][1], self._refused(failure))]
+                outcomes = [(batch[0][1], self._refused(failure), None)]
             else:
                 conn, outcomes = self._commit_each(conn, batch)
         self._reactor.callFromThread(_fire, outcomes)
         return conn
 
     def _commit_each(self, conn, batch):
-        """After a batch failed: each write in its own transaction, so only a bad one fails."""
+        """After a batch failed: each write in its own transaction, so only a bad one fails
+        (with the ids it was given: a failed one leaves a gap)."""
         outcomes, gone = [], None
         for statements, d in batch:
             if gone is not None:
-                outcomes.append((d, gone))
+                outcomes.append((d, gone, None))
                 continue
             try:
+                [(statements, d)], [new] = self._assign_ids(conn, [(statements, d)])
                 self._apply(conn, statements)
-                outcomes.append((d, None))
+                outcomes.append((d, None, new))
             except Exception:
                 failure = Failure()
                 if self._lost(conn):
                     conn = self._forget_writer(conn, failure)
                     failure = gone = self._unavailable(failure)
-                outcomes.append((d, self._refused(failure)))
+                outcomes.append((d, self._refused(failure), None))
         return conn, outcomes
+
+    def _assign_ids(self, conn, batch):
+        """The batch with a real id in place of each ``NewId``, and the id each write was given
+        (None: it made no row). A write given its ids already keeps them."""
+        wanted: dict[str, int] = {}
+        for statements, _ in batch:
+            first = statements[0][1]
+            if first and type(first[0]) is NewId:
+                wanted[first[0].table] = wanted.get(first[0].table, 0) + 1
+        if not wanted:
+            return batch, [None] * len(batch)
+        fresh = {table: iter(self._take_ids(conn, table, count)) for table, count in wanted.items()}
+        assigned, ids = [], []
+        for statements, d in batch:
+            sql, params = statements[0]
+            if params and type(params[0]) is NewId:
+                new = next(fresh[params[0].table])
+                statements = ((sql, (new, *params[1:])), *statements[1:])
+                ids.append(new)
+            else:
+                ids.append(None)
+            assigned.append((statements, d))
+        return assigned, ids
 
     def _refused(self, failure: Failure) -> Failure:
         """Text the database cannot hold is input, not a fault: the sender gets its port's
@@ -364,7 +409,8 @@ class SQLStore:
     def _apply(self, conn, statements):
         with self._transaction(conn), closing(conn.cursor()) as cursor:
             for sql, params in _runs(statements):
-                self._execute_run(cursor, sql, params)
+                if sql is not _ID_ONLY:
+                    self._execute_run(cursor, sql, params)
 
     def _execute_run(self, cursor, sql, params):
         """One statement, once for each of ``params``."""
@@ -478,18 +524,15 @@ class SQLStore:
         tokens = [tuple(row) for row in self._query(
             conn, "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
         ((salt_secret,),) = self._query(conn, "SELECT value FROM secrets WHERE name = 'salt'")
-        ((last_guest_id,),) = self._query(conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
-        next_ids = self._next_ids(conn)
+        ((self._last_guest_id,),) = self._query(
+            conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
+        self._next = self._next_ids(conn)
         return Snapshot(
             users=users,
             rooms=list(rooms.values()),
             contacts=[tuple(c) for c in contacts],
             bans=bans,
-            next_user_id=next_ids["users"],
-            next_room_id=next_ids["rooms"],
-            next_message_id=next_ids["messages"],
             tokens=tokens,
-            last_guest_id=last_guest_id,
             salt_secret=bytes(salt_secret),
         )
 
@@ -499,7 +542,7 @@ class SQLStore:
         return self._write((
             "INSERT INTO users (id, username, username_key, salt, verifier, created_at, public_key)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (user.id, user.username, fold(user.username), user.salt, user.verifier,
+            (NEW_USER, user.username, fold(user.username), user.salt, user.verifier,
              user.created_at, user.public_key),
         ))
 
@@ -523,10 +566,12 @@ class SQLStore:
         ))
 
     def add_room(self, room):
+        if not room.persistent:
+            return self._write((_ID_ONLY, (NEW_ROOM,)))
         return self._write((
             "INSERT INTO rooms (id, name, name_key, topic, created_by, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (room.id, room.name, fold(room.name), room.topic, room.created_by, room.created_at),
+            (NEW_ROOM, room.name, fold(room.name), room.topic, room.created_by, room.created_at),
         ))
 
     def update_room(self, room):
@@ -570,7 +615,7 @@ class SQLStore:
     def add_message(self, message):
         return self._write((
             _INSERT_MESSAGE,
-            (message.id, message.sender_id, message.sender_name, message.body, message.sent_at,
+            (NEW_MESSAGE, message.sender_id, message.sender_name, message.body, message.sent_at,
              message.kind, message.recipient_id, message.room_id, message.delivered),
         ))
 
@@ -579,10 +624,14 @@ class SQLStore:
             ("UPDATE messages SET delivered = TRUE WHERE id = ?", (mid,)) for mid in message_ids
         ])
 
-    def note_guest_id(self, guest_id):
-        return self._write((
+    def new_guest_id(self):
+        """The next guest id; the write that keeps it as the lowest goes before any that names it."""
+        self._last_guest_id -= 1
+        guest_id = self._last_guest_id
+        self._write((
             "UPDATE counters SET value = ? WHERE name = 'last_guest_id' AND value > ?", (guest_id, guest_id),
-        ))
+        )).addErrback(lambda failure: log.failure("cannot keep the guest id counter", failure))
+        return guest_id
 
     def forget_room_messages(self, room_id):
         return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
@@ -690,8 +739,8 @@ def one_line(text: str) -> str:
 
 
 def _fire(outcomes):
-    for d, failure in outcomes:
+    for d, failure, result in outcomes:
         if failure is None:
-            d.callback(None)
+            d.callback(result)
         else:
             d.errback(failure)

@@ -2,7 +2,7 @@
 
 NAMES, WHO and LIST show the members who are online on any port. Who may do what (the
 founder, operators, voice, bans, keys...) is the room's settings, kept by the service
-(``chatserv.room_settings``); ``modes.py`` shows them as channel modes.
+(``chatserv.domain.room_settings``); ``modes.py`` shows them as channel modes.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class ChannelsMixin:
             if event.joined:
                 if key in self.channels:
                     return None
-                self.show_join(room)
+                self.show_join(self.service.room_by_id(room.id))
                 return None
             if self.channels.pop(key, None) is None:
                 return None
@@ -227,14 +227,13 @@ class ChannelsMixin:
             return None
         if event.joined:  # the roles the newcomer holds there (the founder's +o) come with it
             return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of)
-                                     + self.role_modes(room, event.user))
+                                     + self.role_modes(self.channels[key], event.user))
         return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of))
 
     def render_topic(self, event):
         if fold(event.room.name) not in self.channels:
             return None
-        topic = self.service.topic(event.room)
-        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, topic,
+        return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.text,
                                                           prefix=self.mask_of(event.by)))
 
     def render_invited(self, event):

@@ -19,6 +19,7 @@ import attrs
 from twisted.internet import defer, task
 
 from chatserv import errors, events
+from chatserv.bus import Subscription
 from chatserv.limits import TokenBucket
 from chatserv.model import fold
 from chatserv.options import option
@@ -139,7 +140,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
                     ModesMixin, OperatorsMixin, QueriesMixin, ChatConnection):
     protocol_name = "irc"
     error_table = ERRORS
-    watches_room_presence = True  # a room-mate's first login and last logout are JOIN and QUIT lines
+    # A room-mate's first login and last logout are JOIN and QUIT lines.
+    subscribes = Subscription.DIRECT | Subscription.ROOM_PRESENCE
 
     # like ChatConnection: slots for what every client has, nothing made before it is needed
     __slots__ = ("nick", "user_given", "password", "registered", "caps", "tag_variant", "render_key",
@@ -361,8 +363,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         except errors.UsernameTaken:
             return user.username
 
-    def login(self, user, **flags):
-        session = super().login(user, **flags)
+    def login(self, user):
+        session = super().login(user)
         self.deadline.arm(self.ping_interval)
         return session
 

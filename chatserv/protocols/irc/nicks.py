@@ -68,7 +68,7 @@ class NicksMixin:
     def render_renamed(self, event):
         """A NICK line for someone this client sees in a channel (or for this user's own nick,
         changed on another of its connections)."""
-        if self.session is not None and event.user is self.session.user and event.before is None:
+        if self.session is not None and event.user.id == self.session.user.id and event.before is None:
             if self.nick != self.nick_of(event.user):
                 self.show_own_nick(self.nick_of(event.user))
             return None

@@ -1,8 +1,8 @@
 """Room settings and roles: operators, voice, bans, keys, limits, invitations.
 
-A mixin of ``ChatService``: the rules they put on joining a room, speaking in it and
-changing it hold on every port. No wire format here: IRC shows these as channel modes,
-other ports meet them as typed refusals (``errors.Banned``, ``errors.InviteOnly``...).
+Part of the rooms concern, a mixin of ``ChatService``: the rules they put on joining a
+room, speaking in it and changing it hold on every port. No wire format here: IRC shows
+these as channel modes, other ports meet them as typed refusals (``errors.Banned``...).
 
 Operators are a room's founder (the account that created it, whenever it is in the room),
 whoever an operator made one, and the first to join an empty room that has no founder (to
@@ -43,6 +43,9 @@ def valid_key(key) -> bool:
 
 
 class RoomSettings:
+    def _init_room_settings(self):
+        self._invites: dict[int, set[int]] = {}  # user id -> rooms it was invited to, until it joins
+
     # who may do what
 
     def is_operator(self, user: User, room: Room) -> bool:
@@ -53,7 +56,8 @@ class RoomSettings:
         return user.id in room.voiced
 
     def is_server_operator(self, user: User) -> bool:
-        return any(session.server_operator for session in self._sessions.get(user.id, ()))
+        """A session of the user on this node proved it (an operator's power ends with its session)."""
+        return any(session.server_operator for session in self.bus.sessions_of(user.id))
 
     def make_server_operator(self, session, granted: bool = True) -> None:
         """The session proved it is a server operator (IRC's OPER): it may manage every room."""
@@ -110,24 +114,26 @@ class RoomSettings:
         if room.moderated or self.is_banned_from(user, room):
             raise errors.CannotSend()
 
-    def _joined(self, room: Room, user: User) -> Deferred:
-        """Called just before ``user`` becomes a member; Deferred: its roles are stored.
+    def _founds(self, room: Room, user: User) -> bool:
+        """A join into an empty room without a founder makes the joiner its operator."""
+        return not room.members and room.founder is None and fold(room.name) != fold(LOBBY)
 
-        A join into an empty room without a founder makes the joiner its operator.
-        """
+    def _joined(self, room: Room, user: User, founding: bool) -> None:
+        """Called, once it is stored, just before ``user`` becomes a member: in memory."""
         self._invites.get(user.id, set()).discard(room.id)
-        if not room.members and room.founder is None and fold(room.name) != fold(LOBBY):
+        if founding:
             room.operators.add(user.id)
-            return self._store_role(room, user, "operator", True)
-        return succeed(None)
 
-    def _left(self, room: Room, user: User) -> Deferred:
+    def _store_roles_lost(self, room: Room, user: User) -> Deferred:
         """A member who leaves loses the roles it had there; Deferred: that is stored."""
         lost = [role for role, holders in (("operator", room.operators), ("voice", room.voiced))
                 if user.id in holders]
+        return gatherResults([self._store_role(room, user, role, False) for role in lost])
+
+    def _left(self, room: Room, user: User) -> None:
+        """Once that is stored: the roles go from memory too."""
         room.operators.discard(user.id)
         room.voiced.discard(user.id)
-        return gatherResults([self._store_role(room, user, role, False) for role in lost])
 
     def _store_role(self, room: Room, user: User, role: str, held: bool) -> Deferred:
         """Roles are stored for accounts in rooms that are stored (a guest's room never is)."""
@@ -155,12 +161,18 @@ class RoomSettings:
             raise errors.NotOperator()
         for change in changes:
             self._check_change(room, change)
-        applied = [change for change in changes if self._apply(room, by, change)]
+        # Worked out on a copy and stored first; the room in memory changes only once stored.
+        draft = attrs.evolve(room, operators=set(room.operators), voiced=set(room.voiced),
+                             bans=dict(room.bans))
+        at = self.clock.seconds()
+        applied = [change for change in changes if self._apply(draft, by, change, at)]
         if not applied:
             return applied
         if room.persistent:
-            await self._store_changes(room, applied)
-        self._deliver_to_users(events.RoomChanged(room, by, tuple(applied)), room.members)
+            await self._store_changes(draft, applied)
+        for change in applied:
+            self._apply(room, by, change, at)
+        self._publish_to_room(events.RoomChanged(room, by, tuple(applied)), room)
         return applied
 
     async def _store_changes(self, room: Room, applied: list[RoomChange]) -> None:
@@ -193,7 +205,7 @@ class RoomSettings:
         elif setting not in ROOM_FLAGS:
             raise errors.InvalidRoomSetting("unknown room setting")
 
-    def _apply(self, room: Room, by: User, change: RoomChange) -> bool:
+    def _apply(self, room: Room, by: User, change: RoomChange, at: float) -> bool:
         """Apply one change; False when it changes nothing."""
         setting, value = change.setting, change.value
         if setting in ROOM_FLAGS or setting in ROOM_VALUES:
@@ -212,18 +224,18 @@ class RoomSettings:
         if (key in room.bans) == bool(value):
             return False
         if value:
-            room.bans[key] = RoomBan(change.mask, by.username, self.clock.seconds())
+            room.bans[key] = RoomBan(change.mask, by.username, at)
         else:
             del room.bans[key]
         return True
 
-    def _take_roles(self, room: Room, guest: User, account: User) -> Deferred:
-        """The account a guest logged in to takes the guest's roles in ``room``; Deferred: stored."""
+    async def _take_roles(self, room: Room, guest: User, account: User) -> None:
+        """The account a guest logged in to takes the guest's roles in ``room``: stored, then in memory."""
         taken = [(role, holders) for role, holders in (("operator", room.operators), ("voice", room.voiced))
                  if guest.id in holders and account.id not in holders]
+        await gatherResults([self._store_role(room, account, role, True) for role, _ in taken])
         for _, holders in taken:
             holders.add(account.id)
-        return gatherResults([self._store_role(room, account, role, True) for role, _ in taken])
 
     def invite(self, by: User, name, user: User) -> Room:
         """``by``, a member, invites ``user``: one join past invite-only, the key and the limit."""
@@ -235,12 +247,11 @@ class RoomSettings:
         if user.id in room.members:
             raise errors.AlreadyMember()
         self._invites.setdefault(user.id, set()).add(room.id)
-        self._deliver_to_users(events.Invited(room, by, user), (user.id,))
+        self._publish(events.Invited(room, by, user), (user.id,))
         return room
 
     def end_sessions(self, by: User, user: User, reason: str) -> None:
         """A server operator disconnects every session of ``user`` (IRC's KILL)."""
         if not self.is_server_operator(by):
             raise errors.NotServerOperator()
-        for session in self.sessions_of(user):
-            session.sink.deliver(events.Kicked(reason))
+        self._publish(events.Kicked(reason), (user.id,))
