@@ -21,6 +21,7 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
+from chatserv.domain.login import Password
 from chatserv.limits import QuietLog
 from chatserv.text import UnencodableText
 from chatserv.web import api
@@ -232,8 +233,9 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        # the service throttles logins and limits hashes per address
-        user = await self.service.authenticate(username, password, self.port.client_address(request))
+        # the service's one login path throttles logins and limits hashes per address
+        address = self.port.client_address(request)
+        user = (await self.service.log_in(Password(username, password), address=address)).user
         session = await self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 

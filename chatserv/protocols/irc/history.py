@@ -145,16 +145,17 @@ class HistoryMixin:
         if seen:
             self.service.note_seen(self.session.user, seen)
 
-    async def logged_in(self, user):
-        """An account came online here: its rooms are joined and its waiting messages delivered."""
+    async def logged_in(self, user, waiting: list[Message]):
+        """An account came online here: its rooms are joined and the direct messages that
+        waited for it (read as it logged in) delivered."""
         self._last_seen = None
         for room in self.service.rooms_of(user):
             if fold(room.name) not in self.channels:
                 self.show_join(room)
                 await self.replay(room)
-        waiting = await self.service.take_undelivered(user)
         stamped = not self.tag_variant[0]
         self.send(b"".join(message_lines(m, self.nick, self.tag_variant, stamped=stamped) for m in waiting))
+        await self.service.mark_delivered(user, waiting)
 
     # CHATHISTORY (IRCv3 draft/chathistory)
 
