@@ -484,6 +484,28 @@ async def test_postgresql_ids_come_from_the_sequences_every_node_shares(postgres
 
 
 @pytest_twisted.ensureDeferred
+async def test_postgresql_a_busy_node_hands_out_a_reserved_block_unique_across_nodes(postgresql_url, monkeypatch):
+    """Under load, id assignment costs no query for most batches; ids stay unique across nodes."""
+    from chatserv.store import postgres
+
+    node_a, node_b = PostgresStore(postgresql_url, reactor), PostgresStore(postgresql_url, reactor)
+    await node_a.open()
+    await node_b.open()
+    with psycopg.connect(postgresql_url, autocommit=True) as conn:
+        first = node_a._take_ids(conn, "messages", 40)
+        from_b = node_b._take_ids(conn, "messages", 40)
+        (outside,) = conn.execute("SELECT nextval(pg_get_serial_sequence('messages', 'id'))").fetchone()
+        second = node_a._take_ids(conn, "messages", 40)
+        assert second[0] == first[-1] + 1  # from its block: no other node took these
+        assert len({*first, *second, *from_b, outside}) == 121
+        clock = postgres.time.monotonic()
+        monkeypatch.setattr(postgres.time, "monotonic", lambda: clock + 60)
+        assert node_a._take_ids(conn, "messages", 1)[0] > max(from_b[-1], outside)  # an old block is skipped
+    await node_a.close()
+    await node_b.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_postgresql_going_away_fails_writes_and_the_store_reconnects_by_itself(
         postgresql_url, postgresql_admin):
     store = PostgresStore(postgresql_url, reactor)

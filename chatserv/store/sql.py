@@ -16,11 +16,11 @@ engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on e
 an engine translates the placeholders for its driver.
 
 Ids: the store gives every new user, room and message its id. Such an insert names a
-``NewId`` as its first parameter; the writer swaps in real ids as the batch commits (one query
-per table and batch) and the write's Deferred fires with the id. SQLite's writer, the only
-one, counts from past the highest stored id; PostgreSQL takes ``nextval`` of each table's
-identity sequence, which is not transactional, so ids stay unique across nodes and are never
-reused (a rolled-back insert leaves a gap). A room that is not stored (a guest's) still takes
+``NewId`` as its first parameter; the writer swaps in real ids as the batch commits and the
+write's Deferred fires with the id. SQLite's writer, the only one, counts from past the highest
+stored id; PostgreSQL takes ``nextval`` of each table's identity sequence, which is not
+transactional, so ids stay unique across nodes and are never reused (a rolled-back insert
+leaves a gap); a busy PostgreSQL writer reserves them in blocks (``postgres.py``). A room that is not stored (a guest's) still takes
 its id from the rooms' counter, since its messages are stored. Guest ids count down from the
 lowest ever handed out (``counters``), so none is reused across restarts.
 """
