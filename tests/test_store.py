@@ -511,10 +511,8 @@ async def test_postgresql_ids_come_from_the_sequences_every_node_shares(postgres
 
 
 @pytest_twisted.ensureDeferred
-async def test_postgresql_a_busy_node_hands_out_a_reserved_block_unique_across_nodes(postgresql_url, monkeypatch):
+async def test_postgresql_a_busy_node_hands_out_a_reserved_block_unique_across_nodes(postgresql_url):
     """Under load, id assignment costs no query for most batches; ids stay unique across nodes."""
-    from chatserv.store import postgres
-
     node_a, node_b = PostgresStore(postgresql_url, reactor), PostgresStore(postgresql_url, reactor)
     await node_a.open()
     await node_b.open()
@@ -525,8 +523,8 @@ async def test_postgresql_a_busy_node_hands_out_a_reserved_block_unique_across_n
         second = node_a._take_ids(conn, "messages", 40)
         assert second[0] == first[-1] + 1  # from its block: no other node took these
         assert len({*first, *second, *from_b, outside}) == 121
-        clock = postgres.time.monotonic()
-        monkeypatch.setattr(postgres.time, "monotonic", lambda: clock + 60)
+        reserved_at = node_a._clock()
+        node_a._clock = lambda: reserved_at + 60
         assert node_a._take_ids(conn, "messages", 1)[0] > max(from_b[-1], outside)  # an old block is skipped
     await node_a.close()
     await node_b.close()

@@ -64,6 +64,7 @@ class PostgresStore(SQLStore):
         self._translated: dict[str, str] = {}
         self._copies: dict[str, str | None] = {}  # an INSERT's COPY, or None if it has none
         self._reserved: dict[str, tuple[list[int], float]] = {}  # a table's ids in hand, since when
+        self._clock = time.monotonic
 
     def _describe(self):
         p = self._params
@@ -115,7 +116,7 @@ class PostgresStore(SQLStore):
         a block and hands it out from memory, so most of its batches need no id query; a quiet
         one takes just what its batch needs (ids stay dense across restarts)."""
         reserved = self._reserved.get(table)
-        now = time.monotonic()
+        now = self._clock()
         if reserved is None or now - reserved[1] > _BLOCK_LIFETIME:
             reserved = self._reserved[table] = ([], now)  # too old: skipped (a gap, never reused)
         ids = reserved[0]

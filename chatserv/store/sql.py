@@ -20,8 +20,9 @@ Ids: the store gives every new user, room and message its id. Such an insert nam
 write's Deferred fires with the id. SQLite's writer, the only one, counts from past the highest
 stored id; PostgreSQL takes ``nextval`` of each table's identity sequence, which is not
 transactional, so ids stay unique across nodes and are never reused (a rolled-back insert
-leaves a gap); a busy PostgreSQL writer reserves them in blocks (``postgres.py``). A room that is not stored (a guest's) still takes
-its id from the rooms' counter, since its messages are stored. Guest ids count down from the
+leaves a gap); a busy PostgreSQL writer reserves them in blocks (``postgres.py``). A room
+that is not stored (a guest's) still takes its id from the rooms' counter, since its messages
+are stored. Guest ids count down from the
 lowest ever handed out (``counters``), so none is reused across restarts.
 """
 
@@ -113,11 +114,13 @@ def _first(where, sides, params, order, limit):
     """SQL and its parameters: the first ``limit`` messages in ``order`` of those ``where``
     picks for any of ``sides`` (each side's leading parameters; ``params`` follow). Each side
     is its own limited read, so each uses its index; several are merged and cut again."""
-    one = "SELECT * FROM (SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE " + where + order + " LIMIT ?) AS side"
+    one = ("SELECT * FROM (SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE " + where + order
+           + " LIMIT ?) AS side")
     values = [v for side in sides for v in (*side, *params, limit)]
     if len(sides) == 1:
         return one, values
-    return "SELECT * FROM (" + " UNION ALL ".join([one] * len(sides)) + order + " LIMIT ?) AS merged", [*values, limit]
+    merged = "SELECT * FROM (" + " UNION ALL ".join([one] * len(sides)) + order + " LIMIT ?) AS merged"
+    return merged, [*values, limit]
 
 
 def _message(row) -> Message:
@@ -726,7 +729,9 @@ class SQLStore:
         else:
             user_id, other_id = pair
             where = "recipient_id = ? AND sender_id = ?"
-            sides = [(user_id, other_id)] if user_id == other_id else [(user_id, other_id), (other_id, user_id)]
+            sides = [(user_id, other_id)]
+            if other_id != user_id:  # a conversation with oneself has one direction
+                sides.append((other_id, user_id))
         params = []
         if bounds.after_id is not None:
             where += " AND id > ?"
