@@ -95,6 +95,8 @@ class _Directory:
 
 
 class ChatService(service.Service):
+    node_name = ""  # which node of a cluster this is (--node-name), for logs and metrics
+
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None, bus: IBus | None = None):
         self.store = store
         self.bus = bus if bus is not None else LocalBus(_Directory(self))
@@ -211,8 +213,14 @@ class ChatService(service.Service):
     def _check_free(self, name, guest: User | None = None):
         holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
         if (fold(name) in self._user_keys or fold(name) in self._registering
-                or (holder is not None and holder is not guest)):
+                or (holder is not None and holder is not guest) or self._taken_elsewhere(name, guest)):
             raise errors.UsernameTaken()
+
+    def _taken_elsewhere(self, name, user: User | None) -> bool:
+        """Whether someone online on another node goes by ``name``."""
+        key = fold(name)
+        return any(fold(ref.username) == key and (user is None or ref.id != user.id)
+                   for ref in self.bus.names_elsewhere())
 
     def user(self, name) -> User:
         """The registered user of that name (case-insensitive), else NotFound."""
@@ -227,6 +235,9 @@ class ChatService(service.Service):
             found = self._guests.get(fold(name)) or self._aliases.get(fold(name))
             if found is not None:
                 return found
+            for ref in self.bus.names_elsewhere():  # a guest on another node
+                if ref.guest and fold(ref.username) == fold(name):
+                    return self._guest_by_id(ref.id)
         return self.user(name)
 
     def user_by_id(self, user_id) -> User:
@@ -286,6 +297,7 @@ class ChatService(service.Service):
             self._registering.discard(fold(username))
         self._users[user.id] = user
         self._user_keys[fold(username)] = user
+        self.bus.notify("user", user.id)
         self.stats["registrations"] += 1
         return user
 
@@ -327,6 +339,7 @@ class ChatService(service.Service):
         key = key if key is None else keepable(key, "public key")
         await self.store.update_user(attrs.evolve(user, public_key=key))
         user.public_key = key
+        self.bus.notify("user", user.id)
 
     def guest(self, name) -> User:
         """A temporary user for this name; it lives while it has sessions and is never stored.
@@ -393,11 +406,12 @@ class ChatService(service.Service):
         return list(self.bus.sessions_of(user.id))
 
     def is_online(self, user: User) -> bool:
-        return bool(self.bus.sessions_of(user.id))
+        """Online on any node."""
+        return self.bus.is_online(user.id)
 
     def online_users(self) -> list[User]:
-        found = (self.bus.sessions_of(uid)[0].user for uid in list(self.bus.users_online()))
-        return sorted(found, key=lambda u: fold(u.username))
+        found = (self._users.get(uid) or self._guest_by_id(uid) for uid in list(self.bus.users_online()))
+        return sorted((u for u in found if u is not None), key=lambda u: fold(u.username))
 
     # names: while online, an account may go by another name than its username (an IRC nick)
 
@@ -425,12 +439,14 @@ class ChatService(service.Service):
         else:
             owner = self._user_keys.get(fold(name))
             holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
-            if (owner is not None and owner is not user) or (holder is not None and holder is not user):
+            if ((owner is not None and owner is not user) or (holder is not None and holder is not user)
+                    or self._taken_elsewhere(name, user)):
                 raise errors.UsernameTaken()
             self._drop_alias(user)
             if name != user.username:
                 self._aliases[fold(name)] = user
                 self._alias_of[user.id] = name
+            self.bus.notify("alias", [user.id, name])
         self._publish(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
         return name
 
@@ -616,7 +632,10 @@ class ChatService(service.Service):
 
     def _guest_by_id(self, user_id):
         sessions = self.bus.sessions_of(user_id)
-        return sessions[0].user if sessions else None
+        if sessions:
+            return sessions[0].user
+        elsewhere = self.bus.remote_user(user_id)  # a guest online on another node
+        return User(elsewhere.id, elsewhere.username, "", None, 0.0) if elsewhere is not None else None
 
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
@@ -658,6 +677,8 @@ class ChatService(service.Service):
             raise
         del self._creating[key]
         self._rooms[key] = self._rooms_by_id[room.id] = room
+        self.bus.notify("room", {"id": room.id, "name": room.name, "created_by": room.created_by,
+                                 "created_at": room.created_at, "persistent": room.persistent})
         if creator is not None:
             self._creation[room] = (creator.id, address)
             self._created_by[creator.id].add(room)
@@ -1046,11 +1067,13 @@ class ChatService(service.Service):
             if fresh:
                 self.bans.discard(address)
             raise
+        self.bus.notify("ban", address)
 
     @deferred
     async def unban(self, address: str) -> None:
         await self.store.remove_ban(address)
         self.bans.discard(address)
+        self.bus.notify("unban", address)
 
     # delivery
 

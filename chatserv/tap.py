@@ -24,8 +24,10 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 
 from chatserv.bans import BanFile
+from chatserv.bus.redis import RedisBus, check_bus
 from chatserv.credentials import HashCost, Hasher, HashingThreads
 from chatserv.limits import Limits
+from chatserv.nodes import Replica, default_node_name, nodes_check
 from chatserv.options import from_options, option, options_of
 from chatserv.service import ChatService
 from chatserv.store import check_db, open_store
@@ -68,6 +70,13 @@ class DaemonConfig:
     shutdown_grace: float = option(2.0, "seconds connections get to close at shutdown")
     ban_file: str | None = option(None, "IP ban list, one address a line, applied while running")
     ban_file_interval: float = option(2.0, "seconds between looks at --ban-file")
+    bus: str = option("local", "how events reach sessions: 'local' (one process) or redis://host:port/db "
+                      "(several nodes sharing a --db postgresql:// store)", coerce=check_bus)
+    node_name: str = option("", "this node's name in logs and metrics (default: hostname-pid)")
+    presence_ttl: float = option(30.0, "seconds after which a node not heard on the bus is dead and "
+                                 "its users offline everywhere")
+    workers: int = option(1, "processes sharing the listening ports (needs --db postgresql:// and "
+                          "--bus redis://)")
 
 
 def config_classes() -> list[type]:
@@ -91,6 +100,13 @@ class Options(usage.Options):
 
     def limits(self) -> Limits:
         return self.config(Limits)
+
+    def postOptions(self):
+        daemon = self.config(DaemonConfig)
+        try:
+            nodes_check(daemon.db, daemon.bus, daemon.workers)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def _exit_failed():
@@ -183,6 +199,15 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
     hasher = Hasher(reactor, hashing.pool, options.config(HashCost), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
+    chat.node_name = daemon.node_name or default_node_name()
+    if daemon.bus != "local":
+        chat.bus = RedisBus(chat.bus, daemon.bus, chat.node_name, reactor, daemon.presence_ttl)
+        chat.bus.observer = Replica(chat, chat.bus)
+        chat.bus.setServiceParent(root)
+        # Nothing stored before this node started is caught up after an outage.
+        started = chat.when_ready().addCallback(lambda _: store.newest_message_id())
+        started.addCallbacks(chat.bus.start_from, lambda _: None)  # a failed open stops the daemon
+    log.info("chatserv node {node}: bus {bus}", node=chat.node_name, bus=daemon.bus)
     chat.setServiceParent(root)
     # The service logs why the store did not open (one line when the database is unreachable).
     chat.when_ready().addErrback(lambda _: stop_failed(reactor, on_failure))

@@ -1,0 +1,265 @@
+"""Several nodes: two real ``twistd`` processes sharing one PostgreSQL database (the test's own)
+and one Redis (a channel of the test's own), behaving as one server."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from chatserv.nodes import nodes_check
+from tests.support import TIMEOUT, Twistd, connect
+from tests.test_chatroom import JsonClient
+from tests.test_irc import raw, until
+
+REDIS = ("127.0.0.1", 6379)
+
+
+def _redis_up(host, port) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class Node:
+    """One ``twistd chatserv`` of a cluster, with what the test clients ask of a daemon."""
+
+    def __init__(self, tmp_path, name: str, db: str, bus: str, *extra):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        self.name = name
+        self.twistd = Twistd(cwd, "--db", db, "--bus", bus, "--node-name", name, *extra)
+        self.wait_for(f"redis bus: node {name} on")
+
+    def port(self, option: str) -> int:
+        return self.twistd.ports[option]
+
+    def wait_for(self, text: str) -> str:
+        while text not in self.twistd.log:
+            self.twistd.readline()
+        return self.twistd.log
+
+    def stop(self) -> str:
+        return self.twistd.stop()
+
+
+@pytest.fixture
+def bus_url():
+    if not _redis_up(*REDIS):
+        pytest.skip("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
+    return f"redis://{REDIS[0]}:{REDIS[1]}/0?channel=chatserv-test-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def cluster(tmp_path, postgresql_url, bus_url):
+    """Two nodes, ``a`` then ``b``, on the test's own database and channel."""
+    nodes = []
+    try:
+        nodes.append(Node(tmp_path, "a", postgresql_url, bus_url, "--presence-ttl", "1.5"))
+        nodes.append(Node(tmp_path, "b", postgresql_url, bus_url, "--presence-ttl", "1.5"))
+        yield nodes
+    finally:
+        for node in nodes:
+            log = node.stop() if node.twistd.process.poll() is None else node.twistd.log
+            print(f"--- node {node.name}:\n{log}")  # shown when the test fails
+            assert "Traceback" not in log, log
+
+
+async def eventually(check, what: str):
+    """Poll ``check()`` until it is true, up to TIMEOUT (a deadline, not a measurement)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {TIMEOUT}s: {what}")
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
+async def until_known(client, nick: bytes, channel: bytes):
+    """Wait until ``client``'s node knows ``nick`` is in ``channel`` (the bus is asynchronous:
+    a node learns of another's changes a moment later)."""
+    async def known():
+        client.send(b"WHOIS " + nick)
+        return channel in b"".join(await until(client, b" 318 "))
+
+    await eventually(known, f"{nick} in {channel} seen from the other node")
+
+
+async def json_login(node, name, password="pw") -> JsonClient:
+    client = JsonClient(await connect(node.port("chatroom")))
+    assert await client.request(type="auth", username=name, password=password) == {"result": "ok"}
+    return client
+
+
+async def logs_in(node, name, password="pw") -> bool:
+    """Whether ``name`` can log in on ``node`` now (the session ends at once)."""
+    client = JsonClient(await connect(node.port("chatroom")))
+    try:
+        return await client.request(type="auth", username=name, password=password) == {"result": "ok"}
+    finally:
+        client.frames.transport.loseConnection()
+        await client.frames.wait_closed()
+
+
+async def register(node, name, password="pw"):
+    """An account, created on ``node``'s Skype port (the other node learns of it by the bus)."""
+    client = await connect(node.port("skype"))
+    assert await client.request(f"CREATE {name} {password}".encode()) == b"200 OK"
+    client.transport.loseConnection()  # CREATE logs in: the test logs in where it wants
+    await client.wait_closed()
+
+
+def test_a_redis_bus_needs_a_shared_store_and_workers_need_both():
+    with pytest.raises(ValueError, match="postgresql"):
+        nodes_check("chatserv.sqlite3", "redis://127.0.0.1:6379/0", 1)
+    with pytest.raises(ValueError, match="postgresql"):
+        nodes_check("memory", "redis://127.0.0.1:6379/0", 1)
+    with pytest.raises(ValueError, match="--workers"):
+        nodes_check("chatserv.sqlite3", "local", 2)
+    with pytest.raises(ValueError, match="--workers"):
+        nodes_check("postgresql://u@h/db", "local", 2)
+    nodes_check("postgresql://u@h/db", "redis://127.0.0.1:6379/0", 2)
+    nodes_check("chatserv.sqlite3", "local", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_irc_across_nodes_one_server(cluster):
+    a, b = cluster
+    alice = await raw(a, "alice")
+    bob = await raw(b, "bob")
+    alice.send(b"JOIN #room")
+    await until(alice, b" 366 ")
+    await until_known(bob, b"alice", b"#room")
+    bob.send(b"JOIN #room")  # created on a, joinable on b
+    names = b"".join(await until(bob, b" 366 "))
+    assert b"alice" in names and b"bob" in names  # NAMES sees both nodes
+    await until(alice, b"JOIN")
+    bob.send(b"PRIVMSG #room :hello from b")
+    assert (await until(alice, b"PRIVMSG"))[-1].endswith(b"PRIVMSG #room :hello from b")
+    alice.send(b"PRIVMSG bob :direct from a")
+    assert (await until(bob, b"PRIVMSG"))[-1].endswith(b"PRIVMSG bob :direct from a")
+    bob.send(b"WHOIS alice")
+    assert b" 311 " in b"".join(await until(bob, b" 318 "))
+
+    taken = await connect(b.port("irc"))  # a nick in use on a is in use on b
+    taken.send(b"NICK alice", b"USER u 0 * :U")
+    assert b" 433 " in await taken.receive()
+
+    alice.send(b"QUIT :bye")
+    assert b"QUIT :" in (await until(bob, b"QUIT"))[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chatroom_accounts_and_direct_messages_across_nodes(cluster):
+    a, b = cluster
+    await register(a, "alice")
+    await register(a, "bob")
+
+    await eventually(lambda: logs_in(b, "bob"), "an account made on a logs in on b")
+    alice = await json_login(a, "alice")
+    bob = await json_login(b, "bob")
+    assert await alice.request(type="online") == {"alice": "alice", "bob": "bob"}
+    assert await alice.request(type="message", **{"from": "alice"}, to="bob", msg="hi") == {"result": "ok"}
+    assert await bob.receive() == {"type": "message", "from": "alice", "msg": "hi"}
+    assert await bob.request(type="broadcast", **{"from": "bob"}, msg="all") == {"result": "ok"}
+    assert await alice.receive() == {"type": "message", "from": "bob", "msg": "all", "to": "alice"}
+    assert await bob.request(type="logout", **{"from": "bob"}) == {"result": "ok"}
+
+    async def bob_offline_on_a():
+        return await alice.request(type="online") == {"alice": "alice"}
+
+    await eventually(bob_offline_on_a, "a sees bob go offline on b")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_node_takes_its_users_offline_everywhere(cluster):
+    a, b = cluster
+    alice = await raw(a, "alice")
+    bob = await raw(b, "bob")
+    alice.send(b"JOIN #room")
+    await until(alice, b" 366 ")
+    await until_known(bob, b"alice", b"#room")
+    bob.send(b"JOIN #room")
+    await until(bob, b" 366 ")
+    a.twistd.kill()
+    # within the presence TTL (1.5 s here), b's users see alice quit
+    quit_line = (await until(bob, b"QUIT"))[-1]
+    assert quit_line.startswith(b":alice!") and b"Node lost" in quit_line
+    bob.send(b"NAMES #room")
+    assert b"alice" not in b"".join(await until(bob, b" 366 "))
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own on a free port, which the test may restart."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    class Server:
+        process = None
+
+        def start(self):
+            self.process = subprocess.Popen(
+                [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + TIMEOUT
+            while not _redis_up("127.0.0.1", port):
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+
+        def stop(self):
+            self.process.terminate()
+            self.process.wait(timeout=TIMEOUT)
+
+    redis = Server()
+    redis.start()
+    redis.url = f"redis://127.0.0.1:{port}/0"
+    yield redis
+    redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_restart_loses_and_duplicates_nothing(tmp_path, postgresql_url, private_redis):
+    unlimited = ("--messages-per-second", "0")
+    a = Node(tmp_path, "a", postgresql_url, private_redis.url, *unlimited)
+    b = Node(tmp_path, "b", postgresql_url, private_redis.url, *unlimited)
+    try:
+        await register(a, "alice")
+        await register(a, "bob")
+
+        await eventually(lambda: logs_in(b, "bob"), "bob's account reaches b")
+        alice = await json_login(a, "alice")
+        bob = await json_login(b, "bob")
+        acknowledged = []
+        for n in range(60):
+            if n == 20:
+                private_redis.stop()
+            if n == 40:
+                private_redis.start()
+            body = f"m{n}"
+            reply = await alice.request(type="message", **{"from": "alice"}, to="bob", msg=body)
+            if reply == {"result": "ok"}:
+                acknowledged.append(body)
+        received = []
+        while len(received) < len(acknowledged):
+            message = await bob.receive()
+            received.append(message["msg"])
+        assert sorted(received, key=lambda m: int(m[1:])) == acknowledged
+        assert len(acknowledged) == 60  # a node keeps storing while Redis is away
+        # nothing more comes: a duplicate would arrive before this answer
+        assert await bob.request(type="online") == {"alice": "alice", "bob": "bob"}
+    finally:
+        for node in (a, b):
+            node.stop()
