@@ -158,3 +158,63 @@ class StoreUnavailable(ChatError):
     def __init__(self, detail: str):
         super().__init__("storage unavailable, try again later")
         self.args = (detail,)
+
+
+# Room settings refusing a join or a message (every port that joins or speaks honours them),
+# and what changing them may meet (chatserv.room_settings).
+
+
+class Banned(Denied):
+    """A ban mask of the room matches the user: they may not join it."""
+
+    description = "you are banned from this room"
+
+
+class InviteOnly(Denied):
+    """The room is invite-only and the user was not invited."""
+
+    description = "this room is invite-only"
+
+
+class WrongKey(Denied):
+    """The room has a key and the user did not give it."""
+
+    description = "this room needs a key"
+
+
+class RoomFull(Denied):
+    """The room has as many members as its limit allows."""
+
+    description = "this room is full"
+
+
+class CannotSend(Denied):
+    """The room is moderated (or the sender is banned) and the sender has no voice there."""
+
+    description = "you may not speak in this room"
+
+
+class NotServerOperator(Denied):
+    """Only a server operator (IRC's OPER) may do this."""
+
+    description = "not a server operator"
+
+
+class AlreadyMember(AlreadyExists):
+    """The user invited is in the room already."""
+
+    description = "already a member"
+
+
+class InvalidRoomSetting(Invalid):
+    """A room setting's value is not one it can take (a limit, a ban mask)."""
+
+
+class InvalidKey(InvalidRoomSetting):
+    description = "a key is 1-23 visible characters, no spaces or commas"
+
+
+class ListFull(InvalidRoomSetting):
+    """The room's ban list holds as many masks as it may."""
+
+    description = "the room's ban list is full"

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import attrs
 
-from chatserv.model import Message
+from chatserv.model import Message, RoomChange
 
 
 @attrs.frozen
@@ -33,6 +33,8 @@ class UserRef:
 
     @classmethod
     def of(cls, user) -> UserRef:
+        if isinstance(user, dict):  # decoded
+            return cls(**user)
         return user if isinstance(user, UserRef) else cls(user.id, user.username)
 
 
@@ -166,14 +168,33 @@ class MembershipChanged(Event):
     reason: str = ""
 
 
+def _change(change) -> RoomChange:
+    """A room change as a plain value: its user (a role's holder) as a ``UserRef``."""
+    if isinstance(change, dict):
+        change = RoomChange(**change)
+    return attrs.evolve(change, user=_user(change.user))
+
+
+def _changes(changes) -> tuple[RoomChange, ...]:
+    return tuple(_change(change) for change in changes)
+
+
 @attrs.frozen(eq=False)
-class OperatorChanged(Event):
-    """``by`` made ``user`` an operator of ``room`` (or, ``granted`` false, took it back)."""
+class RoomChanged(Event):
+    """``by`` changed the room's settings or roles (``chatserv.model.RoomChange``)."""
 
     room: RoomRef = attrs.field(converter=RoomRef.of)
-    user: UserRef = attrs.field(converter=UserRef.of)
-    granted: bool
     by: UserRef = attrs.field(converter=UserRef.of)
+    changes: tuple[RoomChange, ...] = attrs.field(converter=_changes)
+
+
+@attrs.frozen(eq=False)
+class Invited(Event):
+    """``by`` invited ``user`` into ``room`` (told to the invited user)."""
+
+    room: RoomRef = attrs.field(converter=RoomRef.of)
+    by: UserRef = attrs.field(converter=UserRef.of)
+    user: UserRef = attrs.field(converter=UserRef.of)
 
 
 @attrs.frozen(eq=False)
@@ -203,7 +224,7 @@ class ServerShutdown(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (
     DirectMessage, RoomMessage, PresenceChanged, Renamed, Typing, Tagged, ContactChanged,
-    ReadMarked, MembershipChanged, OperatorChanged, TopicChanged, Kicked, ServerShutdown)}
+    ReadMarked, MembershipChanged, RoomChanged, Invited, TopicChanged, Kicked, ServerShutdown)}
 _VALUES = (UserRef, RoomRef, Message)  # the nested values an event field may hold
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import attrs
 
 from chatserv.bus import Subscription
@@ -52,6 +54,84 @@ class Room:
     topic: str = ""
     members: set[int] = attrs.field(factory=set)
     persistent: bool = True
+    # Who set the topic and when (IRC's 333); the settings below are IRC's channel modes.
+    topic_by: str = ""
+    topic_at: float = 0.0
+    invite_only: bool = False  # joining needs an invitation
+    key: str = ""  # joining needs this key (empty: none)
+    limit: int = 0  # members at most (0: no limit)
+    moderated: bool = False  # only operators and voiced members speak
+    secret: bool = False  # not listed, and not shown to non-members
+    no_external: bool = True  # only members speak
+    topic_locked: bool = True  # only operators change the topic
+    operators: set[int] = attrs.field(factory=set)  # granted by an operator (the founder is one anyway)
+    voiced: set[int] = attrs.field(factory=set)
+    bans: dict[str, RoomBan] = attrs.field(factory=dict)  # fold(mask) -> RoomBan
+
+    @property
+    def founder(self) -> int | None:
+        """The account that created the room: an operator whenever it is in it."""
+        return self.created_by
+
+
+# The settings of a room that are a yes or a no, and those that hold a value.
+ROOM_FLAGS = ("invite_only", "moderated", "secret", "no_external", "topic_locked")
+ROOM_VALUES = ("key", "limit")
+ROOM_ROLES = ("operator", "voice")
+
+
+@attrs.frozen
+class RoomInfo:
+    """What a port may show of a room's settings, as they are now (``ChatService.room_info``)."""
+
+    invite_only: bool
+    key: str
+    limit: int
+    moderated: bool
+    secret: bool
+    no_external: bool
+    topic_locked: bool
+    topic_by: str
+    topic_at: float
+
+
+@attrs.frozen
+class RoomBan:
+    """A ban mask (``nick!user@host``, ``*`` and ``?`` wildcards), who set it and when."""
+
+    mask: str
+    set_by: str
+    set_at: float
+
+    def matches(self, name: str) -> bool:
+        """Hosts and user names are not told apart here (every user shows the same host):
+        the nick part is matched against the user's name, the user part too, and the host
+        part only bans anyone when it is all wildcards."""
+        nick, _, rest = self.mask.partition("!")
+        ident, _, host = rest.partition("@")
+        key = fold(name)
+        return (fnmatch.fnmatchcase(key, _glob(nick)) and fnmatch.fnmatchcase(key, _glob(ident or "*"))
+                and not (host or "*").strip("*"))
+
+
+def _glob(pattern: str) -> str:
+    """An IRC mask part as an fnmatch pattern: only ``*`` and ``?`` are special."""
+    return fold(pattern).replace("[", "[[]")
+
+
+@attrs.frozen
+class RoomChange:
+    """One change to a room's settings.
+
+    ``setting`` is one of ROOM_FLAGS (``value`` a bool), ROOM_VALUES (the new key or limit;
+    empty or 0 unsets it), ROOM_ROLES (``user`` gains it, or with ``value`` False loses it)
+    or ``ban`` (``mask`` is added, or removed with ``value`` False).
+    """
+
+    setting: str
+    value: bool | int | str = True
+    user: User | None = None
+    mask: str = ""
 
 
 @attrs.define(eq=False)
@@ -65,6 +145,7 @@ class Session:
     address: str
     sink: object
     subscribes: Subscription = Subscription.DIRECT
+    server_operator: bool = False  # may manage every room (see RoomSettings.make_server_operator)
 
 
 @attrs.frozen

@@ -71,28 +71,39 @@ class Replica:
         deliver()
 
     def _MembershipChanged(self, event, deliver):
-        room = self.chat._rooms_by_id.get(event.room.id)
+        chat, room = self.chat, self.chat._rooms_by_id.get(event.room.id)
         if room is None:
             self._refresh_room(event.room.id).addCallback(lambda _: deliver())
             return
         if event.joined:
-            room.members.add(event.user.id)
-            self.chat._rooms_of[event.user.id].add(room)
+            if event.user.id not in room.members:
+                chat._joined(room, event.user, chat._founds(room, event.user))
+                room.members.add(event.user.id)
+                chat._rooms_of[event.user.id].add(room)
             deliver()
         else:
             deliver()
             if event.user.id in room.members:
-                self.chat._drop_member(room, event.user.id)
+                chat._left(room, event.user)
+                chat._drop_member(room, event.user.id)
 
-    def _OperatorChanged(self, event, deliver):
-        grants = self.chat._operators.setdefault(event.room.id, set())
-        grants.add(event.user.id) if event.granted else grants.discard(event.user.id)
+    def _RoomChanged(self, event, deliver):
+        room = self.chat._rooms_by_id.get(event.room.id)
+        if room is not None:
+            at = self.chat.clock.seconds()
+            for change in event.changes:
+                self.chat._apply(room, event.by, change, at)
+        deliver()
+
+    def _Invited(self, event, deliver):
+        self.chat._invites.setdefault(event.user.id, set()).add(event.room.id)
         deliver()
 
     def _TopicChanged(self, event, deliver):
         room = self.chat._rooms_by_id.get(event.room.id)
         if room is not None:
-            room.topic = event.text
+            room.topic, room.topic_by = event.text, event.by.username
+            room.topic_at = self.chat.clock.seconds()
         deliver()
 
     def _ContactChanged(self, event, deliver):
@@ -147,14 +158,13 @@ class Replica:
             chat._created_by[room.created_by].add(room)
 
     def _refresh_room(self, room_id) -> Deferred:
+        """A room this node has not heard of (its notice was lost in an outage): from the store."""
         def loaded(room):
-            if room is not None and room.id not in self.chat._rooms_by_id:
-                self._changed_room({"id": room.id, "name": room.name, "created_by": room.created_by,
-                                    "created_at": room.created_at, "topic": room.topic})
-                cached = self.chat._rooms_by_id[room.id]
+            chat = self.chat
+            if room is not None and room.id not in chat._rooms_by_id:
+                chat._rooms[fold(room.name)] = chat._rooms_by_id[room.id] = room
                 for user_id in room.members:
-                    cached.members.add(user_id)
-                    self.chat._rooms_of[user_id].add(cached)
+                    chat._rooms_of[user_id].add(room)
 
         return self.chat.store.room_by_id(room_id).addCallbacks(loaded, self._not_read)
 

@@ -22,7 +22,9 @@ Adding an option is one declaration in the right class::
 ``--irc-flood-rate`` is ``option_prefix`` and the field's name with ``-`` for ``_``; its value
 is read from the command line with the default's type (``coerce=`` for anything else: a
 checked string, a list; it raises ValueError for a bad value). ``name=`` keeps an older
-option whose name does not follow the prefix (``--alive-timeout``). A plain attrs field
+option whose name does not follow the prefix (``--alive-timeout``). ``repeat=True`` makes an
+option that may be given many times (``--irc-oper a:x --irc-oper b:y``): its field holds the
+tuple of ``coerce(value)`` of each, in order, and its default is ``()``. A plain attrs field
 (``max_rooms: int = 100_000``) is an option too, with its name spelled out as help: give it
 ``option(...)`` for a real help line. ``tap.Options`` lists every declared option in
 ``--help``; ``from_options`` makes a config from parsed options, or from a test's dict of
@@ -43,11 +45,12 @@ class _Declared:
     help: str
     name: str
     coerce: Callable | None
+    repeat: bool = False
 
 
-def option(default, help: str, *, name: str = "", coerce: Callable | None = None):
+def option(default, help: str, *, name: str = "", coerce: Callable | None = None, repeat: bool = False):
     """An attrs field that is also a twistd option (see the module docstring)."""
-    return attrs.field(default=default, metadata={_OPTION: _Declared(help, name, coerce)})
+    return attrs.field(default=default, metadata={_OPTION: _Declared(help, name, coerce, repeat)})
 
 
 @attrs.frozen
@@ -59,6 +62,7 @@ class Option:
     default: object
     help: str
     coerce: Callable | None
+    repeat: bool = False
 
     def parameter(self) -> list:
         """The row ``usage.Options.optParameters`` takes."""
@@ -75,14 +79,16 @@ def options_of(config_class) -> list[Option]:
         name = (declared.name if declared else "") or prefix + field.name.replace("_", "-")
         help_text = declared.help if declared else field.name.replace("_", " ")
         coerce = declared.coerce if declared else None
+        repeat = bool(declared and declared.repeat)
         if coerce is None and field.default is not None:
-            coerce = type(field.default)
-        found.append(Option(name, field.name, field.default, help_text, coerce))
+            coerce = str if repeat else type(field.default)
+        found.append(Option(name, field.name, field.default, help_text, coerce, repeat))
     return found
 
 
 def from_options(config_class, options: Mapping):
     """A ``config_class`` from parsed options: each field from its option where given, else its
     declared default."""
-    given = {o.field: options[o.name] for o in options_of(config_class) if o.name in options}
+    given = {o.field: tuple(options[o.name]) if o.repeat else options[o.name]
+             for o in options_of(config_class) if o.name in options}
     return config_class(**given)

@@ -39,6 +39,7 @@ from chatserv.model import (
     User,
     fold,
 )
+from chatserv.room_settings import RoomSettings
 from chatserv.text import NOT_UNICODE, encodable
 
 log = Logger()
@@ -94,7 +95,7 @@ class _Directory:
         return self._service._blocked_by.get(user_id) or ()
 
 
-class ChatService(service.Service):
+class ChatService(RoomSettings, service.Service):
     node_name = ""  # which node of a cluster this is (--node-name), for logs and metrics
 
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None, bus: IBus | None = None):
@@ -133,7 +134,7 @@ class ChatService(service.Service):
         self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._tokens: list[tuple[str, int, float, float]] = []
         self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
-        self._operators: dict[int, set[int]] = {}
+        self._invites: dict[int, set[int]] = {}  # user id -> rooms it was invited to, until it joins
         self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
         # what accounts were shown in rooms the store does not keep: room id -> user id -> message id
         self._seen_unstored: dict[int, dict[int, int]] = collections.defaultdict(dict)
@@ -390,6 +391,7 @@ class ChatService(service.Service):
     def _forget_guest(self, user):
         self._guests.pop(fold(user.username), None)
         self._user_room_rate.forget(user.id)
+        self._forget_roles(user)
         for room in list(self._rooms_of.get(user.id, ())):
             self._drop_member(room, user.id)
 
@@ -408,6 +410,9 @@ class ChatService(service.Service):
     def is_online(self, user: User) -> bool:
         """Online on any node."""
         return self.bus.is_online(user.id)
+
+    def online_count(self) -> int:
+        return len(self.bus.users_online())
 
     def online_users(self) -> list[User]:
         found = (self._users.get(uid) or self._guest_by_id(uid) for uid in list(self.bus.users_online()))
@@ -464,7 +469,7 @@ class ChatService(service.Service):
     @deferred
     async def become(self, session: Session, account: User) -> None:
         """A guest's session logged in to ``account``: it becomes the account's session, and the
-        account joins the guest's rooms and takes its operator grants.
+        account joins the guest's rooms, past their settings, and takes its roles there.
 
         When the account was offline, whoever saw the guest sees it renamed (events.Renamed with
         ``before``) rather than leaving, and the account's other room-mates see it arrive; when
@@ -476,25 +481,20 @@ class ChatService(service.Service):
             for room in rooms:
                 if account.id not in room.members:
                     await self._add_member(room, account, origin=session)
-                self._take_grants(room, guest, account)
+                await self._take_roles(room, guest, account)
             self.detach(session, reason=f"Logged in as {account.username}")
             self._attach_session(session, account)
             return
         for room in rooms:
             if account.id not in room.members:
                 await self._enroll(room, account)
-            self._take_grants(room, guest, account)
+            await self._take_roles(room, guest, account)
         self._publish(events.Renamed(account, guest.username, before=guest), self._room_mates(guest), session)
         self.bus.unsubscribe(session)
         self._attach_session(session, account, renamed_from=guest)
         self._forget_guest(guest)  # gone without a word where the rename was shown
         self._presence(guest, False, session.protocol, origin=session,
                        reason=f"Logged in as {account.username}")
-
-    def _take_grants(self, room: Room, guest: User, account: User) -> None:
-        grants = self._operators.get(room.id, set())
-        if guest.id in grants:
-            grants.add(account.id)
 
     def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
         session.user = account
@@ -617,6 +617,9 @@ class ChatService(service.Service):
     def rooms(self) -> list[Room]:
         return sorted(self._rooms.values(), key=lambda r: fold(r.name))
 
+    def room_count(self) -> int:
+        return len(self._rooms)
+
     def rooms_of(self, user: User) -> list[Room]:
         return sorted(self._rooms_of.get(user.id, ()), key=lambda r: fold(r.name))
 
@@ -684,8 +687,6 @@ class ChatService(service.Service):
             self._created_by[creator.id].add(room)
             if address:
                 self._created_from[address].add(room)
-        if guest:  # a guest creator is an operator while it lives
-            self._operators.setdefault(room.id, set()).add(creator.id)
         for d in waiting:
             d.callback(room)
         return room
@@ -717,8 +718,12 @@ class ChatService(service.Service):
 
     @deferred
     async def join_room(self, user: User, name, *, create=False, origin: Session | None = None,
-                        address: str | None = None) -> Room:
-        """Join (and with ``create``, first create) a room; members hear of it."""
+                        address: str | None = None, key: str = "") -> Room:
+        """Join (and with ``create``, first create) a room; members hear of it.
+
+        The room's settings may refuse it (``errors.Banned``, ``InviteOnly``, ``WrongKey``,
+        ``RoomFull``): see ``RoomSettings``.
+        """
         pending = self._being_created(name) if isinstance(name, str) else None
         if pending is not None:
             room = await pending
@@ -727,6 +732,7 @@ class ChatService(service.Service):
         else:
             room = self.room(name)
         if user.id not in room.members:
+            self._check_join(user, room, key)
             await self._add_member(room, user, origin)
         return room
 
@@ -735,9 +741,14 @@ class ChatService(service.Service):
         self._publish_to_room(events.MembershipChanged(room, user, True), room, origin)
 
     async def _enroll(self, room, user):
-        """A membership, in the store (an account's, in a persistent room), then in memory."""
+        """A membership and the role it brings (``RoomSettings._founds``), in the store (an
+        account's, in a persistent room), then in memory."""
+        founding = self._founds(room, user)
         if not user.guest and room.persistent:
             await self.store.add_member(room.id, user.id)
+        if founding:
+            await self._store_role(room, user, "operator", True)
+        self._joined(room, user, founding)
         room.members.add(user.id)
         self._rooms_of[user.id].add(room)
 
@@ -754,7 +765,6 @@ class ChatService(service.Service):
 
     def _vanish(self, room: Room):
         del self._rooms[fold(room.name)], self._rooms_by_id[room.id]
-        self._operators.pop(room.id, None)
         self._seen_unstored.pop(room.id, None)
         self._newest.pop(room.id, None)
         creator, address = self._creation.pop(room, (None, ""))
@@ -772,35 +782,18 @@ class ChatService(service.Service):
                          by: User | None = None, reason: str = "") -> Room:
         """End a membership; members, and the one leaving, hear of it."""
         room = self.room(name)
+        if by is not None and by.id != user.id and not self.can_manage(by, room):
+            raise errors.NotOperator()
         if user.id not in room.members:
             raise errors.NotMember()
         if not user.guest and room.persistent:
             await self.store.remove_member(room.id, user.id)
+        await self._store_roles_lost(room, user)
         if user.id not in room.members:  # another leave (or a kick) ended it while it was written
             return room
         self._publish_to_room(events.MembershipChanged(room, user, False, by, reason), room, origin)
+        self._left(room, user)
         self._drop_member(room, user.id)
-        return room
-
-    def is_operator(self, user: User, room: Room) -> bool:
-        """The room's creator, or someone an operator made one (grants live in memory only)."""
-        if room.created_by is not None and room.created_by == user.id:
-            return True
-        return user.id in self._operators.get(room.id, ())
-
-    def set_operator(self, by: User, name, user: User, granted: bool) -> Room:
-        """An operator grants (or takes back) operator rights; the room's members hear of it.
-
-        The creator stays an operator whatever is taken back.
-        """
-        room = self.room(name)
-        if not self.is_operator(by, room):
-            raise errors.NotOperator()
-        if user.id not in room.members:
-            raise errors.MemberNotFound()
-        grants = self._operators.setdefault(room.id, set())
-        grants.add(user.id) if granted else grants.discard(user.id)
-        self._publish_to_room(events.OperatorChanged(room, user, granted, by), room)
         return room
 
     @deferred
@@ -809,9 +802,12 @@ class ChatService(service.Service):
         if user.id not in room.members:
             raise errors.NotMember()
         text = keepable(str(topic), "topic")[: self.limits.max_body]
+        if room.topic_locked and not self.can_manage(user, room):
+            raise errors.NotOperator()
+        by, at = user.username, self.clock.seconds()
         if room.persistent:
-            await self.store.update_room(attrs.evolve(room, topic=text, members=set()))
-        room.topic = text
+            await self.store.update_room(attrs.evolve(room, topic=text, topic_by=by, topic_at=at))
+        room.topic, room.topic_by, room.topic_at = text, by, at
         self._publish_to_room(events.TopicChanged(room, user, text), room, origin)
         return room
 
@@ -868,8 +864,7 @@ class ChatService(service.Service):
         try:
             self._check_body(body, kind)
             room = name if isinstance(name, Room) else self.room(name)
-            if sender.id not in room.members:
-                raise errors.NotMember()
+            self._check_speak(sender, room)
         except errors.ChatError:
             return fail()
         message = self._new_message(sender, body, kind, room_id=room.id)

@@ -91,8 +91,14 @@ class Options(usage.Options):
 
     optParameters = (
         [[p.option, None, p.default, f"{p.description}: endpoint, or 'none'"] for p in PORTS]
-        + [o.parameter() for config_class in config_classes() for o in options_of(config_class)]
+        + [o.parameter() for config_class in config_classes() for o in options_of(config_class)
+           if not o.repeat]
     )
+
+    def __init__(self):
+        super().__init__()
+        for repeated in _repeated_options():
+            self[repeated.name] = repeated.default
 
     def config(self, config_class):
         """The parsed options of one config class, typed."""
@@ -107,6 +113,27 @@ class Options(usage.Options):
             nodes_check(daemon.db, daemon.bus, daemon.workers)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _repeated_options():
+    return [o for config_class in config_classes() for o in options_of(config_class) if o.repeat]
+
+
+def _collector(repeated):
+    """The handler of an option that may be given many times: each value is kept, in order."""
+
+    def collect(self, value):
+        try:
+            self[repeated.name] = (*self[repeated.name], repeated.coerce(value))
+        except ValueError as exc:
+            raise usage.UsageError(f"--{repeated.name}: {exc}") from None
+
+    collect.__doc__ = f"{repeated.help} (repeatable)"
+    return collect
+
+
+for _repeated in _repeated_options():
+    setattr(Options, "opt_" + _repeated.name.replace("-", "_"), _collector(_repeated))
 
 
 def _exit_failed():

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from chatserv import events
 from chatserv.bus import Audience, Subscription, to_room, to_users
 from chatserv.bus.local import LocalBus
-from chatserv.model import Message, Room, Session, User
+from chatserv.model import Message, Room, RoomChange, Session, User
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from tests.support import cheap_hasher
@@ -34,7 +34,9 @@ EXAMPLES = [
     events.ContactChanged(ALICE, BOB, "blocked", "friend"),
     events.ReadMarked(ALICE, 12, peer=BOB),
     events.MembershipChanged(ROOM, BOB, False, by=ALICE, reason="out"),
-    events.OperatorChanged(ROOM, BOB, True, ALICE),
+    events.RoomChanged(ROOM, ALICE, (RoomChange("operator", True, user=BOB), RoomChange("ban", mask="x!*@*"),
+                                     RoomChange("limit", 5))),
+    events.Invited(ROOM, ALICE, BOB),
     events.TopicChanged(ROOM, ALICE, "hello"),
     events.Kicked("logged in elsewhere"),
     events.ServerShutdown(),

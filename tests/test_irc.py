@@ -282,7 +282,7 @@ async def test_cap_sasl_and_the_register_command(daemon):
     assert (await until(client, b" 001 "))[-1] == (
         b":chatserv 001 whatever :Welcome to the chatserv IRC network whatever!u@chatserv")
     isupport = b" ".join(line for line in await until(client, b" 376 ") if b" 005 " in line).split()
-    for token in (b"CHANTYPES=#", b"PREFIX=(o)@", b"NICKLEN=32", b"CHANNELLEN=51", b"CASEMAPPING=ascii",
+    for token in (b"CHANTYPES=#", b"PREFIX=(ov)@+", b"NICKLEN=32", b"CHANNELLEN=51", b"CASEMAPPING=ascii",
                   b"CHATHISTORY=50", b"NETWORK=chatserv"):
         assert token in isupport
     client.send(b"REGISTER bob * pw")
@@ -461,6 +461,8 @@ async def test_away_ison_list_names_who_and_a_stopping_daemon(daemon):
     await bob.hear("topic")
     bob.away("lunch")
     await bob.numeric("306")
+    bob.mode("bob", False, "i")  # visible: WHO shows bob to those outside his channels
+    await bob.sync()
     alice.send(b"ISON bob nobody alice", b"PRIVMSG bob :there?", b"LIST #look", b"NAMES #look", b"WHO #look",
                b"TOPIC #look")
     assert await until(alice, b" 332 ") == [
@@ -474,6 +476,8 @@ async def test_away_ison_list_names_who_and_a_stopping_daemon(daemon):
         b":chatserv 352 alice #look bob chatserv chatserv bob G@ :0 bob the bot",
         b":chatserv 315 alice #look :End of WHO list",
         b":chatserv 332 alice #look :a topic"]
+    set_at = int(daemon.chat.room("look").topic_at)
+    assert await alice.receive() == b":chatserv 333 alice #look bob %d" % set_at
     await daemon.stop()
     assert await until(alice, b"ERROR") == [b"ERROR :Closing Link: chatserv (server shutting down)"]
     await alice.wait_closed()

@@ -11,6 +11,7 @@ from chatserv import errors
 from chatserv.bus import Subscription
 from chatserv.events import UserRef
 from chatserv.limits import Limits
+from chatserv.model import RoomChange
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
 from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
@@ -209,14 +210,16 @@ async def test_operators_grant_and_take_back_and_members_hear_of_it():
     await chat.join_room(bob, "ops")
     sink = Sink()
     chat.attach(bob, sink, "test")
-    room = chat.set_operator(alice, "ops", bob, True)
-    assert chat.is_operator(bob, room) and sink.events[-1].granted and sink.events[-1].by == UserRef.of(alice)
-    chat.set_operator(bob, "ops", alice, False)  # the creator stays an operator
+    room = chat.room("ops")
+    await chat.change_room(alice, "ops", [RoomChange("operator", True, user=bob)])
+    granted = sink.events[-1]
+    assert chat.is_operator(bob, room) and granted.changes[0].value and granted.by == UserRef.of(alice)
+    await chat.change_room(bob, "ops", [RoomChange("operator", False, user=alice)])  # the creator stays one
     assert chat.is_operator(alice, room)
-    chat.set_operator(alice, "ops", bob, False)
+    await chat.change_room(alice, "ops", [RoomChange("operator", False, user=bob)])
     assert not chat.is_operator(bob, room)
-    with pytest.raises(errors.Denied):
-        chat.set_operator(bob, "ops", bob, True)
+    with pytest.raises(errors.NotOperator):
+        await chat.change_room(bob, "ops", [RoomChange("operator", True, user=bob)])
 
 
 @pytest_twisted.ensureDeferred

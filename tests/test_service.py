@@ -9,7 +9,7 @@ from chatserv import errors, events
 from chatserv.bus import Subscription
 from chatserv.credentials import password_digest
 from chatserv.events import UserRef
-from chatserv.model import LOBBY
+from chatserv.model import LOBBY, RoomChange
 from chatserv.service import ChatService
 from chatserv.store import open_store
 from chatserv.store.memory import MemoryStore
@@ -395,8 +395,10 @@ async def test_each_failure_has_a_type_of_its_own_under_the_broad_one(chat):
         (errors.InvalidRoomName, errors.Invalid, lambda: chat.create_room(bob, "has space")),
         (errors.NotMember, errors.Denied, lambda: chat.leave_room(bob, "games")),
         (errors.NotMember, errors.Denied, lambda: chat.send_room(bob, "games", "hi")),
-        (errors.NotOperator, errors.Denied, lambda: chat.set_operator(bob, "games", alice, True)),
-        (errors.MemberNotFound, errors.NotFound, lambda: chat.set_operator(alice, "games", bob, True)),
+        (errors.NotOperator, errors.Denied,
+         lambda: chat.change_room(bob, "games", [RoomChange("operator", user=alice)])),
+        (errors.MemberNotFound, errors.NotFound,
+         lambda: chat.change_room(alice, "games", [RoomChange("operator", user=bob)])),
         (errors.ContactNotFound, errors.NotFound, lambda: chat.remove_contact(alice, "bob")),
         (errors.ContactIsSelf, errors.Invalid, lambda: chat.add_contact(alice, "alice")),
         (errors.UnknownContactStatus, errors.Invalid, lambda: chat.set_contact(alice, "bob", "enemy")),
@@ -430,14 +432,21 @@ class FailingStore(MemoryStore):
     remove_member = _fails("remove_member")
     update_room = _fails("update_room")
     add_message = _fails("add_message")
+    set_room_role = _fails("set_room_role")
+    add_room_ban = _fails("add_room_ban")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failed_write_leaves_no_trace_in_memory():
+async def failing_chat():
     store = FailingStore()
     chat = ChatService(store, cheap_hasher(), reactor)
     chat.startService()
     await chat.when_ready()
+    return store, chat
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_write_leaves_no_trace_in_memory():
+    store, chat = await failing_chat()
     alice, bob = await users(chat, "alice", "bob")
     await chat.create_room(alice, "kept")
     await chat.add_contact(alice, "bob")
@@ -455,4 +464,21 @@ async def test_a_failed_write_leaves_no_trace_in_memory():
     store.failing = False
     assert (await chat.register("carol", "pw")).username == "carol"  # the name was not kept either
     assert (await chat.create_room(alice, "lost")).name == "lost"
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_room_settings_write_leaves_the_room_as_it_was():
+    store, chat = await failing_chat()
+    alice, bob = await users(chat, "alice", "bob")
+    room = await chat.create_room(alice, "kept")
+    await chat.join_room(bob, "kept")
+    store.failing = True
+    for changes in ([RoomChange("moderated"), RoomChange("limit", 5)], [RoomChange("operator", user=bob)],
+                    [RoomChange("ban", mask="carol!*@*")]):
+        with pytest.raises(errors.StoreUnavailable):
+            await chat.change_room(alice, "kept", changes)
+    info = chat.room_info(room)
+    assert not info.moderated and info.limit == 0 and not chat.is_operator(bob, room)
+    assert chat.room_bans(room) == []
     await chat.stopService()

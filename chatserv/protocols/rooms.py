@@ -258,7 +258,7 @@ class RoomsConnection(ChatConnection):
             except errors.ChatError:
                 pass  # the client's idea of its room is stale: it adopts ours
         current = self.current_room
-        names = [room.name for room in self.service.rooms()]
+        names = [room.name for room in self.service.listed_rooms(self.user)]
         return literal([current, names_that_fit(names, REPLY_LIMIT - size([current, []]), "rooms")])
 
     async def do_join_new_room(self, room):

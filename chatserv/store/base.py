@@ -38,7 +38,16 @@ class IStore(Interface):
         the id the store gave it. Room ids are never reused."""
 
     def update_room(room):
-        """Persist a changed topic."""
+        """Persist a changed topic or setting (``chatserv.model.ROOM_FLAGS`` and ``ROOM_VALUES``)."""
+
+    def set_room_role(room_id, user_id, role, held):
+        """Give (``held``) or take back an account's role in a room: ``operator`` or ``voice``."""
+
+    def add_room_ban(room_id, ban):
+        """Persist a RoomBan."""
+
+    def remove_room_ban(room_id, mask):
+        """Lift a ban (masks compare case-insensitively)."""
 
     def add_member(room_id, user_id):
         """Make a user a member of a room."""

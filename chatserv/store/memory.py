@@ -8,7 +8,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from chatserv.model import Message, Room, Snapshot, User
+from chatserv.model import Message, Room, Snapshot, User, fold
 from chatserv.store.base import IStore
 
 
@@ -24,12 +24,20 @@ def _within(message, bounds) -> bool:
             and (bounds.until is None or message.sent_at < bounds.until))
 
 
+def _room_row(room: Room) -> Room:
+    """What the rooms table keeps: members, roles and bans are kept apart, as in the SQLite
+    store, and only their own writes change them."""
+    return attrs.evolve(room, members=set(), operators=set(), voiced=set(), bans={})
+
+
 @implementer(IStore)
 class MemoryStore:
     def __init__(self):
         self._users: dict[int, User] = {}
         self._rooms: dict[int, Room] = {}
         self._members: set[tuple[int, int]] = set()
+        self._roles: set[tuple[int, int, str]] = set()
+        self._room_bans: dict[int, dict] = {}
         self._contacts: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._messages: dict[int, Message] = {}
         self._bans: set[str] = set()
@@ -44,7 +52,10 @@ class MemoryStore:
         rooms = []
         for room in self._rooms.values():
             members = {uid for rid, uid in self._members if rid == room.id}
-            rooms.append(attrs.evolve(room, members=members))
+            roles = {role: {uid for rid, uid, held in self._roles if rid == room.id and held == role}
+                     for role in ("operator", "voice")}
+            rooms.append(attrs.evolve(room, members=members, operators=roles["operator"],
+                                      voiced=roles["voice"], bans=dict(self._room_bans.get(room.id, {}))))
         return succeed(
             Snapshot(
                 users=[attrs.evolve(u) for u in self._users.values()],
@@ -86,11 +97,11 @@ class MemoryStore:
     def add_room(self, room):
         room_id = self._new_id("rooms")
         if room.persistent:
-            self._rooms[room_id] = attrs.evolve(room, id=room_id, members=set())
+            self._rooms[room_id] = _room_row(attrs.evolve(room, id=room_id))
         return succeed(room_id)
 
     def update_room(self, room):
-        self._rooms[room.id] = attrs.evolve(room, members=set())
+        self._rooms[room.id] = _room_row(room)
         return succeed(None)
 
     def add_member(self, room_id, user_id):
@@ -99,6 +110,18 @@ class MemoryStore:
 
     def remove_member(self, room_id, user_id):
         self._members.discard((room_id, user_id))
+        return succeed(None)
+
+    def set_room_role(self, room_id, user_id, role, held):
+        (self._roles.add if held else self._roles.discard)((room_id, user_id, role))
+        return succeed(None)
+
+    def add_room_ban(self, room_id, ban):
+        self._room_bans.setdefault(room_id, {})[fold(ban.mask)] = ban
+        return succeed(None)
+
+    def remove_room_ban(self, room_id, mask):
+        self._room_bans.get(room_id, {}).pop(fold(mask), None)
         return succeed(None)
 
     def add_message(self, message):

@@ -252,6 +252,33 @@ MIGRATIONS: list[str | PerEngine] = [
     );
     """,
     ),
+    # 8: room settings (IRC's channel modes), who set the topic and when, operator and voice
+    # grants, and ban masks: the service keeps them, every port honours them.
+    """
+    ALTER TABLE rooms ADD COLUMN topic_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN topic_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN invite_only BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE rooms ADD COLUMN room_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN member_limit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN moderated BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE rooms ADD COLUMN secret BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE rooms ADD COLUMN no_external BOOLEAN NOT NULL DEFAULT TRUE;
+    ALTER TABLE rooms ADD COLUMN topic_locked BOOLEAN NOT NULL DEFAULT TRUE;
+    CREATE TABLE room_roles (
+        room_id BIGINT NOT NULL REFERENCES rooms(id),
+        user_id BIGINT NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id, role)
+    );
+    CREATE TABLE room_bans (
+        room_id BIGINT NOT NULL REFERENCES rooms(id),
+        mask_key TEXT NOT NULL,
+        mask TEXT NOT NULL,
+        set_by TEXT NOT NULL,
+        set_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (room_id, mask_key)
+    );
+    """,
 ]
 
 # Any constant both sides agree on: the key of the PostgreSQL advisory lock migrations hold.

@@ -42,7 +42,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from chatserv.errors import Invalid, StoreUnavailable
-from chatserv.model import Message, Room, Snapshot, User, fold
+from chatserv.model import Message, Room, RoomBan, Snapshot, User, fold
 from chatserv.store.base import IStore
 
 log = Logger()
@@ -67,6 +67,21 @@ _INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?,
 # Tables whose ids the store hands out.
 ID_TABLES = ("users", "rooms", "messages")
 
+# The Room fields after ``members`` that are stored with the room, in the order of their columns.
+ROOM_SETTINGS = ("topic_by", "topic_at", "invite_only", "key", "limit", "moderated", "secret", "no_external",
+                 "topic_locked")
+_ROOM_SETTING_COLUMNS = ("topic_by, topic_at, invite_only, room_key, member_limit, moderated, secret,"
+                         " no_external, topic_locked")
+_ROOM_SETTING_UPDATE = ("topic_by = ?, topic_at = ?, invite_only = ?, room_key = ?, member_limit = ?,"
+                        " moderated = ?, secret = ?, no_external = ?, topic_locked = ?")
+_ROOM_FLAGS = {"invite_only", "moderated", "secret", "no_external", "topic_locked"}
+_ROOMS = f"SELECT id, name, created_by, created_at, topic, {_ROOM_SETTING_COLUMNS} FROM rooms"
+
+
+def _room(row) -> Room:
+    settings = {field: bool(value) if field in _ROOM_FLAGS else value
+                for field, value in zip(ROOM_SETTINGS, row[5:], strict=True)}
+    return Room(*row[:5], **settings)
 _LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
                          " m.room_id, m.delivered")
 def _conversations(json_ids: str) -> str:
@@ -500,11 +515,16 @@ class SQLStore:
         users = [User(*row) for row in self._query(
             conn, "SELECT id, username, salt, verifier, created_at, public_key FROM users ORDER BY id"
         )]
-        rooms = {row[0]: Room(*row) for row in self._query(
-            conn, "SELECT id, name, created_by, created_at, topic FROM rooms ORDER BY id"
-        )}
+        rooms = {}
+        for row in self._query(conn, _ROOMS):
+            rooms[row[0]] = _room(row)
         for room_id, user_id in self._query(conn, "SELECT room_id, user_id FROM room_members"):
             rooms[room_id].members.add(user_id)
+        for room_id, user_id, role in self._query(conn, "SELECT room_id, user_id, role FROM room_roles"):
+            (rooms[room_id].operators if role == "operator" else rooms[room_id].voiced).add(user_id)
+        for room_id, mask_key, mask, set_by, set_at in self._query(
+                conn, "SELECT room_id, mask_key, mask, set_by, set_at FROM room_bans ORDER BY set_at"):
+            rooms[room_id].bans[mask_key] = RoomBan(mask, set_by, set_at)
         contacts = self._query(
             conn, "SELECT owner_id, contact_id, status, status_before_block FROM contacts")
         bans = [row[0] for row in self._query(conn, "SELECT address FROM bans ORDER BY address")]
@@ -565,7 +585,31 @@ class SQLStore:
         ))
 
     def update_room(self, room):
-        return self._write(("UPDATE rooms SET topic = ? WHERE id = ?", (room.topic, room.id)))
+        values = [getattr(room, field) for field in ROOM_SETTINGS]
+        return self._write((f"UPDATE rooms SET topic = ?, {_ROOM_SETTING_UPDATE} WHERE id = ?",
+                            (room.topic, *values, room.id)))
+
+    def set_room_role(self, room_id, user_id, role, held):
+        if held:
+            return self._write((
+                "INSERT INTO room_roles (room_id, user_id, role) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (room_id, user_id, role),
+            ))
+        return self._write(("DELETE FROM room_roles WHERE room_id = ? AND user_id = ? AND role = ?",
+                            (room_id, user_id, role)))
+
+    def add_room_ban(self, room_id, ban):
+        return self._write((
+            "INSERT INTO room_bans (room_id, mask_key, mask, set_by, set_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (room_id, mask_key) DO UPDATE SET mask = excluded.mask, set_by = excluded.set_by,"
+            " set_at = excluded.set_at",
+            (room_id, fold(ban.mask), ban.mask, ban.set_by, ban.set_at),
+        ))
+
+    def remove_room_ban(self, room_id, mask):
+        return self._write((
+            "DELETE FROM room_bans WHERE room_id = ? AND mask_key = ?", (room_id, fold(mask)),
+        ))
 
     def add_member(self, room_id, user_id):
         return self._write((
@@ -733,8 +777,7 @@ class SQLStore:
         return found.addCallback(lambda users: users[0] if users else None)
 
     def room_by_id(self, room_id):
-        rooms = self._read("SELECT id, name, created_by, created_at, topic FROM rooms WHERE id = ?",
-                           (room_id,), lambda row: Room(*row))
+        rooms = self._read(_ROOMS + " WHERE id = ?", (room_id,), _room)
         members = self._read("SELECT user_id FROM room_members WHERE room_id = ?", (room_id,))
 
         def joined(found):

@@ -26,6 +26,7 @@ CAPABILITIES = {
     "multi-prefix": "",
     "sasl": "PLAIN",
     "server-time": "",
+    "userhost-in-names": "",
     "znc.in/playback": "",
 }
 SASL_CHUNK = 400  # bytes of base64 per AUTHENTICATE line (IRCv3 SASL)

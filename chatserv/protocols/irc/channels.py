@@ -1,8 +1,8 @@
 """Channels are chatserv rooms: ``#lobby`` is room ``lobby``, membership is shared by every port.
 
-NAMES, WHO and LIST show the members who are online on any port. Operators are the room's
-creator and whoever an operator gave +o (``ChatService.set_operator``). Topic changes are
-for operators unless the channel is set -t; +n always holds (only members may talk).
+NAMES, WHO and LIST show the members who are online on any port. Who may do what (the
+founder, operators, voice, bans, keys...) is the room's settings, kept by the service
+(``chatserv.room_settings``); ``modes.py`` shows them as channel modes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from chatserv import errors
 from chatserv.model import Room, fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import HOST, serialise
+from chatserv.protocols.irc.message import serialise
 
 NAMES_BUDGET = 400  # bytes of names in one RPL_NAMREPLY, well inside 512
 
@@ -36,11 +36,18 @@ class ChannelsMixin:
         return room
 
     def prefixed(self, user, room: Room) -> str:
-        return "@" if self.service.is_operator(user, room) else ""
+        """``@`` for an operator, ``+`` for voice; both with ``multi-prefix``."""
+        prefixes = (("@" if self.service.is_operator(user, room) else "")
+                    + ("+" if self.service.is_voiced(user, room) else ""))
+        return prefixes if "multi-prefix" in self.caps else prefixes[:1]
 
     def need_operator(self, room: Room):
-        if not self.service.is_operator(self.user, room):
+        if not self.service.can_manage(self.user, room):
             raise N.IRCError(N.ERR_CHANOPRIVSNEEDED, target="#" + room.name)
+
+    def sees_inside(self, room: Room) -> bool:
+        """Whether this client may see a room's members: always, unless it is secret (+s)."""
+        return not self.service.room_info(room).secret or self.service.is_member(self.user, room)
 
     def online_members(self, room: Room):
         return [u for u in self.service.members(room) if self.service.is_online(u)]
@@ -62,9 +69,12 @@ class ChannelsMixin:
             for room in list(self.channels.values()):
                 await self.each_target("#" + room.name, self._part)
             return
-        await self.each_target(line.params[0], self._join)
+        keys = line.param(1).split(",")
+        for index, target in enumerate(line.params[0].split(",")):
+            key = keys[index] if index < len(keys) else ""
+            await self.each_target(target, lambda target, key=key: self._join(target, key))
 
-    async def _join(self, target: str):
+    async def _join(self, target: str, key: str = ""):
         name = target[1:] if target.startswith("#") else ""
         try:
             self.service.validate_room_name(name)
@@ -72,7 +82,7 @@ class ChannelsMixin:
             raise N.IRCError(N.ERR_NOSUCHCHANNEL, target=target) from None
         if fold(name) in self.channels:
             return
-        room = await self.service.join_room(self.user, name, create=True, address=self.peer_host)
+        room = await self.service.join_room(self.user, name, create=True, key=key, address=self.peer_host)
         if fold(room.name) not in self.channels:  # a member already: no event told us
             self.show_join(room)
         await self.replay(room)
@@ -81,24 +91,35 @@ class ChannelsMixin:
         self.channels[fold(room.name)] = room
         channel = "#" + room.name
         lines = [serialise("JOIN", channel, prefix=self.own_mask())]
-        topic = self.service.topic(room)
-        if topic:
-            lines.append(self.numeric(N.RPL_TOPIC, channel=channel, topic=topic))
+        lines += self.topic_lines(room)
         lines += self.names_lines(room)
         self.send(b"".join(lines))
 
+    def topic_lines(self, room: Room) -> list[bytes]:
+        """RPL_TOPIC and RPL_TOPICWHOTIME, or nothing without a topic."""
+        topic = self.service.topic(room)
+        if not topic:
+            return []
+        channel, info = "#" + room.name, self.service.room_info(room)
+        return [self.numeric(N.RPL_TOPIC, channel=channel, topic=topic),
+                self.numeric(N.RPL_TOPICWHOTIME, channel=channel, by=info.topic_by or "*",
+                             at=int(info.topic_at))]
+
     def names_lines(self, room: Room) -> list[bytes]:
+        """RPL_NAMREPLY lines (none for a secret room seen from outside), then RPL_ENDOFNAMES."""
         channel = "#" + room.name
         lines, names, size = [], [], 0
-        for user in self.online_members(room):
-            name = self.prefixed(user, room) + self.nick_of(user)
+        kind = "@" if self.service.room_info(room).secret else "="
+        full = "userhost-in-names" in self.caps
+        for user in self.online_members(room) if self.sees_inside(room) else ():
+            name = self.prefixed(user, room) + (self.mask_of(user) if full else self.nick_of(user))
             if size + len(name) + 1 > NAMES_BUDGET:
-                lines.append(self.numeric(N.RPL_NAMREPLY, channel=channel, names=" ".join(names)))
+                lines.append(self.numeric(N.RPL_NAMREPLY, kind=kind, channel=channel, names=" ".join(names)))
                 names, size = [], 0
             names.append(name)
             size += len(name) + 1
         if names:
-            lines.append(self.numeric(N.RPL_NAMREPLY, channel=channel, names=" ".join(names)))
+            lines.append(self.numeric(N.RPL_NAMREPLY, kind=kind, channel=channel, names=" ".join(names)))
         lines.append(self.numeric(N.RPL_ENDOFNAMES, channel=channel))
         return lines
 
@@ -115,25 +136,48 @@ class ChannelsMixin:
             raise
 
     async def irc_KICK(self, line):
-        room = self.joined(line.params[0])
+        """``KICK #a nick1,nick2``, ``KICK #a,#b nick`` or ``KICK #a,#b nick1,nick2`` (in pairs);
+        each kick is answered on its own. The default reason is the kicker's nick."""
+        channels, nicks = line.params[0].split(","), line.params[1].split(",")
+        if len(channels) == 1:
+            pairs = [(channels[0], nick) for nick in nicks]
+        elif len(nicks) == 1:
+            pairs = [(channel, nicks[0]) for channel in channels]
+        elif len(nicks) == len(channels):
+            pairs = list(zip(channels, nicks, strict=True))
+        else:
+            raise N.IRCError(N.ERR_NEEDMOREPARAMS, command="KICK")
+        reason = line.param(2) or self.nick
+        for channel, nick in pairs:
+            await self.each_target(channel, lambda channel, nick=nick: self._kick(channel, nick, reason))
+
+    async def _kick(self, channel: str, nick: str, reason: str):
+        room = self.joined(channel)
         self.need_operator(room)
-        reason = line.param(2)
+        try:
+            user = self.service.user_or_guest(nick)
+        except errors.NotFound:
+            raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
+        if not self.service.is_member(user, room):
+            raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel="#" + room.name)
+        await self.service.leave_room(user, room.name, by=self.user, reason=reason)
 
-        async def kick(nick):
-            try:
-                user = self.service.user_or_guest(nick)
-            except errors.UserNotFound:
-                raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
-            if not self.service.is_member(user, room):
-                raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel="#" + room.name)
-            await self.service.leave_room(user, room.name, by=self.user, reason=reason or user.username)
-
-        await self.each_target(line.params[1], kick)
+    async def irc_INVITE(self, line):
+        """INVITE <nick> <#channel>: lets the nick in once, past +i, the key and the limit."""
+        nick, channel = line.params[:2]
+        user = self.online(nick)
+        room = self.joined(channel)
+        if self.service.room_info(room).invite_only:
+            self.need_operator(room)
+        if self.service.is_member(user, room):
+            raise N.IRCError(N.ERR_USERONCHANNEL, target=self.nick_of(user), channel="#" + room.name)
+        self.service.invite(self.user, room.name, user)
+        self.reply(N.RPL_INVITING, target=self.nick_of(user), channel="#" + room.name)
 
     # looking around
 
     def irc_LIST(self, line):
-        rooms = self.service.rooms()
+        rooms = self.service.listed_rooms(self.user)
         if line.param(0):
             wanted = {fold(t[1:]) for t in line.params[0].split(",") if t.startswith("#")}
             rooms = [r for r in rooms if fold(r.name) in wanted]
@@ -152,83 +196,19 @@ class ChannelsMixin:
             except N.IRCError:
                 self.reply(N.RPL_ENDOFNAMES, channel=target)
 
-    def irc_WHO(self, line):
-        target = line.param(0, "*")
-        lines = []
-        if target.startswith("#"):
-            try:
-                room = self.service_room(target)
-            except N.IRCError:
-                room = None
-            if room is not None:
-                lines = [self.who_line(u, room) for u in self.online_members(room)]
-        elif target != "*":
-            try:
-                lines = [self.who_line(self.online(target), None)]
-            except N.IRCError:
-                pass
-        lines.append(self.numeric(N.RPL_ENDOFWHO, target=target))
-        self.send(b"".join(lines))
-
-    def who_line(self, user, room: Room | None) -> bytes:
-        flags = ("G" if user.id in self.factory.away else "H") + (self.prefixed(user, room) if room else "")
-        ident, realname = self.user_info(user)
-        return self.numeric(N.RPL_WHOREPLY, channel="#" + room.name if room else "*", ident=ident, host=HOST,
-                            server=self.server, target=self.nick_of(user), flags=flags, realname=realname)
-
-    # topic and modes
+    # topic
 
     async def irc_TOPIC(self, line):
         target = line.params[0]
         if len(line.params) == 1:
             room = self.service_room(target)
-            topic = self.service.topic(room)
-            if topic:
-                return self.reply(N.RPL_TOPIC, channel=target, topic=topic)
+            if not self.sees_inside(room):
+                raise N.IRCError(N.ERR_NOTONCHANNEL, target=target)
+            if self.service.topic(room):
+                return self.send(b"".join(self.topic_lines(room)))
             return self.reply(N.RPL_NOTOPIC, channel=target)
         room = self.joined(target)
-        if room.id not in self.factory.topic_open:
-            self.need_operator(room)
         await self.service.set_topic(self.user, room.name, line.params[1])
-
-    def irc_MODE(self, line):
-        if not line.params[0].startswith("#"):
-            return self.user_mode(line)
-        room = self.service_room(line.params[0])
-        channel = "#" + room.name
-        if len(line.params) == 1:
-            modes = "+n" if room.id in self.factory.topic_open else "+nt"
-            created = int(room.created_at)
-            return self.send(self.numeric(N.RPL_CHANNELMODEIS, channel=channel, modes=modes)
-                             + self.numeric(N.RPL_CREATIONTIME, channel=channel, created=created))
-        arguments = list(line.params[2:])
-        sign = "+"
-        for char in line.params[1]:
-            if char in "+-":
-                sign = char
-            elif char == "b":
-                self.reply(N.RPL_ENDOFBANLIST, channel=channel)
-            elif char == "o":
-                if not arguments:
-                    raise N.IRCError(N.ERR_NEEDMOREPARAMS, command="MODE")
-                self.joined(channel)
-                self.need_operator(room)
-                nick = arguments.pop(0)
-                try:
-                    user = self.service.user_or_guest(nick)
-                except errors.UserNotFound:
-                    raise N.IRCError(N.ERR_NOSUCHNICK, target=nick) from None
-                if not self.service.is_member(user, room):
-                    raise N.IRCError(N.ERR_USERNOTINCHANNEL, target=nick, channel=channel)
-                self.service.set_operator(self.user, room.name, user, sign == "+")
-            elif char in "nt":
-                self.joined(channel)
-                self.need_operator(room)
-                if char == "t":
-                    (self.factory.topic_open.discard if sign == "+" else self.factory.topic_open.add)(room.id)
-                    self.send(serialise("MODE", channel, sign + "t", prefix=self.own_mask()))
-            else:
-                raise N.IRCError(N.ERR_UNKNOWNMODE, target=char)
 
     # events
 
@@ -245,6 +225,9 @@ class ChannelsMixin:
                 return None
         elif key not in self.channels:
             return None
+        if event.joined:  # the roles the newcomer holds there (the founder's +o) come with it
+            return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of)
+                                     + self.role_modes(self.channels[key], event.user))
         return event.render_once("irc", lambda: _membership_line(event, self.mask_of, self.nick_of))
 
     def render_topic(self, event):
@@ -253,12 +236,9 @@ class ChannelsMixin:
         return event.render_once("irc", lambda: serialise("TOPIC", "#" + event.room.name, event.text,
                                                           prefix=self.mask_of(event.by)))
 
-    def render_operator(self, event):
-        if fold(event.room.name) not in self.channels:
-            return None
-        sign = "+o" if event.granted else "-o"
-        return event.render_once("irc", lambda: serialise(
-            "MODE", "#" + event.room.name, sign, self.nick_of(event.user), prefix=self.mask_of(event.by)))
+    def render_invited(self, event):
+        return serialise("INVITE", self.nick_of(event.user), "#" + event.room.name,
+                         prefix=self.mask_of(event.by))
 
 
 def _membership_line(event, mask_of, nick_of) -> bytes:
@@ -266,7 +246,7 @@ def _membership_line(event, mask_of, nick_of) -> bytes:
     if event.joined:
         return serialise("JOIN", channel, prefix=mask_of(event.user))
     if event.by is not None:
-        return serialise("KICK", channel, nick_of(event.user), event.reason or nick_of(event.user),
+        return serialise("KICK", channel, nick_of(event.user), event.reason or nick_of(event.by),
                          prefix=mask_of(event.by))
     if event.reason:
         return serialise("PART", channel, event.reason, prefix=mask_of(event.user))

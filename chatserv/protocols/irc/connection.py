@@ -1,10 +1,11 @@
 """The IRC connection: registration state machine, the command table, users and messages.
 
-Channel commands live in ``channels.py``, accounts (CAP, SASL, REGISTER, NickServ) in
-``accounts.py``, nicks and USER in ``nicks.py``, history in ``history.py``, bouncer playback in
-``playback.py``, labeled responses in ``labels.py``; each is a mixin of ``IRCConnection``. A
-nick is the name a user goes by (``ChatService.name_of``): a guest's name, an account's name
-or a nick the account took.
+Channel commands live in ``channels.py``, MODE in ``modes.py``, accounts (CAP, SASL,
+REGISTER, NickServ) in ``accounts.py``, nicks and USER in ``nicks.py``, history in
+``history.py``, bouncer playback in ``playback.py``, labeled responses in ``labels.py``, OPER,
+KILL and WALLOPS in ``operators.py``, WHO, WHOWAS and the server queries in ``queries.py``;
+each is a mixin of ``IRCConnection``. A nick is the name a user goes by
+(``ChatService.name_of``): a guest's name, an account's name or a nick the account took.
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ from chatserv.protocols.irc.message import (
     raw_line,
     serialise,
 )
+from chatserv.protocols.irc.modes import CHANNEL_MODES, PARAMETER_MODES, USER_MODES, ModesMixin
+from chatserv.protocols.irc.modes import ISUPPORT as MODE_TOKENS
 from chatserv.protocols.irc.nicks import USERLEN, NicksMixin
+from chatserv.protocols.irc.operators import OperatorBook, OperatorsMixin, oper_entry
 from chatserv.protocols.irc.playback import PLAYBACK, PlaybackMixin
+from chatserv.protocols.irc.queries import Census, QueriesMixin
 from chatserv.wire import ErrorTable
 
 VERSION = "chatserv-0.1"
@@ -58,6 +63,14 @@ ERRORS = ErrorTable({
     errors.Blocked: N.ERR_CANTSENDTOUSER,
     errors.NotOperator: N.ERR_CHANOPRIVSNEEDED,
     errors.Denied: N.ERR_NOTONCHANNEL,
+    errors.Banned: N.ERR_BANNEDFROMCHAN,
+    errors.InviteOnly: N.ERR_INVITEONLYCHAN,
+    errors.WrongKey: N.ERR_BADCHANNELKEY,
+    errors.RoomFull: N.ERR_CHANNELISFULL,
+    errors.CannotSend: N.ERR_CANNOTSENDTOCHAN,
+    errors.NotOperator: N.ERR_CHANOPRIVSNEEDED,
+    errors.InvalidKey: N.ERR_INVALIDKEY,
+    errors.ListFull: N.ERR_BANLISTFULL,
     errors.BadCredentials: N.ERR_PASSWDMISMATCH,
     errors.NotLoggedIn: N.ERR_NOTREGISTERED,
     errors.TooManyRooms: N.ERR_TOOMANYCHANNELS,
@@ -103,6 +116,15 @@ COMMANDS = {
     "MODE": Command("irc_MODE", 1),
     "MOTD": Command("irc_MOTD"),
     "CHATHISTORY": Command("irc_CHATHISTORY", 3),
+    "INVITE": Command("irc_INVITE", 2),
+    "OPER": Command("irc_OPER", 2),
+    "KILL": Command("irc_KILL", 1),
+    "WALLOPS": Command("irc_WALLOPS", 1),
+    "WHOWAS": Command("irc_WHOWAS"),
+    "LUSERS": Command("irc_LUSERS"),
+    "VERSION": Command("irc_VERSION"),
+    "TIME": Command("irc_TIME"),
+    "INFO": Command("irc_INFO"),
 }
 
 
@@ -113,7 +135,7 @@ REPAIRED_UTF8 = frozenset({"USER", "QUIT"})
 
 
 class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, PlaybackMixin, LabelsMixin,
-                    ChatConnection):
+                    ModesMixin, OperatorsMixin, QueriesMixin, ChatConnection):
     protocol_name = "irc"
     error_table = ERRORS
     # A room-mate's first login and last logout are JOIN and QUIT lines.
@@ -131,6 +153,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
         self.held: dict[int, list] = {}  # room id -> (message id, line) held while a replay is fetched
         self.seen: dict[int, int] = {}  # room id -> newest message id shown here
+        self.user_modes = {"i"}
         self._awaiting_pong = False
         self._batches = 0
 
@@ -154,6 +177,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
 
     def logout(self):
         self.remember_seen()
+        self.remember_departure()
         if self.session is not None:
             session, self.session = self.session, None
             self.service.detach(session, reason=self.quit_reason)
@@ -326,25 +350,30 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         return session
 
     def welcome(self):
-        limits = self.limits
-        network = self.factory.network
-        tokens = [
-            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=,,,nt", "CHANNELLEN=51",
-            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp",
-            f"NETWORK={network}",
-            "NICKLEN=32", "PREFIX=(o)@", f"TOPICLEN={limits.max_body}", "UTF8ONLY", f"USERLEN={USERLEN}",
-            f"TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:1,WHOIS:1",
-        ]
         lines = [
-            self.numeric(N.RPL_WELCOME, network=network, mask=self.own_mask()),
+            self.numeric(N.RPL_WELCOME, network=self.factory.network, mask=self.own_mask()),
             self.numeric(N.RPL_YOURHOST, server=self.server, version=VERSION),
             self.numeric(N.RPL_CREATED, created=self.factory.started),
-            self.numeric(N.RPL_MYINFO, server=self.server, version=VERSION),
+            self.numeric(N.RPL_MYINFO, server=self.server, version=VERSION, user_modes=USER_MODES,
+                         channel_modes=CHANNEL_MODES, parameter_modes=PARAMETER_MODES),
         ]
-        for start in range(0, len(tokens), 12):
-            lines.append(self.numeric(N.RPL_ISUPPORT, tokens=" ".join(tokens[start : start + 12])))
-        self.send(b"".join(lines))
+        self.send(b"".join(lines + self.isupport_lines()))
+        self.counted()
+        self.irc_LUSERS(None)
         self.irc_MOTD(None)
+
+    def isupport_lines(self) -> list[bytes]:
+        limits = self.limits
+        tokens = [
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANNELLEN=51",
+            "CHANTYPES=#", f"CHATHISTORY={limits.history}", "MSGREFTYPES=msgid,timestamp",
+            f"NETWORK={self.factory.network}",
+            "NICKLEN=32", f"TOPICLEN={limits.max_body}", "UTF8ONLY", f"USERLEN={USERLEN}",
+            f"TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:1,WHOIS:1,"
+            "KICK:", "WHOX", *MODE_TOKENS,
+        ]
+        return [self.numeric(N.RPL_ISUPPORT, tokens=" ".join(tokens[start : start + 12]))
+                for start in range(0, len(tokens), 12)]
 
     def irc_MOTD(self, line):
         lines = [self.numeric(N.RPL_MOTDSTART, server=self.server)]
@@ -427,7 +456,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             self.reply(N.ERR_NOSUCHNICK, target=nick)
             return self.reply(N.RPL_ENDOFWHOIS, target=nick)
         name = self.nick_of(user)
-        rooms = " ".join(self.prefixed(user, room) + "#" + room.name for room in self.service.rooms_of(user))
+        rooms = " ".join(self.prefixed(user, room) + "#" + room.name for room in self.service.rooms_of(user)
+                         if self.sees_inside(room))
         protocols = sorted({s.protocol for s in self.service.sessions_of(user)})
         ident, realname = self.user_info(user)
         lines = [self.numeric(N.RPL_WHOISUSER, target=name, ident=ident, host=HOST, realname=realname)]
@@ -435,21 +465,14 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             lines.append(self.numeric(N.RPL_WHOISCHANNELS, target=name, channels=rooms))
         lines.append(self.numeric(N.RPL_WHOISSERVER, target=name, server=self.server,
                                   where="connected with " + ", ".join(protocols)))
+        if self.service.is_server_operator(user):
+            lines.append(self.numeric(N.RPL_WHOISOPERATOR, target=name))
         if not user.guest:
             lines.append(self.numeric(N.RPL_WHOISACCOUNT, target=name, account=user.username))
         if user.id in self.factory.away:
             lines.append(self.numeric(N.RPL_AWAY, target=name, text=self.factory.away[user.id]))
         lines.append(self.numeric(N.RPL_ENDOFWHOIS, target=name))
         self.send(b"".join(lines))
-
-    def user_mode(self, line):
-        if fold(line.params[0]) != fold(self.nick):
-            raise N.IRCError(N.ERR_USERSDONTMATCH)
-        if len(line.params) == 1:
-            return self.reply(N.RPL_UMODEIS, modes="+i")
-        if any(char not in "+-iw" for char in line.params[1]):
-            raise N.IRCError(N.ERR_UMODEUNKNOWNFLAG)
-        # i and w are how everyone is here already: nothing changes.
 
     # messages
 
@@ -501,11 +524,12 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         return self.irc_PRIVMSG(line, kind="notice")
 
     def sendable_room(self, target: str):
-        """The channel a message to ``target`` goes to, else 403 (none) or 404 (not on it)."""
+        """The channel a message to ``target`` goes to, else 403 (none) or 404 (not on it, +n)."""
         room = self.channels.get(fold(target[1:]))
         if room is None:
-            self.service_room(target)  # 403 when there is no such channel
-            raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
+            room = self.service_room(target)  # 403 when there is no such channel
+            if self.service.room_info(room).no_external:
+                raise N.IRCError(N.ERR_CANNOTSENDTOCHAN, target=target)
         return room
 
     async def _send_one(self, target: str, body: str, kind: str, command: str, quiet: bool, tags=None):
@@ -631,9 +655,11 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             return event.render_once("irc-quit", lambda: serialise(
                 "QUIT", event.reason or "Quit", prefix=self.mask_of(event.user)))
         return b"".join(event.render_once(("irc-join", room.id), lambda room=room: serialise(
-            "JOIN", "#" + room.name, prefix=self.mask_of(event.user))) for room in shared)
+            "JOIN", "#" + room.name, prefix=self.mask_of(event.user)) + self.role_modes(room, event.user))
+            for room in shared)
 
     def _render_goodbye(self, event):
+        self.quit_reason = event.reason  # the session ends next: others see why (a KILL's reason)
         return serialise("ERROR", f"Closing Link: {self.server} ({event.reason})")
 
 
@@ -646,7 +672,8 @@ RENDERERS = {
     events.Renamed: NicksMixin.render_renamed,
     events.MembershipChanged: ChannelsMixin.render_membership,
     events.TopicChanged: ChannelsMixin.render_topic,
-    events.OperatorChanged: ChannelsMixin.render_operator,
+    events.RoomChanged: ModesMixin.render_room_changed,
+    events.Invited: ChannelsMixin.render_invited,
     events.Kicked: IRCConnection._render_goodbye,
     events.ServerShutdown: IRCConnection._render_goodbye,
 }
@@ -673,17 +700,21 @@ class IRCConfig:
                           coerce=irc_name)
     password: str | None = option(None, "IRC: connection password every client must send with PASS "
                                         "(accounts then log in with SASL or NickServ); none by default")
+    opers: tuple = option((), "IRC: a server operator, NAME:PASSWORD or NAME:<argon2 hash> (checked "
+                              "against argon2 hashes)", name="irc-oper", coerce=oper_entry, repeat=True)
 
 
 class IRCFactory(ChatFactory):
     protocol = IRCConnection
     config_class = IRCConfig
+    version = VERSION
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.away: dict[int, str] = {}  # user id -> away message, while they are online here
-        self.topic_open: set[int] = set()  # rooms set -t: any member may change the topic
         self.tag_ids = itertools.count(1)  # msgids of TAGMSGs, which are never stored
+        self.census = Census()
+        self.operators = OperatorBook(self.service.hasher, self.service.throttle, self.config.opers)
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds()))
         self.server_name = self.config.server_name
         self.network = self.config.network
