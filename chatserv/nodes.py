@@ -53,6 +53,8 @@ class Replica:
         self.chat = chat
         self.bus = bus
         self._catching_up: Deferred | None = None
+        # one login throttle for the cluster: each node counts the others' checks too
+        chat.throttle.on_outcome = lambda *outcome: bus.notify("login", list(outcome))
 
     # events another node published
 
@@ -177,6 +179,20 @@ class Replica:
         if name != user.username:
             self.chat._aliases[fold(name)] = user
             self.chat._alias_of[user_id] = name
+
+    def _changed_token(self, data):
+        digest, user_id, created_at, last_used = data
+        user = self.chat._users.get(user_id)
+        if user is not None:
+            for sessions in self.chat.token_watchers:
+                sessions.adopt(digest, user, created_at, last_used)
+
+    def _changed_token_dropped(self, digest):
+        for sessions in self.chat.token_watchers:
+            sessions.dropped(digest)
+
+    def _changed_login(self, data):
+        self.chat.throttle.counted_elsewhere(*data)
 
     def _changed_ban(self, address):
         self.chat.bans.add(address)

@@ -133,6 +133,7 @@ class ChatService(RoomSettings, service.Service):
         self._blocked_by: dict[int, set[int]] = collections.defaultdict(set)
         self._before_block: dict[tuple[int, int], str] = {}  # (owner, contact): status a block replaced
         self._tokens: list[tuple[str, int, float, float]] = []
+        self.token_watchers: list = []  # the web ports' session IDs: other nodes' reach them
         self._last_address: dict[int, str] = {}  # where a room's creator is counted (no wire shows it)
         self._invites: dict[int, set[int]] = {}  # user id -> rooms it was invited to, until it joins
         self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
@@ -1040,9 +1041,11 @@ class ChatService(RoomSettings, service.Service):
                 if uid in self._users]
 
     def save_token(self, digest: str, user: User, created_at: float, last_used: float) -> Deferred:
+        self.bus.notify("token", [digest, user.id, created_at, last_used])
         return self.store.save_token(digest, user.id, created_at, last_used)
 
     def drop_token(self, digest: str) -> Deferred:
+        self.bus.notify("token_dropped", digest)
         return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)

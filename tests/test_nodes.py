@@ -17,6 +17,7 @@ from chatserv.nodes import nodes_check
 from tests.support import TIMEOUT, Twistd, connect
 from tests.test_chatroom import JsonClient
 from tests.test_irc import raw, until
+from tests.web_support import call, register_and_login, socketio_client
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -263,3 +264,63 @@ async def test_a_redis_restart_loses_and_duplicates_nothing(tmp_path, postgresql
     finally:
         for node in (a, b):
             node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_web_clients_on_either_node_and_a_session_id_that_works_on_both(cluster):
+    a, b = cluster
+    alice = await register_and_login(a, "alice")  # both logged in on a
+    bob = await register_and_login(a, "bob")
+    for me, other in ((alice, "bob"), (bob, "alice")):
+        await call(a, "/addContact", "POST", data={"sessionID": me["sessionID"], "contact": other})
+
+    async def session_works_on_b():  # a session ID made on a works on b
+        code, _ = await call(b, "/getContacts", params={"sessionID": bob["sessionID"]})
+        return code == 200
+
+    await eventually(session_works_on_b, "a's session ID accepted by b")
+    # bob polls on b (long-polling stays on its node); alice is WebSocket-only, on a
+    bob_client = socketio_client(b, bob["sessionID"], "polling")
+    assert (await bob_client.next("open"))["transport"] == "polling"
+    await bob_client.next("connect")
+    alice_client = socketio_client(a, alice["sessionID"], "websocket")
+    await alice_client.next("connect")
+    assert (await bob_client.next("user_status"))["data"]["status"] == "online"
+
+    alice_client.emit("send_message", {"sessionID": alice["sessionID"], "recipient_id": bob["user_id"],
+                                       "content": "from a", "is_group": False, "type": "text"})
+    assert (await bob_client.next("new_message"))["data"]["content"] == "from a"
+    bob_client.emit("send_message", {"recipient_id": str(alice["user_id"]), "content": "from b"}, ack=True)
+    assert (await alice_client.next("new_message", lambda e: e["data"]["sender_username"] == "bob"))[
+        "data"]["content"] == "from b"
+
+    assert await alice_client.close() == 0
+    assert (await bob_client.next("user_status"))["data"]["status"] == "offline"
+    assert await bob_client.close() == 0
+    assert await call(b, "/logout", "POST", data={"sessionID": bob["sessionID"]}) == (
+        200, {"message": "Logged out"})
+
+    async def session_ended_on_a():
+        code, _ = await call(a, "/getContacts", params={"sessionID": bob["sessionID"]})
+        return code != 200
+
+    await eventually(session_ended_on_a, "a logout on b ends the session ID on a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_login_throttle_counts_failures_made_on_every_node(cluster):
+    a, b = cluster
+    await register(a, "alice")
+    await eventually(lambda: logs_in(b, "alice"), "alice's account reaches b")
+    for _ in range(5):  # --login-attempts (5): failures on a ...
+        client = JsonClient(await connect(a.port("chatroom")))
+        assert (await client.request(type="auth", username="alice", password="wrong"))["result"] != "ok"
+        client.frames.transport.loseConnection()
+
+    async def locked_on_b():  # ... lock the name out on b too (from the same address)
+        client = JsonClient(await connect(b.port("chatroom")))
+        reply = await client.request(type="auth", username="alice", password="pw")
+        client.frames.transport.loseConnection()
+        return reply != {"result": "ok"}
+
+    await eventually(locked_on_b, "b throttles what a counted")

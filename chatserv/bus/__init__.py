@@ -117,7 +117,9 @@ class IBus(Interface):
 
     def notify(kind, data):
         """Tell the other nodes that something they cache changed (``chatserv.nodes.Replica``):
-        ``user`` (an id), ``room`` (its fields), ``alias`` ([user id, name]), ``ban``/``unban``."""
+        ``user`` (an id), ``room`` (its fields), ``alias`` ([user id, name]), ``ban``/``unban``
+        (an address), ``token``/``token_dropped`` (a REST session ID's digest), ``login`` (a
+        password check, for the shared login throttle)."""
 
 
 __all__ = ["Audience", "HEARS_DIRECT", "IBus", "IDirectory", "Subscription", "to_room", "to_users"]
