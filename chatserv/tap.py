@@ -32,6 +32,7 @@ from chatserv.options import from_options, option, options_of
 from chatserv.service import ChatService
 from chatserv.store import check_db, open_store
 from chatserv.wire import ConnectionTracker
+from chatserv.workers import ParentWatch, Workers, check_shareable, shared
 
 log = Logger()
 
@@ -77,6 +78,7 @@ class DaemonConfig:
                                  "its users offline everywhere")
     workers: int = option(1, "processes sharing the listening ports (needs --db postgresql:// and "
                           "--bus redis://)")
+    worker: int = option(0, "this process's number among --workers (worker 0 starts the others)")
 
 
 def config_classes() -> list[type]:
@@ -111,6 +113,10 @@ class Options(usage.Options):
         daemon = self.config(DaemonConfig)
         try:
             nodes_check(daemon.db, daemon.bus, daemon.workers)
+            if daemon.workers > 1:
+                for spec in PORTS:
+                    if self[spec.option] != "none":
+                        check_shareable(spec.option, self[spec.option])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -227,6 +233,11 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
     hasher = Hasher(reactor, hashing.pool, options.config(HashCost), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
     chat.node_name = daemon.node_name or default_node_name()
+    if daemon.workers > 1 and daemon.worker == 0:
+        Workers(reactor, daemon.workers, chat.node_name).setServiceParent(root)
+        chat.node_name += "-0"
+    elif daemon.workers > 1:
+        ParentWatch(reactor).setServiceParent(root)
     if daemon.bus != "local":
         chat.bus = RedisBus(chat.bus, daemon.bus, chat.node_name, reactor, daemon.presence_ttl)
         chat.bus.observer = Replica(chat, chat.bus)
@@ -251,6 +262,8 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
         # The listening port logs "<prefix> starting on <port>": make that the one line per port.
         factory.logPrefix = lambda spec=spec: f"chatserv {spec.option} ({spec.description})"
         ports[spec.option] = PortService(chat, spec, options[spec.option], factory, reactor, on_failure)
+        if daemon.workers > 1:
+            ports[spec.option].endpoint = shared(ports[spec.option].endpoint, reactor)
         ports[spec.option].setServiceParent(root)
     return root, chat, ports
 

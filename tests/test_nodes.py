@@ -3,10 +3,14 @@ and one Redis (a channel of the test's own), behaving as one server."""
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -14,8 +18,10 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from chatserv.nodes import nodes_check
-from tests.support import TIMEOUT, Twistd, connect
+from chatserv.tap import PORTS
+from tests.support import FAST_HASH, GRACE, ROOT, TIMEOUT, Twistd, connect
 from tests.test_chatroom import JsonClient
+from tests.test_daemon import run_twistd
 from tests.test_irc import raw, until
 from tests.web_support import call, register_and_login, socketio_client
 
@@ -324,3 +330,56 @@ async def test_the_login_throttle_counts_failures_made_on_every_node(cluster):
         return reply != {"result": "ok"}
 
     await eventually(locked_on_b, "b throttles what a counted")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_listening_ports(tmp_path, postgresql_url, bus_url):
+    chatroom, web = _free_port(), _free_port()
+    ports = [f"--{p.option}=none" for p in PORTS if p.option not in ("chatroom", "web")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "chatserv", *FAST_HASH, *GRACE, *ports, "--db", postgresql_url, "--bus", bus_url,
+         "--node-name", "w", "--workers", "2", f"--chatroom=tcp:{chatroom}:interface=127.0.0.1",
+         f"--web=tcp:{web}:interface=127.0.0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        class Ports:
+            def port(self, option):
+                return {"chatroom": chatroom, "web": web}[option]
+
+        seen = set()
+
+        async def both_workers_answer():  # new connections reach either worker
+            try:
+                code, text = await call(Ports(), "/metrics", headers={"Connection": ["close"]})
+            except Exception:
+                return False  # not listening yet
+            seen.update(re.findall(r'chatserv_node_info\{node="(w-\d)"\}', text))
+            return seen == {"w-0", "w-1"}
+
+        await eventually(both_workers_answer, "both workers serve the web port")
+        await register_and_login(Ports(), "alice")
+        await register_and_login(Ports(), "bob")
+        alice = await json_login(Ports(), "alice")
+        bob = await json_login(Ports(), "bob")
+        sent = await alice.request(type="message", **{"from": "alice"}, to="bob", msg="hi")
+        assert sent == {"result": "ok"}
+        assert await bob.receive() == {"type": "message", "from": "alice", "msg": "hi"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode in (0, -signal.SIGTERM), log.decode()
+    assert b"Traceback" not in log and log.count(b"Server Shut Down") == 2, log.decode()
+
+
+def test_workers_refuse_a_port_they_cannot_share(tmp_path):
+    done = run_twistd(tmp_path, "--db", "postgresql://u@127.0.0.1/db", "--bus", "redis://127.0.0.1:6379/0",
+                      "--workers", "2", "--chatroom=tcp:0")
+    assert done.returncode != 0 and "--chatroom tcp:0" in done.stdout + done.stderr
