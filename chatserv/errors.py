@@ -161,7 +161,7 @@ class StoreUnavailable(ChatError):
 
 
 # Room settings refusing a join or a message (every port that joins or speaks honours them),
-# and what changing them may meet (chatserv.room_settings).
+# and what changing them may meet (chatserv.domain.room_settings).
 
 
 class Banned(Denied):

@@ -111,10 +111,10 @@ class Replica:
     def _ContactChanged(self, event, deliver):
         owner, contact = event.owner.id, event.contact.id
         if event.status is None:
-            self.chat._unindex_contact(owner, contact)
+            self.chat.contacts_cache.remove(owner, contact)
         else:
             before_block = event.previous if event.status == "blocked" else None
-            self.chat._index_contact(owner, contact, event.status, before_block)
+            self.chat.contacts_cache.set(owner, contact, event.status, before_block)
         deliver()
 
     def _Renamed(self, event, deliver):

@@ -2,7 +2,7 @@
 
 NAMES, WHO and LIST show the members who are online on any port. Who may do what (the
 founder, operators, voice, bans, keys...) is the room's settings, kept by the service
-(``chatserv.room_settings``); ``modes.py`` shows them as channel modes.
+(``chatserv.domain.room_settings``); ``modes.py`` shows them as channel modes.
 """
 
 from __future__ import annotations

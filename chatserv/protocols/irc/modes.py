@@ -1,4 +1,4 @@
-"""MODE: channel modes as the room settings of ``chatserv.room_settings``, and user modes.
+"""MODE: channel modes as the room settings of ``chatserv.domain.room_settings``, and user modes.
 
 The service knows no letters: this module maps them. Channel modes (``CHANMODES=b,k,l,imnst``):
 ``b`` ban masks (a list), ``k`` key, ``l`` member limit, ``i`` invite-only, ``m`` moderated,
@@ -10,10 +10,10 @@ WALLOPS, ``o`` server operator (OPER gives it, ``-o`` gives it up).
 from __future__ import annotations
 
 from chatserv import errors
+from chatserv.domain.room_settings import BANS_PER_ROOM, KEY_LENGTH, valid_key
 from chatserv.model import RoomChange, fold
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.message import MAX_LINE, serialise
-from chatserv.room_settings import BANS_PER_ROOM, KEY_LENGTH, valid_key
 
 FLAG_MODES = {"i": "invite_only", "m": "moderated", "n": "no_external", "s": "secret", "t": "topic_locked"}
 VALUE_MODES = {"k": "key", "l": "limit"}

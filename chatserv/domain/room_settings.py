@@ -1,8 +1,8 @@
 """Room settings and roles: operators, voice, bans, keys, limits, invitations.
 
-A mixin of ``ChatService``: the rules they put on joining a room, speaking in it and
-changing it hold on every port. No wire format here: IRC shows these as channel modes,
-other ports meet them as typed refusals (``errors.Banned``, ``errors.InviteOnly``...).
+Part of the rooms concern, a mixin of ``ChatService``: the rules they put on joining a
+room, speaking in it and changing it hold on every port. No wire format here: IRC shows
+these as channel modes, other ports meet them as typed refusals (``errors.Banned``...).
 
 Operators are a room's founder (the account that created it, whenever it is in the room),
 whoever an operator made one, and the first to join an empty room that has no founder (to
@@ -43,6 +43,9 @@ def valid_key(key) -> bool:
 
 
 class RoomSettings:
+    def _init_room_settings(self):
+        self._invites: dict[int, set[int]] = {}  # user id -> rooms it was invited to, until it joins
+
     # who may do what
 
     def is_operator(self, user: User, room: Room) -> bool:
