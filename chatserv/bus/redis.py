@@ -35,8 +35,11 @@ from zope.interface import implementer
 
 from chatserv import events
 from chatserv.bus import Audience, IBus
+from chatserv.model import Message
 
 log = Logger()
+
+_MESSAGE_EVENTS = (events.RoomMessage, events.DirectMessage)
 
 # How many recent message ids a node remembers having delivered: what arrives twice (a publish
 # Redis queued during an outage, then the catch-up from the store) is dropped by id.
@@ -76,10 +79,36 @@ def check_bus(text: str) -> str:
     return text
 
 
-def _elsewhere(audience: Audience) -> dict:
+def _elsewhere(audience: Audience) -> list:
     """The audience as another node reads it: session ids are this node's, and mean nothing
     there (the origin session, which is skipped, is here)."""
-    return attrs.evolve(audience, skip_session=None, sessions=frozenset()).encode()
+    return [sorted(audience.users), audience.room, audience.presence_of, audience.skip_blockers_of]
+
+
+def _audience(data: list) -> Audience:
+    users, room, presence_of, skip_blockers_of = data
+    return Audience(users=frozenset(users), room=room, presence_of=presence_of,
+                    skip_blockers_of=skip_blockers_of)
+
+
+# Messages, the bulk of the traffic, travel as positional lists (``m`` items): a third of
+# the bytes of ``events.encode``'s dicts, and a third of the time to make.
+_MESSAGE_FIELDS = [field.name for field in attrs.fields(Message)]
+
+
+def _compact_message(event) -> list:
+    message, sender = event.message, event.sender
+    room = isinstance(event, events.RoomMessage)
+    target = [event.room.id, event.room.name] if room else [event.recipient.id, event.recipient.username]
+    return [room, [getattr(message, field) for field in _MESSAGE_FIELDS], [sender.id, sender.username],
+            target, event.tags]
+
+
+def _message_event(data: list):
+    room, message, sender, target, tags = data
+    if room:
+        return events.RoomMessage(Message(*message), events.UserRef(*sender), events.RoomRef(*target), tags)
+    return events.DirectMessage(Message(*message), events.UserRef(*sender), events.UserRef(*target), tags)
 
 
 class _Listener(txredisapi.SubscriberProtocol):
@@ -140,6 +169,7 @@ class RedisBus(service.MultiService):
         self._connected_before = False
         self._sender = None
         self._listener = None
+        self._outbox: list = []  # items for the channel, sent at the end of this reactor turn
         self._remote: dict[str, dict[int, tuple[events.UserRef, str]]] = {}  # node -> its users
         self._heard: dict[str, float] = {}  # node -> when it was last heard
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -160,6 +190,7 @@ class RedisBus(service.MultiService):
         if self._beat.running:
             self._beat.stop()
         self._send("bye", None)
+        self._flush()
         return super().stopService()
 
     # IBus: what concerns this node's sessions is the local bus's
@@ -216,7 +247,11 @@ class RedisBus(service.MultiService):
             return self._local_presence(event, audience)
         self._note_seen(event)
         delivered = self.local.publish(event, audience)
-        if not audience.sessions:
+        if audience.sessions:
+            return delivered
+        if type(event) in _MESSAGE_EVENTS:
+            self._send("m", [_compact_message(event), _elsewhere(audience)])
+        else:
             self._send("e", [events.encode(event), _elsewhere(audience)])
         return delivered
 
@@ -235,19 +270,34 @@ class RedisBus(service.MultiService):
     # the channel
 
     def _send(self, kind: str, data) -> None:
+        """Queue one item for the channel: what one reactor turn queued goes as one message,
+        so that a busy node pays Redis's per-message costs (here and in every receiver) once
+        per turn rather than once per event."""
         if self._sender is None:
             self.stats["unsent"] += 1  # the catch-up (and a full resync) covers it
             return
-        payload = json.dumps([self.node, kind, data], separators=(",", ":"), ensure_ascii=False)
+        self._outbox.append([kind, data])
+        if len(self._outbox) == 1:
+            self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        items, self._outbox = self._outbox, []
+        if not items:
+            return
+        if self._sender is None:
+            self.stats["unsent"] += len(items)
+            return
+        payload = json.dumps([self.node, items], separators=(",", ":"), ensure_ascii=False)
         try:
             sent = self._sender.publish(self.url.channel, payload.encode())
         except txredisapi.ConnectionError:
-            self.stats["unsent"] += 1
+            self.stats["unsent"] += len(items)
             return
-        sent.addErrback(self._unsent)
+        self.stats["published"] += 1
+        sent.addErrback(self._unsent, len(items))
 
-    def _unsent(self, failure):
-        self.stats["unsent"] += 1
+    def _unsent(self, failure, count):
+        self.stats["unsent"] += count
 
     def _sending(self, sender):
         self._sender = sender
@@ -294,23 +344,30 @@ class RedisBus(service.MultiService):
 
     def _received(self, payload: bytes) -> None:
         try:
-            node, kind, data = json.loads(payload)
+            node, items = json.loads(payload)
         except (ValueError, TypeError):
             log.warn("redis bus: dropped a message that is not ours")
             return
         if node == self.node:
             return
         self._heard[node] = self.clock.seconds()
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is None:
-            return
-        try:
-            handler(node, data)
-        except (KeyError, TypeError, ValueError):
-            log.failure("redis bus: dropped a message from {node}", node=node)
+        for kind, data in items:
+            handler = getattr(self, f"_on_{kind}", None)
+            if handler is None:
+                continue
+            try:
+                handler(node, data)
+            except (KeyError, TypeError, ValueError) as e:
+                log.warn("redis bus: dropped an item {kind} from {node}: {why!r}", kind=kind, node=node,
+                         why=e)
+
+    def _on_m(self, node, data):
+        self._on_event(node, _message_event(data[0]), _audience(data[1]))
 
     def _on_e(self, node, data):
-        event, audience = events.decode(data[0]), Audience.decode(data[1])
+        self._on_event(node, events.decode(data[0]), _audience(data[1]))
+
+    def _on_event(self, node, event, audience):
         if isinstance(event, events.PresenceChanged):
             self._remote_presence(node, event, audience)
             return
