@@ -382,3 +382,14 @@ def test_workers_refuse_a_port_they_cannot_share(tmp_path):
     done = run_twistd(tmp_path, "--db", "postgresql://u@127.0.0.1/db", "--bus", "redis://127.0.0.1:6379/0",
                       "--workers", "2", "--chatroom=tcp:0")
     assert done.returncode != 0 and "--chatroom tcp:0" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--bus", "redis://127.0.0.1:6379/0"], "needs a store every node shares"),
+    (["--db", "memory", "--bus", "redis://127.0.0.1:6379/0"], "needs a store every node shares"),
+    (["--workers", "2"], "--workers needs a shared store and bus"),
+    (["--bus", "redis://127.0.0.1:port/0"], "the port and database must be numbers"),
+])
+def test_twistd_refuses_options_that_cannot_work_together(tmp_path, args, said):
+    done = run_twistd(tmp_path, *args)
+    assert done.returncode != 0 and said in done.stdout + done.stderr
