@@ -1,12 +1,13 @@
 """Concurrent connections: N registered IRC clients held open against one server process.
 
 Reads the server's VmRSS (``/proc/<pid>/status``) before connecting and once the clients
-are registered (and have settled for a moment); reports KiB per connection, and the
+are registered (and have settled for a moment); reports KiB per connection, the
 registration rate over the first and the last tenth (a rate that falls as connections
-grow means per-login work proportional to the number online). Connecting stops after
-``--budget`` seconds; clients not registered by then count as failed. Raises this
-process's open-file limit to the hard limit first; the server's limit is its starter's
-business (``bench/run_all.py`` raises its own before it starts one).
+grow means per-login work proportional to the number online, or connects the server's
+listen backlog dropped), and the CPU the server and this generator used while connecting.
+Connecting stops after ``--budget`` seconds; clients not registered by then count as
+failed. Raises this process's open-file limit to the hard limit first; the server's limit
+is its starter's business (``bench/run_all.py`` raises its own before it starts one).
 Prints one JSON object.
 
     python -m bench.connections --port 6667 --server-pid 1234 --count 10000
@@ -22,7 +23,7 @@ import sys
 import time
 
 from bench.ircload import IrcConnection, close_all
-from bench.servers import rss_kib
+from bench.servers import cpu_seconds, rss_kib
 
 
 def raise_nofile() -> int:
@@ -78,7 +79,10 @@ def rate(times: list[float], first: bool) -> int | None:
 
 async def run(args) -> dict:
     before = rss_kib(args.server_pid)
+    client0, server0, started = cpu_seconds(None), cpu_seconds(args.server_pid), time.monotonic()
     conns, registered_at, failed = await register_within(args)
+    took = time.monotonic() - started
+    client_cpu, server_cpu = cpu_seconds(None) - client0, cpu_seconds(args.server_pid) - server0
     try:
         await asyncio.sleep(args.settle)
         held = rss_kib(args.server_pid)
@@ -97,6 +101,9 @@ async def run(args) -> dict:
         "rss_before_kib": before,
         "rss_held_kib": held,
         "kib_per_connection": round((held - before) / alive, 2) if alive else None,
+        # cores busy while connecting: a generator near 1.0 is the limit, not the server
+        "client_cpu": round(client_cpu / took, 2),
+        "server_cpu": round(server_cpu / took, 2),
     }
 
 

@@ -12,6 +12,12 @@ on the same connections:
 
 Latency: each received chunk contributes one sample, the age of its first (oldest)
 message, weighted by the number of messages in the chunk: an upper bound per chunk.
+``client_cpu`` is the generator's own CPU (cores) over the phase: one asyncio process tops
+out at one core, and near there the figure measures the generator, not the server. With
+``--processes N`` the rooms are dealt out among N generator processes that start every
+phase together; their figures are merged (percentiles over all their samples) and
+``client_cpu_per_process`` shows whether any of them was saturated.
+
 The result is one JSON object on stdout. Loopback only; every wait has a time bound.
 
     python -m bench.fanout --port 6667 --rooms 4 --members 50 --duration 8 --rate 20000
@@ -23,11 +29,12 @@ import argparse
 import asyncio
 import gc
 import json
-import os
+import multiprocessing
 import sys
 import time
 
 from bench.ircload import IrcConnection, close_all, now_ns, open_many
+from bench.servers import cpu_seconds
 
 
 class Stats:
@@ -139,17 +146,8 @@ class Room:
 
 
 def server_cpu_seconds(pids: list[int]) -> float:
+    """The CPU seconds of the server's processes together (the nodes of a cluster)."""
     return sum(cpu_seconds(pid) for pid in pids)
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User+system CPU seconds of a process (this one when ``pid`` is None)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[int], weights: list[int], q: float) -> float | None:
@@ -242,16 +240,14 @@ async def open_loop(rooms: list[Room], per_room_rate: float, max_backlog: int, s
         await asyncio.sleep(min(0.005, max(0.0, (next_due_ns - now_ns()) / 1e9)))
 
 
-async def run(args) -> dict:
-    stats = Stats()
-    groups = {"irc": stats}
+async def open_rooms(args, numbers, stats: Stats) -> tuple[list[Room], list[IrcConnection]]:
+    """Connect, register and join the rooms ``numbers`` (each a sender and its members), then
+    switch every connection to counting into ``stats``."""
     pad = b"x" * max(0, args.body - 40)
     prefix = args.nick_prefix
-    report: dict = {"rooms": args.rooms, "members": args.members, "window": args.window}
-    started = time.monotonic()
-    senders = await open_many(args.host, args.port, [f"{prefix}{r}s" for r in range(args.rooms)],
+    senders = await open_many(args.host, args.port, [f"{prefix}{r}s" for r in numbers],
                               args.password, timeout=args.timeout, parallel=args.parallel)
-    member_nicks = [f"{prefix}{r}m{m}" for r in range(args.rooms) for m in range(args.members)]
+    member_nicks = [f"{prefix}{r}m{m}" for r in numbers for m in range(args.members)]
     members = await open_many(args.host, args.port, member_nicks[::2] if args.member_port else member_nicks,
                               args.password, timeout=args.timeout, factory=Member, parallel=args.parallel)
     if args.member_port:  # every other member on the other node: each room split between two
@@ -262,8 +258,8 @@ async def run(args) -> dict:
     everyone = senders + members
     try:
         rooms = []
-        for r, sender in enumerate(senders):
-            mine = members[r * args.members:(r + 1) * args.members]
+        for k, (r, sender) in enumerate(zip(numbers, senders, strict=True)):
+            mine = members[k * args.members:(k + 1) * args.members]
             rooms.append(Room(f"#{prefix}room{r}", sender, mine, args.window, pad))
         joins = [room.sender.join(room.channel.decode()) for room in rooms]
         if args.member_port or args.cluster:  # the rooms exist (on every node) before members join
@@ -272,38 +268,183 @@ async def run(args) -> dict:
         joins += [member.join(room.channel.decode()) for room in rooms for member in room.members]
         await asyncio.wait_for(asyncio.gather(*joins), args.timeout)
         await asyncio.sleep(0.5)  # let the JOIN notices of the last joiners arrive
-        for conn in everyone:
-            conn._tail = conn._buffer
-            conn.measuring = True
-            conn.stats = stats
+    except BaseException:
+        await close_all(everyone)
+        raise
+    for conn in everyone:
+        conn._tail = conn._buffer
+        conn.measuring = True
+        conn.stats = stats
+    return rooms, everyone
+
+
+async def max_phase(rooms: list[Room], groups: dict[str, Stats], args, server_pid: int | None) -> dict:
+    """Closed loop: what the server sustains."""
+    for room in rooms:
+        room.closed_loop = True
+        room.pump()
+    result = await measure(rooms, groups, args.warmup, args.duration, server_pid)
+    for room in rooms:
+        room.closed_loop = False
+    result["drained"] = await drain(rooms, args.timeout)
+    return result
+
+
+async def rate_phase(rooms: list[Room], groups: dict[str, Stats], args, server_pid: int | None) -> dict:
+    """Open loop at ``--rate`` deliveries/s in all (each room its share)."""
+    stop = asyncio.Event()
+    sending = asyncio.ensure_future(open_loop(
+        rooms, args.rate / (args.rooms * args.members), args.max_backlog, stop))
+    try:
+        result = await measure(rooms, groups, args.warmup, args.duration, server_pid)
+    finally:
+        stop.set()
+        await sending
+    result["target_deliveries_per_s"] = args.rate
+    result["shed_messages"] = sum(r.shed for r in rooms)
+    result["drained"] = await drain(rooms, args.timeout)
+    return result
+
+
+PHASES = {"max": max_phase, "rate": rate_phase}
+
+
+def phase_names(args) -> list[str]:
+    return ["max", "rate"] if args.rate else ["max"]
+
+
+async def run(args) -> dict:
+    """Every room in this one process."""
+    stats = Stats()
+    groups = {"irc": stats}
+    report: dict = {"rooms": args.rooms, "members": args.members, "window": args.window, "processes": 1}
+    started = time.monotonic()
+    rooms, everyone = await open_rooms(args, range(args.rooms), stats)
+    try:
         report["setup_s"] = round(time.monotonic() - started, 2)
+        report["connections"] = len(everyone)
         gc.collect()
         gc.disable()  # no collector pauses in the client's latency; the phases are short
-        report["connections"] = len(everyone)
-
-        for room in rooms:
-            room.closed_loop = True
-            room.pump()
-        report["max"] = await measure(rooms, groups, args.warmup, args.duration, args.server_pid)
-        for room in rooms:
-            room.closed_loop = False
-        report["max"]["drained"] = await drain(rooms, args.timeout)
-
-        if args.rate:
-            stop = asyncio.Event()
-            sending = asyncio.ensure_future(open_loop(
-                rooms, args.rate / (args.rooms * args.members), args.max_backlog, stop))
-            try:
-                report["rate"] = await measure(rooms, groups, args.warmup, args.duration, args.server_pid)
-            finally:
-                stop.set()
-                await sending
-            report["rate"]["target_deliveries_per_s"] = args.rate
-            report["rate"]["shed_messages"] = sum(r.shed for r in rooms)
-            report["rate"]["drained"] = await drain(rooms, args.timeout)
+        for name in phase_names(args):
+            report[name] = await PHASES[name](rooms, groups, args, args.server_pid)
     finally:
         gc.enable()
         await close_all(everyone)
+    return report
+
+
+# several generator processes: one asyncio process tops out at one core
+
+
+async def worker(args, numbers: list[int], pipe) -> None:
+    """One generator process: its share of the rooms, each phase when the driver says go.
+
+    Sends ("ready", connections), then per phase ("done", figures, latencies, weights);
+    the driver merges them and measures the server.
+    """
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    groups = {"irc": stats}
+    rooms, everyone = await open_rooms(args, numbers, stats)
+    try:
+        gc.collect()
+        gc.disable()
+        pipe.send(("ready", len(everyone)))
+        while True:
+            name, start_at = await loop.run_in_executor(None, pipe.recv)
+            if name == "close":
+                break
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+            result = await PHASES[name](rooms, groups, args, None)
+            pipe.send(("done", result, stats.latencies, stats.weights))
+    finally:
+        gc.enable()
+        await close_all(everyone)
+
+
+def worker_main(args, numbers: list[int], pipe) -> None:
+    try:
+        asyncio.run(worker(args, numbers, pipe))
+    except BaseException as e:
+        pipe.send(("failed", repr(e)))
+        raise
+
+
+def _receive(pipe, timeout: float, expected: str):
+    if not pipe.poll(timeout):
+        raise TimeoutError(f"a generator process sent no {expected!r} in {timeout:.0f} s")
+    message = pipe.recv()
+    if message[0] != expected:
+        raise RuntimeError(f"a generator process: {message}")
+    return message[1:]
+
+
+def merge(parts: list, elapsed: float, server_cpu: float | None) -> dict:
+    """One phase's figures from every process's: sums, and percentiles over all the samples."""
+    total = Stats()
+    for result, latencies, weights in parts:
+        total.deliveries += result["deliveries"]
+        total.latencies += latencies
+        total.weights += weights
+    results = [result for result, _, _ in parts]
+    merged = {
+        "seconds": round(elapsed, 2),
+        **figures(total, elapsed),
+        "messages_per_s": sum(r["messages_per_s"] for r in results),
+        "client_cpu": round(sum(r["client_cpu"] for r in results), 2),
+        "client_cpu_per_process": [r["client_cpu"] for r in results],
+        "drained": all(r["drained"] for r in results),
+    }
+    if server_cpu is not None:
+        merged["server_cpu"] = round(server_cpu / elapsed, 2)
+        merged["server_us_per_delivery"] = (
+            round(server_cpu * 1e6 / total.deliveries, 2) if total.deliveries else None)
+    if "target_deliveries_per_s" in results[0]:  # the open-loop phase
+        merged["target_deliveries_per_s"] = results[0]["target_deliveries_per_s"]
+        merged["shed_messages"] = sum(r["shed_messages"] for r in results)
+    return merged
+
+
+def run_processes(args) -> dict:
+    """``--processes`` generator processes, the rooms dealt out among them, every phase started
+    at the same moment in all of them; this process measures the server over the phase."""
+    count = min(args.processes, args.rooms)
+    context = multiprocessing.get_context("fork")  # no threads or event loop here yet
+    pipes, processes = [], []
+    for w in range(count):
+        mine, theirs = context.Pipe()
+        process = context.Process(target=worker_main, args=(args, list(range(w, args.rooms, count)), theirs),
+                                  daemon=True)
+        process.start()
+        pipes.append(mine)
+        processes.append(process)
+    report: dict = {"rooms": args.rooms, "members": args.members, "window": args.window, "processes": count}
+    started = time.monotonic()
+    try:
+        report["connections"] = sum(_receive(p, args.timeout * 3, "ready")[0] for p in pipes)
+        report["setup_s"] = round(time.monotonic() - started, 2)
+        for name in phase_names(args):
+            start_at = time.monotonic() + 0.2
+            for pipe in pipes:
+                pipe.send((name, start_at))
+            time.sleep(max(0.0, start_at + args.warmup - time.monotonic()))
+            pids = args.server_pid or []
+            server0, t0 = server_cpu_seconds(pids), time.monotonic()
+            time.sleep(args.duration)
+            elapsed = time.monotonic() - t0
+            server_cpu = server_cpu_seconds(pids) - server0 if pids else None
+            parts = [_receive(p, args.timeout * 2 + args.duration, "done") for p in pipes]
+            report[name] = merge(parts, elapsed, server_cpu)
+    finally:
+        for pipe in pipes:
+            try:
+                pipe.send(("close", 0.0))
+            except OSError:
+                pass
+        for process in processes:
+            process.join(args.timeout)
+            if process.is_alive():
+                process.kill()
     return report
 
 
@@ -330,6 +471,8 @@ def options(argv=None):
     parser.add_argument("--cluster", action="store_true",
                         help="the port leads to several nodes: senders make the rooms before members join")
     parser.add_argument("--timeout", type=float, default=30.0, help="bound on connecting, joining, draining")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="generator processes, the rooms dealt out among them (one tops out at a core)")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("loopback only")
@@ -339,7 +482,10 @@ def options(argv=None):
 def main(argv=None):
     args = options(argv)
     budget = args.timeout * 4 + 2 * (args.warmup + args.duration) + 30
-    report = asyncio.run(asyncio.wait_for(run(args), budget))
+    if args.processes > 1:
+        report = run_processes(args)
+    else:
+        report = asyncio.run(asyncio.wait_for(run(args), budget))
     json.dump(report, sys.stdout)
     sys.stdout.write("\n")
 

@@ -60,6 +60,21 @@ PORTS = [
 ]
 
 
+# Connects the kernel holds until the reactor accepts them. Twisted's default, 50, overflows
+# when thousands of clients connect at once: the kernel then drops their SYNs and each one
+# waits a second or more to retry. An endpoint string's own ``backlog=`` wins.
+LISTEN_BACKLOG = 1024
+_TAKES_BACKLOG = ("tcp", "tcp6", "ssl", "unix")
+
+
+def with_backlog(endpoint_text: str) -> str:
+    """The endpoint string, with ``backlog=LISTEN_BACKLOG`` unless it names a backlog itself."""
+    kind = endpoint_text.split(":", 1)[0].lower()
+    if kind not in _TAKES_BACKLOG or "backlog=" in endpoint_text:
+        return endpoint_text
+    return f"{endpoint_text}:backlog={LISTEN_BACKLOG}"
+
+
 @attrs.frozen
 class DaemonConfig:
     """The daemon's own options: the store, the shutdown grace, the IP ban file."""
@@ -177,7 +192,7 @@ class PortService(service.Service):
                  on_failure=None):
         self.chat = chat
         self.spec = spec
-        self.endpoint = endpoints.serverFromString(reactor, endpoint_text)
+        self.endpoint = endpoints.serverFromString(reactor, with_backlog(endpoint_text))
         self.factory = factory
         self.reactor = reactor
         self.on_failure = on_failure  # called when the port cannot listen, before the daemon stops

@@ -5,7 +5,8 @@
 - ``json_object``: the one JSON reader of every JSON wire.
 - ``RequestQueue``: requests answered strictly in order, one at a time.
 - ``SendQueue``: what a reader that stopped reading has not taken yet, bounded.
-- ``Deadline``: one pending timeout (before login, idle, a ping's answer...).
+- ``Deadline``: one pending timeout (before login, idle, a ping's answer...); every deadline
+  of a clock shares its ``Timeouts``, one DelayedCall in all.
 - ``ConnectionTracker``: every open connection of every port, for the connection limits and
   for saying goodbye at shutdown.
 
@@ -16,7 +17,10 @@ other's helpers.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import json
+import weakref
 from collections.abc import Callable
 
 from twisted.application import service
@@ -76,6 +80,21 @@ def json_object(document: str | bytes) -> dict:
     return check_decoded(found)
 
 
+def unbound(callback: Callable) -> tuple[Callable, object]:
+    """``(function, instance)`` of a bound method, ``(callback, None)`` of anything else.
+
+    Kept apart in two slots, they cost nothing of their own; a bound method is an object (64
+    bytes), and every connection holds a few callbacks. ``call_unbound`` calls them.
+    """
+    owner = getattr(callback, "__self__", None)
+    function = getattr(callback, "__func__", None)
+    return (callback, None) if owner is None or function is None else (function, owner)
+
+
+def call_unbound(function: Callable, owner, *args):
+    return function(*args) if owner is None else function(owner, *args)
+
+
 class RequestQueue:
     """Requests answered strictly in order, one at a time.
 
@@ -85,10 +104,14 @@ class RequestQueue:
     called each time the queue stops: empty, or waiting for an answer.
     """
 
+    # one per connection: slots, no bound methods, and a deque only while requests wait
+    __slots__ = ("_answer", "_answer_owner", "_waiting", "_waiting_owner", "_requests", "_busy",
+                 "_running", "stopped")
+
     def __init__(self, answer: Callable, waiting: Callable[[], None] = lambda: None):
-        self._answer = answer
-        self._waiting = waiting
-        self._requests: collections.deque = collections.deque()
+        self._answer, self._answer_owner = unbound(answer)
+        self._waiting, self._waiting_owner = unbound(waiting)
+        self._requests: collections.deque | tuple = ()
         self._busy = False
         self._running = False
         self.stopped = False
@@ -103,8 +126,12 @@ class RequestQueue:
 
     def extend(self, requests):
         """Queue requests without answering them yet (``run`` does)."""
-        if not self.stopped:
+        if self.stopped:
+            return
+        if self._requests:
             self._requests.extend(requests)
+        elif requests:
+            self._requests = collections.deque(requests)
 
     def put(self, request):
         """Queue one request, and answer it if it is the only one."""
@@ -112,12 +139,12 @@ class RequestQueue:
         self.run()
 
     def clear(self):
-        self._requests.clear()
+        self._requests = ()
 
     def stop(self):
         """Nothing more is queued or answered (an answer under way still finishes)."""
         self.stopped = True
-        self._requests.clear()
+        self._requests = ()
 
     def run(self):
         if self._running:
@@ -125,13 +152,15 @@ class RequestQueue:
         self._running = True
         try:
             while self._requests and not self._busy and not self.stopped:
-                answering = self._answer(self._requests.popleft())
+                answering = call_unbound(self._answer, self._answer_owner, self._requests.popleft())
                 if answering is not None:
                     self._busy = True
                     answering.addBoth(self._answered)
         finally:
             self._running = False
-        self._waiting()
+        if not self._requests:
+            self._requests = ()  # the deque goes with the burst that needed it
+        call_unbound(self._waiting, self._waiting_owner)
 
     def _answered(self, _):
         self._busy = False
@@ -147,15 +176,19 @@ class SendQueue:
     wait: the reader does not read, and is let go.
     """
 
+    __slots__ = ("bound", "size", "_held")  # one per connection, holding nothing most of the time
+
     def __init__(self, bound: int):
         self.bound = bound
         self.size = 0
-        self._held: list = []
+        self._held: list | tuple = ()
 
     def __bool__(self) -> bool:
         return bool(self._held)
 
     def hold(self, data) -> bool:
+        if not self._held:
+            self._held = []
         self._held.append(data)
         return self.count(data)
 
@@ -163,45 +196,149 @@ class SendQueue:
         self.size += len(data)
         return self.size <= self.bound
 
-    def take(self) -> list:
+    def take(self) -> list | tuple:
         """What was held, in order; the queue starts empty again."""
-        held, self._held, self.size = self._held, [], 0
+        held, self._held, self.size = self._held, (), 0
         return held
 
 
 class Deadline:
-    """One pending timeout: armed, pushed back by activity, cancelled; ``expired`` runs once."""
+    """One pending timeout: armed, pushed back by activity, cancelled; ``expired`` runs once.
+
+    Every deadline of a clock shares that clock's one ``Timeouts`` schedule. Activity only
+    moves ``_due`` (a float store, no reactor call); the schedule looks at it when the time it
+    queued the deadline for comes.
+    """
+
+    __slots__ = ("_timeouts", "_expired", "_expired_owner", "_seconds", "_due", "_entry")
 
     def __init__(self, clock, expired: Callable[[], object]):
-        self._clock = clock
-        self._expired = expired
-        self._call = None
+        self._timeouts = Timeouts.of(clock)
+        self._expired, self._expired_owner = unbound(expired)
         self._seconds = 0.0
+        self._due: float | None = None  # when it expires; None while not armed
+        self._entry: list | None = None  # its place in the schedule: [time, order, self]
 
     @property
     def active(self) -> bool:
-        return self._call is not None and self._call.active()
+        return self._due is not None
 
     def arm(self, seconds: float):
         """Start the countdown afresh (a shorter one before login, the idle one after, ...)."""
-        self.cancel()
         self._seconds = seconds
-        if seconds and seconds > 0:
-            self._call = self._clock.callLater(seconds, self._fire)
+        if not seconds or seconds <= 0:
+            self.cancel()
+            return
+        self._due = self._timeouts.now() + seconds
+        if self._entry is None or self._entry[0] > self._due:
+            self._timeouts.queue(self)
 
     def push_back(self):
         """Activity: the countdown starts again from its full length."""
-        if self.active:
-            self._call.reset(self._seconds)
+        if self._due is not None:
+            self._due = self._timeouts.now() + self._seconds
 
     def cancel(self):
-        if self.active:
+        self._due = None
+        if self._entry is not None:
+            self._timeouts.drop(self)
+
+
+class Timeouts:
+    """The deadlines of one clock in one heap under one DelayedCall, not a DelayedCall each.
+
+    An idle connection costs a heap entry. A cancelled deadline's entry holds nothing, and
+    such emptied entries are swept out once there is one for every two live ones (each sweep
+    paid for by as many drops). An entry is a deadline's time when it was queued; a deadline
+    pushed back since is queued again, for its new time, when that entry comes up, so
+    activity costs nothing here. Firing is exact: the DelayedCall is due with the earliest
+    entry.
+    """
+
+    _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, clock) -> Timeouts:
+        """The schedule of ``clock`` (the reactor, or a test's fake clock)."""
+        timeouts = cls._of.get(clock)
+        if timeouts is None:
+            timeouts = cls._of[clock] = cls(clock)
+        return timeouts
+
+    def __init__(self, clock):
+        self._clock = weakref.ref(clock)  # held weakly: this object is the value of a weak mapping
+        self._heap: list[list] = []
+        self._order = itertools.count()  # equal times fire in the order queued
+        self._live = 0  # entries that still hold a deadline
+        self._call = None
+        self._call_time = 0.0
+        self._running = False
+
+    def now(self) -> float:
+        return self._clock().seconds()
+
+    def queue(self, deadline: Deadline):
+        if deadline._entry is not None:
+            self.drop(deadline)
+        entry = [deadline._due, next(self._order), deadline]
+        deadline._entry = entry
+        heapq.heappush(self._heap, entry)
+        self._live += 1
+        if self._heap[0] is entry and not self._running:
+            self._wake()
+
+    def drop(self, deadline: Deadline):
+        """Forget ``deadline``'s entry (it stays in the heap, empty, until it comes up)."""
+        deadline._entry[2] = None
+        deadline._entry = None
+        self._live -= 1
+        if self._running:
+            return  # _run wakes (or stops) the DelayedCall when it is done
+        if not self._live:
+            self._heap.clear()
+            self._wake()
+        elif len(self._heap) > 64 and 2 * len(self._heap) > 3 * self._live:
+            self._heap = [entry for entry in self._heap if entry[2] is not None]
+            heapq.heapify(self._heap)
+
+    def _wake(self):
+        """Make the one DelayedCall due with the earliest entry (or cancel it: none left)."""
+        when = self._heap[0][0] if self._heap else None
+        if self._call is not None and self._call.active():
+            if self._call_time == when:
+                return
             self._call.cancel()
         self._call = None
+        if when is not None:
+            clock = self._clock()
+            self._call_time = when
+            self._call = clock.callLater(max(0.0, when - clock.seconds()), self._run)
 
-    def _fire(self):
+    def _run(self):
         self._call = None
-        self._expired()
+        now = max(self.now(), self._call_time)  # the call is due when the entry is, rounding aside
+        self._running = True
+        try:
+            while self._heap and self._heap[0][0] <= now:
+                entry = heapq.heappop(self._heap)
+                deadline = entry[2]
+                if deadline is None:
+                    continue  # cancelled, or queued again for an earlier time
+                deadline._entry = None
+                self._live -= 1
+                if deadline._due > now:  # pushed back since it was queued
+                    self.queue(deadline)
+                    continue
+                deadline._due = None
+                try:
+                    call_unbound(deadline._expired, deadline._expired_owner)
+                except Exception:
+                    log.failure("a timeout's handler failed")
+        finally:
+            self._running = False
+            if not self._live:
+                self._heap.clear()
+            self._wake()
 
 
 class ConnectionTracker(service.Service):

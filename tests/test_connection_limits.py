@@ -1,5 +1,8 @@
 """The shared connection limits, driven by a fake clock and an in-memory transport."""
 
+import weakref
+
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -9,7 +12,7 @@ from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.protocols.skype import SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from chatserv.wire import ConnectionTracker
+from chatserv.wire import ConnectionTracker, Deadline
 from tests.support import Daemon, cheap_hasher, connect
 
 
@@ -131,6 +134,83 @@ def test_token_bucket_allows_a_burst_then_the_rate():
     clock.advance(0.5)
     assert [bucket.allow() for _ in range(2)] == [True, False]
     assert all(TokenBucket(clock, rate=0, burst=1).allow() for _ in range(100))
+
+
+def test_the_deadlines_of_a_clock_share_one_delayed_call_and_fire_on_time():
+    clock = MemoryReactorClock()
+    fired = []
+    deadlines = [Deadline(clock, lambda n=n: fired.append(n)) for n in range(3)]
+    for deadline, seconds in zip(deadlines, [30, 10, 20], strict=True):
+        deadline.arm(seconds)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(10)
+    assert fired == [1]
+    deadlines[0].push_back()  # activity at 10 s: now due at 40
+    clock.advance(10)
+    assert fired == [1, 2]
+    clock.advance(19)
+    assert fired == [1, 2]
+    clock.advance(1)
+    assert fired == [1, 2, 0]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_deadline_armed_again_shorter_fires_at_the_shorter_time():
+    clock = MemoryReactorClock()
+    fired = []
+    deadline = Deadline(clock, lambda: fired.append(clock.seconds()))
+    deadline.arm(60)
+    clock.advance(10)
+    deadline.arm(5)
+    clock.pump([1] * 100)
+    assert fired == [15]
+
+
+def test_many_deadlines_armed_again_or_cancelled_each_fire_once_on_time():
+    clock = MemoryReactorClock()
+    fired = []
+    deadlines = [Deadline(clock, lambda n=n: fired.append((n, clock.seconds()))) for n in range(300)]
+    for deadline in deadlines:
+        deadline.arm(60)
+    for deadline in deadlines[::2]:
+        deadline.arm(30)  # sooner: the entries for 60 s stay behind, emptied, until swept
+    for deadline in deadlines[::3]:
+        deadline.cancel()
+    clock.pump([1] * 70)
+    assert sorted(fired) == [(n, 30 if n % 2 == 0 else 60) for n in range(300) if n % 3]
+
+
+def test_a_cancelled_deadline_keeps_nothing_alive_and_no_call_stays_pending():
+    clock = MemoryReactorClock()
+
+    class Owner:
+        def expired(self):
+            raise AssertionError("cancelled")
+
+    owner = Owner()
+    gone = weakref.ref(owner)
+    cancelled, other = Deadline(clock, owner.expired), Deadline(clock, lambda: None)
+    cancelled.arm(60)
+    other.arm(60)
+    cancelled.cancel()
+    del owner, cancelled
+    assert gone() is None  # a closed connection's memory is freed at once, not at its timeout
+    other.cancel()
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.allow_log_errors
+def test_a_failing_timeout_handler_does_not_stop_the_others():
+    clock = MemoryReactorClock()
+    fired = []
+
+    def fail():
+        raise RuntimeError("broken handler")
+
+    Deadline(clock, fail).arm(5)
+    Deadline(clock, lambda: fired.append("other")).arm(5)
+    clock.advance(5)
+    assert fired == ["other"]
 
 
 @pytest_twisted.ensureDeferred

@@ -6,11 +6,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.testing import MemoryReactorClock
 
 from chatserv.credentials import password_digest
-from chatserv.tap import PORTS, Options
+from chatserv.tap import PORTS, Options, PortService
 from tests.support import ROOT, TIMEOUT, Twistd
 from tests.test_durability import JsonLines
 
@@ -23,6 +27,16 @@ def test_defaults_are_the_documented_ones():
     assert options.limits().max_line == 8192
     irc = options["irc-flood-burst"], options["irc-flood-rate"], options["irc-ping-interval"]
     assert irc == (20, 5, 120)  # as README says
+
+
+def test_ports_hold_a_burst_of_connects_unless_the_endpoint_says_otherwise():
+    """Twisted's listen backlog of 50 drops connects when thousands arrive at once."""
+    reactor = MemoryReactorClock()
+    chat = SimpleNamespace(when_ready=lambda: defer.succeed(None))
+    irc = next(p for p in PORTS if p.option == "irc")
+    for endpoint, backlog in [("tcp:6667", 1024), ("tcp:6668:backlog=7:interface=127.0.0.1", 7)]:
+        PortService(chat, irc, endpoint, ServerFactory(), reactor).startService()
+        assert reactor.tcpServers[-1][2] == backlog
 
 
 def talk(port, *lines: bytes) -> list[bytes]:

@@ -36,7 +36,18 @@ class ChatConnection(protocol.Protocol):
     error_table: ErrorTable
     subscribes = Subscription.DIRECT  # what this wire renders (chatserv.bus.Subscription)
 
+    # Slots, not an instance dict, and nothing an idle connection does not use (the rate
+    # bucket and the waiters' list come when needed): tens of thousands of connections stay
+    # idle. Protocol's attributes are slots too: a single attribute kept in the instance dict
+    # costs every connection the dict's values (some 270 bytes).
+    __slots__ = ("session", "requests", "_reading_paused", "_write_paused", "unsent", "_closing",
+                 "_input_ended", "deadline", "_in_flight", "_drained", "_settled", "failed_logins",
+                 "framer", "peer_host", "_rate", "factory", "transport", "connected")
+
     def __init__(self):
+        self.factory = None  # Protocol's class defaults, which the slots hide
+        self.transport = None
+        self.connected = 0
         self.session: Session | None = None
         self.requests = RequestQueue(self._answer_frame, self._requests_waiting)
         self._reading_paused = False
@@ -47,8 +58,9 @@ class ChatConnection(protocol.Protocol):
         self.deadline: Deadline | None = None  # set on connect: the connection's one timeout
         self._in_flight = 0
         self._drained: defer.Deferred | None = None
-        self._settled: list[defer.Deferred] = []
+        self._settled: list[defer.Deferred] | None = None
         self.failed_logins = 0
+        self._rate: TokenBucket | None = None
 
     # set up by the factory
 
@@ -64,6 +76,13 @@ class ChatConnection(protocol.Protocol):
     def clock(self):
         return self.factory.clock
 
+    @property
+    def rate(self) -> TokenBucket:
+        """The session's message rate bucket, made when first asked (it starts full either way)."""
+        if self._rate is None:
+            self._rate = TokenBucket(self.clock, self.limits.messages_per_second, self.limits.message_burst)
+        return self._rate
+
     def make_framer(self):
         raise NotImplementedError
 
@@ -72,7 +91,6 @@ class ChatConnection(protocol.Protocol):
     def connectionMade(self):
         self.framer = self.make_framer()
         self.peer_host = getattr(self.transport.getPeer(), "host", "")
-        self.rate = TokenBucket(self.clock, self.limits.messages_per_second, self.limits.message_burst)
         self.unsent = SendQueue(self.limits.send_queue)
         self.transport.registerProducer(self, True)
         self.factory.tracker.add(self)
@@ -183,8 +201,8 @@ class ChatConnection(protocol.Protocol):
         if self._drained is not None and self._in_flight <= self.limits.max_pending_requests // 2:
             drained, self._drained = self._drained, None
             drained.callback(None)
-        if not self._in_flight:
-            settled, self._settled = self._settled, []
+        if not self._in_flight and self._settled:
+            settled, self._settled = self._settled, None
             for d in settled:
                 d.callback(None)
 
@@ -192,6 +210,8 @@ class ChatConnection(protocol.Protocol):
         """Fires once every message this connection sent has landed (stored and delivered)."""
         if not self._in_flight:
             return defer.succeed(None)
+        if self._settled is None:
+            self._settled = []
         self._settled.append(defer.Deferred())
         return self._settled[-1]
 

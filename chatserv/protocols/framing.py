@@ -25,6 +25,8 @@ class LineFramer:
     An overlong line is reported once and skipped up to its end; the stream goes on.
     """
 
+    __slots__ = ("max_length", "newline", "_buffer", "_skipping")  # one per connection
+
     def __init__(self, max_length: int, newline: bytes = b"\n"):
         self.max_length = max_length
         self.newline = newline

@@ -63,6 +63,7 @@ class AccountsMixin:
             wanted = line.param(1).split()
             if not wanted or any(name.lstrip("-") not in CAPABILITIES for name in wanted):
                 return self.send(serialise("CAP", who, "NAK", line.param(1), prefix=self.server))
+            self.caps = set(self.caps)
             for name in wanted:
                 self.caps.discard(name[1:]) if name.startswith("-") else self.caps.add(name)
             self.tag_variant = ("server-time" in self.caps, "message-tags" in self.caps)

@@ -46,6 +46,8 @@ from chatserv.protocols.irc.queries import Census, QueriesMixin
 from chatserv.wire import ErrorTable
 
 VERSION = "chatserv-0.1"
+NO_CAPS = frozenset()  # what most clients have: shared, so it costs an idle connection nothing
+INVISIBLE = frozenset("i")  # every client's user modes at registration
 NICKSERV = "NickServ"
 MOTD = (
     "Welcome to chatserv: one server, many chat protocols, one set of accounts and rooms.",
@@ -141,31 +143,48 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
     # A room-mate's first login and last logout are JOIN and QUIT lines.
     subscribes = Subscription.DIRECT | Subscription.ROOM_PRESENCE
 
+    # like ChatConnection: slots for what every client has, nothing made before it is needed
+    __slots__ = ("nick", "user_given", "password", "registered", "caps", "tag_variant", "render_key",
+                 "channels", "held", "seen", "_awaiting_pong", "_batches", "_flood", "ping_interval",
+                 "ident", "realname", "user_modes")
+
     def __init__(self):
         super().__init__()
         self.nick: str | None = None
         self.user_given = False
         self.password: str | None = None
         self.registered = False
-        self.caps: set[str] = set()
+        self.caps: set[str] | frozenset = NO_CAPS  # a set of its own once the client asks for one
         self.tag_variant = (False, False)  # (server-time, message-tags)
-        self.render_key = ("irc", *self.tag_variant)  # one rendering per variant, shared by recipients
+        self.render_key = ("irc", False, False)  # ("irc", *tag_variant): one rendering per variant
         self.channels: dict = {}  # fold(room name) -> Room, as this client was told
         self.held: dict[int, list] = {}  # room id -> (message id, line) held while a replay is fetched
         self.seen: dict[int, int] = {}  # room id -> newest message id shown here
-        self.user_modes = {"i"}
+        self.user_modes: frozenset[str] = INVISIBLE  # changed by replacing it, so clients share it
         self._awaiting_pong = False
         self._batches = 0
+        self._flood: TokenBucket | None = None
+        self.ident = self.realname = ""  # NicksMixin's defaults, which the slots hide
 
     def make_framer(self):
         return IRCFramer()
 
     def connectionMade(self):
         super().connectionMade()
-        config = self.factory.config
-        self.flood = TokenBucket(self.clock, config.flood_rate, config.flood_burst)
-        self.flood_delay = 1.0 / config.flood_rate if config.flood_rate else 0.0
-        self.ping_interval = config.ping_interval
+        self.ping_interval = self.factory.config.ping_interval
+
+    @property
+    def flood(self) -> TokenBucket:
+        """The command bucket, made when first asked (a client that sends nothing needs none)."""
+        if self._flood is None:
+            config = self.factory.config
+            self._flood = TokenBucket(self.clock, config.flood_rate, config.flood_burst)
+        return self._flood
+
+    @property
+    def flood_delay(self) -> float:
+        rate = self.factory.config.flood_rate
+        return 1.0 / rate if rate else 0.0
 
     def connectionLost(self, reason=None):
         if self.session is not None:

@@ -31,6 +31,8 @@ class LineTooLong(Exception):
 class IRCFramer(LineFramer):
     """Lines end in LF or CRLF; a bare CR also ends a line, and empty lines are dropped."""
 
+    __slots__ = ()
+
     def __init__(self):
         super().__init__(MAX_TAGS + MAX_LINE, newline=b"\r\n")
 

@@ -73,7 +73,7 @@ def mode_lines(prefix: str, channel: str, changes, nick_of) -> bytes:
 
 
 class ModesMixin:
-    user_modes: set  # this connection's user modes (set at registration)
+    user_modes: frozenset  # this connection's user modes (set at registration), replaced when changed
 
     def irc_MODE(self, line):
         if not line.params[0].startswith("#"):
@@ -209,7 +209,7 @@ class ModesMixin:
             elif char == "o" and sign == "+":
                 continue  # only OPER makes an operator
             elif (char in self.user_modes) != (sign == "+"):
-                (self.user_modes.add if sign == "+" else self.user_modes.discard)(char)
+                self.user_modes = self.user_modes | {char} if sign == "+" else self.user_modes - {char}
                 self.factory.census.mode_changed(self, char, sign == "+")
                 if char == "o":
                     self.service.make_server_operator(self.session, False)

@@ -63,7 +63,7 @@ class OperatorsMixin:
         self.service.make_server_operator(self.session)
         self.reply(N.RPL_YOUREOPER)
         if "o" not in self.user_modes:
-            self.user_modes.add("o")
+            self.user_modes = self.user_modes | {"o"}
             self.factory.census.mode_changed(self, "o", True)
             self.send(serialise("MODE", self.nick, "+o", prefix=self.own_mask()))
 
