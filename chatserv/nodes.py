@@ -21,12 +21,14 @@ from twisted.logger import Logger
 
 from chatserv import events
 from chatserv.bus import Subscription, to_room, to_users
-from chatserv.model import Room, User, fold
+from chatserv.model import ROOM_FLAGS, ROOM_VALUES, Room, User, fold
 from chatserv.store import POSTGRESQL_SCHEMES
 
 log = Logger()
 
 CATCH_UP_PAGE = 500
+# What the store keeps of a room beside its members, roles and bans.
+_ROOM_SETTINGS = ("topic", "topic_by", "topic_at", *ROOM_FLAGS, *ROOM_VALUES)
 
 
 def default_node_name() -> str:
@@ -203,7 +205,47 @@ class Replica:
     def _not_read(self, failure):
         log.warn("cannot read what another node changed: {why}", why=failure.getErrorMessage())
 
-    # messages missed while the bus was away
+    # what was missed while the bus was away
+
+    def refresh(self) -> Deferred:
+        """The small tables again from the store: what other nodes changed while this node
+        could not hear of it (accounts, rooms and their members and settings, contacts, bans)."""
+        return self.chat.store.snapshot().addCallbacks(self._refreshed, self._not_read)
+
+    def _refreshed(self, snapshot) -> None:
+        chat = self.chat
+        for stored in snapshot.users:
+            self._user_loaded(stored)
+        cache, fresh = chat.contacts_cache, {(o, c): (s, b) for o, c, s, b in snapshot.contacts}
+        for owner, contact in cache.pairs():
+            if (owner, contact) not in fresh:
+                cache.remove(owner, contact)
+        for (owner, contact), (status, before_block) in fresh.items():
+            cache.set(owner, contact, status, before_block)
+        chat.bans.clear()
+        chat.bans.update(snapshot.bans)
+        for stored in snapshot.rooms:
+            self._room_refreshed(stored)
+
+    def _room_refreshed(self, stored: Room) -> None:
+        chat, room = self.chat, self.chat._rooms_by_id.get(stored.id)
+        if room is None:
+            chat._rooms[fold(stored.name)] = chat._rooms_by_id[stored.id] = stored
+            for user_id in stored.members:
+                chat._rooms_of[user_id].add(stored)
+            return
+        guests = {user_id for user_id in room.members if user_id < 0}  # never stored: kept as they are
+        for user_id in room.members - stored.members - guests:
+            chat._drop_member(room, user_id)
+        for user_id in stored.members - room.members:
+            room.members.add(user_id)
+            chat._rooms_of[user_id].add(room)
+        for field in _ROOM_SETTINGS:
+            setattr(room, field, getattr(stored, field))
+        room.operators = stored.operators | (room.operators & guests)
+        room.voiced = stored.voiced | (room.voiced & guests)
+        room.bans = stored.bans
+
 
     def catch_up(self, after_id: int) -> Deferred:
         """Deliver, once each, the stored messages with ids above ``after_id`` that this node has

@@ -253,6 +253,7 @@ async def test_a_redis_restart_loses_and_duplicates_nothing(tmp_path, postgresql
         for n in range(60):
             if n == 20:
                 private_redis.stop()
+                await register(a, "carol")  # b cannot hear of it now
             if n == 40:
                 private_redis.start()
             body = f"m{n}"
@@ -267,6 +268,8 @@ async def test_a_redis_restart_loses_and_duplicates_nothing(tmp_path, postgresql
         assert len(acknowledged) == 60  # a node keeps storing while Redis is away
         # nothing more comes: a duplicate would arrive before this answer
         assert await bob.request(type="online") == {"alice": "alice", "bob": "bob"}
+        # b read again what it caches: the account made while it could not hear of it logs in there
+        await eventually(lambda: logs_in(b, "carol"), "an account made during the outage reaches b")
     finally:
         for node in (a, b):
             node.stop()

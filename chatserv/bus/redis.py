@@ -15,7 +15,7 @@ last loses them.
 What only the domain can do (refresh a cache entry from the store when another node changed
 it, deliver the messages missed while Redis was away) it does as ``observer``
 (``chatserv.nodes.Replica``): ``remote(event, deliver)``, ``changed(kind, data)``, and
-``catch_up(after_id)`` once the channel is back after an outage.
+``refresh()`` then ``catch_up(after_id)`` once the channel is back after an outage.
 """
 
 from __future__ import annotations
@@ -326,14 +326,20 @@ class RedisBus(service.MultiService):
             self._heard[node] = now  # a grace of one ttl to answer
         self._send("hello", self._online_here())
         if self._connected_before:
-            self._catch_up()
+            self._catch_up(refresh=True)
         self._connected_before = self.up = True
 
-    def _catch_up(self):
+    def _catch_up(self, refresh: bool):
         """Deliver what the store has that this node has not: messages another node stored
-        while the channel was away, for this node or for the other (each is delivered once)."""
-        if self.observer is not None:
-            self.observer.catch_up(self._seen_floor())
+        while the channel was away, for this node or for the other (each is delivered once).
+        ``refresh``: this node was away: first read again what it caches."""
+        if self.observer is None:
+            return
+        floor = self._seen_floor()
+        if refresh:
+            self.observer.refresh().addCallback(lambda _: self.observer.catch_up(floor))
+        else:
+            self.observer.catch_up(floor)
 
     def _online_here(self) -> list:
         here = []
@@ -400,7 +406,7 @@ class RedisBus(service.MultiService):
         self._on_here(node, data)
         self._send("here", self._online_here())
         if self._connected_before:
-            self._catch_up()
+            self._catch_up(refresh=False)
 
     def _on_here(self, node, data):
         """A node's full list of users: whoever it no longer has went offline there."""

@@ -123,5 +123,9 @@ class IStore(Interface):
         """Deferred[list[Message]]: every message with an id above ``after_id``, oldest first,
         at most ``limit``."""
 
+    def snapshot():
+        """Deferred[Snapshot]: the small tables as they are now (what another node changed
+        while this one could not hear of it)."""
+
     def newest_message_id():
         """Deferred[int]: the id of the newest stored message (0 if none)."""

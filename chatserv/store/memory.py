@@ -233,5 +233,8 @@ class MemoryStore:
         return succeed(sorted((m for m in self._messages.values() if m.id > after_id),
                               key=lambda m: m.id)[:limit])
 
+    def snapshot(self):
+        return self.open()
+
     def newest_message_id(self):
         return succeed(max(self._messages, default=0))

@@ -512,6 +512,17 @@ class SQLStore:
         return deferToThreadPool(self._reactor, self._readers, run)
 
     def _load(self, conn) -> Snapshot:
+        snapshot = self._tables(conn)
+        ((self._last_guest_id,),) = self._query(
+            conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
+        if self.guest_id_block > 1:
+            self._guest_blocks = [self._claim_guest_block(conn)]
+            self._last_guest_id = self._guest_blocks[0][0]
+        self._next = self._next_ids(conn)
+        return snapshot
+
+    def _tables(self, conn) -> Snapshot:
+        """The small tables as they are now (no change to this store's own counters)."""
         users = [User(*row) for row in self._query(
             conn, "SELECT id, username, salt, verifier, created_at, public_key FROM users ORDER BY id"
         )]
@@ -531,12 +542,6 @@ class SQLStore:
         tokens = [tuple(row) for row in self._query(
             conn, "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
         ((salt_secret,),) = self._query(conn, "SELECT value FROM secrets WHERE name = 'salt'")
-        ((self._last_guest_id,),) = self._query(
-            conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
-        if self.guest_id_block > 1:
-            self._guest_blocks = [self._claim_guest_block(conn)]
-            self._last_guest_id = self._guest_blocks[0][0]
-        self._next = self._next_ids(conn)
         return Snapshot(
             users=users,
             rooms=list(rooms.values()),
@@ -545,6 +550,11 @@ class SQLStore:
             tokens=tokens,
             salt_secret=bytes(salt_secret),
         )
+
+    def snapshot(self):
+        if self._closed is not None:
+            return fail(RuntimeError("store is closed"))
+        return deferToThreadPool(self._reactor, self._readers, lambda: self._tables(self._reader()))
 
     # writes
 
