@@ -115,6 +115,9 @@ class IBus(Interface):
     def names_elsewhere():
         """``UserRef``s of the users online on other nodes, by the name they go by there."""
 
+    def protocols_elsewhere(user_id):
+        """The protocols the user is connected with on other nodes."""
+
     def notify(kind, data):
         """Tell the other nodes that something they cache changed (``chatserv.nodes.Replica``):
         ``user`` (an id), ``room`` (its fields), ``alias`` ([user id, name]), ``ban``/``unban``

@@ -77,6 +77,9 @@ class LocalBus:
     def names_elsewhere(self) -> Iterable:
         return ()
 
+    def protocols_elsewhere(self, user_id: int) -> Iterable[str]:
+        return ()
+
     def notify(self, kind: str, data) -> None:
         pass
 

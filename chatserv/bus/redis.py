@@ -226,6 +226,9 @@ class RedisBus(service.MultiService):
             for ref, _ in users.values():
                 yield ref
 
+    def protocols_elsewhere(self, user_id: int):
+        return [users[user_id][1] for users in self._remote.values() if user_id in users]
+
     def renamed(self, user: events.UserRef) -> None:
         """A guest on another node goes by a new name."""
         for users in self._remote.values():

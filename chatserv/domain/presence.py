@@ -71,6 +71,11 @@ class Presence:
     def sessions_of(self, user: User) -> list[Session]:
         return list(self.bus.sessions_of(user.id))
 
+    def protocols_of(self, user: User) -> list[str]:
+        """The protocols the user is connected with, on any node."""
+        here = {session.protocol for session in self.bus.sessions_of(user.id)}
+        return sorted(here.union(self.bus.protocols_elsewhere(user.id)))
+
     def is_online(self, user: User) -> bool:
         """Online on any node."""
         return self.bus.is_online(user.id)
