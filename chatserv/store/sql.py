@@ -775,7 +775,16 @@ class SQLStore:
         if bounds.until is not None:
             where += " AND sent_at < ?"
             params.append(bounds.until)
-        return self._chosen(where, params, limit, bounds.oldest)
+        point = bounds.around_point()
+        if point is None:
+            return self._chosen(where, params, limit, bounds.oldest)
+        column, value = point
+        before = (limit - 1) // 2
+        sql = (f"SELECT * FROM (SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               f" AND {column} < ? ORDER BY id DESC LIMIT ?) AS earlier UNION ALL"
+               f" SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+               f" AND {column} >= ? ORDER BY id ASC LIMIT ?) AS later) AS around ORDER BY id")
+        return self._read(sql, (*params, value, before, *params, value, limit - before), _message)
 
     def last_seen(self, user_id):
         found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))

@@ -21,7 +21,9 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
+from chatserv.domain.login import Password
 from chatserv.limits import QuietLog
+from chatserv.model import HistoryBounds
 from chatserv.text import UnencodableText
 from chatserv.web import api
 from chatserv.web.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -232,8 +234,9 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        # the service throttles logins and limits hashes per address
-        user = await self.service.authenticate(username, password, self.port.client_address(request))
+        # the service's one login path throttles logins and limits hashes per address
+        address = self.port.client_address(request)
+        user = (await self.service.log_in(Password(username, password), address=address)).user
         session = await self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 
@@ -270,10 +273,16 @@ class WebAPI:
     async def get_contact_messages(self, request, params):
         user = self._user(params)
         other = api.user_reference(self.service, reference(params, "contact", "contactID"))
-        history = await self.service.direct_history(user, other, page_size(params),
-                                                    message_id(params, "before"))
+        history = await self._page(user, other, params)
         await self.service.mark_delivered(user, history)  # seen here: not news on other ports
         return [api.history_entry(m) for m in history]
+
+    def _page(self, user, target, params):
+        """One page of a conversation in one store read: the newest before ``before``, or the
+        oldest after ``after`` when only that is given (both: the newest between them)."""
+        before, after = message_id(params, "before"), message_id(params, "after")
+        bounds = HistoryBounds(after_id=after, before_id=before, oldest=after is not None and before is None)
+        return self.service.history_range(user, target, bounds, page_size(params) or self.port.limits.history)
 
     @app.route("/saveMessage", methods=BOTH)
     @endpoint
@@ -314,8 +323,7 @@ class WebAPI:
     async def get_group_messages(self, request, params):
         user = self._user(params)
         room = self.service.room_by_id(group_id(reference(params, "groupID", "group")))
-        history = await self.service.room_history(user, room.name, page_size(params),
-                                                  message_id(params, "before"))
+        history = await self._page(user, room, params)
         return [api.history_entry(m) for m in history]
 
     @app.route("/getConversations", methods=BOTH)
