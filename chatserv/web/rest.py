@@ -95,17 +95,8 @@ def reference(params: dict, *names: str):
     raise BadRequest(f"missing parameter: {names[0]}")
 
 
-def _whole(value):
-    """An int from JSON or a string of digits, else None."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 19:
-        return int(value)
-    return None
-
-
 def group_id(value) -> int:
-    found = _whole(value)
+    found = api.whole_number(value)
     if found is None:
         raise BadRequest("groupID must be a group id")
     return found
@@ -115,8 +106,8 @@ def message_id(params: dict, name: str) -> int | None:
     """An optional message id (``before``, ``message_id``)."""
     if params.get(name) is None:
         return None
-    found = _whole(params[name])
-    if found is None:
+    found = api.whole_number(params[name])
+    if found is None or not 0 <= found <= api.MAX_ID:
         raise BadRequest(f"{name} must be a message id")
     return found
 
@@ -125,8 +116,8 @@ def page_size(params: dict) -> int | None:
     """The optional ``limit``: how many entries, from 1 to MAX_PAGE (larger asks get MAX_PAGE)."""
     if params.get("limit") is None:
         return None
-    found = _whole(params["limit"])
-    if not found:
+    found = api.whole_number(params["limit"])
+    if found is None or found < 1:
         raise BadRequest("limit must be a whole number above 0")
     return min(found, MAX_PAGE)
 

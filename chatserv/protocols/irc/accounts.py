@@ -134,11 +134,15 @@ class AccountsMixin:
         taken at registration); after it, this connection's guest becomes the account, its
         channels and operator grants and all. None: wrong password, or locked out."""
         sink = self if self.registered else None
+        guest = self.session.user if self.session is not None else None
         try:
-            return await self.service.log_in(credentials, sink, self.protocol_name, self.peer_host,
-                                             guest_session=self.session, waiting=True)
+            result = await self.service.log_in(credentials, sink, self.protocol_name, self.peer_host,
+                                               guest_session=self.session, waiting=True)
         except (errors.BadCredentials, errors.RateLimited):
             return None
+        if guest is not None and guest.id in self.factory.away:  # still away, now as the account
+            self.factory.away[result.user.id] = self.factory.away.pop(guest.id)
+        return result
 
     def _login_refused(self, numeric=None, notice: str = ""):
         if numeric is not None:
@@ -151,6 +155,8 @@ class AccountsMixin:
     async def logged_in_as(self, result):
         """Show a login: before registration the account waits for it; after, the guest the
         service turned into the account goes by the account's name."""
+        if self._closing:
+            return  # the client left while its password was checked
         user = result.user
         if result.session is None:
             self.account = user

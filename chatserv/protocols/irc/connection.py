@@ -95,7 +95,7 @@ COMMANDS = {
     "AUTHENTICATE": Command("irc_AUTHENTICATE", 1, True, flood=False),
     "REGISTER": Command("irc_REGISTER", 3, True),
     "PASS": Command("irc_PASS", 1, True, flood=False),
-    "NICK": Command("irc_NICK", 0, True, flood=False),
+    "NICK": Command("irc_NICK", 0, True),  # every room-mate hears a NICK: a storm is slowed down
     "USER": Command("irc_USER", 4, True, flood=False),
     "PING": Command("irc_PING", 1, True, flood=False),
     "PONG": Command("irc_PONG", 0, True, flood=False),

@@ -153,6 +153,8 @@ class HistoryMixin:
             if fold(room.name) not in self.channels:
                 self.show_join(room)
                 await self.replay(room)
+        if self.session is None:
+            return  # the client left meanwhile: its messages wait for its next login
         stamped = not self.tag_variant[0]
         self.send(b"".join(message_lines(m, self.nick, self.tag_variant, stamped=stamped) for m in waiting))
         await self.service.mark_delivered(user, waiting)
