@@ -129,7 +129,8 @@ class Replica:
         if not event.online:  # gone from every node: as a local logout does
             user = event.user
             self.chat._drop_alias(user)
-            if user.guest:
+            if user.guest:  # a guest that is gone is gone for good
+                self.bus.local.unwatch(user.id)
                 for room in list(self.chat._rooms_of.get(user.id, ())):
                     self.chat._drop_member(room, user.id)
 

@@ -16,7 +16,11 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
+from zope.interface.verify import verifyClass
 
+from chatserv.bus import IBus
+from chatserv.bus.local import LocalBus
+from chatserv.bus.redis import RedisBus
 from chatserv.nodes import nodes_check
 from chatserv.tap import PORTS
 from tests.support import FAST_HASH, GRACE, ROOT, TIMEOUT, Twistd, connect
@@ -122,6 +126,12 @@ async def register(node, name, password="pw"):
     assert await client.request(f"CREATE {name} {password}".encode()) == b"200 OK"
     client.transport.loseConnection()  # CREATE logs in: the test logs in where it wants
     await client.wait_closed()
+
+
+def test_both_buses_are_whole_ibus():
+    """The Redis bus stands in for the local one wherever the domain asks a bus."""
+    verifyClass(IBus, LocalBus)
+    verifyClass(IBus, RedisBus)
 
 
 def test_a_redis_bus_needs_a_shared_store_and_workers_need_both():

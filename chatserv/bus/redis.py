@@ -204,6 +204,9 @@ class RedisBus(service.MultiService):
     def watch_presence(self, session, user_ids):
         self.local.watch_presence(session, user_ids)
 
+    def unwatch(self, user_id):
+        self.local.unwatch(user_id)
+
     def sessions_of(self, user_id):
         return self.local.sessions_of(user_id)
 
