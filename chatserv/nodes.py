@@ -55,6 +55,7 @@ class Replica:
         self.chat = chat
         self.bus = bus
         self._catching_up: Deferred | None = None
+        self._held: list | None = None  # what waits for an account being read (``_in_order``)
         # one login throttle for the cluster: each node counts the others' checks too
         chat.throttle.on_outcome = lambda *outcome: bus.notify("login", list(outcome))
 
@@ -63,9 +64,25 @@ class Replica:
     def remote(self, event, deliver) -> None:
         apply = getattr(self, f"_{type(event).__name__}", None)
         if apply is None:
-            deliver()
+            self._in_order(deliver)
         else:
-            apply(event, deliver)
+            self._in_order(lambda: apply(event, deliver))
+
+    def _in_order(self, work) -> None:
+        """Do ``work`` now, or after the account being read from the store (and what waits for
+        it), so that nothing another node did after making an account finds it missing here."""
+        if self._held is None:
+            work()
+        else:
+            self._held.append(work)
+
+    def _release(self, _=None) -> None:
+        held, self._held = self._held or [], None
+        for done, work in enumerate(held, 1):
+            work()
+            if self._held is not None:  # it reads another account: the rest wait again
+                self._held.extend(held[done:])
+                return
 
     def _DirectMessage(self, event, deliver):
         self._deliver_direct(event.message, deliver)
@@ -137,10 +154,14 @@ class Replica:
     # notices: changes no event carries
 
     def changed(self, kind: str, data) -> None:
-        getattr(self, f"_changed_{kind}", lambda _: None)(data)
+        handle = getattr(self, f"_changed_{kind}", None)
+        if handle is not None:
+            self._in_order(lambda: handle(data))
 
-    def _changed_user(self, user_id):
-        self.chat.store.user_by_id(user_id).addCallbacks(self._user_loaded, self._not_read)
+    def _changed_user(self, user_id) -> None:
+        self._held = [] if self._held is None else self._held
+        read = self.chat.store.user_by_id(user_id).addCallbacks(self._user_loaded, self._not_read)
+        read.addCallback(self._release)
 
     def _user_loaded(self, stored: User | None):
         if stored is None:
@@ -185,6 +206,7 @@ class Replica:
 
     def _changed_token(self, data):
         digest, user_id, created_at, last_used = data
+
         user = self.chat._users.get(user_id)
         if user is not None:
             for sessions in self.chat.token_watchers:
