@@ -316,8 +316,7 @@ SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|FROM|WHERE|pg_
 # ID_TABLES), a WHERE clause (checked below), the sequence expression built from that table
 # name, an engine's constant JSON-array function (checked below), and the table and column
 # list of one of the modules' own INSERT statements (postgres.py turns it into a COPY).
-# ``column``: an AROUND history query's, "id" or "sent_at" as HistoryBounds.around_point names it.
-SQL_PIECES = {"table", "where", "sequence", "json_ids", "insert[1]", "insert[2]", "column"}
+SQL_PIECES = {"table", "where", "sequence", "json_ids", "insert[1]", "insert[2]"}
 
 
 def test_sql_is_built_only_from_constants_and_values_go_in_as_parameters():
