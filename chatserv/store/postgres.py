@@ -24,16 +24,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chatserv.errors import StoreUnavailable
 from chatserv.store.migrations import migrate_postgresql
-from chatserv.store.sql import SQLStore, one_line
+from chatserv.store.sql import ID_BLOCK, SQLStore, one_line
 
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise (libpq waits forever by default)
 _COPY_FROM = 8  # a COPY costs a round trip of its own: worth it for a run of rows, not for one
 # Id blocks: a batch with this many new rows of a table (a writer under load) reserves
-# _ID_BLOCK more ids than it needs, handed out to the next batches. Ids left unused after
-# _BLOCK_LIFETIME seconds are skipped, so two nodes' ids interleave within that time, as they do
-# within one batch: history ordered by id stays ordered by time across nodes.
+# ID_BLOCK more ids than it needs, handed out to the next batches. Ids left unused after
+# _BLOCK_LIFETIME seconds are skipped, so two nodes' ids interleave within that time (and within
+# IDS_OUT_OF_ORDER), as they do within one batch: history ordered by id stays ordered by time
+# across nodes, and a node's catch-up after a bus outage reads back that far.
 _BUSY_BATCH = 32
-_ID_BLOCK = 8192
 _BLOCK_LIFETIME = 1.0
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")  # sqlite3's :name, not a :: cast
 _PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) (\([\w, ]+\)) VALUES \([?, ]+\)")
@@ -122,7 +122,7 @@ class PostgresStore(SQLStore):
             reserved = self._reserved[table] = ([], now)  # too old: skipped (a gap, never reused)
         ids = reserved[0]
         if len(ids) < count:
-            spare = _ID_BLOCK if count >= _BUSY_BATCH else 0
+            spare = ID_BLOCK if count >= _BUSY_BATCH else 0
             ((more,),) = conn.execute(
                 f"SELECT array_agg(nextval(pg_get_serial_sequence('{table}', 'id')))"
                 " FROM generate_series(1, %s)", (count - len(ids) + spare,)).fetchall()

@@ -63,6 +63,10 @@ class NewId:
 NEW_USER, NEW_ROOM, NEW_MESSAGE = NewId("users"), NewId("rooms"), NewId("messages")
 _ID_ONLY = None  # the SQL of a write that only takes an id (a room that is not stored)
 _MAX_BATCH = 2000
+# Ids a PostgreSQL writer under load reserves ahead (postgres.py), handed out over the next
+# batches: one node's messages may be stored this far (plus a batch) below another's newer ids.
+ID_BLOCK = 8192
+IDS_OUT_OF_ORDER = ID_BLOCK + _MAX_BATCH  # between nodes, in id, at most
 MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
 _INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Tables whose ids the store hands out.
