@@ -680,8 +680,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
 
 
 def _room_message_lines(connection: IRCConnection, event) -> bytes:
-    variant = connection.tag_variant
-    return message_lines(event.message, "#" + event.room.name, variant, prefix=connection.mask_of(event.sender),
+    variant, sender = connection.tag_variant, connection.mask_of(event.sender)
+    return message_lines(event.message, "#" + event.room.name, variant, prefix=sender,
                          client_tags=event.tags if variant[1] else None)
 
 
