@@ -171,13 +171,25 @@ class Message:
 class HistoryBounds:
     """Which stored messages a history query wants: ids strictly between ``after_id`` and
     ``before_id``, sent at or after ``since`` and before ``until`` (seconds); None is open.
-    ``oldest``: the oldest ``limit`` of them rather than the newest."""
+    ``oldest``: the oldest ``limit`` of them rather than the newest. ``around_id`` (or
+    ``around``, a time): the ``limit`` around that point instead, ``(limit - 1) // 2`` of them
+    before it and the rest from it on."""
 
     after_id: int | None = None
     before_id: int | None = None
     since: float | None = None
     until: float | None = None
     oldest: bool = False
+    around_id: int | None = None
+    around: float | None = None
+
+    def around_point(self) -> tuple[str, float] | None:
+        """The column and value of the point an "around" query centres on, if it is one."""
+        if self.around_id is not None:
+            return "id", self.around_id
+        if self.around is not None:
+            return "sent_at", self.around
+        return None
 
 
 @attrs.frozen

@@ -1,5 +1,5 @@
 """ChatService: the facade over the domain, which is split by concern in ``chatserv.domain``:
-accounts, contacts, rooms (and their settings), messages and presence.
+accounts, contacts, rooms (and their settings), messages, presence and the one login path.
 
 It knows no wire format. Protocols call it with a logged-in ``Session`` (or a ``User``) and
 get Deferreds back; live events go out through one seam, ``self.bus.publish(event, audience)``
@@ -24,6 +24,7 @@ from chatserv.credentials import Hasher
 from chatserv.domain.accounts import RESERVED_NAMES, Accounts
 from chatserv.domain.common import ISink, deferred, keepable
 from chatserv.domain.contacts import Contacts
+from chatserv.domain.login import Login
 from chatserv.domain.messages import UNREAD_CAP, Messages
 from chatserv.domain.presence import Presence
 from chatserv.domain.room_settings import RoomSettings
@@ -57,7 +58,7 @@ class _Directory:
         return self._cache.blockers_of(user_id)
 
 
-class ChatService(Accounts, Contacts, Rooms, RoomSettings, Messages, Presence, service.Service):
+class ChatService(Accounts, Contacts, Rooms, RoomSettings, Messages, Presence, Login, service.Service):
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None, bus: IBus | None = None):
         self.store = store
         self.hasher = hasher

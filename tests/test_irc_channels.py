@@ -273,6 +273,8 @@ async def test_keys_limits_and_bans_refuse_joins_as_the_irc_package_names_them(d
     assert await alice.numeric("525") == ["#vault", "Key is not well-formed"]
     alice.sendLine("MODE #tiny +l many")
     assert await alice.numeric("696") == ["#tiny", "l", "many", "The limit is a number of members"]
+    alice.sendLine("MODE #tiny +l \u00b2")  # str.isdigit takes it, int() does not
+    assert await alice.numeric("696") == ["#tiny", "l", "\u00b2", "The limit is a number of members"]
     port = daemon.port("irc")
 
     def jaraco_carol():
@@ -513,10 +515,12 @@ async def test_whowas_remembers_who_left(daemon):
     gone.send(b"QUIT")
     await gone.wait_closed()
     client = await raw(daemon, "asker")
-    client.send(b"WHOWAS gone", b"WHOWAS never", b"WHOWAS")
+    client.send(b"WHOWAS gone", b"WHOWAS never", "WHOWAS gone \u00b2".encode(), b"WHOWAS")
     lines = await until(client, b" 431 ")
     assert lines[0] == b":chatserv 314 asker gone u chatserv * :U"
     assert lines[1].startswith(b":chatserv 312 asker gone chatserv :")
+    assert lines[5:7] == lines[0:2]  # a count int() cannot read is no count: all of them
+    del lines[5:8]
     assert lines[2:] == [b":chatserv 369 asker gone :End of WHOWAS",
                          b":chatserv 406 asker never :There was no such nickname",
                          b":chatserv 369 asker never :End of WHOWAS",

@@ -502,12 +502,13 @@ async def test_odd_numbers_and_times_get_their_error_not_a_traceback(daemon):
     client = await joined(daemon, "odd", "#o", "draft/chathistory batch")
     client.send("CAP LS \u00b2".encode(), "CHATHISTORY LATEST #o * \u00b2".encode(),
                 b"CHATHISTORY BEFORE #o msgid=99999999999999999999999 10",
-                b"PRIVMSG *playback :PLAY * inf", b"PING done")
+                b"PRIVMSG *playback :PLAY * inf", b"PRIVMSG *playback :PLAY * 1e308", b"PING done")
     lines = await until(client, b"PONG")
     assert lines[0].startswith(b":chatserv CAP odd LS :")
     assert lines[1:] == [
         b":chatserv FAIL CHATHISTORY INVALID_PARAMS LATEST :Invalid parameters",
         b":chatserv FAIL CHATHISTORY INVALID_MSGREFTYPE BEFORE msgid=99999999999999999999999 :References are "
         b"msgid=<id> or timestamp=<ISO 8601>, or * for LATEST",
+        b":*playback!znc@znc.in PRIVMSG odd :PLAY: times are seconds since 1970",
         b":*playback!znc@znc.in PRIVMSG odd :PLAY: times are seconds since 1970",
         b":chatserv PONG chatserv done"]

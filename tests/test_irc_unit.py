@@ -1,9 +1,13 @@
 """IRC lines, and one IRC connection driven by a fake clock and an in-memory transport."""
 
+import subprocess
+import sys
+
 import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
@@ -14,12 +18,12 @@ from chatserv.limits import Limits
 from chatserv.model import RoomChange
 from chatserv.protocols.framing import FrameError
 from chatserv.protocols.irc import IRCFactory
-from chatserv.protocols.irc.message import IRCFramer, LineTooLong, parse, serialise, split_text
+from chatserv.protocols.irc.message import IRCFramer, LineTooLong, glob_match, parse, serialise, split_text
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
 from chatserv.tap import Options
 from chatserv.wire import ConnectionTracker
-from tests.support import cheap_hasher
+from tests.support import ROOT, TIMEOUT, HeldHasher, InstantHasher, cheap_hasher
 
 # lines
 
@@ -74,6 +78,23 @@ def test_split_text_keeps_lines_and_utf8_within_the_budget():
     assert "".join(chunks[1:]) == "two " + "é" * 300
 
 
+def test_wildcards_match_irc_masks():
+    assert glob_match("#*", "#lobby") and glob_match("b?b", "bob") and glob_match("*", "")
+    assert not glob_match("#*", "bob") and not glob_match("b?b", "bb")
+    assert glob_match("[x]*", "[x]y") and not glob_match("[x]*", "xy")  # only * and ? are special
+
+
+def test_a_wildcard_pattern_costs_no_more_than_its_length_times_the_names():
+    """``*a*a*a...c`` against a long name: as a backtracking regex, one guest's
+    ``PRIVMSG *playback :PLAY *a*a*a*a*a*a*a*ac 0`` held the reactor (every port) for 3.6 s,
+    and each further ``*a`` multiplies that. Run apart, so that a regression fails at the
+    usual wait instead of hanging the suite."""
+    script = ("from chatserv.protocols.irc.message import glob_match\n"
+              "print(glob_match('*a' * 40 + 'c', '#' + 'a' * 49), glob_match('*a' * 40, 'a' * 50))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert done.stdout == b"False True\n", done.stderr
+
+
 def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
     framer = IRCFramer()
     frames = framer.feed(b"PING a\r\nPING b\nPING c\rPING d\n\r\n")
@@ -85,18 +106,20 @@ def test_the_framer_takes_lf_crlf_and_bare_cr_and_skips_overlong_lines():
 # one connection, a fake clock
 
 
-async def connect(**options):
+async def connect(chat=None, **options):
     """A connection with flood control off and a 100 s ping (``options`` override them)."""
     settings = {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0, **options}
-    return await irc_connection(settings)
+    return await irc_connection(settings, chat)
 
 
-async def irc_connection(settings: dict):
-    clock = MemoryReactorClock()
+async def irc_connection(settings: dict, chat=None):
+    """``chat``: a started service of the test's own (its clock is the connection's)."""
     limits = Limits(prelogin_timeout=30, send_queue=1000)
-    chat = ChatService(MemoryStore(), cheap_hasher(), clock, limits)
-    chat.startService()
-    await chat.when_ready()
+    if chat is None:
+        chat = ChatService(MemoryStore(), cheap_hasher(), MemoryReactorClock(), limits)
+        chat.startService()
+        await chat.when_ready()
+    clock = chat.clock
     factory = IRCFactory(chat, ConnectionTracker(clock), limits, clock, settings)
     connection = factory.buildProtocol(None)
     transport = StringTransport()
@@ -249,6 +272,169 @@ async def test_a_member_that_stopped_reading_is_let_go_past_its_send_queue_when_
     assert to_bob.value().endswith(b"ERROR :Closing Link: SendQ exceeded\r\n")
     assert b"PRIVMSG" not in to_bob.value()
     assert to_bob.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_nick_changes_count_against_the_flood_bucket():
+    """Every room-mate hears each NICK: a storm of them is slowed down like any other command."""
+    clock, connection, transport = await connect(**{"irc-flood-rate": 2.0, "irc-flood-burst": 2})
+    connection.dataReceived(b"NICK ann\r\nUSER a 0 * :A\r\n")
+    take(transport)
+    connection.dataReceived(b"".join(b"NICK ann%d\r\n" % n for n in range(4)))
+    assert [line.split(b" ")[-1] for line in take(transport)] == [b"ann0", b"ann1"]
+    clock.advance(0.5)
+    assert [line.split(b" ")[-1] for line in take(transport)] == [b"ann2"]
+
+
+# a client that leaves while its login is under way leaves nothing behind
+
+
+class Held:
+    """Replaces ``owner.name`` with a version whose calls wait until ``release()``."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name, self.real = owner, name, getattr(owner, name)
+        self.waiting: list[defer.Deferred] = []
+        setattr(owner, name, self._held)
+
+    def _held(self, *args, **kwargs):
+        self.waiting.append(defer.Deferred().addCallback(lambda _: self.real(*args, **kwargs)))
+        return self.waiting[-1]
+
+    def release(self):
+        setattr(self.owner, self.name, self.real)
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+async def identify_and_leave(held_owner, held_name):
+    """A guest on a room kept in the store logs in to dave and drops its connection while
+    ``held_owner.held_name`` (a step of the login) waits; then that step goes on. Returns the
+    service."""
+    hasher = HeldHasher()
+    chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
+    await chat.create_room(owner, "kept")
+    await chat.create_room(dave, "daves")  # replayed at login, as the guest is not on it
+    await chat.send_direct(owner, dave, "waiting for dave")
+    clock, connection, transport = await connect(chat)
+    connection.dataReceived(b"NICK gina\r\nUSER g 0 * :G\r\nJOIN #kept\r\n")
+    held = Held(held_owner(chat), held_name)
+    connection.dataReceived(b"PRIVMSG NickServ :IDENTIFY dave pw\r\n")
+    hasher.release()
+    assert held.waiting  # the login is at that step
+    connection.connectionLost()  # the client is gone while its login is under way
+    held.release()
+    hasher.release()
+    return chat
+
+
+@pytest.mark.parametrize("held_owner, held_name", [
+    (lambda chat: chat.hasher, "check"),
+    (lambda chat: chat.store, "add_member"),
+    (lambda chat: chat.store, "message_range"),
+], ids=["password-check", "joining-the-guests-rooms", "replaying-them"])
+@pytest_twisted.ensureDeferred
+async def test_a_guest_that_leaves_while_it_logs_in_is_gone_and_its_messages_wait(held_owner, held_name):
+    chat = await identify_and_leave(held_owner, held_name)
+    dave = chat.user("dave")
+    assert not chat.is_online(dave)
+    assert chat.sessions_of(dave) == []
+    assert [m.body for m in await chat.undelivered(dave)] == ["waiting for dave"]
+    later = await chat.send_direct(chat.user("owner"), dave, "sent after")
+    assert not later.delivered
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_that_leaves_while_it_logs_in_to_an_account_online_elsewhere_leaves_no_session():
+    hasher = HeldHasher()
+    chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
+    await chat.create_room(owner, "kept")
+    elsewhere = chat.attach(dave, Sink(), "web")
+    clock, connection, transport = await connect(chat)
+    connection.dataReceived(b"NICK gina\r\nUSER g 0 * :G\r\nJOIN #kept\r\n")
+    held = Held(chat.store, "add_member")
+    connection.dataReceived(b"PRIVMSG NickServ :IDENTIFY dave pw\r\n")
+    hasher.release()
+    assert held.waiting
+    connection.connectionLost()
+    held.release()
+    assert chat.sessions_of(dave) == [elsewhere]
+    chat.detach(elsewhere)
+    assert not chat.is_online(dave)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_that_leaves_during_its_replay_still_has_its_messages_waiting():
+    chat = ChatService(MemoryStore(), InstantHasher(), MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
+    await chat.create_room(owner, "kept")
+    await chat.join_room(dave, "kept")
+    await chat.send_direct(owner, dave, "waiting for dave")
+    clock, connection, transport = await connect(chat)
+    held = Held(chat.store, "message_range")
+    connection.dataReceived(b"PASS pw\r\nNICK dave\r\nUSER d 0 * :D\r\n")
+    assert held.waiting
+    connection.connectionLost()
+    held.release()
+    assert b"waiting for dave" not in transport.value()
+    assert [m.body for m in await chat.undelivered(dave)] == ["waiting for dave"]
+
+
+TABLES = (dict, set, list)
+
+
+def table_sizes(*owners) -> dict:
+    """The size of every dict, set and list held by ``owners``, and of those they hold: what
+    grows with use."""
+    def size(table):
+        inner = table.values() if isinstance(table, dict) else table
+        return len(table) + sum(len(value) for value in inner if isinstance(value, TABLES))
+
+    return {(type(owner).__name__, name): size(value) for owner in owners
+            for name, value in vars(owner).items() if isinstance(value, TABLES)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_guests_that_came_and_went_leave_the_tables_as_they_were():
+    """Guest ids are never reused, so whatever is kept by a guest's id once it has gone is
+    kept for good: a stream of guests would grow the daemon without bound."""
+    chat = ChatService(MemoryStore(), HeldHasher(), MemoryReactorClock(), Limits())
+    chat.startService()
+    await chat.when_ready()
+    await chat.register("dave", "pw")
+    web = chat.attach(await chat.register("wendy", "pw"), Sink(), "web", "10.0.0.9")
+    factory = IRCFactory(chat, ConnectionTracker(chat.clock), chat.limits, chat.clock,
+                         {"irc-flood-rate": 0.0, "irc-ping-interval": 100.0})
+
+    async def guest_visit(number: int, identify: bool = False, in_flight: bool = False):
+        connection = factory.buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        connection.dataReceived(b"NICK g%d\r\nUSER g 0 * :G\r\nJOIN #g%d\r\nAWAY :out\r\n" % (number, number))
+        chat.watch_presence_of(web, [connection.session.user])  # wendy's page talks with it
+        held = Held(chat.store, "add_message") if in_flight else None
+        connection.dataReceived(b"PRIVMSG #g%d :hello\r\n" % number)
+        if identify:
+            connection.dataReceived(b"PRIVMSG NickServ :IDENTIFY dave pw\r\nPART #g%d\r\n" % number)
+            chat.hasher.release()
+        connection.connectionLost()  # a message may still be on its way to the store
+        if held is not None:
+            held.release()
+
+    await guest_visit(0, identify=True)  # the first visit makes what every later one reuses
+    before = table_sizes(chat, chat.bus, factory)
+    await guest_visit(1)
+    await guest_visit(2, in_flight=True)
+    await guest_visit(3, identify=True)
+    assert table_sizes(chat, chat.bus, factory) == before
 
 
 # what the service gained for IRC

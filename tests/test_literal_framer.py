@@ -148,7 +148,9 @@ def test_garbage_never_raises_and_nothing_unbounded_is_kept(chunks, max_length):
     for chunk in chunks:
         for frame in framer.feed(chunk):
             assert isinstance(frame, FrameError) or 0 < len(frame) <= max_length
-        assert framer.buffered <= max_length
+        # Two quote bytes wait to be told from a triple quote's start, whatever the bound
+        # (found with max_length 1 and the chunks '"', '"' by a 20-times-longer run).
+        assert framer.buffered <= max(max_length, 2)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

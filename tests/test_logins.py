@@ -14,11 +14,12 @@ from twisted.internet import defer, reactor
 from twisted.internet.testing import MemoryReactorClock
 
 from chatserv.credentials import Hasher, password_digest
+from chatserv.domain.login import Digest, GuestName, Password, Vouched
 from chatserv.limits import Limits
 from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from tests.support import CHEAP_HASH, INLINE, TIMEOUT, Daemon, HeldHasher, connect
+from tests.support import CHEAP_HASH, INLINE, TIMEOUT, Daemon, HeldHasher, InstantHasher, connect
 from tests.test_chatroom import json_client, kv
 from tests.test_hostile import connect_from, freeze_service_clock
 from tests.test_irc import plain, until
@@ -292,3 +293,70 @@ async def test_the_memory_store_keeps_its_salt_secret_for_a_restarted_service():
     other.startService()
     await other.when_ready()
     assert other.salt_for("ghost") != salts[0]  # a secret, not a constant
+
+
+# issue 14 item 4: one login path for every port
+
+
+class Gate:
+    """A sink whose port admits a login or not, and records the session it got."""
+
+    def __init__(self, admits: bool):
+        self.admits = admits
+        self.session = None
+
+    def deliver(self, event):
+        pass
+
+    def admit(self, user):
+        return self.admits
+
+    def attached(self, session):
+        self.session = session
+
+
+async def ready_service() -> ChatService:
+    chat = ChatService(MemoryStore(), InstantHasher(), MemoryReactorClock())
+    chat.startService()
+    await chat.when_ready()
+    return chat
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_login_call_takes_any_credentials_and_hands_over_the_waiting_messages():
+    chat = await ready_service()
+    alice = await chat.register("alice", "pw")
+    await chat.send_direct(await chat.register("bob", "pw"), "alice", "while you were away")
+    digest = password_digest(chat.salt_for("alice"), "pw")
+    for credentials in (Password("alice", "pw"), Digest("alice", digest), Vouched(alice)):
+        sink = Gate(admits=True)
+        result = await chat.log_in(credentials, sink, "test", "127.0.0.1", waiting=True)
+        assert (result.user, result.session, sink.session) == (alice, sink.session, result.session)
+        assert [m.body for m in result.waiting] == ["while you were away"]
+        chat.detach(result.session)
+    checked_only = await chat.log_in(Password("alice", "pw"), address="127.0.0.1")
+    assert (checked_only.user, checked_only.session) == (alice, None)
+    assert outcome(chat.log_in(Password("alice", "wrong"), address="127.0.0.1")) == "BadCredentials"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_whose_port_refuses_the_login_leaves_its_name_free():
+    chat = await ready_service()
+    refused = await chat.log_in(GuestName("visitor"), Gate(admits=False), "test", "127.0.0.1")
+    assert refused.session is None and not chat.is_online(refused.user)
+    admitted = await chat.log_in(GuestName("visitor"), Gate(admits=True), "test", "127.0.0.1")
+    assert admitted.user.username == "visitor" and chat.is_online(admitted.user)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guest_session_logging_in_becomes_the_account_and_keeps_its_rooms():
+    chat = await ready_service()
+    account = await chat.register("alice", "pw")
+    sink = Gate(admits=True)
+    guest = await chat.log_in(GuestName("visitor"), sink, "test", "127.0.0.1")
+    await chat.join_room(guest.user, "lobby")
+    result = await chat.log_in(Password("alice", "pw"), sink, "test", "127.0.0.1",
+                               guest_session=guest.session)
+    assert result.session is guest.session and result.session.user is account
+    assert [room.name for room in chat.rooms_of(account)] == ["lobby"]
+    assert not chat.is_online(guest.user)

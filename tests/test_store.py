@@ -421,6 +421,11 @@ async def test_ranges_and_last_seen(make_store):
     assert ids(await store.message_range(HistoryBounds(since=2004.0, until=2006.0), 10, room_id=1)) == [4, 5]
     assert ids(await store.message_range(HistoryBounds(), 10, pair=(2, 1))) == [11]
     assert ids(await store.message_range(HistoryBounds(oldest=True), 10, pair=(1, 3))) == [12]
+    # around a point, in one read: (limit - 1) // 2 before it, the rest from it on
+    assert ids(await store.message_range(HistoryBounds(around_id=5), 4, room_id=1)) == [4, 5, 6, 7]
+    assert ids(await store.message_range(HistoryBounds(around=2002.0), 4, room_id=1)) == [1, 2, 3, 4]
+    assert ids(await store.message_range(HistoryBounds(around_id=10, after_id=8), 5, room_id=1)) == [9, 10]
+    assert ids(await store.message_range(HistoryBounds(around_id=11), 1, pair=(1, 2))) == [11]
 
     assert await store.last_seen(1) == {}
     await store.set_last_seen(1, 1, 7)

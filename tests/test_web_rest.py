@@ -175,6 +175,42 @@ async def test_every_400(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_ids_past_the_stores_integers_or_in_other_digits_get_400(daemon):
+    """Message ids are SQLite integers, and str.isdigit takes digits int() refuses ("²"):
+    neither may reach the store or int() (it was HTTP 500 and a traceback); a negative limit
+    was SQLite's LIMIT -1, the whole conversation in one answer."""
+    alice = await register_and_login(daemon, "alice")
+    bob = await register_and_login(daemon, "bob")
+    sid = alice["sessionID"]
+    group = (await call(daemon, "/joinGroup", "POST", data={"sessionID": sid, "group": "g"}))[1]["group_id"]
+    too_big, too_small = 2**63, -(2**63) - 1
+    bad = [
+        ("/getConversations", {"before": too_big}, "before must be a message id"),
+        ("/getConversations", {"before": "\u00b2"}, "before must be a message id"),
+        ("/getConversations", {"limit": "\u00b2"}, "limit must be a whole number above 0"),
+        ("/getContactMessages", {"contact": "bob", "limit": -1}, "limit must be a whole number above 0"),
+        ("/getGroupMessages", {"groupID": group, "limit": -1}, "limit must be a whole number above 0"),
+        ("/getContactMessages", {"contact": "bob", "before": too_big}, "before must be a message id"),
+        ("/getContactMessages", {"contact": "bob", "before": too_small}, "before must be a message id"),
+        ("/getContactMessages", {"contact": "\u00b2"}, "User not found"),
+        ("/getGroupMessages", {"groupID": group, "before": too_big}, "before must be a message id"),
+        ("/getGroupMessages", {"groupID": "\u00b2"}, "groupID must be a group id"),
+        ("/markRead", {"contact": "bob", "message_id": too_big}, "message_id must be a message id"),
+        ("/markRead", {"contact": "bob", "message_id": -5}, "message_id must be a message id"),
+        ("/markRead", {"contactID": "\u00b2"}, "User not found"),
+        ("/saveMessage", {"recipientID": "\u00b2", "content": "x"}, "User not found"),
+        ("/addContact", {"contact": "\u00b2"}, "User not found"),
+    ]
+    for path, params, error in bad:
+        assert await call(daemon, path, "POST", json_body={"sessionID": sid, **params}) == (
+            400, {"error": error}), (path, params)
+    assert (await call(daemon, "/markRead", "POST", json_body={
+        "sessionID": sid, "contact": "bob", "message_id": 2**63 - 1}))[1] == {"last_read_id": 2**63 - 1}
+    assert (await call(daemon, "/getContactMessages", "POST", data={
+        "sessionID": bob["sessionID"], "contact": "alice"})) == (200, [])
+
+
+@pytest_twisted.ensureDeferred
 async def test_oversized_bodies_are_refused_and_the_port_goes_on(daemon):
     code, reply = await call(daemon, "/login", "POST", raw=b"x" * 70000)
     assert (code, reply) == (413, {"error": "request body too large"})

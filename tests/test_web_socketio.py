@@ -118,6 +118,8 @@ async def test_a_group_message_reaches_every_member_but_not_outsiders(daemon):
     assert (await clients[2].next("error"))["data"] == {"message": "not a member"}
     clients[2].emit("send_message", {"recipient_id": 999, "content": "x", "is_group": True})
     assert (await clients[2].next("error"))["data"] == {"message": "Group not found"}
+    clients[2].emit("send_message", {"recipient_id": "\u00b2", "content": "x"})  # isdigit, but no int
+    assert (await clients[2].next("error"))["data"] == {"message": "recipient_id must be an integer"}
     assert not [e for e in clients[2].events if e["event"] == "new_message"]
     for client in clients:
         await client.close()

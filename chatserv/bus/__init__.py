@@ -100,6 +100,10 @@ class IBus(Interface):
     def watch_presence(session, user_ids):
         """``session`` also hears when these users come and go."""
 
+    def unwatch(user_id):
+        """Nobody watches this user any more: a guest that has gone for good (ids are never
+        reused), so that watching it keeps nothing."""
+
     def sessions_of(user_id):
         """The user's sessions on this node."""
 

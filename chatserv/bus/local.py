@@ -60,6 +60,10 @@ class LocalBus:
             watching.add(user_id)
             self._watchers[user_id].add(session)
 
+    def unwatch(self, user_id: int) -> None:
+        for session in self._watchers.pop(user_id, ()):
+            self._watching.get(session, set()).discard(user_id)
+
     def sessions_of(self, user_id: int) -> list:
         return self._sessions.get(user_id, [])
 

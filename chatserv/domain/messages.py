@@ -89,7 +89,8 @@ class Messages:
                  origin: Session | None) -> Message:
         message = attrs.evolve(draft, id=message_id)
         self.stats["messages"] += 1
-        self._newest[room.id] = message_id
+        if self._rooms_by_id.get(room.id) is room:  # not a guest's room gone meanwhile
+            self._newest[room.id] = message_id
         audience = to_room(room.id, skip_session=origin.id if origin is not None else None,
                            skip_blockers_of=sender.id)
         self._delivered(message, self.bus.publish(events.RoomMessage(message, sender, room, tags), audience))

@@ -51,9 +51,12 @@ class Presence:
             self._drop_alias(session.user)
             if session.user.guest:
                 self._forget_guest(session.user)
+                self.bus.unwatch(session.user.id)
 
     def _forget_guest(self, user):
+        """A guest has gone, for good (its id is never reused): nothing kept by its id stays."""
         self._guests.pop(fold(user.username), None)
+        self._last_address.pop(user.id, None)
         self._user_room_rate.forget(user.id)
         self._forget_roles(user)
         for room in list(self._rooms_of.get(user.id, ())):
@@ -140,22 +143,33 @@ class Presence:
         rooms = self.rooms_of(guest)
         if self.is_online(account):
             for room in rooms:
+                self._check_attached(session)
                 if account.id not in room.members:
                     await self._add_member(room, account, origin=session)
                 await self._take_roles(room, guest, account)
+            self._check_attached(session)
             self.detach(session, reason=f"Logged in as {account.username}")
             self._attach_session(session, account)
             return
         for room in rooms:
+            self._check_attached(session)
             if account.id not in room.members:
                 await self._enroll(room, account)
             await self._take_roles(room, guest, account)
+        self._check_attached(session)
         self._publish(events.Renamed(account, guest.username, before=guest), self._room_mates(guest), session)
         self.bus.unsubscribe(session)
         self._attach_session(session, account, renamed_from=guest)
         self._forget_guest(guest)  # gone without a word where the rename was shown
         self._presence(guest, False, session.protocol, origin=session,
                        reason=f"Logged in as {account.username}")
+        self.bus.unwatch(guest.id)
+
+    def _check_attached(self, session: Session) -> None:
+        """NotLoggedIn once ``session`` has ended (its client left while ``become`` waited on
+        the store): it must not be attached again, as a session nobody would ever detach."""
+        if session not in self.bus.sessions_of(session.user.id):
+            raise errors.NotLoggedIn("the session has ended")
 
     def _attach_session(self, session: Session, account: User, renamed_from: User | None = None):
         session.user = account

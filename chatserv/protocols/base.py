@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from chatserv import errors
 from chatserv.bus import Subscription
+from chatserv.domain.login import LoggedIn
 from chatserv.limits import Limits, QuietLog, TokenBucket
 from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
@@ -288,19 +289,29 @@ class ChatConnection(protocol.Protocol):
 
     # sessions
 
-    def login(self, user) -> Session | None:
-        """Attach this connection to the service as ``user`` (replacing any earlier login).
+    async def log_in(self, credentials, **options) -> LoggedIn:
+        """Log this connection in through the service's one login path (``ChatService.log_in``,
+        which ``options`` go to), replacing any earlier login."""
+        return await self.service.log_in(credentials, self, self.protocol_name, self.peer_host, **options)
 
-        A connection already closing (its client left while the password was checked)
-        gets no session: nothing would ever detach it.
-        """
+    def admit(self, user) -> bool:
+        """``ChatService.log_in`` asks once the credentials passed, just before it attaches the
+        session. A connection already closing (its client left while the password was checked)
+        gets none: nothing would ever detach it. Otherwise its earlier login ends here."""
         if self._closing:
-            return None
+            return False
         self.logout()
+        return True
+
+    def attached(self, session: Session):
+        """``ChatService.log_in`` attached this connection's session (before it reads the
+        messages that waited, so live events meanwhile render as this user's)."""
+        self.session = session
         self.failed_logins = 0
-        self.session = self.service.attach(user, self, self.protocol_name, self.peer_host)
-        self.deadline.arm(self.limits.idle_timeout)
-        return self.session
+        self.deadline.arm(self.logged_in_timeout())
+
+    def logged_in_timeout(self) -> float:
+        return self.limits.idle_timeout
 
     def logout(self):
         if self.session is not None:

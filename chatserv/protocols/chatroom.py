@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from chatserv import errors, events
 from chatserv.bus import Subscription
+from chatserv.domain.login import Password
 from chatserv.limits import TokenBucket
 from chatserv.model import LOBBY, Message, User, fold
 from chatserv.options import option
@@ -589,6 +590,7 @@ class ChatroomConnection(ChatConnection):
         super().__init__()
         self.wire = KeyValueWire  # of the request being answered, and of frame errors
         self.login_wire = JsonWire  # of this connection's login: its pushes
+        self._auth_wire = JsonWire  # of the auth request being checked
         self._seen_newline = False
         self._settle = None
         self._alive = None
@@ -736,6 +738,13 @@ class ChatroomConnection(ChatConnection):
         self.logout()
         self.close()
 
+    def admit(self, user) -> bool:
+        if not super().admit(user):
+            return False
+        self.login_wire = self._auth_wire  # live pushes render in the wire the client logs in with
+        self._held = []  # and come after the reply and the messages that waited
+        return True
+
     def logout(self):
         if self._alive is not None and self._alive.active():
             self._alive.cancel()
@@ -751,23 +760,24 @@ class ChatroomConnection(ChatConnection):
         username = self._field(fields, "username")
         password = self._field(fields, "password")
         port = self._port(fields)
+        credentials = Password(username, password)
         try:
-            user = await self.service.authenticate(username, password, self.peer_host)
+            if port is None:
+                self._auth_wire = wire
+                result = await self.log_in(credentials, waiting=True)
+            else:
+                result = await self.service.log_in(credentials, address=self.peer_host)
         except errors.BadCredentials:
             self._close_after_reply = self.login_failed()
             return FAIL
+        user = result.user
         if port is None:
-            if self._closing:  # the client left while we checked: nobody to log in
-                return FAIL
-            session = self.login(user)
-            self.login_wire = wire
+            session = result.session
+            if session is None or self._closing:
+                return FAIL  # the client left while we checked: the messages wait on
             self._alive = self.clock.callLater(self.factory.alive_timeout, self._alive_expired)
-            self._held = []  # live pushes come after the reply and the messages that waited
-            pending = await self.service.undelivered(user)
-            if self._closing:
-                return FAIL  # gone: the messages wait on
-            self._after_reply = [message_push(wire, m) for m in pending]
-            await self.service.mark_delivered(user, pending)
+            self._after_reply = [message_push(wire, m) for m in result.waiting]
+            await self.service.mark_delivered(user, result.waiting)
         else:
             self.logout()
             terminator = b"" if self._unterminated else b"\n"

@@ -168,7 +168,8 @@ class LiteralFramer:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an unfinished frame (at most ``max_length``)."""
+        """Bytes held for an unfinished frame: at most ``max_length``, or the two quotes
+        that may begin a triple-quoted string, should the bound be smaller."""
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list:

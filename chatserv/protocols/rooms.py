@@ -17,6 +17,7 @@ import datetime
 
 from chatserv import errors
 from chatserv.bus import Subscription
+from chatserv.domain.login import Password, Vouched
 from chatserv.model import fold
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LiteralFramer
@@ -232,19 +233,18 @@ class RoomsConnection(ChatConnection):
     # requests (the client sends its own user first where a body has one; checked above)
 
     async def do_create_new_user(self, username, password):
-        self.login(await self.service.register(username, password, address=self.peer_host))
+        await self.log_in(Vouched(await self.service.register(username, password, address=self.peer_host)))
         return OK
 
     async def do_login(self, username, password):
         try:
-            user = await self.service.authenticate(username, password, self.peer_host)
+            await self.log_in(Password(username, password))
         except (errors.BadCredentials, errors.RateLimited) as exc:
             if self.login_failed():
                 self.write(ERRORS.reply(exc))
                 self.close()
                 return None
             raise
-        self.login(user)
         return literal([self.current_room])
 
     async def do_create_new_room(self, room):

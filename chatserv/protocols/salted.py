@@ -19,6 +19,7 @@ from chatserv import errors, events
 from chatserv.bans import ban_key
 from chatserv.bus import Subscription
 from chatserv.credentials import new_salt
+from chatserv.domain.login import Digest, GuestName, Vouched
 from chatserv.model import LOBBY, fold
 from chatserv.options import option
 from chatserv.protocols.base import ChatConnection, ChatFactory
@@ -226,13 +227,13 @@ class SaltedConnection(ChatConnection):
         if pending is not None and fold(name) == fold(pending.username):
             return await self._register(pending, digest)
         try:
-            user = await self.service.authenticate_digest(name, digest.lower(), self.peer_host)
+            entered = await self._enter(Digest(name, digest.lower()))
         except errors.BadCredentials:
             if self.login_failed():
                 self.goodbye(login_status(False))
                 return None
             return login_status(False)
-        return login_status(True) if await self._enter(user) else None
+        return login_status(True) if entered else None
 
     async def _register(self, pending: PendingRegistration, digest: str):
         if not _DIGEST.match(digest):
@@ -242,28 +243,33 @@ class SaltedConnection(ChatConnection):
                                                       address=self.peer_host)
         except errors.UsernameTaken:
             return register_status(False, "username taken")
-        if not await self._enter(user):
+        if not await self._enter(Vouched(user)):
             return None
         self.write(register_status(True))
         return login_status(True)
 
     async def do_guest(self, request):
         try:
-            user = self.service.guest(text(request, "user"))
+            entered = await self._enter(GuestName(text(request, "user")))
         except errors.UsernameTaken:
             self.write(login_status(False))
             return USERNAME_TAKEN
         except errors.InvalidUsername as exc:
             self.write(login_status(False))
             return error(exc.message)
-        return login_status(True) if await self._enter(user) else None
+        return login_status(True) if entered else None
 
-    async def _enter(self, user) -> bool:
-        """Attach a session in the lobby, unless the connection went away or may not log in.
+    async def _enter(self, credentials) -> bool:
+        """Log in and attach a session in the lobby, unless ``admit`` refused it."""
+        result = await self.log_in(credentials)
+        if result.session is None:
+            return False
+        await self.service.join_room(result.user, LOBBY, origin=result.session)
+        return True
 
-        Checked again here because hashing took time: a ban or a login from elsewhere may
-        have come meanwhile.
-        """
+    def admit(self, user) -> bool:
+        """Checked once the credentials passed, because hashing took time: a ban or a login
+        from elsewhere may have come meanwhile (the client is told, and the connection ends)."""
         if self._closing:
             return False
         if self.banned():
@@ -272,9 +278,7 @@ class SaltedConnection(ChatConnection):
         if self.held_elsewhere(user.username):
             self.goodbye(WRONG_IP)
             return False
-        session = self.login(user)
-        await self.service.join_room(user, LOBBY, origin=session)
-        return True
+        return super().admit(user)
 
     def do_userlist(self, request):
         online = truth(request, "onlinetype", True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from chatserv import errors, events
 from chatserv.bus import Subscription
+from chatserv.domain.login import Password, Vouched
 from chatserv.protocols.base import ChatConnection, ChatFactory
 from chatserv.protocols.framing import LengthPrefixFramer, LineFramer
 from chatserv.wire import BadRequest, ErrorTable
@@ -91,21 +92,19 @@ class SkypeConnection(ChatConnection):
 
     async def do_CREATE(self, argument):
         username, password = self._credentials(argument)
-        user = await self.service.register(username, password, address=self.peer_host)
-        self.login(user)
+        await self.log_in(Vouched(await self.service.register(username, password, address=self.peer_host)))
         return OK
 
     async def do_LOGIN(self, argument):
         username, password = self._credentials(argument)
         try:
-            user = await self.service.authenticate(username, password, self.peer_host)
+            await self.log_in(Password(username, password))
         except (errors.BadCredentials, errors.RateLimited):
             if self.login_failed():
                 self.write(NOT_OK)
                 self.close()
                 return None
             return NOT_OK
-        self.login(user)
         return OK
 
     def do_SEARCH(self, argument):

@@ -160,6 +160,13 @@ class MemoryStore:
             found = [m for m in self._messages.values()
                      if m.recipient_id is not None and {m.sender_id, m.recipient_id} == users]
         found = sorted((m for m in found if _within(m, bounds)), key=lambda m: m.id)
+        point = bounds.around_point()
+        if point is not None:
+            column, value = point
+            before = (limit - 1) // 2
+            earlier = [m for m in found if getattr(m, column) < value][::-1][:before][::-1]
+            later = [m for m in found if getattr(m, column) >= value][:limit - before]
+            return succeed(earlier + later)
         return succeed(found[:limit] if bounds.oldest else found[-limit:] if limit > 0 else [])
 
     def last_seen(self, user_id):

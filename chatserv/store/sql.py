@@ -726,7 +726,19 @@ class SQLStore:
         if bounds.until is not None:
             where += " AND sent_at < ?"
             params.append(bounds.until)
-        return self._chosen(where, params, limit, bounds.oldest)
+        point = bounds.around_point()
+        if point is None:
+            return self._chosen(where, params, limit, bounds.oldest)
+        column, value = point
+        if column == "id":
+            earlier, later = " AND id < ?", " AND id >= ?"
+        else:
+            earlier, later = " AND sent_at < ?", " AND sent_at >= ?"
+        side = f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
+        sql = ("SELECT * FROM (" + side + earlier + " ORDER BY id DESC LIMIT ?) AS earlier UNION ALL "
+               + side + later + " ORDER BY id ASC LIMIT ?) AS later) AS around ORDER BY id")
+        before = (limit - 1) // 2
+        return self._read(sql, (*params, value, before, *params, value, limit - before), _message)
 
     def last_seen(self, user_id):
         found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))

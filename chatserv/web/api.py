@@ -36,12 +36,25 @@ def iso_time(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
+MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger one must not reach the store
+
+
+def whole_number(value) -> int | None:
+    """An int from JSON, or a string of ASCII digits that is one (``str.isdigit`` also takes
+    "²", which ``int`` refuses); else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value)
+    return None
+
+
 def user_reference(service: ChatService, value) -> User:
     """A user named by id (an integer, or its digits) or by username: ``contactID`` is either."""
     if isinstance(value, bool):
         raise BadRequest("contact must be a user id or a username")
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and len(value) < 19):
-        return service.user_by_id(int(value))
+    if whole_number(value) is not None:
+        return service.user_by_id(whole_number(value))
     if isinstance(value, str) and value:
         return service.user(value)
     raise BadRequest("contact must be a user id or a username")

@@ -21,7 +21,9 @@ from twisted.web import pages, resource, static
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatserv import errors
+from chatserv.domain.login import Password
 from chatserv.limits import QuietLog
+from chatserv.model import HistoryBounds
 from chatserv.text import UnencodableText
 from chatserv.web import api
 from chatserv.web.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -93,17 +95,8 @@ def reference(params: dict, *names: str):
     raise BadRequest(f"missing parameter: {names[0]}")
 
 
-def _whole(value):
-    """An int from JSON or a string of digits, else None."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 19:
-        return int(value)
-    return None
-
-
 def group_id(value) -> int:
-    found = _whole(value)
+    found = api.whole_number(value)
     if found is None:
         raise BadRequest("groupID must be a group id")
     return found
@@ -113,8 +106,8 @@ def message_id(params: dict, name: str) -> int | None:
     """An optional message id (``before``, ``message_id``)."""
     if params.get(name) is None:
         return None
-    found = _whole(params[name])
-    if found is None:
+    found = api.whole_number(params[name])
+    if found is None or not 0 <= found <= api.MAX_ID:
         raise BadRequest(f"{name} must be a message id")
     return found
 
@@ -123,8 +116,8 @@ def page_size(params: dict) -> int | None:
     """The optional ``limit``: how many entries, from 1 to MAX_PAGE (larger asks get MAX_PAGE)."""
     if params.get("limit") is None:
         return None
-    found = _whole(params["limit"])
-    if not found:
+    found = api.whole_number(params["limit"])
+    if found is None or found < 1:
         raise BadRequest("limit must be a whole number above 0")
     return min(found, MAX_PAGE)
 
@@ -232,8 +225,9 @@ class WebAPI:
     @endpoint
     async def login(self, request, params):
         username, password = text(params, "username"), text(params, "password")
-        # the service throttles logins and limits hashes per address
-        user = await self.service.authenticate(username, password, self.port.client_address(request))
+        # the service's one login path throttles logins and limits hashes per address
+        address = self.port.client_address(request)
+        user = (await self.service.log_in(Password(username, password), address=address)).user
         session = await self.sessions.start(user)
         return {"sessionID": session.token, "user_id": user.id, "username": user.username}
 
@@ -270,10 +264,16 @@ class WebAPI:
     async def get_contact_messages(self, request, params):
         user = self._user(params)
         other = api.user_reference(self.service, reference(params, "contact", "contactID"))
-        history = await self.service.direct_history(user, other, page_size(params),
-                                                    message_id(params, "before"))
+        history = await self._page(user, other, params)
         await self.service.mark_delivered(user, history)  # seen here: not news on other ports
         return [api.history_entry(m) for m in history]
+
+    def _page(self, user, target, params):
+        """One page of a conversation in one store read: the newest before ``before``, or the
+        oldest after ``after`` when only that is given (both: the newest between them)."""
+        before, after = message_id(params, "before"), message_id(params, "after")
+        bounds = HistoryBounds(after_id=after, before_id=before, oldest=after is not None and before is None)
+        return self.service.history_range(user, target, bounds, page_size(params) or self.port.limits.history)
 
     @app.route("/saveMessage", methods=BOTH)
     @endpoint
@@ -314,8 +314,7 @@ class WebAPI:
     async def get_group_messages(self, request, params):
         user = self._user(params)
         room = self.service.room_by_id(group_id(reference(params, "groupID", "group")))
-        history = await self.service.room_history(user, room.name, page_size(params),
-                                                  message_id(params, "before"))
+        history = await self._page(user, room, params)
         return [api.history_entry(m) for m in history]
 
     @app.route("/getConversations", methods=BOTH)

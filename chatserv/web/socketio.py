@@ -195,10 +195,8 @@ class SocketIOConnection:
             self.send(encode(sio.ACK, [reply], id=ack_id))
 
     async def on_send_message(self, data):
-        recipient_id = data.get("recipient_id")
-        if isinstance(recipient_id, str) and recipient_id.isdigit():
-            recipient_id = int(recipient_id)
-        if not isinstance(recipient_id, int) or isinstance(recipient_id, bool):
+        recipient_id = api.whole_number(data.get("recipient_id"))
+        if recipient_id is None:
             raise BadRequest("recipient_id must be an integer")
         content = _field(data, "content", str)
         kind = _field(data, "type", str, required=False, default="text")

@@ -12,6 +12,7 @@ import base64
 import binascii
 
 from chatserv import errors
+from chatserv.domain.login import Password, Vouched
 from chatserv.model import fold
 from chatserv.protocols.irc import numerics as N
 from chatserv.protocols.irc.message import is_number, mask, serialise
@@ -116,21 +117,32 @@ class AccountsMixin:
             authzid, authcid, password = base64.b64decode(payload, validate=True).decode("utf-8").split("\0")
         except (ValueError, binascii.Error):
             raise N.IRCError(N.ERR_SASLFAIL) from None
+        if authzid and authcid and fold(authzid) != fold(authcid):
+            return self._login_refused(N.ERR_SASLFAIL)  # one may not log in as another
         try:
-            user = await self._check_password(authcid or authzid, password)
+            result = await self._log_in(Password(authcid or authzid, password))
         except errors.Busy as exc:  # nothing was checked: say why, and end the exchange (clients retry)
             self.domain_error(exc, "*", "AUTHENTICATE")
             raise N.IRCError(N.ERR_SASLFAIL) from None
-        if user is None or (authzid and fold(authzid) != fold(user.username)):
+        if result is None:
             return self._login_refused(N.ERR_SASLFAIL)
-        await self.logged_in_as(user)
+        await self.logged_in_as(result)
         self.reply(N.RPL_SASLSUCCESS)
 
-    async def _check_password(self, name: str, password: str):
+    async def _log_in(self, credentials):
+        """The service's one login path: before registration only the check (the account is
+        taken at registration); after it, this connection's guest becomes the account, its
+        channels and operator grants and all. None: wrong password, or locked out."""
+        sink = self if self.registered else None
+        guest = self.session.user if self.session is not None else None
         try:
-            return await self.service.authenticate(name, password, self.peer_host)
+            result = await self.service.log_in(credentials, sink, self.protocol_name, self.peer_host,
+                                               guest_session=self.session, waiting=True)
         except (errors.BadCredentials, errors.RateLimited):
             return None
+        if guest is not None and guest.id in self.factory.away:  # still away, now as the account
+            self.factory.away[result.user.id] = self.factory.away.pop(guest.id)
+        return result
 
     def _login_refused(self, numeric=None, notice: str = ""):
         if numeric is not None:
@@ -140,22 +152,21 @@ class AccountsMixin:
         if self.login_failed():
             self.error_and_close("Too many failed logins")
 
-    async def logged_in_as(self, user):
-        if not self.registered:
+    async def logged_in_as(self, result):
+        """Show a login: before registration the account waits for it; after, the guest the
+        service turned into the account goes by the account's name."""
+        if self._closing:
+            return  # the client left while its password was checked
+        user = result.user
+        if result.session is None:
             self.account = user
             shown = mask(self.nick or user.username, self.ident)
             self.reply(N.RPL_LOGGEDIN, mask=shown, account=user.username)
-        else:
-            await self.become(user)
-
-    async def become(self, user):
-        """A guest logged in after registration: it turns into the account, channels and
-        operator grants and all, and goes by the account's name."""
-        await self.service.become(self.session, user)
+            return
         if self.nick != self.nick_of(user):
             self.show_own_nick(self.nick_of(user))
         self.reply(N.RPL_LOGGEDIN, mask=self.own_mask(), account=user.username)
-        await self.logged_in(user)
+        await self.logged_in(user, result.waiting)
 
     # IRCv3 REGISTER (draft/account-registration)
 
@@ -169,7 +180,7 @@ class AccountsMixin:
             raise N.Fail("REGISTER", "UNACCEPTABLE_PASSWORD", account)
         user = await self._register(account, password, "REGISTER")
         self.send(serialise("REGISTER", "SUCCESS", user.username, "Account created", prefix=self.server))
-        await self.logged_in_as(user)
+        await self.logged_in_as(await self._log_in(Vouched(user)))
 
     async def _register(self, account: str, password: str, command: str):
         guest = self.session.user if self.session is not None else None
@@ -196,17 +207,17 @@ class AccountsMixin:
             return self.nickserv_says(f"You are already logged in as {self.nick}")
         if verb == "IDENTIFY" and len(words) in (2, 3):
             account, password = (self.nick, words[1]) if len(words) == 2 else (words[1], words[2])
-            user = await self._check_password(account, password)
-            if user is None:
+            result = await self._log_in(Password(account, password))
+            if result is None:
                 return self._login_refused(notice="Invalid account name or password")
-            self.nickserv_says(f"You are now logged in as {user.username}")
-            return await self.logged_in_as(user)
+            self.nickserv_says(f"You are now logged in as {result.user.username}")
+            return await self.logged_in_as(result)
         if verb == "REGISTER" and len(words) in (2, 3):
             try:
                 user = await self._register(self.nick, words[1], "NICKSERV")
             except N.Fail as failure:
                 return self.nickserv_says(f"Cannot register {self.nick}: {failure.text}")
             self.nickserv_says(f"Account {user.username} created; you are logged in")
-            return await self.logged_in_as(user)
+            return await self.logged_in_as(await self._log_in(Vouched(user)))
         for help_line in NICKSERV_HELP:
             self.nickserv_says(help_line)

@@ -20,6 +20,7 @@ from twisted.internet import defer, task
 
 from chatserv import errors, events
 from chatserv.bus import Subscription
+from chatserv.domain.login import GuestName, Password, Vouched
 from chatserv.limits import TokenBucket
 from chatserv.model import fold
 from chatserv.options import option
@@ -94,7 +95,7 @@ COMMANDS = {
     "AUTHENTICATE": Command("irc_AUTHENTICATE", 1, True, flood=False),
     "REGISTER": Command("irc_REGISTER", 3, True),
     "PASS": Command("irc_PASS", 1, True, flood=False),
-    "NICK": Command("irc_NICK", 0, True, flood=False),
+    "NICK": Command("irc_NICK", 0, True),  # every room-mate hears a NICK: a storm is slowed down
     "USER": Command("irc_USER", 4, True, flood=False),
     "PING": Command("irc_PING", 1, True, flood=False),
     "PONG": Command("irc_PONG", 0, True, flood=False),
@@ -326,29 +327,32 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
                 self.reply(N.ERR_PASSWDREQUIRED if password is None else N.ERR_PASSWDMISMATCH)
                 return self.error_and_close("Bad password")
             password = None
-        if user is None and password is not None and self.service.is_registered(self.nick):
-            try:
-                user = await self.service.authenticate(self.nick, password, self.peer_host)
-            except (errors.BadCredentials, errors.RateLimited):
-                self.reply(N.ERR_PASSWDMISMATCH)
-                return self.error_and_close("Bad password")
-            except errors.Busy as exc:  # nothing was checked: say why, and let the client reconnect
-                self.domain_error(exc, self.nick, "PASS")
-                return self.error_and_close("Server busy, try again")
-        if user is None:
-            if self.service.is_registered(self.nick):
-                raise N.IRCError(N.ERR_NICKNAMEREGISTERED, target=self.nick)
-            try:
-                user = self.service.guest(self.nick)
-            except errors.UsernameTaken:
-                raise N.IRCError(N.ERR_NICKNAMEINUSE, target=self.nick) from None
-        if self.login(user) is None:
+        if user is not None:
+            credentials = Vouched(user)  # logged in with SASL or REGISTER
+        elif password is not None and self.service.is_registered(self.nick):
+            credentials = Password(self.nick, password)
+        elif self.service.is_registered(self.nick):
+            raise N.IRCError(N.ERR_NICKNAMEREGISTERED, target=self.nick)
+        else:
+            credentials = GuestName(self.nick)
+        try:
+            result = await self.log_in(credentials, waiting=True)
+        except (errors.BadCredentials, errors.RateLimited):
+            self.reply(N.ERR_PASSWDMISMATCH)
+            return self.error_and_close("Bad password")
+        except errors.Busy as exc:  # nothing was checked: say why, and let the client reconnect
+            self.domain_error(exc, self.nick, "PASS")
+            return self.error_and_close("Server busy, try again")
+        except errors.UsernameTaken:
+            raise N.IRCError(N.ERR_NICKNAMEINUSE, target=self.nick) from None
+        if result.session is None:
             return None  # the client left meanwhile
+        user = result.user
         self.registered = True
         self.nick = self._keep_nick(user)
         self.welcome()
         if not user.guest:
-            await self.logged_in(user)
+            await self.logged_in(user, result.waiting)
 
     def _keep_nick(self, user) -> str:
         """An account logged in with SASL or REGISTER keeps the nick it asked for when that is
@@ -363,10 +367,8 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         except errors.UsernameTaken:
             return user.username
 
-    def login(self, user):
-        session = super().login(user)
-        self.deadline.arm(self.ping_interval)
-        return session
+    def logged_in_timeout(self) -> float:
+        return self.ping_interval
 
     def welcome(self):
         lines = [

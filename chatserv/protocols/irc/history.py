@@ -145,16 +145,19 @@ class HistoryMixin:
         if seen:
             self.service.note_seen(self.session.user, seen)
 
-    async def logged_in(self, user):
-        """An account came online here: its rooms are joined and its waiting messages delivered."""
+    async def logged_in(self, user, waiting: list[Message]):
+        """An account came online here: its rooms are joined and the direct messages that
+        waited for it (read as it logged in) delivered."""
         self._last_seen = None
         for room in self.service.rooms_of(user):
             if fold(room.name) not in self.channels:
                 self.show_join(room)
                 await self.replay(room)
-        waiting = await self.service.take_undelivered(user)
+        if self.session is None:
+            return  # the client left meanwhile: its messages wait for its next login
         stamped = not self.tag_variant[0]
         self.send(b"".join(message_lines(m, self.nick, self.tag_variant, stamped=stamped) for m in waiting))
+        await self.service.mark_delivered(user, waiting)
 
     # CHATHISTORY (IRCv3 draft/chathistory)
 
@@ -175,11 +178,11 @@ class HistoryMixin:
             raise N.Fail("CHATHISTORY", "INVALID_TARGET", subcommand, target) from None
         points = [_reference(subcommand, r) for r in references if not (subcommand == "LATEST" and r == "*")]
 
-        def fetch(bounds, count=limit):
-            return self.service.history_range(self.user, source, bounds, count)
+        def fetch(bounds):  # one store read, whatever the subcommand
+            return self.service.history_range(self.user, source, bounds, limit)
 
         try:
-            messages = await _query(subcommand, points, limit, fetch)
+            messages = await _query(subcommand, points, fetch)
         except errors.ChatError:
             raise N.Fail("CHATHISTORY", "INVALID_TARGET", subcommand, target) from None
         lines = self.history_lines(messages, target_of, target)
@@ -263,11 +266,9 @@ def _reference(subcommand: str, reference: str) -> tuple[str, int]:
     raise N.Fail("CHATHISTORY", "INVALID_MSGREFTYPE", subcommand, reference)
 
 
-def _after(point, inclusive=False) -> dict:
+def _after(point) -> dict:
     kind, value = point
-    if kind == "msgid":
-        return {"after_id": value - 1 if inclusive else value}
-    return {"since": (value if inclusive else value + 1) / 1000}
+    return {"after_id": value} if kind == "msgid" else {"since": (value + 1) / 1000}
 
 
 def _before(point) -> dict:
@@ -275,7 +276,7 @@ def _before(point) -> dict:
     return {"before_id": value} if kind == "msgid" else {"until": value / 1000}
 
 
-async def _query(subcommand: str, points: list, limit: int, fetch) -> list:
+async def _query(subcommand: str, points: list, fetch) -> list:
     """The messages a CHATHISTORY subcommand asks for, oldest first (references exclusive,
     but AROUND's, which is the middle of its answer)."""
     if subcommand == "LATEST":
@@ -285,10 +286,9 @@ async def _query(subcommand: str, points: list, limit: int, fetch) -> list:
     if subcommand == "AFTER":
         return await fetch(HistoryBounds(**_after(points[0]), oldest=True))
     if subcommand == "AROUND":
-        before = (limit - 1) // 2
-        earlier = await fetch(HistoryBounds(**_before(points[0])), before) if before else []
-        later = await fetch(HistoryBounds(**_after(points[0], inclusive=True), oldest=True), limit - before)
-        return earlier + later
+        kind, value = points[0]
+        around = {"around_id": value} if kind == "msgid" else {"around": value / 1000}
+        return await fetch(HistoryBounds(**around))
     start, end = points  # BETWEEN, either way round
     if start[0] != end[0]:
         raise N.Fail("CHATHISTORY", "INVALID_PARAMS", subcommand)

@@ -13,7 +13,7 @@ from chatserv import errors
 from chatserv.domain.room_settings import BANS_PER_ROOM, KEY_LENGTH, valid_key
 from chatserv.model import RoomChange, fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import MAX_LINE, serialise
+from chatserv.protocols.irc.message import MAX_LINE, is_number, serialise
 
 FLAG_MODES = {"i": "invite_only", "m": "moderated", "n": "no_external", "s": "secret", "t": "topic_locked"}
 VALUE_MODES = {"k": "key", "l": "limit"}
@@ -152,7 +152,7 @@ class ModesMixin:
         if char == "l":
             if not on:
                 return RoomChange("limit", 0)
-            if not argument.isdigit() or not 0 < int(argument) <= LIMIT_MAX:
+            if not is_number(argument) or not 0 < int(argument) <= LIMIT_MAX:
                 self.reply(N.ERR_INVALIDMODEPARAM, target=channel, mode="l", param=argument,
                            text="The limit is a number of members")
                 return None

@@ -15,6 +15,7 @@ import math
 from chatserv.model import HistoryBounds, Room, fold
 from chatserv.protocols.irc.message import glob_match, serialise, server_time
 
+LAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: a later <from> could name no message
 PLAYBACK = "*playback"
 PLAYBACK_MASK = "*playback!znc@znc.in"
 PLAYBACK_HELP = (
@@ -37,7 +38,7 @@ class PlaybackMixin:
                 until = float(words[3]) if len(words) > 3 else math.inf
             except ValueError:
                 since = until = math.nan
-            if not math.isfinite(since) or math.isnan(until):
+            if not abs(since) <= LAST_TIME or math.isnan(until):  # NaN, infinite, or past any time tag
                 return self.playback_says("PLAY: times are seconds since 1970")
             return await self._play(words[1], since, until)
         if verb == "LIST" and len(words) == 1:

@@ -18,7 +18,7 @@ import attrs
 import twisted
 from chatserv.model import fold
 from chatserv.protocols.irc import numerics as N
-from chatserv.protocols.irc.message import HOST
+from chatserv.protocols.irc.message import HOST, is_number
 
 WHOWAS_KEPT = 1000
 WHOX_FIELDS = "tcuihsnfdlaor"  # the order of WHOX fields in RPL_WHOSPCRPL, whatever order they were asked in
@@ -143,7 +143,7 @@ class QueriesMixin:
     def irc_WHOWAS(self, line):
         if not line.param(0):
             raise N.IRCError(N.ERR_NONICKNAMEGIVEN)
-        count = int(line.param(1)) if line.param(1).lstrip("-").isdigit() else 0
+        count = int(line.param(1)) if is_number(line.param(1).lstrip("-")) else 0
         lines = []
         for nick in line.params[0].split(","):
             found = [d for d in reversed(self.factory.census.departures) if fold(d.nick) == fold(nick)]
