@@ -150,6 +150,11 @@ class Room:
         return min(self.acked) >= self.sent
 
 
+def server_cpu_seconds(pids: list[int]) -> float:
+    """The CPU seconds of the server's processes together (the nodes of a cluster)."""
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def percentile(values: list[int], weights: list[int], q: float) -> float | None:
     """Weighted percentile of nanosecond values, in milliseconds."""
     if not values:
@@ -177,13 +182,15 @@ def figures(stats: Stats, elapsed: float) -> dict:
 async def measure(rooms: list[Room], groups: dict[str, Stats], warmup: float, duration: float,
                   server_pid: int | None) -> dict:
     """Run (warmup, then duration) seconds and return that phase's figures, in total and,
-    when members come in several groups, per group."""
+    when members come in several groups, per group. ``server_pid``: one process, or several
+    (the nodes of a cluster) whose CPU use adds up."""
+    pids = [server_pid] if isinstance(server_pid, int) else list(server_pid or ())
     await asyncio.sleep(warmup)
     for stats in groups.values():
         stats.reset()
         stats.active = True
     sent0 = sum(r.sent for r in rooms)
-    cpu0, server0, t0 = cpu_seconds(None), cpu_seconds(server_pid) if server_pid else 0.0, time.monotonic()
+    cpu0, server0, t0 = cpu_seconds(None), server_cpu_seconds(pids), time.monotonic()
     await asyncio.sleep(duration)
     for stats in groups.values():
         stats.active = False
@@ -199,8 +206,8 @@ async def measure(rooms: list[Room], groups: dict[str, Stats], warmup: float, du
         "messages_per_s": round((sum(r.sent for r in rooms) - sent0) / elapsed),
         "client_cpu": round((cpu_seconds(None) - cpu0) / elapsed, 2),
     }
-    if server_pid:
-        server_cpu = cpu_seconds(server_pid) - server0
+    if pids:
+        server_cpu = server_cpu_seconds(pids) - server0
         result["server_cpu"] = round(server_cpu / elapsed, 2)
         result["server_us_per_delivery"] = (
             round(server_cpu * 1e6 / total.deliveries, 2) if total.deliveries else None)
@@ -246,17 +253,24 @@ async def open_rooms(args, numbers, stats: Stats) -> tuple[list[Room], list[IrcC
     senders = await open_many(args.host, args.port, [f"{prefix}{r}s" for r in numbers],
                               args.password, timeout=args.timeout, parallel=args.parallel)
     member_nicks = [f"{prefix}{r}m{m}" for r in numbers for m in range(args.members)]
-    members = await open_many(args.host, args.port, member_nicks, args.password, timeout=args.timeout,
-                              factory=Member, parallel=args.parallel)
+    members = await open_many(args.host, args.port, member_nicks[::2] if args.member_port else member_nicks,
+                              args.password, timeout=args.timeout, factory=Member, parallel=args.parallel)
+    if args.member_port:  # every other member on the other node: each room split between two
+        elsewhere = await open_many(args.host, args.member_port, member_nicks[1::2], args.password,
+                                    timeout=args.timeout, factory=Member, parallel=args.parallel)
+        here, members = members, [m for pair in zip(members, elsewhere, strict=False) for m in pair]
+        members += here[len(elsewhere):]  # the last one, when the count is odd
     everyone = senders + members
     try:
         rooms = []
-        joins = []
         for k, (r, sender) in enumerate(zip(numbers, senders, strict=True)):
-            channel = f"#{prefix}room{r}"
             mine = members[k * args.members:(k + 1) * args.members]
-            rooms.append(Room(channel, sender, mine, args.window, pad))
-            joins += [c.join(channel) for c in [sender, *mine]]
+            rooms.append(Room(f"#{prefix}room{r}", sender, mine, args.window, pad))
+        joins = [room.sender.join(room.channel.decode()) for room in rooms]
+        if args.member_port or args.cluster:  # the rooms exist (on every node) before members join
+            await asyncio.wait_for(asyncio.gather(*joins), args.timeout)
+            await asyncio.sleep(0.5)
+        joins += [member.join(room.channel.decode()) for room in rooms for member in room.members]
         await asyncio.wait_for(asyncio.gather(*joins), args.timeout)
         await asyncio.sleep(0.5)  # let the JOIN notices of the last joiners arrive
     except BaseException:
@@ -458,10 +472,11 @@ def run_processes(args) -> dict:
             for pipe in pipes:
                 pipe.send((name, start_at))
             time.sleep(max(0.0, start_at + args.warmup - time.monotonic()))
-            server0, t0 = cpu_seconds(args.server_pid) if args.server_pid else 0.0, time.monotonic()
+            pids = args.server_pid or []
+            server0, t0 = server_cpu_seconds(pids), time.monotonic()
             time.sleep(args.duration)
             elapsed = time.monotonic() - t0
-            server_cpu = cpu_seconds(args.server_pid) - server0 if args.server_pid else None
+            server_cpu = server_cpu_seconds(pids) - server0 if pids else None
             parts = [_receive(p, args.timeout * 2 + args.duration, "done") for p in pipes]
             report[name] = merge(parts, elapsed, server_cpu)
     finally:
@@ -493,7 +508,12 @@ def options(argv=None):
     parser.add_argument("--body", type=int, default=80, help="bytes of message text")
     parser.add_argument("--nick-prefix", default="b")
     parser.add_argument("--parallel", type=int, default=100, help="connects in flight while setting up")
-    parser.add_argument("--server-pid", type=int, default=None, help="report this process's CPU use")
+    parser.add_argument("--server-pid", type=int, action="append", default=None,
+                        help="report this process's CPU use (several: their sum)")
+    parser.add_argument("--member-port", type=int, default=None,
+                        help="another node's port: every other member connects there")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the port leads to several nodes: senders make the rooms before members join")
     parser.add_argument("--timeout", type=float, default=30.0, help="bound on connecting, joining, draining")
     parser.add_argument("--processes", type=int, default=1,
                         help="generator processes, the rooms dealt out among them (one tops out at a core)")

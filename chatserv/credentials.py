@@ -175,6 +175,10 @@ class LoginThrottle:
         self._limits = limits  # read at each attempt: login_attempts, logins_per_ip
         self._tallies: dict[tuple[str | None, str], _Tally] = {}
         self._hashing: Counter[str] = Counter()
+        # Called with (name key, address, account, succeeded) once a check is answered: nodes of a
+        # cluster tell each other (``counted_elsewhere``), so that one address is throttled alike
+        # wherever it knocks.
+        self.on_outcome: Callable | None = None
 
     def attempt(self, name_key: str, address: str, *, account: bool) -> LoginAttempt:
         """Admit a password check for ``name_key`` from ``address``, or raise RateLimited or Busy."""
@@ -191,7 +195,7 @@ class LoginThrottle:
         attempt = self.hashing(address)
         self._tallies[key] = counted
         counted.checking += 1
-        attempt.tally, attempt.keys = counted, (pair, unknown)
+        attempt.tally, attempt.keys, attempt.account = counted, (pair, unknown), account
         return attempt
 
     def hashing(self, address: str) -> LoginAttempt:
@@ -210,17 +214,30 @@ class LoginThrottle:
         if tally is None:
             return
         tally.checking -= 1
-        if attempt.succeeded:
-            for key in attempt.keys:
+        self._count(tally, attempt.keys, attempt.succeeded)
+        if self.on_outcome is not None and attempt.succeeded is not None:
+            (name_key, address), _ = attempt.keys
+            self.on_outcome(name_key, address, attempt.account, attempt.succeeded)
+
+    def counted_elsewhere(self, name_key: str, address: str, account: bool, succeeded: bool) -> None:
+        """Another node checked a password for ``name_key`` from ``address``: count it here too."""
+        pair, unknown = (name_key, address), (None, address)
+        key = pair if account else unknown
+        tally = self._tallies[key] = self._tallies.get(key) or _Tally()
+        self._count(tally, (pair, unknown), succeeded)
+
+    def _count(self, tally: _Tally, keys: tuple, succeeded: bool | None):
+        if succeeded:
+            for key in keys:
                 found = self._tallies.get(key)
                 if found is not None:
                     found.failures, found.locked_until = 0, 0.0
-        elif attempt.succeeded is False:
+        elif succeeded is False:
             tally.failures += 1
             excess = tally.failures - self._limits.login_attempts
             if excess >= 0:
                 tally.locked_until = self._now() + min(2.0**excess, MAX_LOCKOUT)
-        for key in attempt.keys:
+        for key in keys:
             self._tidy(key)
 
     def _tidy(self, key):
@@ -242,6 +259,7 @@ class LoginAttempt:
         self.address = address
         self.tally: _Tally | None = None
         self.keys: tuple = ()  # the throttle keys it is counted under or clears
+        self.account = False  # whether the name is an account's
         self.succeeded: bool | None = None
 
     def checked(self, ok: bool):

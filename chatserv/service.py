@@ -59,6 +59,8 @@ class _Directory:
 
 
 class ChatService(Accounts, Contacts, Rooms, RoomSettings, Messages, Presence, Login, service.Service):
+    node_name = ""  # which node of a cluster this is (--node-name), for logs and metrics
+
     def __init__(self, store, hasher: Hasher, clock, limits: Limits | None = None, bus: IBus | None = None):
         self.store = store
         self.hasher = hasher

@@ -24,12 +24,15 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 
 from chatserv.bans import BanFile
+from chatserv.bus.redis import RedisBus, check_bus
 from chatserv.credentials import HashCost, Hasher, HashingThreads
 from chatserv.limits import Limits
+from chatserv.nodes import Replica, default_node_name, nodes_check
 from chatserv.options import from_options, option, options_of
 from chatserv.service import ChatService
 from chatserv.store import check_db, open_store
 from chatserv.wire import ConnectionTracker
+from chatserv.workers import ParentWatch, Workers, check_shareable, shared
 
 log = Logger()
 
@@ -83,6 +86,14 @@ class DaemonConfig:
     shutdown_grace: float = option(2.0, "seconds connections get to close at shutdown")
     ban_file: str | None = option(None, "IP ban list, one address a line, applied while running")
     ban_file_interval: float = option(2.0, "seconds between looks at --ban-file")
+    bus: str = option("local", "how events reach sessions: 'local' (one process) or redis://host:port/db "
+                      "(several nodes sharing a --db postgresql:// store)", coerce=check_bus)
+    node_name: str = option("", "this node's name in logs and metrics (default: hostname-pid)")
+    presence_ttl: float = option(30.0, "seconds after which a node not heard on the bus is dead and "
+                                 "its users offline everywhere")
+    workers: int = option(1, "processes sharing the listening ports (needs --db postgresql:// and "
+                          "--bus redis://)")
+    worker: int = option(0, "this process's number among --workers (worker 0 starts the others)")
 
 
 def config_classes() -> list[type]:
@@ -112,6 +123,17 @@ class Options(usage.Options):
 
     def limits(self) -> Limits:
         return self.config(Limits)
+
+    def postOptions(self):
+        daemon = self.config(DaemonConfig)
+        try:
+            nodes_check(daemon.db, daemon.bus, daemon.workers)
+            if daemon.workers > 1:
+                for spec in PORTS:
+                    if self[spec.option] != "none":
+                        check_shareable(spec.option, self[spec.option])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def _repeated_options():
@@ -225,6 +247,20 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
     hashing.setServiceParent(root)  # its own threads, not the reactor's shared pool
     hasher = Hasher(reactor, hashing.pool, options.config(HashCost), limit=hashing.size + limits.hash_queue)
     chat = ChatService(store, hasher, reactor, limits)
+    chat.node_name = daemon.node_name or default_node_name()
+    if daemon.workers > 1 and daemon.worker == 0:
+        Workers(reactor, daemon.workers, chat.node_name).setServiceParent(root)
+        chat.node_name += "-0"
+    elif daemon.workers > 1:
+        ParentWatch(reactor).setServiceParent(root)
+    if daemon.bus != "local":
+        chat.bus = RedisBus(chat.bus, daemon.bus, chat.node_name, reactor, daemon.presence_ttl)
+        chat.bus.observer = Replica(chat, chat.bus)
+        chat.bus.setServiceParent(root)
+        # Nothing stored before this node started is caught up after an outage.
+        started = chat.when_ready().addCallback(lambda _: store.newest_message_id())
+        started.addCallbacks(chat.bus.start_from, lambda _: None)  # a failed open stops the daemon
+    log.info("chatserv node {node}: bus {bus}", node=chat.node_name, bus=daemon.bus)
     chat.setServiceParent(root)
     # The service logs why the store did not open (one line when the database is unreachable).
     chat.when_ready().addErrback(lambda _: stop_failed(reactor, on_failure))
@@ -241,6 +277,8 @@ def build(options: Options, reactor, on_failure=None) -> tuple[service.MultiServ
         # The listening port logs "<prefix> starting on <port>": make that the one line per port.
         factory.logPrefix = lambda spec=spec: f"chatserv {spec.option} ({spec.description})"
         ports[spec.option] = PortService(chat, spec, options[spec.option], factory, reactor, on_failure)
+        if daemon.workers > 1:
+            ports[spec.option].endpoint = shared(ports[spec.option].endpoint, reactor)
         ports[spec.option].setServiceParent(root)
     return root, chat, ports
 

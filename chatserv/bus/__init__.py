@@ -107,5 +107,26 @@ class IBus(Interface):
     def sessions_of(user_id):
         """The user's sessions on this node."""
 
+    def users_online():
+        """The ids of the users online on any node."""
+
+    def is_online(user_id):
+        """Whether the user has a session on any node."""
+
+    def remote_user(user_id):
+        """A ``UserRef`` for a user online only on another node, else None."""
+
+    def names_elsewhere():
+        """``UserRef``s of the users online on other nodes, by the name they go by there."""
+
+    def protocols_elsewhere(user_id):
+        """The protocols the user is connected with on other nodes."""
+
+    def notify(kind, data):
+        """Tell the other nodes that something they cache changed (``chatserv.nodes.Replica``):
+        ``user`` (an id), ``room`` (its fields), ``alias`` ([user id, name]), ``ban``/``unban``
+        (an address), ``token``/``token_dropped`` (a REST session ID's digest), ``login`` (a
+        password check, for the shared login throttle)."""
+
 
 __all__ = ["Audience", "HEARS_DIRECT", "IBus", "IDirectory", "Subscription", "to_room", "to_users"]

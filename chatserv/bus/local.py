@@ -70,6 +70,23 @@ class LocalBus:
     def users_online(self) -> Iterable[int]:
         return self._sessions.keys()
 
+    def is_online(self, user_id: int) -> bool:
+        return user_id in self._sessions
+
+    # one node: nobody elsewhere, nothing to tell
+
+    def remote_user(self, user_id: int):
+        return None
+
+    def names_elsewhere(self) -> Iterable:
+        return ()
+
+    def protocols_elsewhere(self, user_id: int) -> Iterable[str]:
+        return ()
+
+    def notify(self, kind: str, data) -> None:
+        pass
+
     # delivery
 
     def publish(self, event, audience: Audience) -> int:

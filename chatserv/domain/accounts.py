@@ -28,6 +28,7 @@ class Accounts:
         self._guests: dict[str, User] = {}
         self._registering: set[str] = set()  # names being registered while the store writes them
         self._tokens: list[tuple[str, int, float, float]] = []
+        self.token_watchers: list = []  # the web ports' session IDs: other nodes' reach them
         self.throttle = LoginThrottle(lambda: self.clock.seconds(), self.limits)
         self.bans: set[str] = set()
 
@@ -49,8 +50,14 @@ class Accounts:
     def _check_free(self, name, guest: User | None = None):
         holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
         if (fold(name) in self._user_keys or fold(name) in self._registering
-                or (holder is not None and holder is not guest)):
+                or (holder is not None and holder is not guest) or self._taken_elsewhere(name, guest)):
             raise errors.UsernameTaken()
+
+    def _taken_elsewhere(self, name, user: User | None) -> bool:
+        """Whether someone online on another node goes by ``name``."""
+        key = fold(name)
+        return any(fold(ref.username) == key and (user is None or ref.id != user.id)
+                   for ref in self.bus.names_elsewhere())
 
     def user(self, name) -> User:
         """The registered user of that name (case-insensitive), else NotFound."""
@@ -65,6 +72,9 @@ class Accounts:
             found = self._guests.get(fold(name)) or self._aliases.get(fold(name))
             if found is not None:
                 return found
+            for ref in self.bus.names_elsewhere():  # a guest on another node
+                if ref.guest and fold(ref.username) == fold(name):
+                    return self._guest_by_id(ref.id)
         return self.user(name)
 
     def user_by_id(self, user_id) -> User:
@@ -124,6 +134,7 @@ class Accounts:
             self._registering.discard(fold(username))
         self._users[user.id] = user
         self._user_keys[fold(username)] = user
+        self.bus.notify("user", user.id)
         self.stats["registrations"] += 1
         return user
 
@@ -165,6 +176,7 @@ class Accounts:
         key = key if key is None else keepable(key, "public key")
         await self.store.update_user(attrs.evolve(user, public_key=key))
         user.public_key = key
+        self.bus.notify("user", user.id)
 
     def guest(self, name) -> User:
         """A temporary user for this name; it lives while it has sessions and is never stored.
@@ -187,9 +199,11 @@ class Accounts:
                 if uid in self._users]
 
     def save_token(self, digest: str, user: User, created_at: float, last_used: float) -> Deferred:
+        self.bus.notify("token", [digest, user.id, created_at, last_used])
         return self.store.save_token(digest, user.id, created_at, last_used)
 
     def drop_token(self, digest: str) -> Deferred:
+        self.bus.notify("token_dropped", digest)
         return self.store.remove_token(digest)
 
     # IP bans (seed 002's admin-managed list, honoured wherever a protocol checks it)
@@ -209,8 +223,10 @@ class Accounts:
             if fresh:
                 self.bans.discard(address)
             raise
+        self.bus.notify("ban", address)
 
     @deferred
     async def unban(self, address: str) -> None:
         await self.store.remove_ban(address)
         self.bans.discard(address)
+        self.bus.notify("unban", address)

@@ -52,6 +52,10 @@ class ContactsCache:
     def blockers_of(self, user: int):
         return self._blockers.get(user) or ()
 
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every (owner, contact) relation."""
+        return [(owner, contact) for owner, contacts in self._status.items() for contact in contacts]
+
     def before_block(self, owner: int, contact: int) -> str | None:
         return self._before_block.get((owner, contact))
 

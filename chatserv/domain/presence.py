@@ -74,15 +74,21 @@ class Presence:
     def sessions_of(self, user: User) -> list[Session]:
         return list(self.bus.sessions_of(user.id))
 
+    def protocols_of(self, user: User) -> list[str]:
+        """The protocols the user is connected with, on any node."""
+        here = {session.protocol for session in self.bus.sessions_of(user.id)}
+        return sorted(here.union(self.bus.protocols_elsewhere(user.id)))
+
     def is_online(self, user: User) -> bool:
-        return bool(self.bus.sessions_of(user.id))
+        """Online on any node."""
+        return self.bus.is_online(user.id)
 
     def online_count(self) -> int:
         return len(self.bus.users_online())
 
     def online_users(self) -> list[User]:
-        found = (self.bus.sessions_of(uid)[0].user for uid in list(self.bus.users_online()))
-        return sorted(found, key=lambda u: fold(u.username))
+        found = (self._users.get(uid) or self._guest_by_id(uid) for uid in list(self.bus.users_online()))
+        return sorted((u for u in found if u is not None), key=lambda u: fold(u.username))
 
     # names: while online, an account may go by another name than its username (an IRC nick)
 
@@ -110,12 +116,14 @@ class Presence:
         else:
             owner = self._user_keys.get(fold(name))
             holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
-            if (owner is not None and owner is not user) or (holder is not None and holder is not user):
+            if ((owner is not None and owner is not user) or (holder is not None and holder is not user)
+                    or self._taken_elsewhere(name, user)):
                 raise errors.UsernameTaken()
             self._drop_alias(user)
             if name != user.username:
                 self._aliases[fold(name)] = user
                 self._alias_of[user.id] = name
+            self.bus.notify("alias", [user.id, name])
         self._publish(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
         return name
 

@@ -80,7 +80,10 @@ class Rooms:
 
     def _guest_by_id(self, user_id):
         sessions = self.bus.sessions_of(user_id)
-        return sessions[0].user if sessions else None
+        if sessions:
+            return sessions[0].user
+        elsewhere = self.bus.remote_user(user_id)  # a guest online on another node
+        return User(elsewhere.id, elsewhere.username, "", None, 0.0) if elsewhere is not None else None
 
     def validate_room_name(self, name) -> str:
         if not isinstance(name, str) or not _ROOM.match(name):
@@ -122,6 +125,8 @@ class Rooms:
             raise
         del self._creating[key]
         self._rooms[key] = self._rooms_by_id[room.id] = room
+        self.bus.notify("room", {"id": room.id, "name": room.name, "created_by": room.created_by,
+                                 "created_at": room.created_at, "persistent": room.persistent})
         if creator is not None:
             self._creation[room] = (creator.id, address)
             self._created_by[creator.id].add(room)

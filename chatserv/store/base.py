@@ -110,3 +110,22 @@ class IStore(Interface):
 
     def remove_token(digest):
         """Forget a login token."""
+
+    # reads for a node of a cluster (``chatserv.nodes``): what another node changed
+
+    def user_by_id(user_id):
+        """Deferred[User | None]: one user as stored now."""
+
+    def room_by_id(room_id):
+        """Deferred[Room | None]: one persistent room as stored now, with its members."""
+
+    def messages_after(after_id, limit):
+        """Deferred[list[Message]]: every message with an id above ``after_id``, oldest first,
+        at most ``limit``."""
+
+    def snapshot():
+        """Deferred[Snapshot]: the small tables as they are now (what another node changed
+        while this one could not hear of it)."""
+
+    def newest_message_id():
+        """Deferred[int]: the id of the newest stored message (0 if none)."""

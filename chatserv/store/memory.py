@@ -225,3 +225,23 @@ class MemoryStore:
     def remove_token(self, digest):
         self._tokens.pop(digest, None)
         return succeed(None)
+
+    def user_by_id(self, user_id):
+        user = self._users.get(user_id)
+        return succeed(attrs.evolve(user) if user is not None else None)
+
+    def room_by_id(self, room_id):
+        room = self._rooms.get(room_id)
+        if room is None:
+            return succeed(None)
+        return succeed(attrs.evolve(room, members={uid for rid, uid in self._members if rid == room_id}))
+
+    def messages_after(self, after_id, limit):
+        return succeed(sorted((m for m in self._messages.values() if m.id > after_id),
+                              key=lambda m: m.id)[:limit])
+
+    def snapshot(self):
+        return self.open()
+
+    def newest_message_id(self):
+        return succeed(max(self._messages, default=0))

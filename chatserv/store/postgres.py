@@ -48,6 +48,7 @@ class PostgresStore(SQLStore):
     reader_threads = 4
     refused_values = (psycopg.DataError,)  # NUL in text, which SQLite keeps
     json_ids = "json_array_elements_text(CAST(:rooms AS json))"
+    guest_id_block = 10_000  # several nodes may share the database: each claims its guest ids
 
     def __init__(self, url: str, reactor):
         super().__init__(reactor)

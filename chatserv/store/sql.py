@@ -34,7 +34,7 @@ import threading
 import time
 from contextlib import closing
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -75,6 +75,13 @@ _ROOM_SETTING_COLUMNS = ("topic_by, topic_at, invite_only, room_key, member_limi
 _ROOM_SETTING_UPDATE = ("topic_by = ?, topic_at = ?, invite_only = ?, room_key = ?, member_limit = ?,"
                         " moderated = ?, secret = ?, no_external = ?, topic_locked = ?")
 _ROOM_FLAGS = {"invite_only", "moderated", "secret", "no_external", "topic_locked"}
+_ROOMS = f"SELECT id, name, created_by, created_at, topic, {_ROOM_SETTING_COLUMNS} FROM rooms"
+
+
+def _room(row) -> Room:
+    settings = {field: bool(value) if field in _ROOM_FLAGS else value
+                for field, value in zip(ROOM_SETTINGS, row[5:], strict=True)}
+    return Room(*row[:5], **settings)
 _LAST_MESSAGE_COLUMNS = ("m.id, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.recipient_id,"
                          " m.room_id, m.delivered")
 def _conversations(json_ids: str) -> str:
@@ -168,6 +175,7 @@ class SQLStore:
         self._broken: list[Deferred] = []
         self._next: dict[str, int] = {}  # the next id of each of ID_TABLES (the writer thread's)
         self._last_guest_id = 0  # the lowest guest id handed out (the reactor thread's)
+        self._guest_blocks: list[tuple[int, int]] = []  # claimed guest ids (guest_id_block > 1)
 
     # engine
 
@@ -213,6 +221,8 @@ class SQLStore:
         raise NotImplementedError
 
     # life cycle
+
+    guest_id_block = 1  # guest ids a node claims at once: more than one where nodes share the store
 
     def open(self):
         opened = Deferred()
@@ -502,15 +512,23 @@ class SQLStore:
         return deferToThreadPool(self._reactor, self._readers, run)
 
     def _load(self, conn) -> Snapshot:
+        snapshot = self._tables(conn)
+        ((self._last_guest_id,),) = self._query(
+            conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
+        if self.guest_id_block > 1:
+            self._guest_blocks = [self._claim_guest_block(conn)]
+            self._last_guest_id = self._guest_blocks[0][0]
+        self._next = self._next_ids(conn)
+        return snapshot
+
+    def _tables(self, conn) -> Snapshot:
+        """The small tables as they are now (no change to this store's own counters)."""
         users = [User(*row) for row in self._query(
             conn, "SELECT id, username, salt, verifier, created_at, public_key FROM users ORDER BY id"
         )]
         rooms = {}
-        query = f"SELECT id, name, created_by, created_at, topic, {_ROOM_SETTING_COLUMNS} FROM rooms"
-        for row in self._query(conn, query):
-            settings = {field: bool(value) if field in _ROOM_FLAGS else value
-                        for field, value in zip(ROOM_SETTINGS, row[5:], strict=True)}
-            rooms[row[0]] = Room(*row[:5], **settings)
+        for row in self._query(conn, _ROOMS):
+            rooms[row[0]] = _room(row)
         for room_id, user_id in self._query(conn, "SELECT room_id, user_id FROM room_members"):
             rooms[room_id].members.add(user_id)
         for room_id, user_id, role in self._query(conn, "SELECT room_id, user_id, role FROM room_roles"):
@@ -524,9 +542,6 @@ class SQLStore:
         tokens = [tuple(row) for row in self._query(
             conn, "SELECT digest, user_id, created_at, last_used FROM login_tokens")]
         ((salt_secret,),) = self._query(conn, "SELECT value FROM secrets WHERE name = 'salt'")
-        ((self._last_guest_id,),) = self._query(
-            conn, "SELECT value FROM counters WHERE name = 'last_guest_id'")
-        self._next = self._next_ids(conn)
         return Snapshot(
             users=users,
             rooms=list(rooms.values()),
@@ -535,6 +550,11 @@ class SQLStore:
             tokens=tokens,
             salt_secret=bytes(salt_secret),
         )
+
+    def snapshot(self):
+        if self._closed is not None:
+            return fail(RuntimeError("store is closed"))
+        return deferToThreadPool(self._reactor, self._readers, lambda: self._tables(self._reader()))
 
     # writes
 
@@ -625,13 +645,42 @@ class SQLStore:
         ])
 
     def new_guest_id(self):
-        """The next guest id; the write that keeps it as the lowest goes before any that names it."""
+        """The next guest id; the write that keeps it as the lowest goes before any that names it.
+
+        A store several nodes share (``guest_id_block`` > 1) hands out ids from blocks each
+        node claims in the database, so no two nodes give out the same id.
+        """
+        if self.guest_id_block > 1:
+            return self._next_guest_id_in_block()
         self._last_guest_id -= 1
         guest_id = self._last_guest_id
         self._write((
             "UPDATE counters SET value = ? WHERE name = 'last_guest_id' AND value > ?", (guest_id, guest_id),
         )).addErrback(lambda failure: log.failure("cannot keep the guest id counter", failure))
         return guest_id
+
+    def _claim_guest_block(self, conn) -> tuple[int, int]:
+        """A block of guest ids no other node has: (the id above its first, its last)."""
+        ((floor,),) = self._query(conn, "UPDATE counters SET value = value - ? WHERE name = 'last_guest_id'"
+                                        " RETURNING value", (self.guest_id_block,))
+        return floor + self.guest_id_block, floor
+
+    def _next_guest_id_in_block(self) -> int:
+        start, floor = self._guest_blocks[0]
+        if self._last_guest_id - 1 < floor:
+            if len(self._guest_blocks) == 1:
+                raise StoreUnavailable("no guest ids left: the database has not answered")
+            self._guest_blocks.pop(0)
+            self._last_guest_id = self._guest_blocks[0][0]
+            floor = self._guest_blocks[0][1]
+        self._last_guest_id -= 1
+        if self._last_guest_id - floor == self.guest_id_block // 2 and len(self._guest_blocks) == 1:
+            claimed = deferToThreadPool(self._reactor, self._readers,
+                                        lambda: self._claim_guest_block(self._reader()))
+            claimed.addCallbacks(self._guest_blocks.append,
+                                 lambda failure: log.warn("cannot claim guest ids: {why}",
+                                                          why=failure.getErrorMessage()))
+        return self._last_guest_id
 
     def forget_room_messages(self, room_id):
         return self._write(("DELETE FROM messages WHERE room_id = ?", (room_id,)))
@@ -743,6 +792,32 @@ class SQLStore:
     def last_seen(self, user_id):
         found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))
         return found.addCallback(dict)
+
+    def user_by_id(self, user_id):
+        found = self._read("SELECT id, username, salt, verifier, created_at, public_key FROM users"
+                           " WHERE id = ?", (user_id,), lambda row: User(*row))
+        return found.addCallback(lambda users: users[0] if users else None)
+
+    def room_by_id(self, room_id):
+        rooms = self._read(_ROOMS + " WHERE id = ?", (room_id,), _room)
+        members = self._read("SELECT user_id FROM room_members WHERE room_id = ?", (room_id,))
+
+        def joined(found):
+            rooms, members = found
+            if not rooms:
+                return None
+            rooms[0].members.update(row[0] for row in members)
+            return rooms[0]
+
+        return gatherResults([rooms, members], consumeErrors=True).addCallback(joined)
+
+    def messages_after(self, after_id, limit):
+        return self._read(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                          (after_id, limit), _message)
+
+    def newest_message_id(self):
+        found = self._read("SELECT COALESCE(MAX(id), 0) FROM messages", ())
+        return found.addCallback(lambda rows: rows[0][0])
 
 
 def one_line(text: str) -> str:

@@ -89,6 +89,13 @@ class _Figures:
             "chatserv_connections_refused",
             "Connections refused by --max-connections or --connections-per-ip, on any port.",
             site.tracker.refused)
+        node = GaugeMetricFamily("chatserv_node_info", "This node of the cluster (--node-name).",
+                                 labels=["node"])
+        node.add_metric([site.service.node_name], 1)
+        yield node
+        bus_stats = getattr(site.service.bus, "stats", {})
+        for name in sorted(bus_stats):
+            yield CounterMetricFamily(f"chatserv_bus_{name}", f"Redis bus: {name}.", bus_stats[name])
         stats = site.service.stats
         for name in sorted(set(SERVICE_COUNTERS) | set(stats)):
             description = SERVICE_COUNTERS.get(name, f"The service's {name}.")

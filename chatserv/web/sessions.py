@@ -96,6 +96,9 @@ class WebSessions:
         self.per_user = per_user
         self._by_digest: dict[str, WebSession] = {}
         self._by_user: dict[int, list[WebSession]] = collections.defaultdict(list)
+        watchers = getattr(service, "token_watchers", None)
+        if watchers is not None:  # other nodes' session IDs work here too (chatserv.nodes)
+            watchers.append(self)
 
     def __len__(self):
         return len(self._by_digest)
@@ -113,6 +116,21 @@ class WebSessions:
             session = WebSession(self, digest, user, created_at, last_used)
             self._add(session)
             session._expire_in(left)
+
+    def adopt(self, digest: str, user: User, created_at: float, last_used: float):
+        """Another node made (or used) this session ID: it works here too, as long."""
+        session = self._by_digest.get(digest)
+        if session is None:
+            session = WebSession(self, digest, user, created_at, last_used)
+            self._add(session)
+        session.last_used = session._stored_use = max(session.last_used, last_used)
+        session._expire_in(max(0.0, session.last_used + self.ttl - self.clock.seconds()))
+
+    def dropped(self, digest: str):
+        """Another node ended this session ID."""
+        session = self._by_digest.get(digest)
+        if session is not None:
+            self.end(session, stored=False)
 
     def start(self, user: User) -> defer.Deferred:
         """A new session ID for ``user`` (ending their oldest beyond ``per_user``):
@@ -150,8 +168,9 @@ class WebSessions:
     def of_user(self, user: User) -> list[WebSession]:
         return list(self._by_user.get(user.id, ()))
 
-    def end(self, session: WebSession):
-        """Log the session out: its sockets are disconnected and its ID dies."""
+    def end(self, session: WebSession, *, stored: bool = True):
+        """Log the session out: its sockets are disconnected and its ID dies (``stored``: in
+        the store too, unless another node did that)."""
         if self._by_digest.get(session.digest) is not session:
             return
         del self._by_digest[session.digest]
@@ -160,7 +179,8 @@ class WebSessions:
         if not mine:
             del self._by_user[session.user.id]
         session.cancel_expiry()
-        self._forget(session.digest)
+        if stored:
+            self._forget(session.digest)
         for socket in list(session.sockets):
             socket.deliver(events.Kicked("logged out"))
 

@@ -479,7 +479,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         name = self.nick_of(user)
         rooms = " ".join(self.prefixed(user, room) + "#" + room.name for room in self.service.rooms_of(user)
                          if self.sees_inside(room))
-        protocols = sorted({s.protocol for s in self.service.sessions_of(user)})
+        protocols = self.service.protocols_of(user)
         ident, realname = self.user_info(user)
         lines = [self.numeric(N.RPL_WHOISUSER, target=name, ident=ident, host=HOST, realname=realname)]
         if rooms:
