@@ -513,9 +513,13 @@ def targets(results: dict, args) -> str:
                      "deliveries/s (reported, no target)")
     c = results["connections"].get("chatserv")
     if c:
-        ok = c["alive"] >= 10000 and (c["kib_per_connection"] or 99) < 8
-        lines.append(f"- 10,000 connections under 8 KiB each: {c['alive']:,} at "
+        ok = c["alive"] >= 10000 and (c["kib_per_connection"] or 99) <= 3
+        lines.append(f"- 10,000 connections at most 3 KiB each: {c['alive']:,} at "
                      f"{c['kib_per_connection']} KiB: {'met' if ok else 'NOT met'}")
+        first, last = c["connects_per_s_first_tenth"], c["connects_per_s_last_tenth"]
+        if first and last:
+            lines.append(f"- connects that don't slow down, last tenth >= 0.9x the first: {last:,}/s after "
+                         f"{first:,}/s ({last / first:.2f}x): {'met' if last >= 0.9 * first else 'NOT met'}")
     for engine, s in results.get("storage", {}).items():
         if "stored_per_s" in s:
             lines.append(f"- >= 20,000 stored messages/s ({engine}): {s['stored_per_s']:,}: "
