@@ -153,7 +153,9 @@ def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path 
         else:
             argv += [f"--{option}", "none"]
     argv += ["--messages-per-second", "0", "--idle-timeout", "3600", "--prelogin-timeout", "600"]
-    for limit in ("irc-flood-rate", "connections-per-ip", "max-connections"):  # 0: unlimited
+    # 0: unlimited. Every load-generator client comes from 127.0.0.1, so the per-address limits
+    # (logins in flight included) would measure the limits, not the server.
+    for limit in ("irc-flood-rate", "connections-per-ip", "max-connections", "logins-per-ip"):
         if limit in accepted:
             argv += [f"--{limit}", "0"]
     argv += list(extra)
