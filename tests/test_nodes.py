@@ -261,6 +261,21 @@ async def test_one_nick_one_holder_when_two_nodes_race_for_it(cluster):
     await eventually(lambda: takes_nick(survivor, b"held"), "the nick held on a killed node is free")
 
 
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_creating_one_guest_room_at_once_make_one(cluster):
+    a, b = cluster
+    on_a, on_b = await raw(a, "ann"), await raw(b, "ben")
+    for round_ in range(10):  # a guest on each node joins a new room at once: one room, both in it
+        room = b"#new%d" % round_
+        on_a.send(b"JOIN " + room)
+        on_b.send(b"JOIN " + room)
+        await until(on_a, b" 366 ")
+        await until(on_b, b" 366 ")
+        await until_known(on_a, b"ben", room)
+        on_a.send(b"PRIVMSG %s :one room %d" % (room, round_))
+        assert (await until(on_b, b"PRIVMSG"))[-1].endswith(b"PRIVMSG %s :one room %d" % (room, round_))
+
+
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of this test's own on a free port, which the test may restart."""

@@ -6,10 +6,11 @@ node hands what arrives to its own local bus. Nodes share through Redis this cha
 kind of key: the names users go by (``claim_name``), which a restart loses and each node makes
 again on its next heartbeat.
 
-Names (an IRC nick, a guest's name) are unique across nodes: a node claims one atomically,
-``SET chatserv:<channel>:nick:<folded name> <node>:<user id> PX <ttl>`` unless another owner
-holds it (a Lua script), refreshes its claims with its heartbeat and deletes one, if still its
-own, on release. A dead node's claims expire with its presence (``ttl``).
+Names (an IRC nick, a guest's name; a guest room's, as ``#`` and its name) are unique across
+nodes: a node claims one atomically, ``SET chatserv:<channel>:nick:<folded name>
+<node>:<user id> PX <ttl>`` unless another owner holds it (a Lua script), refreshes its claims
+with its heartbeat and deletes one, if still its own, on release. A dead node's claims expire
+with its presence (``ttl``).
 
 Presence across nodes: each node says on the channel which users it has online (when one
 comes or goes, and in full when a node asks, as it does on every (re)connection), and
