@@ -322,7 +322,9 @@ class RedisBus(service.MultiService):
 
     def _name_unanswered(self, failure, key):
         failure.trap(txredisapi.ConnectionError, txredisapi.ResponseError)
-        log.warn("redis bus: no answer for the name {key}: {why}", key=key, why=failure.getErrorMessage())
+        if self.running:  # not the releases a stopping node sends as its connections close
+            log.warn("redis bus: no answer for the name {key}: {why}", key=key,
+                     why=failure.getErrorMessage())
         return 1
 
     def _refresh_names(self) -> None:
