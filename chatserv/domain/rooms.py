@@ -256,6 +256,8 @@ class Rooms:
                 rooms.discard(room)
                 if not rooms:
                     del index[key]
+        if not self.running:  # a stopping node hears its peers' guests leave: its store is closed
+            return
         self.store.forget_room_messages(room.id).addErrback(
             lambda failure: log.failure("cannot forget the messages of a vanished room", failure))
 
