@@ -182,6 +182,7 @@ class Replica:
         chat._rooms[fold(room.name)] = chat._rooms_by_id[room.id] = room
         if room.created_by is not None:
             chat._created_by[room.created_by].add(room)
+        chat.room_arrived(room)
 
     def _refresh_room(self, room_id) -> Deferred:
         """A room this node has not heard of (its notice was lost in an outage): from the store."""

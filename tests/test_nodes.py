@@ -218,6 +218,64 @@ async def test_a_killed_node_takes_its_users_offline_everywhere(cluster):
     assert b"alice" not in b"".join(await until(bob, b" 366 "))
 
 
+async def nick_answer(client) -> bool:
+    """Whether the client's NICK was taken (its own NICK line) rather than refused (433)."""
+    line = await client.receive()
+    assert b" NICK " in line or b" 433 " in line, line
+    return b" NICK " in line
+
+
+async def takes_nick(client, nick: bytes) -> bool:
+    client.send(b"NICK " + nick)
+    return await nick_answer(client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_nick_one_holder_when_two_nodes_race_for_it(cluster):
+    a, b = cluster
+    on_a, on_b = await raw(a, "ann"), await raw(b, "ben")
+    for round_ in range(20):  # a registered client on each node asks the same nick at once
+        nick = b"race%d" % round_
+        on_a.send(b"NICK " + nick)
+        on_b.send(b"NICK " + nick)
+        assert [await nick_answer(on_a), await nick_answer(on_b)].count(True) == 1, nick
+    for round_ in range(10):  # two guests register with the same nick at once
+        nick = b"guest%d" % round_
+        clients = [await connect(node.port("irc")) for node in (a, b)]
+        for client in clients:
+            client.send(b"NICK " + nick, b"USER u 0 * :U")
+        welcomed = [b" 001 " in await client.receive() for client in clients]
+        assert welcomed.count(True) == 1, nick
+        for client in clients:
+            client.transport.loseConnection()
+
+    assert await takes_nick(on_b, b"kept")
+    assert not await takes_nick(on_a, b"kept")
+    on_b.send(b"QUIT :bye")  # a claim is given back when its holder leaves
+    await eventually(lambda: takes_nick(on_a, b"kept"), "the nick of a client that quit is free")
+
+    survivor = await raw(b, "sam")
+    assert await takes_nick(on_a, b"held")
+    assert not await takes_nick(survivor, b"held")
+    a.twistd.kill()  # a dead node's claims end with its presence (--presence-ttl 1.5 here)
+    await eventually(lambda: takes_nick(survivor, b"held"), "the nick held on a killed node is free")
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_creating_one_guest_room_at_once_make_one(cluster):
+    a, b = cluster
+    on_a, on_b = await raw(a, "ann"), await raw(b, "ben")
+    for round_ in range(10):  # a guest on each node joins a new room at once: one room, both in it
+        room = b"#new%d" % round_
+        on_a.send(b"JOIN " + room)
+        on_b.send(b"JOIN " + room)
+        await until(on_a, b" 366 ")
+        await until(on_b, b" 366 ")
+        await until_known(on_a, b"ben", room)
+        on_a.send(b"PRIVMSG %s :one room %d" % (room, round_))
+        assert (await until(on_b, b"PRIVMSG"))[-1].endswith(b"PRIVMSG %s :one room %d" % (room, round_))
+
+
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of this test's own on a free port, which the test may restart."""

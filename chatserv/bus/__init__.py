@@ -122,6 +122,13 @@ class IBus(Interface):
     def protocols_elsewhere(user_id):
         """The protocols the user is connected with on other nodes."""
 
+    def claim_name(key, user_id):
+        """A Deferred: True if the name folded to ``key`` is now ``user_id``'s on every node (an
+        IRC nick, a guest's name), False if another user holds it."""
+
+    def release_name(key, user_id):
+        """``user_id`` no longer goes by the name folded to ``key`` (nothing if it did not)."""
+
     def notify(kind, data):
         """Tell the other nodes that something they cache changed (``chatserv.nodes.Replica``):
         ``user`` (an id), ``room`` (its fields), ``alias`` ([user id, name]), ``ban``/``unban``

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 
+from twisted.internet.defer import succeed
 from zope.interface import implementer
 
 from chatserv import events
@@ -83,6 +84,13 @@ class LocalBus:
 
     def protocols_elsewhere(self, user_id: int) -> Iterable[str]:
         return ()
+
+    def claim_name(self, key: str, user_id: int):
+        """The domain's own check (its names in memory) is the whole truth on one node."""
+        return succeed(True)
+
+    def release_name(self, key: str, user_id: int) -> None:
+        pass
 
     def notify(self, kind: str, data) -> None:
         pass

@@ -2,8 +2,15 @@
 
 ``RedisBus`` wraps the node's ``LocalBus``: ``publish`` hands the event to the sessions of
 this node, then sends it (``chatserv.events.encode``, JSON) on one Redis channel; each other
-node hands what arrives to its own local bus. Nodes share nothing through Redis but this
-channel: no keys, so a Redis restart loses nothing the nodes need.
+node hands what arrives to its own local bus. Nodes share through Redis this channel and one
+kind of key: the names users go by (``claim_name``), which a restart loses and each node makes
+again on its next heartbeat.
+
+Names (an IRC nick, a guest's name; a guest room's, as ``#`` and its name) are unique across
+nodes: a node claims one atomically, ``SET chatserv:<channel>:nick:<folded name>
+<node>:<user id> PX <ttl>`` unless another owner holds it (a Lua script), refreshes its claims
+with its heartbeat and deletes one, if still its own, on release. A dead node's claims expire
+with its presence (``ttl``).
 
 Presence across nodes: each node says on the channel which users it has online (when one
 comes or goes, and in full when a node asks, as it does on every (re)connection), and
@@ -29,6 +36,7 @@ import txredisapi
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import endpoints, protocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -49,6 +57,20 @@ SEEN_WINDOW = 100_000
 # stored by two nodes reach a third in an order that may differ from their ids by this much
 # (a batch, or a PostgreSQL writer's reserved block of ids).
 CATCH_UP_MARGIN = IDS_OUT_OF_ORDER
+
+
+# Claim a name: set it if nobody (or this owner) holds it, for ttl ms. 1: claimed, 0: held.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# Release a name only if this owner still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 @attrs.frozen
@@ -176,6 +198,7 @@ class RedisBus(service.MultiService):
         self._heard: dict[str, float] = {}  # node -> when it was last heard
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._newest_seen = 0
+        self._names: dict[str, str] = {}  # folded name -> owner ("node:user id"): this node's claims
         self.stats = collections.Counter()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, self.url.host, self.url.port, timeout=5)
         retry = backoffPolicy(initialDelay=0.2, maxDelay=2.0)
@@ -191,6 +214,9 @@ class RedisBus(service.MultiService):
     def stopService(self):
         if self._beat.running:
             self._beat.stop()
+        for key, owner in list(self._names.items()):
+            self._redis_name(_RELEASE, key, owner)
+        self._names.clear()
         self._send("bye", None)
         self._flush()
         return super().stopService()
@@ -262,6 +288,55 @@ class RedisBus(service.MultiService):
         else:
             self._send("e", [events.encode(event), _elsewhere(audience)])
         return delivered
+
+    def claim_name(self, key: str, user_id: int) -> Deferred:
+        owner = f"{self.node}:{user_id}"
+        claimed = self._redis_name(_CLAIM, key, owner)
+        if claimed is None:  # Redis is away: this node's own check is all there is meanwhile
+            self._names[key] = owner
+            return succeed(True)
+
+        def answered(won):
+            if won:
+                self._names[key] = owner
+            return bool(won)
+
+        return claimed.addCallback(answered)
+
+    def release_name(self, key: str, user_id: int) -> None:
+        owner = f"{self.node}:{user_id}"
+        if self._names.get(key) == owner:
+            del self._names[key]
+            self._redis_name(_RELEASE, key, owner)
+
+    def _redis_name(self, script: str, key: str, owner: str) -> Deferred | None:
+        """Run a name script; None if Redis is away (its answer is 1, if it goes away meanwhile)."""
+        if self._sender is None:
+            return None
+        args = [owner, int(self.ttl * 1000)] if script is _CLAIM else [owner]
+        try:
+            d = self._sender.eval(script, [f"chatserv:{self.url.channel}:nick:{key}"], args)
+        except txredisapi.ConnectionError:
+            return None
+        return d.addErrback(self._name_unanswered, key)
+
+    def _name_unanswered(self, failure, key):
+        failure.trap(txredisapi.ConnectionError, txredisapi.ResponseError)
+        if self.running:  # not the releases a stopping node sends as its connections close
+            log.warn("redis bus: no answer for the name {key}: {why}", key=key,
+                     why=failure.getErrorMessage())
+        return 1
+
+    def _refresh_names(self) -> None:
+        """Claims live a ttl: renew this node's (and make them again after a Redis restart)."""
+        for key, owner in list(self._names.items()):
+            claimed = self._redis_name(_CLAIM, key, owner)
+            if claimed is not None:
+                claimed.addCallback(self._still_held, key, owner)
+
+    def _still_held(self, won, key, owner):
+        if not won and self._names.get(key) == owner:
+            log.warn("redis bus: the name {key} was taken elsewhere while Redis was away", key=key)
 
     def notify(self, kind: str, data) -> None:
         """Tell the other nodes that something they cache changed (``observer.changed``)."""
@@ -467,6 +542,7 @@ class RedisBus(service.MultiService):
 
     def _heartbeat(self):
         self._send("hb", None)
+        self._refresh_names()
         if self._listener is None:
             return  # we cannot hear anyone: nobody is declared dead for it
         deadline = self.clock.seconds() - self.ttl

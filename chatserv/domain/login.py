@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import attrs
 
+from chatserv import errors
 from chatserv.bus import Subscription
 from chatserv.domain.common import deferred
 from chatserv.model import Message, Session, User
@@ -81,13 +82,23 @@ class Login:
         found = await self.undelivered(user) if waiting and not user.guest else []
         return LoggedIn(user, session, found)
 
+    async def _claimed_guest(self, name) -> User:
+        """A guest, once its name is its own on every node (UsernameTaken if another node's)."""
+        user = self.guest(name)
+        try:
+            await self._claim_name(name, user)
+        except errors.UsernameTaken:
+            self._forget_guest(user)
+            raise
+        return user
+
     async def _credentials_user(self, credentials, address: str) -> User:
         if isinstance(credentials, Password):
             return await self.authenticate(credentials.name, credentials.password, address)
         if isinstance(credentials, Digest):
             return await self.authenticate_digest(credentials.name, credentials.digest, address)
         if isinstance(credentials, GuestName):
-            return self.guest(credentials.name)
+            return await self._claimed_guest(credentials.name)
         if isinstance(credentials, Vouched):
             return credentials.user
         raise TypeError(f"not credentials: {credentials!r}")

@@ -56,6 +56,7 @@ class Presence:
     def _forget_guest(self, user):
         """A guest has gone, for good (its id is never reused): nothing kept by its id stays."""
         self._guests.pop(fold(user.username), None)
+        self._release_name(user.username, user)
         self._last_address.pop(user.id, None)
         self._user_room_rate.forget(user.id)
         self._forget_roles(user)
@@ -96,13 +97,15 @@ class Presence:
         """The name ``user`` goes by now: an alias taken while online, else the username."""
         return self._alias_of.get(user.id, user.username)
 
-    def rename(self, user: User, name, *, origin: Session | None = None) -> str:
+    @deferred
+    async def rename(self, user: User, name, *, origin: Session | None = None) -> str:
         """``user`` goes by ``name`` from now on (until their last session ends, for an account).
 
         A guest's name is its username, so the guest is renamed; an account keeps its username
         and goes by ``name`` as an alias (its own username again drops the alias). The name must
-        be free: nobody else's account, guest or alias (AlreadyExists). Room-mates and the
-        user's other sessions hear of it (events.Renamed).
+        be free: nobody else's account, guest or alias, on any node (UsernameTaken; the bus
+        claims it where every node looks). Room-mates and the user's other sessions hear of it
+        (events.Renamed).
         """
         self.validate_username(name)
         old = self.name_of(user)
@@ -110,16 +113,21 @@ class Presence:
             return old
         if user.guest:
             self._check_free(name, user)
-            del self._guests[fold(user.username)]
-            user.username = name
-            self._guests[fold(name)] = user
         else:
             owner = self._user_keys.get(fold(name))
             holder = self._guests.get(fold(name)) or self._aliases.get(fold(name))
             if ((owner is not None and owner is not user) or (holder is not None and holder is not user)
                     or self._taken_elsewhere(name, user)):
                 raise errors.UsernameTaken()
-            self._drop_alias(user)
+        if fold(name) != fold(old) and (user.guest or fold(name) != fold(user.username)):
+            await self._claim_name(name, user)
+        if user.guest:
+            del self._guests[fold(user.username)]
+            self._release_name(user.username, user, keep=name)
+            user.username = name
+            self._guests[fold(name)] = user
+        else:
+            self._drop_alias(user, keep=name)
             if name != user.username:
                 self._aliases[fold(name)] = user
                 self._alias_of[user.id] = name
@@ -127,10 +135,25 @@ class Presence:
         self._publish(events.Renamed(user, old), self._room_mates(user) | {user.id}, origin)
         return name
 
-    def _drop_alias(self, user: User) -> None:
+    async def _claim_name(self, name, user: User) -> None:
+        """UsernameTaken unless ``name`` is now ``user``'s on every node (the bus claims it);
+        NotLoggedIn, the claim given back, if the user left while the bus answered."""
+        if not await self.bus.claim_name(fold(name), user.id):
+            raise errors.UsernameTaken()
+        if self._guests.get(fold(user.username)) is not user and not self.bus.sessions_of(user.id):
+            self.bus.release_name(fold(name), user.id)
+            raise errors.NotLoggedIn("the session has ended")
+
+    def _release_name(self, name, user: User, keep: str | None = None) -> None:
+        """``user`` no longer goes by ``name`` (unless it goes by ``keep``, the same name)."""
+        if keep is None or fold(keep) != fold(name):
+            self.bus.release_name(fold(name), user.id)
+
+    def _drop_alias(self, user: User, keep: str | None = None) -> None:
         alias = self._alias_of.pop(user.id, None)
         if alias is not None:
             self._aliases.pop(fold(alias), None)
+            self._release_name(alias, user, keep)
 
     def _room_mates(self, user: User) -> set[int]:
         mates: set[int] = set()

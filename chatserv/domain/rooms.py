@@ -7,7 +7,8 @@ import collections
 import re
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from chatserv import errors, events
@@ -17,6 +18,8 @@ from chatserv.model import LOBBY, Room, Session, User, fold
 
 log = Logger()
 
+# Seconds a node waits for a guest room another node claimed the name of (its notice).
+ROOM_ARRIVAL_TIMEOUT = 10.0
 _ROOM = re.compile(r"[^\s,:#\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,49}\Z")
 
 
@@ -33,6 +36,7 @@ class Rooms:
         self._user_room_rate = RateTable(self.clock, lim.room_rate_per_user, lim.room_burst_per_user)
         self._address_room_rate = RateTable(self.clock, lim.room_rate_per_address, lim.room_burst_per_address)
         self._creating: dict[str, list[Deferred]] = {}  # rooms being created while the store writes them
+        self._arriving: dict[str, Deferred] = {}  # guest rooms another node is creating
 
     def _load_rooms(self, snapshot) -> Deferred | None:
         """Deferred: the lobby is made, when the store had none."""
@@ -117,6 +121,12 @@ class Rooms:
         key = fold(name)
         waiting = self._creating[key] = []
         try:
+            if guest and not await self.bus.claim_name("#" + key, creator.id):
+                made = await self._made_elsewhere(key)  # another node won the name
+                del self._creating[key]
+                for d in waiting:
+                    d.callback(made)
+                return made
             room.id = await self.store.add_room(room)  # stored (or only numbered) first, then cached
         except BaseException:
             del self._creating[key]
@@ -135,6 +145,31 @@ class Rooms:
         for d in waiting:
             d.callback(room)
         return room
+
+    def _made_elsewhere(self, key: str) -> Deferred:
+        """The guest room whose name another node claimed: once that node's notice is here
+        (``room_arrived``); Busy if it does not come (that node died meanwhile)."""
+        room = self._rooms.get(key)
+        if room is not None:
+            return succeed(room)
+        arriving = self._arriving[key] = Deferred()
+        arriving.addTimeout(ROOM_ARRIVAL_TIMEOUT, self.clock)
+
+        def not_arrived(failure):
+            failure.trap(defer.TimeoutError)
+            raise errors.Busy("the room is being created elsewhere: try again")
+
+        return arriving.addErrback(not_arrived).addBoth(self._arrival_done, key)
+
+    def _arrival_done(self, result, key):
+        self._arriving.pop(key, None)
+        return result
+
+    def room_arrived(self, room: Room) -> None:
+        """Another node made ``room`` (its notice): whoever waits for its name here has it."""
+        arriving = self._arriving.get(fold(room.name))
+        if arriving is not None:
+            arriving.callback(room)
 
     def _being_created(self, name) -> Deferred | None:
         """Deferred[Room] if a room of that name is being created now, else None."""
@@ -213,12 +248,16 @@ class Rooms:
         self._seen_unstored.pop(room.id, None)
         self._newest.pop(room.id, None)
         creator, address = self._creation.pop(room, (None, ""))
+        if not room.persistent and creator is not None:
+            self.bus.release_name("#" + fold(room.name), creator)
         for index, key in ((self._created_by, creator), (self._created_from, address)):
             rooms = index.get(key)
             if rooms is not None:
                 rooms.discard(room)
                 if not rooms:
                     del index[key]
+        if not self.running:  # a stopping node hears its peers' guests leave: its store is closed
+            return
         self.store.forget_room_messages(room.id).addErrback(
             lambda failure: log.failure("cannot forget the messages of a vanished room", failure))
 

@@ -306,7 +306,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         except errors.InvalidUsername:
             raise N.IRCError(N.ERR_ERRONEUSNICKNAME, target=nick) from None
         if self.registered:
-            return self.change_nick(nick)
+            return await self.change_nick(nick)
         self.nick = nick
         await self.try_registration()
 
@@ -349,12 +349,12 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
             return None  # the client left meanwhile
         user = result.user
         self.registered = True
-        self.nick = self._keep_nick(user)
+        self.nick = await self._keep_nick(user)
         self.welcome()
         if not user.guest:
             await self.logged_in(user, result.waiting)
 
-    def _keep_nick(self, user) -> str:
+    async def _keep_nick(self, user) -> str:
         """An account logged in with SASL or REGISTER keeps the nick it asked for when that is
         free (its own name, or nobody's); otherwise it goes by its account name. Connections of
         an account already online take the nick it goes by."""
@@ -363,7 +363,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
         if fold(self.nick) == fold(user.username):
             return user.username
         try:
-            return self.service.rename(user, self.nick, origin=self.session)
+            return await self.service.rename(user, self.nick, origin=self.session)
         except errors.UsernameTaken:
             return user.username
 

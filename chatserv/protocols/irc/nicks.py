@@ -49,12 +49,12 @@ class NicksMixin:
         self.user_given = True
         return self.try_registration()
 
-    def change_nick(self, nick: str):
+    async def change_nick(self, nick: str):
         """NICK after registration: any free nick, whatever the account."""
         if nick == self.nick:
             return
         try:
-            self.service.rename(self.user, nick, origin=self.session)
+            await self.service.rename(self.user, nick, origin=self.session)
         except errors.UsernameTaken:
             owner = self.service.is_registered(nick) and self.service.user(nick) is not self.user
             raise N.IRCError(N.ERR_NICKNAMERESERVED if owner else N.ERR_NICKNAMEINUSE, target=nick) from None
