@@ -98,3 +98,13 @@ def test_no_option_is_read_by_its_name_outside_its_declaration():
                     and isinstance(key, ast.Constant) and isinstance(key.value, str)):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert found == []
+
+
+def test_the_web_port_logs_in_through_the_one_login_path():
+    """REST and Socket.IO sessions come from ``ChatService.log_in`` (its throttle, its admit
+    and attached steps): no web module attaches a session itself."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
+             for path in sorted((SOURCE / "web").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "attach"]
+    assert found == []

@@ -452,6 +452,33 @@ async def test_ranges_and_last_seen(make_store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_sqlite_history_reads_use_an_index_in_the_order_they_return(tmp_path, monkeypatch):
+    """A room read bounded by a time, and a direct conversation's read, walk an index in the
+    order they return: none reads or sorts the whole conversation."""
+    path = str(tmp_path / "plan.sqlite3")
+    store = SQLiteStore(path, reactor)
+    await store.open()
+    read = []
+    monkeypatch.setattr(store, "_read", lambda sql, params, convert=None: read.append((sql, params)))
+    store.message_range(HistoryBounds(until=2005.0), 50, room_id=1)
+    store.message_range(HistoryBounds(since=2005.0, oldest=True), 50, room_id=1)
+    store.message_range(HistoryBounds(around=2005.0), 50, room_id=1)
+    store.message_range(HistoryBounds(before_id=9), 50, pair=(1, 2))
+    store.direct_history(1, 2, 50)
+    await store.close()
+    conn = sqlite3.connect(path)
+    for sql, params in read:
+        plan = list(conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        reads = [step for _, _, _, step in plan if re.match(r"(SCAN|SEARCH) messages\b", step)]
+        assert reads and all(step.startswith("SEARCH messages USING INDEX") for step in reads), plan
+        assert ("room_id = ?" in sql) == all("messages_room_time" in step for step in reads), plan
+        # What is sorted is the few rows the sides returned, never a query that reads messages.
+        reading = {parent for _, parent, _, step in plan if step in reads}
+        assert not any(parent in reading for _, parent, _, step in plan if "TEMP B-TREE" in step), plan
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sqlite_names_are_keyed_as_irc_ascii_casemapping(tmp_path):
     """Migration 2 rewrites keys made with Unicode casefolding: #Straße and #STRASSE are two."""
     path = str(tmp_path / "s.sqlite3")
@@ -495,6 +522,26 @@ async def test_postgresql_ids_come_from_the_sequences_every_node_shares(postgres
     store, _ = await reopen(store, lambda: PostgresStore(postgresql_url, reactor))
     assert await store.add_user(user(9, "after")) == 6
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_a_busy_node_hands_out_a_reserved_block_unique_across_nodes(postgresql_url):
+    """Under load, id assignment costs no query for most batches; ids stay unique across nodes."""
+    node_a, node_b = PostgresStore(postgresql_url, reactor), PostgresStore(postgresql_url, reactor)
+    await node_a.open()
+    await node_b.open()
+    with psycopg.connect(postgresql_url, autocommit=True) as conn:
+        first = node_a._take_ids(conn, "messages", 40)
+        from_b = node_b._take_ids(conn, "messages", 40)
+        (outside,) = conn.execute("SELECT nextval(pg_get_serial_sequence('messages', 'id'))").fetchone()
+        second = node_a._take_ids(conn, "messages", 40)
+        assert second[0] == first[-1] + 1  # from its block: no other node took these
+        assert len({*first, *second, *from_b, outside}) == 121
+        reserved_at = node_a._clock()
+        node_a._clock = lambda: reserved_at + 60
+        assert node_a._take_ids(conn, "messages", 1)[0] > max(from_b[-1], outside)  # an old block is skipped
+    await node_a.close()
+    await node_b.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -10,6 +10,7 @@ from twisted.internet import defer, endpoints, reactor, task
 from twisted.web.test.requesthelper import DummyRequest
 
 from chatserv import errors
+from chatserv.domain.login import LoggedIn
 from chatserv.limits import Limits
 from chatserv.model import User
 from chatserv.web.engineio import EngineServer
@@ -316,8 +317,12 @@ def test_a_socket_that_never_connects_to_the_namespace_is_closed_after_the_prelo
 class Service:
     """The service as a connected socket sees it when nothing it names exists."""
 
-    def attach(self, user, sink, protocol, address):
-        return object()
+    def log_in(self, credentials, sink, protocol, address):
+        """The one login path, as far as a socket's handshake needs it."""
+        session = object() if sink.admit(credentials.user) else None
+        if session is not None:
+            sink.attached(session)
+        return defer.succeed(LoggedIn(credentials.user, session))
 
     def detach(self, session):
         pass

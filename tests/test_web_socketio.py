@@ -7,7 +7,9 @@ speaks WebSocket only. Both are driven by tests/js/client.js (see tests/web_supp
 import json
 
 import pytest_twisted
+from twisted.internet import defer
 
+from chatserv import errors
 from tests.support import connect
 from tests.web_support import call, register_and_login, socketio_client
 
@@ -140,6 +142,20 @@ async def test_connect_is_refused_without_a_live_session_and_logout_disconnects(
     again = socketio_client(daemon, alice["sessionID"], "websocket")
     assert (await again.next("connect_error"))["message"] == "Invalid session"
     await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_goes_through_the_login_path_and_is_told_why_it_refuses(daemon, monkeypatch):
+    alice = await register_and_login(daemon, "alice")
+    monkeypatch.setattr(daemon.chat, "log_in", lambda *args, **options: defer.fail(errors.Busy("full")))
+    refused = socketio_client(daemon, alice["sessionID"], "websocket")
+    assert (await refused.next("connect_error"))["message"] == "Server busy, try again"
+    assert not daemon.chat.is_online(daemon.chat.user("alice"))
+    await refused.close()
+    monkeypatch.undo()
+    client = await connected(daemon, alice["sessionID"], "websocket")
+    assert daemon.chat.is_online(daemon.chat.user("alice"))
+    await client.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from chatserv import events
 from chatserv.bus import Audience, IBus
 from chatserv.model import Message
+from chatserv.store.sql import IDS_OUT_OF_ORDER
 
 log = Logger()
 
@@ -45,8 +46,9 @@ _MESSAGE_EVENTS = (events.RoomMessage, events.DirectMessage)
 # Redis queued during an outage, then the catch-up from the store) is dropped by id.
 SEEN_WINDOW = 100_000
 # How far below the newest message it saw a node reads the store after an outage: messages
-# stored by two nodes reach a third in an order that may differ from their ids by this much.
-CATCH_UP_MARGIN = 1_000
+# stored by two nodes reach a third in an order that may differ from their ids by this much
+# (a batch, or a PostgreSQL writer's reserved block of ids).
+CATCH_UP_MARGIN = IDS_OUT_OF_ORDER
 
 
 @attrs.frozen

@@ -16,12 +16,13 @@ engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on e
 an engine translates the placeholders for its driver.
 
 Ids: the store gives every new user, room and message its id. Such an insert names a
-``NewId`` as its first parameter; the writer swaps in real ids as the batch commits (one query
-per table and batch) and the write's Deferred fires with the id. SQLite's writer, the only
-one, counts from past the highest stored id; PostgreSQL takes ``nextval`` of each table's
-identity sequence, which is not transactional, so ids stay unique across nodes and are never
-reused (a rolled-back insert leaves a gap). A room that is not stored (a guest's) still takes
-its id from the rooms' counter, since its messages are stored. Guest ids count down from the
+``NewId`` as its first parameter; the writer swaps in real ids as the batch commits and the
+write's Deferred fires with the id. SQLite's writer, the only one, counts from past the highest
+stored id; PostgreSQL takes ``nextval`` of each table's identity sequence, which is not
+transactional, so ids stay unique across nodes and are never reused (a rolled-back insert
+leaves a gap); a busy PostgreSQL writer reserves them in blocks (``postgres.py``). A room
+that is not stored (a guest's) still takes its id from the rooms' counter, since its messages
+are stored. Guest ids count down from the
 lowest ever handed out (``counters``), so none is reused across restarts.
 """
 
@@ -42,7 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from chatserv.errors import Invalid, StoreUnavailable
-from chatserv.model import Message, Room, RoomBan, Snapshot, User, fold
+from chatserv.model import HistoryBounds, Message, Room, RoomBan, Snapshot, User, fold
 from chatserv.store.base import IStore
 
 log = Logger()
@@ -62,6 +63,10 @@ class NewId:
 NEW_USER, NEW_ROOM, NEW_MESSAGE = NewId("users"), NewId("rooms"), NewId("messages")
 _ID_ONLY = None  # the SQL of a write that only takes an id (a room that is not stored)
 _MAX_BATCH = 2000
+# Ids a PostgreSQL writer under load reserves ahead (postgres.py), handed out over the next
+# batches: one node's messages may be stored this far (plus a batch) below another's newer ids.
+ID_BLOCK = 8192
+IDS_OUT_OF_ORDER = ID_BLOCK + _MAX_BATCH  # between nodes, in id, at most
 MESSAGE_COLUMNS = "id, sender_id, sender_name, body, sent_at, kind, recipient_id, room_id, delivered"
 _INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Tables whose ids the store hands out.
@@ -110,6 +115,23 @@ SELECT 'room', room, CASE WHEN mark IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM (S
     {_LAST_MESSAGE_COLUMNS}
 FROM rooms LEFT JOIN messages AS m ON m.id = rooms.last_id
 """
+
+
+_BY_ID, _BY_ID_DESC = " ORDER BY id", " ORDER BY id DESC"
+_BY_TIME, _BY_TIME_DESC = " ORDER BY sent_at, id", " ORDER BY sent_at DESC, id DESC"
+
+
+def _first(where, sides, params, order, limit):
+    """SQL and its parameters: the first ``limit`` messages in ``order`` of those ``where``
+    picks for any of ``sides`` (each side's leading parameters; ``params`` follow). Each side
+    is its own limited read, so each uses its index; several are merged and cut again."""
+    one = ("SELECT * FROM (SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE " + where + order
+           + " LIMIT ?) AS side")
+    values = [v for side in sides for v in (*side, *params, limit)]
+    if len(sides) == 1:
+        return one, values
+    merged = "SELECT * FROM (" + " UNION ALL ".join([one] * len(sides)) + order + " LIMIT ?) AS merged"
+    return merged, [*values, limit]
 
 
 def _message(row) -> Message:
@@ -722,10 +744,10 @@ class SQLStore:
 
     # reads
 
-    def _chosen(self, where, params, limit, oldest=False):
-        """The newest ``limit`` messages ``where`` says (the oldest, with ``oldest``), oldest first."""
+    def _chosen(self, where, params, limit):
+        """The newest ``limit`` messages ``where`` says, oldest first."""
         sql = (f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
-               + (" ORDER BY id ASC" if oldest else " ORDER BY id DESC") + " LIMIT ?) AS chosen ORDER BY id")
+               " ORDER BY id DESC LIMIT ?) AS chosen ORDER BY id")
         return self._read(sql, (*params, limit), _message)
 
     def _newest(self, where, params, limit, before_id):
@@ -735,15 +757,10 @@ class SQLStore:
         return self._chosen(where, params, limit)
 
     def room_history(self, room_id, limit, before_id=None):
-        return self._newest("room_id = ?", (room_id,), limit, before_id)
+        return self.message_range(HistoryBounds(before_id=before_id), limit, room_id=room_id)
 
     def direct_history(self, user_id, other_id, limit, before_id=None):
-        return self._newest(
-            "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))",
-            (user_id, other_id, other_id, user_id),
-            limit,
-            before_id,
-        )
+        return self.message_range(HistoryBounds(before_id=before_id), limit, pair=(user_id, other_id))
 
     def conversations(self, user_id, room_ids, unread_cap):
         def row(r):
@@ -757,12 +774,18 @@ class SQLStore:
         return self._newest(where, (user_id,), limit, None)
 
     def message_range(self, bounds, limit, room_id=None, pair=None):
+        """Each direction of a direct pair is read on its own index and the two limited lists
+        merged; a room's reads bounded by a time go in the order of messages_room_time, so no
+        read walks or sorts a whole conversation."""
         if room_id is not None:
-            where, params = "room_id = ?", [room_id]
+            where, sides = "room_id = ?", [(room_id,)]
         else:
             user_id, other_id = pair
-            where = "((recipient_id = ? AND sender_id = ?) OR (recipient_id = ? AND sender_id = ?))"
-            params = [user_id, other_id, other_id, user_id]
+            where = "recipient_id = ? AND sender_id = ?"
+            sides = [(user_id, other_id)]
+            if other_id != user_id:  # a conversation with oneself has one direction
+                sides.append((other_id, user_id))
+        params = []
         if bounds.after_id is not None:
             where += " AND id > ?"
             params.append(bounds.after_id)
@@ -775,19 +798,23 @@ class SQLStore:
         if bounds.until is not None:
             where += " AND sent_at < ?"
             params.append(bounds.until)
+        by_time = room_id is not None and (bounds.since, bounds.until, bounds.around) != (None, None, None)
+        newest, oldest = (_BY_TIME_DESC, _BY_TIME) if by_time else (_BY_ID_DESC, _BY_ID)
         point = bounds.around_point()
         if point is None:
-            return self._chosen(where, params, limit, bounds.oldest)
+            sql, values = _first(where, sides, params, oldest if bounds.oldest else newest, limit)
+            return self._read("SELECT * FROM (" + sql + ") AS chosen" + oldest, values, _message)
         column, value = point
         if column == "id":
             earlier, later = " AND id < ?", " AND id >= ?"
         else:
             earlier, later = " AND sent_at < ?", " AND sent_at >= ?"
-        side = f"SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where}"
-        sql = ("SELECT * FROM (" + side + earlier + " ORDER BY id DESC LIMIT ?) AS earlier UNION ALL "
-               + side + later + " ORDER BY id ASC LIMIT ?) AS later) AS around ORDER BY id")
         before = (limit - 1) // 2
-        return self._read(sql, (*params, value, before, *params, value, limit - before), _message)
+        earlier_sql, earlier_values = _first(where + earlier, sides, [*params, value], newest, before)
+        later_sql, later_values = _first(where + later, sides, [*params, value], oldest, limit - before)
+        sql = ("SELECT * FROM (SELECT * FROM (" + earlier_sql + ") AS earlier UNION ALL SELECT * FROM ("
+               + later_sql + ") AS later) AS around" + oldest)
+        return self._read(sql, (*earlier_values, *later_values), _message)
 
     def last_seen(self, user_id):
         found = self._read("SELECT room_id, message_id FROM last_seen WHERE user_id = ?", (user_id,))

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatserv import errors, events
+from chatserv.domain.login import Vouched
 from chatserv.limits import QuietLog, TokenBucket
 from chatserv.service import ISink
 from chatserv.text import UnencodableText, check_decoded
@@ -133,8 +134,8 @@ class SocketIOConnection:
         if namespace != NAMESPACE:
             self.send(encode(sio.CONNECT_ERROR, {"message": "Invalid namespace"}, namespace=namespace))
             return
-        if self.session is not None:
-            return
+        if self.web_session is not None:
+            return  # in the namespace already, or on its way in
         auth = packet.data if isinstance(packet.data, dict) else {}
         try:
             web_session = self.web_sessions.get(auth.get("sessionID", self.query.get("sessionID")))
@@ -145,9 +146,27 @@ class SocketIOConnection:
         self.web_session = web_session
         web_session.sockets.add(self)
         self.user = web_session.user
-        self.session = self.service.attach(self.user, self, PROTOCOL, self.peer_host)
+        logging_in = self.service.log_in(Vouched(self.user), self, PROTOCOL, self.peer_host)
+        logging_in.addCallbacks(self._connected, self._connect_failed)
+
+    def admit(self, user) -> bool:
+        """``ChatService.log_in`` asks just before it attaches the session: a client that left
+        the namespace meanwhile gets none (nothing would ever detach it)."""
+        return not self.closed and self.web_session is not None
+
+    def attached(self, session):
+        """The handshake's answer goes out once the session is attached, before any event
+        rendered for it."""
+        self.session = session
         self.send(encode(sio.CONNECT, {"sid": self.engine.sid}))
-        self.service.conversations(self.user).addCallbacks(self._watch_partners, self._no_partners)
+
+    def _connected(self, logged_in):
+        if logged_in.session is not None:
+            self.service.conversations(self.user).addCallbacks(self._watch_partners, self._no_partners)
+
+    def _connect_failed(self, failure):
+        self._leave()
+        self.send(encode(sio.CONNECT_ERROR, {"message": self._error_text(failure, "connect")}))
 
     def _watch_partners(self, conversations):
         """The page shows who of the people it talks with is online, contacts or not."""
@@ -182,13 +201,19 @@ class SocketIOConnection:
         return defer.ensureDeferred(handler(data))
 
     def _failed(self, failure, name):
+        text = self._error_text(failure, name)
+        self.emit("error", {"message": text})
+        return {"error": text}
+
+    @staticmethod
+    def _error_text(failure, name) -> str:
+        """What the client is told of a failed handshake or event: the REST error table's text."""
         try:
             _, text = api.ERRORS.reply(failure.value)
         except Exception:
-            quiet.failure("unexpected failure in socket.io event {name}", failure, name=name)
+            quiet.failure("unexpected failure in socket.io {name}", failure, name=name)
             text = "Internal server error"
-        self.emit("error", {"message": text})
-        return {"error": text}
+        return text
 
     def _answer(self, reply, ack_id):
         if ack_id is not None:
