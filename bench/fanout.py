@@ -10,6 +10,11 @@ on the same connections:
   a backlog bound), each message stamped with the time it was *due*, so client lag counts
   against latency rather than hiding it.
 
+- ``ceiling`` (``--ceiling-p99 MS``): the highest fixed rate whose p99 stays under MS
+  milliseconds, searched on the same connections: the rate doubles from ``--rate`` until a
+  probe fails (p99 at or over MS, less than 98% of the rate delivered, or messages shed),
+  then halves the gap ``--ceiling-steps`` times. Each probe is a ``rate`` phase.
+
 Latency: each received chunk contributes one sample, the age of its first (oldest)
 message, weighted by the number of messages in the chunk: an upper bound per chunk.
 ``client_cpu`` is the generator's own CPU (cores) over the phase: one asyncio process tops
@@ -306,11 +311,50 @@ async def rate_phase(rooms: list[Room], groups: dict[str, Stats], args, server_p
     return result
 
 
-PHASES = {"max": max_phase, "rate": rate_phase}
+def holds(result: dict, limit_ms: float) -> bool:
+    """A fixed-rate probe kept its p99 under ``limit_ms``, delivered its rate, shed nothing."""
+    p99 = result.get("p99_ms")
+    return (p99 is not None and p99 < limit_ms and not result["shed_messages"]
+            and result["deliveries_per_s"] >= 0.98 * result["target_deliveries_per_s"])
+
+
+async def ceiling_phase(rooms: list[Room], groups: dict[str, Stats], args, server_pid: int | None) -> dict:
+    """The highest fixed rate (deliveries/s) whose p99 stays under ``--ceiling-p99`` ms."""
+    limit = args.ceiling_p99
+    probes = []
+
+    async def probe(rate: int) -> bool:
+        at_rate = argparse.Namespace(**{**vars(args), "rate": rate})
+        result = await rate_phase(rooms, groups, at_rate, server_pid)
+        probes.append({key: result.get(key) for key in (
+            "target_deliveries_per_s", "deliveries_per_s", "p50_ms", "p99_ms", "shed_messages",
+            "server_cpu", "client_cpu")})
+        return holds(result, limit) and result["drained"]
+
+    good, bad = 0, None
+    rate = max(1000, args.rate)
+    while bad is None and rate <= args.ceiling_max:
+        if await probe(rate):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+    for _ in range(args.ceiling_steps if bad is not None else 0):
+        middle = (good + bad) // 2
+        if bad - good <= 1000:
+            break
+        if await probe(middle):
+            good = middle
+        else:
+            bad = middle
+    return {"p99_limit_ms": limit, "highest_rate": good, "lowest_failed_rate": bad, "probes": probes}
+
+
+PHASES = {"max": max_phase, "rate": rate_phase, "ceiling": ceiling_phase}
 
 
 def phase_names(args) -> list[str]:
-    return ["max", "rate"] if args.rate else ["max"]
+    names = ["max", "rate"] if args.rate else ["max"]
+    return names + ["ceiling"] if args.ceiling_p99 else names
 
 
 async def run(args) -> dict:
@@ -473,7 +517,13 @@ def options(argv=None):
     parser.add_argument("--timeout", type=float, default=30.0, help="bound on connecting, joining, draining")
     parser.add_argument("--processes", type=int, default=1,
                         help="generator processes, the rooms dealt out among them (one tops out at a core)")
+    parser.add_argument("--ceiling-p99", type=float, default=0.0,
+                        help="also search the highest fixed rate whose p99 stays under this many ms (0: no)")
+    parser.add_argument("--ceiling-steps", type=int, default=4, help="ceiling: halvings after the doubling")
+    parser.add_argument("--ceiling-max", type=int, default=1_000_000, help="ceiling: rates probed at most")
     args = parser.parse_args(argv)
+    if args.ceiling_p99 and args.processes > 1:
+        parser.error("--ceiling-p99 runs in one generator process")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("loopback only")
     return args
@@ -481,7 +531,8 @@ def options(argv=None):
 
 def main(argv=None):
     args = options(argv)
-    budget = args.timeout * 4 + 2 * (args.warmup + args.duration) + 30
+    probes = 4 + args.ceiling_steps + 16 if args.ceiling_p99 else 0
+    budget = args.timeout * 4 + (2 + probes) * (args.warmup + args.duration) + 30
     if args.processes > 1:
         report = run_processes(args)
     else:

@@ -68,12 +68,16 @@ class Event:
     _rendered: dict = attrs.field(factory=dict, init=False, repr=False)
     ends_session: ClassVar[bool] = False  # the session is closed once this is rendered
 
-    def render_once(self, key, render: Callable[[], bytes]) -> bytes:
-        """Return ``render()``, computed once per ``key`` for all recipients of this event."""
+    def render_once(self, key, render: Callable[..., bytes], *args) -> bytes:
+        """Return ``render(*args)``, computed once per ``key`` for all recipients of this event.
+
+        Passing ``render``'s arguments, rather than a closure over them, makes the other
+        recipients' calls cost no object at all (the fan-out hot path).
+        """
         try:
             return self._rendered[key]
         except KeyError:
-            data = self._rendered[key] = render()
+            data = self._rendered[key] = render(*args)
             return data
 
 

@@ -7,6 +7,8 @@
 - ``SendQueue``: what a reader that stopped reading has not taken yet, bounded.
 - ``Deadline``: one pending timeout (before login, idle, a ping's answer...); every deadline
   of a clock shares its ``Timeouts``, one DelayedCall in all.
+- ``WriteTurns``: what connections are handed during one reactor turn, written once per
+  connection when the turn ends.
 - ``ConnectionTracker``: every open connection of every port, for the connection limits and
   for saying goodbye at shutdown.
 
@@ -339,6 +341,53 @@ class Timeouts:
             if not self._live:
                 self._heap.clear()
             self._wake()
+
+
+class WriteTurns:
+    """Deliveries held until the reactor's turn ends, then written once per connection.
+
+    A store commit lands many room messages in one turn, and each reaches every member: a
+    member would get as many small writes, each paying Twisted's whole write path (checks,
+    the producer's buffer test, registering the writer). A connection instead keeps what it
+    is handed this turn and ``hold``s itself here; one ``callLater(0)``, which the reactor
+    runs before it next polls (when those writes would have gone out anyway), has each held
+    connection ``flush`` its bytes as one write. A clock that is not a running reactor (a
+    unit test's fake clock) has no turns to end: ``running`` is False and connections write
+    at once.
+    """
+
+    _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, clock) -> WriteTurns:
+        turns = cls._of.get(clock)
+        if turns is None:
+            turns = cls._of[clock] = cls(clock)
+        return turns
+
+    def __init__(self, clock):
+        self._clock = weakref.ref(clock)  # held weakly: this object is the value of a weak mapping
+        self._held: list = []
+        self._call = None
+
+    @property
+    def running(self) -> bool:
+        return bool(getattr(self._clock(), "running", False))
+
+    def hold(self, connection):
+        """``connection.flush()`` is called once this turn ends."""
+        self._held.append(connection)
+        if self._call is None:
+            self._call = self._clock().callLater(0, self._end_turn)
+
+    def _end_turn(self):
+        self._call = None
+        held, self._held = self._held, []
+        for connection in held:
+            try:
+                connection.flush()
+            except Exception:
+                log.failure("cannot write what a connection was handed")
 
 
 class ConnectionTracker(service.Service):

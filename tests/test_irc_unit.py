@@ -206,6 +206,74 @@ async def test_a_reader_past_its_send_queue_gets_an_error_line_and_is_dropped():
     assert transport.value().endswith(b"ERROR :Closing Link: SendQ exceeded\r\n")
 
 
+# writes: what a connection is handed in one reactor turn goes out as one write
+
+
+class CountingTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+async def room_of_two(send_queue=100_000):
+    """ann and bob in #r, on a fake reactor that is running: its turn ends at ``advance(0)``."""
+    clock = MemoryReactorClock()
+    clock.running = True
+    limits = Limits(prelogin_timeout=30, send_queue=send_queue, messages_per_second=0)
+    chat = ChatService(MemoryStore(), cheap_hasher(), clock, limits)
+    chat.startService()
+    await chat.when_ready()
+    factory = IRCFactory(chat, ConnectionTracker(clock), limits, clock,
+                         {"irc-flood-rate": 0.0, "irc-flood-burst": 1, "irc-ping-interval": 100.0})
+    ends = []
+    for nick in (b"ann", b"bob"):
+        connection, transport = factory.buildProtocol(None), CountingTransport()
+        connection.makeConnection(transport)
+        connection.dataReceived(b"NICK %s\r\nUSER a 0 * :A\r\nJOIN #r\r\n" % nick)
+        clock.advance(0)
+        ends.append((connection, transport))
+    take(ends[0][1])
+    take(ends[1][1])
+    ends[1][1].writes = 0
+    return clock, ends
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_handed_in_one_turn_reach_a_member_as_one_write_in_order():
+    clock, [(ann, _), (bob, to_bob)] = await room_of_two()
+    ann.dataReceived(b"PRIVMSG #r :one\r\nPRIVMSG #r :two\r\nPRIVMSG #r :three\r\n")
+    clock.advance(0)
+    assert take(to_bob) == [b":ann!a@chatserv PRIVMSG #r " + word for word in (b"one", b"two", b"three")]
+    assert to_bob.writes == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_in_the_same_turn_follows_the_messages_handed_before_it():
+    clock, [(ann, _), (bob, to_bob)] = await room_of_two()
+    ann.dataReceived(b"PRIVMSG #r :first\r\n")
+    bob.dataReceived(b"PING here\r\n")
+    ann.dataReceived(b"PRIVMSG #r :after\r\n")
+    clock.advance(0)
+    assert take(to_bob) == [b":ann!a@chatserv PRIVMSG #r first", b":chatserv PONG chatserv here",
+                            b":ann!a@chatserv PRIVMSG #r after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_stopped_reading_is_let_go_past_its_send_queue_when_the_turn_ends():
+    clock, [(ann, _), (bob, to_bob)] = await room_of_two(send_queue=1000)
+    ann.dataReceived(b"PRIVMSG #r :%s\r\n" % (b"x" * 300))
+    bob.pauseProducing()  # the client stopped reading, before the turn ended
+    ann.dataReceived(b"PRIVMSG #r :%s\r\n" % (b"x" * 300) * 4)
+    clock.advance(0)
+    assert to_bob.value().endswith(b"ERROR :Closing Link: SendQ exceeded\r\n")
+    assert b"PRIVMSG" not in to_bob.value()
+    assert to_bob.disconnecting
+
+
 @pytest_twisted.ensureDeferred
 async def test_nick_changes_count_against_the_flood_bucket():
     """Every room-mate hears each NICK: a storm of them is slowed down like any other command."""

@@ -23,7 +23,7 @@ from chatserv.limits import Limits, QuietLog, TokenBucket
 from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
-from chatserv.wire import ConnectionTracker, Deadline, ErrorTable, RequestQueue, SendQueue
+from chatserv.wire import ConnectionTracker, Deadline, ErrorTable, RequestQueue, SendQueue, WriteTurns
 
 log = Logger()
 quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
@@ -43,7 +43,7 @@ class ChatConnection(protocol.Protocol):
     # costs every connection the dict's values (some 270 bytes).
     __slots__ = ("session", "requests", "_reading_paused", "_write_paused", "unsent", "_closing",
                  "_input_ended", "deadline", "_in_flight", "_drained", "_settled", "failed_logins",
-                 "framer", "peer_host", "_rate", "factory", "transport", "connected")
+                 "framer", "peer_host", "_rate", "_handed", "factory", "transport", "connected")
 
     def __init__(self):
         self.factory = None  # Protocol's class defaults, which the slots hide
@@ -62,6 +62,7 @@ class ChatConnection(protocol.Protocol):
         self._settled: list[defer.Deferred] | None = None
         self.failed_logins = 0
         self._rate: TokenBucket | None = None
+        self._handed: list[bytes] | None = None  # events' bytes held until the turn ends (flush)
 
     # set up by the factory
 
@@ -101,6 +102,7 @@ class ChatConnection(protocol.Protocol):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self._closing = True
+        self._handed = None
         self.deadline.cancel()
         self.requests.stop()
         self.factory.tracker.discard(self)
@@ -113,6 +115,8 @@ class ChatConnection(protocol.Protocol):
         """Flush what was written, then close; nothing more is read or answered."""
         if self._closing:
             return
+        if self._handed is not None:
+            self.flush()
         self._closing = True
         self.requests.stop()
         self.deadline.cancel()
@@ -235,6 +239,8 @@ class ChatConnection(protocol.Protocol):
         self.write_raw(self.framer.encode(payload))
 
     def write_raw(self, data: bytes):
+        if self._handed is not None:
+            self.flush()  # what events brought this turn goes first: the order stays as handed
         if self._closing:
             return
         if not self._write_paused:
@@ -251,6 +257,12 @@ class ChatConnection(protocol.Protocol):
                 self.transport.write(last_words)
             self.transport.unregisterProducer()
             self.transport.abortConnection()
+
+    def flush(self):
+        """Write the bytes of this turn's events as one write (``WriteTurns`` calls it)."""
+        handed, self._handed = self._handed, None
+        if handed:
+            self.write_raw(handed[0] if len(handed) == 1 else b"".join(handed))
 
     def too_slow(self) -> bytes | None:
         """What a reader let go for not reading is told (if it ever reads again): None, or
@@ -324,7 +336,12 @@ class ChatConnection(protocol.Protocol):
     # events
 
     def deliver(self, event):
-        """ISink: render a live event on this wire; shutdown and kicks end the connection."""
+        """ISink: render a live event on this wire; shutdown and kicks end the connection.
+
+        The fan-out hot path, once per recipient: the bytes wait in ``_handed`` for the
+        reactor's turn to end (``WriteTurns``), so a connection handed many messages in one
+        turn (a store commit's worth) makes one write of them all.
+        """
         if self._closing:
             return
         try:
@@ -333,10 +350,14 @@ class ChatConnection(protocol.Protocol):
             quiet.failure("cannot render {event!r}", event=event)
             return
         if data:
-            if self._write_paused:
-                self.write_raw(data)  # queued, within the send-queue bound
+            handed = self._handed
+            if handed is not None:
+                handed.append(data)
+            elif self._write_paused or not self.factory.write_turns.running:
+                self.write_raw(data)  # a paused reader's bytes queue within the send-queue bound
             else:
-                self.transport.write(data)  # the fan-out hot path: one call per recipient
+                self._handed = [data]
+                self.factory.write_turns.hold(self)
         if event.ends_session:
             self.logout()
             self.close()
@@ -361,6 +382,7 @@ class ChatFactory(protocol.Factory):
         self.tracker = tracker
         self.limits = limits
         self.clock = clock
+        self.write_turns = WriteTurns.of(clock)
         self.config = from_options(self.config_class, options or {}) if self.config_class else None
 
     def buildProtocol(self, addr):

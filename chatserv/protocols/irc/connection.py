@@ -631,10 +631,7 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
     def _render_room_message(self, event):
         """The fan-out hot path. Lines for a room whose replay is being fetched wait for it
         (history.py)."""
-        variant = self.tag_variant
-        data = event.render_once(self.render_key, lambda: message_lines(
-            event.message, "#" + event.room.name, variant, prefix=self.mask_of(event.sender),
-            client_tags=event.tags if variant[1] else None))
+        data = event.render_once(self.render_key, _room_message_lines, self, event)
         if self.held:
             held = self.held.get(event.room.id)
             if held is not None:
@@ -682,6 +679,12 @@ class IRCConnection(AccountsMixin, ChannelsMixin, NicksMixin, HistoryMixin, Play
     def _render_goodbye(self, event):
         self.quit_reason = event.reason  # the session ends next: others see why (a KILL's reason)
         return serialise("ERROR", f"Closing Link: {self.server} ({event.reason})")
+
+
+def _room_message_lines(connection: IRCConnection, event) -> bytes:
+    variant, sender = connection.tag_variant, connection.mask_of(event.sender)
+    return message_lines(event.message, "#" + event.room.name, variant, prefix=sender,
+                         client_tags=event.tags if variant[1] else None)
 
 
 RENDERERS = {
