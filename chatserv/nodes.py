@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from chatserv import events
-from chatserv.bus import Subscription, to_room, to_users
+from chatserv.bus import to_room, to_users
 from chatserv.model import ROOM_FLAGS, ROOM_VALUES, Room, User, fold
 from chatserv.store import POSTGRESQL_SCHEMES
 
@@ -220,6 +220,9 @@ class Replica:
     def _changed_login(self, data):
         self.chat.throttle.counted_elsewhere(*data)
 
+    def _changed_shown(self, message_id):
+        self.chat.note_shown(message_id)
+
     def _changed_ban(self, address):
         self.chat.bans.add(address)
 
@@ -319,10 +322,6 @@ class Replica:
         """Deliver a direct message here; if a session here showed it live, the store says it
         was delivered, so the recipient's next login does not show it again."""
         deliver()
-        if message.delivered:
-            return
-        if any(s.subscribes & Subscription.DIRECT for s in self.bus.local.sessions_of(message.recipient_id)):
-            self.chat.store.mark_delivered([message.id]).addErrback(self._not_read)
-
+        self.chat.shown_live(message)
 
 __all__ = ["Replica", "default_node_name", "nodes_check"]

@@ -413,6 +413,27 @@ async def test_messages_to_offline_users_wait_for_their_next_login(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_direct_message_is_shown_once_live_or_once_at_the_next_login(daemon):
+    await users(daemon, "alice", "bob")
+    alice, bob = await json_login(daemon, "alice"), await json_login(daemon, "bob")
+
+    async def send(body, result="ok"):
+        answer = await alice.request(type="message", **{"from": "alice"}, to="bob", msg=body)
+        assert answer == {"result": result}
+
+    await send("live")
+    assert await bob.receive() == {"type": "message", "from": "alice", "msg": "live"}
+    assert await bob.request(type="logout", **{"from": "bob"}) == {"result": "ok"}
+    await send("while away", OFFLINE.format("bob"))
+    bob = await json_login(daemon, "bob")
+    assert await bob.receive() == {"type": "message", "from": "alice", "msg": "while away"}
+    assert await bob.request(type="logout", **{"from": "bob"}) == {"result": "ok"}
+    bob = await json_login(daemon, "bob")
+    await send("next")  # nothing else came first: neither message was handed over again
+    assert await bob.receive() == {"type": "message", "from": "alice", "msg": "next"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_address_needs_the_targets_consent(daemon):
     await users(daemon, "alice", "bob", "carol", "dave")
     alice = await json_login(daemon, "alice")

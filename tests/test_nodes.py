@@ -201,6 +201,30 @@ async def test_chatroom_accounts_and_direct_messages_across_nodes(cluster):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_direct_message_shown_on_one_node_does_not_wait_on_the_other(cluster):
+    """The node whose session showed a message live marks it delivered in the store: the
+    recipient's next login, on the other node, does not hand it over again."""
+    a, b = cluster
+    await register(a, "alice")
+    await register(a, "bob")
+    await eventually(lambda: logs_in(b, "bob"), "an account made on a logs in on b")
+    alice, bob = await json_login(a, "alice"), await json_login(b, "bob")
+
+    async def bob_online_on_a():
+        return await alice.request(type="online") == {"alice": "alice", "bob": "bob"}
+
+    await eventually(bob_online_on_a, "a sees bob come online on b")
+    for body in ["shown on b", "next on b"]:  # the second comes next: the first was shown once
+        answer = await alice.request(type="message", **{"from": "alice"}, to="bob", msg=body)
+        assert answer == {"result": "ok"}
+        assert await bob.receive() == {"type": "message", "from": "alice", "msg": body}
+    assert await bob.request(type="logout", **{"from": "bob"}) == {"result": "ok"}
+    bob = await json_login(a, "bob")
+    assert await alice.request(type="message", **{"from": "alice"}, to="bob", msg="on a") == {"result": "ok"}
+    assert await bob.receive() == {"type": "message", "from": "alice", "msg": "on a"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_killed_node_takes_its_users_offline_everywhere(cluster):
     a, b = cluster
     alice = await raw(a, "alice")

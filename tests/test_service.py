@@ -8,6 +8,7 @@ from twisted.internet import defer, reactor
 from chatserv import errors, events
 from chatserv.bus import Subscription
 from chatserv.credentials import password_digest
+from chatserv.domain.login import Vouched
 from chatserv.events import UserRef
 from chatserv.model import LOBBY, RoomChange
 from chatserv.service import ChatService
@@ -320,6 +321,76 @@ async def test_direct_messages_wait_in_the_inbox_until_taken(chat):
         await chat.send_direct(alice, "bob", "")
     with pytest.raises(errors.Invalid):
         await chat.send_direct(alice, "bob", "x" * (chat.limits.max_body + 1))
+
+
+class LoginSink(Sink):
+    """A sink a login attaches a session to."""
+
+    def admit(self, user):
+        return True
+
+    def attached(self, session):
+        pass
+
+
+async def waiting_at_login(chat, user) -> list[str]:
+    """What a login that shows the waiting direct messages (and marks them) shows."""
+    login = await chat.log_in(Vouched(user), LoginSink(), "test", subscribes=Subscription.DIRECT,
+                              waiting=True)
+    await chat.mark_delivered(user, login.waiting)
+    chat.detach(login.session)
+    return [m.body for m in login.waiting]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_store_says_which_direct_messages_still_wait(store_db):
+    """Shown live: never waiting again, even after a restart; not shown: waiting exactly once."""
+    if store_db == "memory":
+        pytest.skip("an in-memory store forgets by design")
+    chat = await start(store_db)
+    alice, bob = await users(chat, "alice", "bob")
+    live = chat.attach(bob, Sink(), "test", subscribes=Subscription.DIRECT)
+    await chat.send_direct(alice, "bob", "shown live")
+    chat.detach(live)
+    await chat.send_direct(alice, "bob", "while you were out")
+    shows_nothing = chat.attach(bob, Sink(), "test", subscribes=Subscription.NONE)
+    await chat.send_direct(alice, "bob", "not shown on this wire")
+    chat.detach(shows_nothing)
+    assert [e.message.body for e in live.sink.of(events.DirectMessage)] == ["shown live"]
+    await chat.stopService()
+
+    chat = await start(store_db)
+    bob = await chat.authenticate("bob", "bob-pw")
+    assert await waiting_at_login(chat, bob) == ["while you were out", "not shown on this wire"]
+    assert await waiting_at_login(chat, bob) == []
+    await chat.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_gone_while_the_message_is_stored_leaves_it_waiting(chat):
+    alice, bob = await users(chat, "alice", "bob")
+    live = chat.attach(bob, Sink(), "test", subscribes=Subscription.DIRECT)
+    stored, add_message = defer.Deferred(), chat.store.add_message
+    chat.store.add_message = lambda message: stored.addCallback(lambda _: add_message(message))
+    sending = chat.send_direct(alice, "bob", "after you left")
+    chat.detach(live)  # bob logs out while the message is being stored
+    stored.callback(None)
+    await sending
+    assert live.sink.of(events.DirectMessage) == []
+    assert await waiting_at_login(chat, bob) == ["after you left"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_does_not_show_as_waiting_what_was_just_shown_live(chat):
+    """The delivery mark of a message shown live may not be committed when a second session of
+    the same user logs in: it is not handed over again all the same."""
+    alice, bob = await users(chat, "alice", "bob")
+    live = chat.attach(bob, Sink(), "test", subscribes=Subscription.DIRECT)
+    chat.store.mark_delivered = lambda message_ids: defer.Deferred()  # never committed
+    await chat.send_direct(alice, "bob", "shown live")
+    assert [e.message.body for e in live.sink.of(events.DirectMessage)] == ["shown live"]
+    login = await chat.log_in(Vouched(bob), LoginSink(), "test", subscribes=Subscription.DIRECT, waiting=True)
+    assert login.waiting == []
 
 
 @pytest_twisted.ensureDeferred

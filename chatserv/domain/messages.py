@@ -18,6 +18,9 @@ from chatserv.model import Conversation, HistoryBounds, Message, Room, Session, 
 log = Logger()
 
 UNREAD_CAP = 1000  # unread messages counted per conversation ("1000" means "at least")
+# How many direct messages recently shown live (here or, by the bus, on another node) a login's
+# read of the waiting ones leaves out, in case it saw one before its delivery mark committed.
+SHOWN_WINDOW = 10_000
 
 
 class Messages:
@@ -25,6 +28,8 @@ class Messages:
         self._newest: dict[int, int] = {}  # room id -> id of its newest message handed out since start
         # what accounts were shown in rooms the store does not keep: room id -> user id -> message id
         self._seen_unstored: dict[int, dict[int, int]] = collections.defaultdict(dict)
+        # direct messages a session showed live, newest last (``shown_live``)
+        self._shown: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     def _check_body(self, body, kind) -> str:
         if not isinstance(body, str) or not body:
@@ -44,14 +49,14 @@ class Messages:
                           origin: Session | None = None, tags: dict | None = None) -> Message:
         """Store a direct message, then hand it to the recipient's live sessions (or inbox).
 
+        Stored undelivered: whichever node's session shows it live marks it (``shown_live``).
         ``tags``: client-only tags that travel with the live message and are never stored.
         """
         self._check_body(body, kind)
         recipient = to if isinstance(to, User) else self.user_or_guest(to)
         if self.has_blocked(recipient, sender):
             raise errors.Blocked("blocked")
-        live = any(s.subscribes & Subscription.DIRECT for s in self.bus.sessions_of(recipient.id))
-        message = self._new_message(sender, body, kind, recipient_id=recipient.id, delivered=live)
+        message = self._new_message(sender, body, kind, recipient_id=recipient.id)
         message = attrs.evolve(message, id=await self.store.add_message(message))
         self.stats["messages"] += 1
         event = events.DirectMessage(message, sender, recipient, tags)
@@ -59,8 +64,30 @@ class Messages:
             delivered = self._publish(event, (sender.id,))
         else:  # the recipient's sessions, and the sender's others
             delivered = self._publish(event, (recipient.id, sender.id), origin)
+        self.shown_live(message)
         self._delivered(message, delivered)
         return message
+
+    def shown_live(self, message: Message) -> None:
+        """A direct message was just handed to this node's sessions: if one of them renders it
+        live, the store marks it delivered (once per message, in the store's group commit; a
+        second node marking it too changes nothing), so no login shows it again as waiting.
+        The other nodes hear of it too, so that a login there before the mark commits leaves it
+        out as well. Sinks that confirm delivery themselves (``DIRECT_PUSHED``) mark it when
+        they do."""
+        if message.delivered or not any(s.subscribes & Subscription.DIRECT
+                                        for s in self.bus.sessions_of(message.recipient_id)):
+            return
+        self.note_shown(message.id)
+        self.bus.notify("shown", message.id)
+        self.store.mark_delivered([message.id]).addErrback(lambda failure: log.warn(
+            "cannot mark message {id} delivered: {why}", id=message.id, why=failure.getErrorMessage()))
+
+    def note_shown(self, message_id: int) -> None:
+        """A session (here or on another node) showed this direct message live."""
+        self._shown[message_id] = None
+        if len(self._shown) > SHOWN_WINDOW:
+            self._shown.popitem(last=False)
 
     def _delivered(self, message: Message, sessions: int):
         """Count the sessions a message was handed to, and how long after its arrival."""
@@ -182,15 +209,17 @@ class Messages:
     @deferred
     async def take_undelivered(self, user: User, limit=1000) -> list[Message]:
         """Direct messages that waited for the user, now marked delivered (oldest first)."""
-        waiting = await self.store.inbox(user.id, limit, undelivered_only=True)
+        waiting = await self.undelivered(user, limit)
         if waiting:
             await self.store.mark_delivered([m.id for m in waiting])
         return waiting
 
     def undelivered(self, user: User, limit=1000) -> Deferred:
-        """Deferred[list[Message]]: direct messages still waiting for the user, oldest first, left
-        waiting: a session that confirms delivery marks each with ``mark_delivered``."""
-        return self.store.inbox(user.id, limit, undelivered_only=True)
+        """Deferred[list[Message]]: direct messages the store says still wait for the user, oldest
+        first, left waiting: a session that confirms delivery marks each with ``mark_delivered``.
+        Those a session showed live are left out even if their mark is not committed yet."""
+        waiting = self.store.inbox(user.id, limit, undelivered_only=True)
+        return waiting.addCallback(lambda found: [m for m in found if m.id not in self._shown])
 
     @deferred
     async def mark_delivered(self, user: User, messages: Iterable[Message]) -> None:
