@@ -246,7 +246,30 @@ class Deadline:
             self._timeouts.drop(self)
 
 
-class Timeouts:
+class PerClock:
+    """One instance per clock (the reactor, or a test's fake clock), made on first use by ``of``.
+
+    The clock is held weakly, and so is the instance (the value of a weak mapping per subclass),
+    so a test's fake clock and what hangs off it go away together.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._of = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, clock):
+        """The instance for ``clock``."""
+        found = cls._of.get(clock)
+        if found is None:
+            found = cls._of[clock] = cls(clock)
+        return found
+
+    def __init__(self, clock):
+        self._clock = weakref.ref(clock)
+
+
+class Timeouts(PerClock):
     """The deadlines of one clock in one heap under one DelayedCall, not a DelayedCall each.
 
     An idle connection costs a heap entry. A cancelled deadline's entry holds nothing, and
@@ -257,18 +280,8 @@ class Timeouts:
     entry.
     """
 
-    _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    @classmethod
-    def of(cls, clock) -> Timeouts:
-        """The schedule of ``clock`` (the reactor, or a test's fake clock)."""
-        timeouts = cls._of.get(clock)
-        if timeouts is None:
-            timeouts = cls._of[clock] = cls(clock)
-        return timeouts
-
     def __init__(self, clock):
-        self._clock = weakref.ref(clock)  # held weakly: this object is the value of a weak mapping
+        super().__init__(clock)
         self._heap: list[list] = []
         self._order = itertools.count()  # equal times fire in the order queued
         self._live = 0  # entries that still hold a deadline
@@ -343,7 +356,7 @@ class Timeouts:
             self._wake()
 
 
-class WriteTurns:
+class WriteTurns(PerClock):
     """Deliveries held until the reactor's turn ends, then written once per connection.
 
     A store commit lands many room messages in one turn, and each reaches every member: a
@@ -356,17 +369,8 @@ class WriteTurns:
     at once.
     """
 
-    _of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    @classmethod
-    def of(cls, clock) -> WriteTurns:
-        turns = cls._of.get(clock)
-        if turns is None:
-            turns = cls._of[clock] = cls(clock)
-        return turns
-
     def __init__(self, clock):
-        self._clock = weakref.ref(clock)  # held weakly: this object is the value of a weak mapping
+        super().__init__(clock)
         self._held: list = []
         self._call = None
 

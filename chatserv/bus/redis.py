@@ -463,6 +463,11 @@ class RedisBus(service.MultiService):
         if self._note_seen(event) is False:
             return
         self.stats["received"] += 1
+        self._deliver_here(event, audience)
+
+    def _deliver_here(self, event, audience):
+        """Hand another node's event to this node's sessions, through the observer (the node's
+        caches) when there is one, so it can bring them up to date first."""
 
         def deliver():
             return self.local.publish(event, audience)
@@ -524,14 +529,7 @@ class RedisBus(service.MultiService):
         if event is None:
             event = events.PresenceChanged(user, online, proto, reason)
             audience = Audience(presence_of=user.id)
-
-        def deliver():
-            return self.local.publish(event, audience)
-
-        if self.observer is not None:
-            self.observer.remote(event, deliver)
-        else:
-            deliver()
+        self._deliver_here(event, audience)
 
     def _drop_node(self, node, reason):
         users = self._remote.get(node, {})
