@@ -308,16 +308,23 @@ class Held:
             d.callback(None)
 
 
-async def identify_and_leave(held_owner, held_name):
-    """A guest on a room kept in the store logs in to dave and drops its connection while
-    ``held_owner.held_name`` (a step of the login) waits; then that step goes on. Returns the
-    service."""
+async def owner_and_dave_with_a_kept_room():
+    """A service whose password checks wait for ``hasher.release()``, with accounts owner and
+    dave and owner's stored room #kept. Returns (service, hasher, owner, dave)."""
     hasher = HeldHasher()
     chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
     chat.startService()
     await chat.when_ready()
     owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
     await chat.create_room(owner, "kept")
+    return chat, hasher, owner, dave
+
+
+async def identify_and_leave(held_owner, held_name):
+    """A guest on a room kept in the store logs in to dave and drops its connection while
+    ``held_owner.held_name`` (a step of the login) waits; then that step goes on. Returns the
+    service."""
+    chat, hasher, owner, dave = await owner_and_dave_with_a_kept_room()
     await chat.create_room(dave, "daves")  # replayed at login, as the guest is not on it
     await chat.send_direct(owner, dave, "waiting for dave")
     clock, connection, transport = await connect(chat)
@@ -350,12 +357,7 @@ async def test_a_guest_that_leaves_while_it_logs_in_is_gone_and_its_messages_wai
 
 @pytest_twisted.ensureDeferred
 async def test_a_guest_that_leaves_while_it_logs_in_to_an_account_online_elsewhere_leaves_no_session():
-    hasher = HeldHasher()
-    chat = ChatService(MemoryStore(), hasher, MemoryReactorClock(), Limits())
-    chat.startService()
-    await chat.when_ready()
-    owner, dave = await chat.register("owner", "pw"), await chat.register("dave", "pw")
-    await chat.create_room(owner, "kept")
+    chat, hasher, owner, dave = await owner_and_dave_with_a_kept_room()
     elsewhere = chat.attach(dave, Sink(), "web")
     clock, connection, transport = await connect(chat)
     connection.dataReceived(b"NICK gina\r\nUSER g 0 * :G\r\nJOIN #kept\r\n")

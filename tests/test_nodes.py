@@ -147,8 +147,9 @@ def test_a_redis_bus_needs_a_shared_store_and_workers_need_both():
     nodes_check("chatserv.sqlite3", "local", 1)
 
 
-@pytest_twisted.ensureDeferred
-async def test_irc_across_nodes_one_server(cluster):
+async def alice_on_a_and_bob_on_b_in_one_room(cluster):
+    """alice makes #room on node a; bob, on node b, joins it once b knows of it. Returns both
+    clients and the lines bob got up to his NAMES end (366)."""
     a, b = cluster
     alice = await raw(a, "alice")
     bob = await raw(b, "bob")
@@ -156,7 +157,14 @@ async def test_irc_across_nodes_one_server(cluster):
     await until(alice, b" 366 ")
     await until_known(bob, b"alice", b"#room")
     bob.send(b"JOIN #room")  # created on a, joinable on b
-    names = b"".join(await until(bob, b" 366 "))
+    return alice, bob, await until(bob, b" 366 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_irc_across_nodes_one_server(cluster):
+    _, b = cluster
+    alice, bob, joined = await alice_on_a_and_bob_on_b_in_one_room(cluster)
+    names = b"".join(joined)
     assert b"alice" in names and b"bob" in names  # NAMES sees both nodes
     await until(alice, b"JOIN")
     bob.send(b"PRIVMSG #room :hello from b")
@@ -226,14 +234,8 @@ async def test_a_direct_message_shown_on_one_node_does_not_wait_on_the_other(clu
 
 @pytest_twisted.ensureDeferred
 async def test_a_killed_node_takes_its_users_offline_everywhere(cluster):
-    a, b = cluster
-    alice = await raw(a, "alice")
-    bob = await raw(b, "bob")
-    alice.send(b"JOIN #room")
-    await until(alice, b" 366 ")
-    await until_known(bob, b"alice", b"#room")
-    bob.send(b"JOIN #room")
-    await until(bob, b" 366 ")
+    a, _ = cluster
+    alice, bob, _ = await alice_on_a_and_bob_on_b_in_one_room(cluster)
     a.twistd.kill()
     # within the presence TTL (1.5 s here), b's users see alice quit
     quit_line = (await until(bob, b"QUIT"))[-1]
