@@ -88,6 +88,7 @@ class PostgresStore(SQLStore):
         return conn.closed or conn.broken
 
     def _execute_run(self, cursor, sql, params):
+        params = list(params)
         copy = self._copies.get(sql, False)
         if copy is False:
             insert = _PLAIN_INSERT.fullmatch(sql)

@@ -15,12 +15,13 @@ Statements are written once, with sqlite3's ``?`` or ``:name`` placeholders, in 
 engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on every subquery);
 an engine translates the placeholders for its driver.
 
-Ids: the store gives every new user, room and message its id. Such an insert names a
-``NewId`` as its first parameter; the writer swaps in real ids as the batch commits and the
-write's Deferred fires with the id. SQLite's writer, the only one, counts from past the highest
-stored id; PostgreSQL takes ``nextval`` of each table's identity sequence, which is not
-transactional, so ids stay unique across nodes and are never reused (a rolled-back insert
-leaves a gap); a busy PostgreSQL writer reserves them in blocks (``postgres.py``). A room
+Ids: the store gives every new user, room and message its id, and the write's Deferred fires
+with it. SQLite, whose one writer is in this process, counts from past the highest stored id
+on the reactor thread (``_id``), so its writer thread does no per-row work for ids. PostgreSQL's
+inserts name a ``NewId`` as their first parameter, and the writer swaps in ``nextval`` of each
+table's identity sequence as the batch commits; sequences are not transactional, so ids stay
+unique across nodes and are never reused (a rolled-back insert leaves a gap); a busy
+PostgreSQL writer reserves them in blocks (``postgres.py``). A room
 that is not stored (a guest's) still takes its id from the rooms' counter, since its messages
 are stored. Guest ids count down from the
 lowest ever handed out (``counters``), so none is reused across restarts.
@@ -34,6 +35,8 @@ import secrets
 import threading
 import time
 from contextlib import closing
+from itertools import chain, groupby
+from operator import itemgetter
 
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.threads import deferToThreadPool
@@ -62,6 +65,7 @@ class NewId:
 
 NEW_USER, NEW_ROOM, NEW_MESSAGE = NewId("users"), NewId("rooms"), NewId("messages")
 _ID_ONLY = None  # the SQL of a write that only takes an id (a room that is not stored)
+_STATEMENTS, _SQL, _PARAMS = itemgetter(0), itemgetter(0), itemgetter(1)
 _MAX_BATCH = 2000
 # Ids a PostgreSQL writer under load reserves ahead (postgres.py), handed out over the next
 # batches: one node's messages may be stored this far (plus a batch) below another's newer ids.
@@ -148,18 +152,6 @@ def _message(row) -> Message:
     )
 
 
-def _runs(statements):
-    """Consecutive statements with the same SQL as one ``(sql, [params, ...])`` run, for
-    ``executemany``: a batch of room messages is one run."""
-    runs = []
-    for sql, params in statements:
-        if runs and runs[-1][0] == sql:
-            runs[-1][1].append(params)
-        else:
-            runs.append((sql, [params]))
-    return runs
-
-
 class WriterStopped(RuntimeError):
     """The writer thread is gone: no write can be acknowledged any more."""
 
@@ -173,12 +165,22 @@ class _DaemonThreadPool(ThreadPool):
 
 @implementer(IStore)
 class SQLStore:
-    """The engine-neutral part; a subclass provides the hooks under "engine" below."""
+    """The engine-neutral part; a subclass provides the hooks under "engine" below.
+
+    A queued write is ``(statements, deferred, new)``: ``new`` is the id of the row it makes
+    (or a ``NewId`` the writer replaces), None if it makes none.
+
+    The writer thread keeps its per-row Python to a minimum: while it runs bytecode it holds
+    the GIL, and a reactor thread waiting for the GIL waits out the whole switch interval.
+    Batches are flattened and grouped into ``executemany`` runs by C iterators, and each
+    batch's Deferreds are fired on the reactor thread (``_fire``).
+    """
 
     engine: str  # the key of this engine's SQL in ``migrations.PerEngine``
     reader_threads = 1
     refused_values: tuple[type[Exception], ...] = ()  # the driver's "this value cannot be stored"
     json_ids = "json_each(:rooms)"  # rows whose ``value`` is each element of the JSON array :rooms
+    ids_from_writer = True  # new rows' ids are taken in the writer thread (``_take_ids``)
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -195,7 +197,7 @@ class SQLStore:
         self._batch: list = []  # the writes the writer thread is committing
         self._stopped: Failure | None = None  # why the writer thread stopped, if it did unasked
         self._broken: list[Deferred] = []
-        self._next: dict[str, int] = {}  # the next id of each of ID_TABLES (the writer thread's)
+        self._next: dict[str, int] = {}  # the next id of each of ID_TABLES (see ``_id``)
         self._last_guest_id = 0  # the lowest guest id handed out (the reactor thread's)
         self._guest_blocks: list[tuple[int, int]] = []  # claimed guest ids (guest_id_block > 1)
 
@@ -232,11 +234,15 @@ class SQLStore:
         free["rooms"] = max(free["rooms"], last_room_message + 1)
         return free
 
+    def _id(self, new: NewId):
+        """What a new row's insert names as its id, on the reactor thread: here the placeholder
+        the writer replaces with ``_take_ids``; an engine whose only writer is this process
+        counts the id itself."""
+        return new
+
     def _take_ids(self, conn, table: str, count: int) -> list[int]:
         """``count`` new ids of ``table``, in increasing order (in the writer thread)."""
-        start = self._next[table]
-        self._next[table] = start + count
-        return list(range(start, start + count))
+        raise NotImplementedError
 
     def _describe(self) -> str:
         """The database, for log lines (never a password)."""
@@ -335,7 +341,7 @@ class SQLStore:
         """The writer thread died: fail what waits for it, and say so."""
         log.failure("store: the writer thread stopped; no write can be stored any more", failure)
         self._stopped = failure
-        waiting = [d for _, d in self._batch]
+        waiting = [d for _, d, _ in self._batch]
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -373,63 +379,60 @@ class SQLStore:
             if conn is None:
                 conn = self._connect()
                 self._reactor.callFromThread(log.info, "store: connected to {db} again", db=self._describe())
-            batch, ids = self._assign_ids(conn, batch)
-            self._apply(conn, [s for statements, _ in batch for s in statements])
-            outcomes = [(d, None, new) for (_, d), new in zip(batch, ids, strict=True)]
+            if self.ids_from_writer:
+                batch = self._assign_ids(conn, batch)
+            self._apply(conn, list(chain.from_iterable(map(_STATEMENTS, batch))))
+            self._reactor.callFromThread(_fire, batch)
         except Exception:
             failure = Failure()
             if conn is None or self._lost(conn):
                 conn = self._forget_writer(conn, failure)
-                outcomes = [(d, self._unavailable(failure), None) for _, d in batch]
+                self._reactor.callFromThread(_fire, batch, self._unavailable(failure))
             elif len(batch) == 1:
-                outcomes = [(batch[0][1], self._refused(failure), None)]
+                self._reactor.callFromThread(_fire, batch, self._refused(failure))
             else:
-                conn, outcomes = self._commit_each(conn, batch)
-        self._reactor.callFromThread(_fire, outcomes)
+                conn = self._commit_each(conn, batch)
         return conn
 
     def _commit_each(self, conn, batch):
         """After a batch failed: each write in its own transaction, so only a bad one fails
         (with the ids it was given: a failed one leaves a gap)."""
-        outcomes, gone = [], None
-        for statements, d in batch:
+        gone = None
+        for write in batch:
             if gone is not None:
-                outcomes.append((d, gone, None))
+                self._reactor.callFromThread(_fire, [write], gone)
                 continue
             try:
-                [(statements, d)], [new] = self._assign_ids(conn, [(statements, d)])
-                self._apply(conn, statements)
-                outcomes.append((d, None, new))
+                if self.ids_from_writer:
+                    [write] = self._assign_ids(conn, [write])
+                self._apply(conn, write[0])
+                self._reactor.callFromThread(_fire, [write])
             except Exception:
                 failure = Failure()
                 if self._lost(conn):
                     conn = self._forget_writer(conn, failure)
                     failure = gone = self._unavailable(failure)
-                outcomes.append((d, self._refused(failure), None))
-        return conn, outcomes
+                self._reactor.callFromThread(_fire, [write], self._refused(failure))
+        return conn
 
     def _assign_ids(self, conn, batch):
-        """The batch with a real id in place of each ``NewId``, and the id each write was given
-        (None: it made no row). A write given its ids already keeps them."""
+        """The batch with a real id in place of each ``NewId``, in its statement and as the
+        id the write fires with."""
         wanted: dict[str, int] = {}
-        for statements, _ in batch:
-            first = statements[0][1]
-            if first and type(first[0]) is NewId:
-                wanted[first[0].table] = wanted.get(first[0].table, 0) + 1
+        for _, _, new in batch:
+            if type(new) is NewId:
+                wanted[new.table] = wanted.get(new.table, 0) + 1
         if not wanted:
-            return batch, [None] * len(batch)
+            return batch
         fresh = {table: iter(self._take_ids(conn, table, count)) for table, count in wanted.items()}
-        assigned, ids = [], []
-        for statements, d in batch:
-            sql, params = statements[0]
-            if params and type(params[0]) is NewId:
-                new = next(fresh[params[0].table])
-                statements = ((sql, (new, *params[1:])), *statements[1:])
-                ids.append(new)
-            else:
-                ids.append(None)
-            assigned.append((statements, d))
-        return assigned, ids
+        assigned = []
+        for statements, d, new in batch:
+            if type(new) is NewId:
+                new = next(fresh[new.table])
+                (sql, params), *rest = statements
+                statements = ((sql, (new, *params[1:])), *rest)
+            assigned.append((statements, d, new))
+        return assigned
 
     def _refused(self, failure: Failure) -> Failure:
         """Text the database cannot hold is input, not a fault: the sender gets its port's
@@ -439,13 +442,15 @@ class SQLStore:
         return failure
 
     def _apply(self, conn, statements):
+        """``statements`` in one transaction; consecutive ones with the same SQL (a batch of
+        room messages) as one ``executemany``."""
         with self._transaction(conn), closing(conn.cursor()) as cursor:
-            for sql, params in _runs(statements):
+            for sql, run in groupby(statements, _SQL):
                 if sql is not _ID_ONLY:
-                    self._execute_run(cursor, sql, params)
+                    self._execute_run(cursor, sql, map(_PARAMS, run))
 
     def _execute_run(self, cursor, sql, params):
-        """One statement, once for each of ``params``."""
+        """One statement, once for each of ``params`` (an iterator)."""
         cursor.executemany(self._sql(sql), params)
 
     def _forget_writer(self, conn, failure: Failure):
@@ -482,13 +487,14 @@ class SQLStore:
         for reader in readers:
             reader.close()
 
-    def _write(self, *statements):
+    def _write(self, *statements, new=None):
+        """Queue ``statements`` as one write; its Deferred fires with ``new`` once committed."""
         if self._closed is not None:
             raise RuntimeError("store is closed")
         if self._stopped is not None:
             return fail(WriterStopped("the store's writer thread stopped"))
         d = Deferred()
-        self._queue.put((statements, d))
+        self._queue.put((statements, d, new))
         return d
 
     # reads
@@ -581,12 +587,13 @@ class SQLStore:
     # writes
 
     def add_user(self, user):
+        new = self._id(NEW_USER)
         return self._write((
             "INSERT INTO users (id, username, username_key, salt, verifier, created_at, public_key)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (NEW_USER, user.username, fold(user.username), user.salt, user.verifier,
+            (new, user.username, fold(user.username), user.salt, user.verifier,
              user.created_at, user.public_key),
-        ))
+        ), new=new)
 
     def update_user(self, user):
         return self._write((
@@ -608,13 +615,14 @@ class SQLStore:
         ))
 
     def add_room(self, room):
+        new = self._id(NEW_ROOM)
         if not room.persistent:
-            return self._write((_ID_ONLY, (NEW_ROOM,)))
+            return self._write((_ID_ONLY, (new,)), new=new)
         return self._write((
             "INSERT INTO rooms (id, name, name_key, topic, created_by, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (NEW_ROOM, room.name, fold(room.name), room.topic, room.created_by, room.created_at),
-        ))
+            (new, room.name, fold(room.name), room.topic, room.created_by, room.created_at),
+        ), new=new)
 
     def update_room(self, room):
         values = [getattr(room, field) for field in ROOM_SETTINGS]
@@ -655,11 +663,12 @@ class SQLStore:
         ))
 
     def add_message(self, message):
+        new = self._id(NEW_MESSAGE)
         return self._write((
             _INSERT_MESSAGE,
-            (NEW_MESSAGE, message.sender_id, message.sender_name, message.body, message.sent_at,
+            (new, message.sender_id, message.sender_name, message.body, message.sent_at,
              message.kind, message.recipient_id, message.room_id, message.delivered),
-        ))
+        ), new=new)
 
     def mark_delivered(self, message_ids):
         return self._write(*[
@@ -852,9 +861,11 @@ def one_line(text: str) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _fire(outcomes):
-    for d, failure, result in outcomes:
-        if failure is None:
-            d.callback(result)
-        else:
+def _fire(batch, failure: Failure | None = None):
+    """On the reactor thread: each write of a batch committed (firing with its id) or failed."""
+    if failure is None:
+        for _, d, new in batch:
+            d.callback(new)
+    else:
+        for _, d, _ in batch:
             d.errback(failure)
