@@ -24,7 +24,6 @@ from chatserv.protocols import keyvalue
 from chatserv.protocols.chatroom import (
     KILL_REASON,
     ChatroomFactory,
-    KeyValueWire,
     Pusher,
     PushFailed,
     wire_of,
@@ -673,9 +672,9 @@ def chatroom():
     return new_chatroom()
 
 
-def connected(factory):
+def connected(factory, host="127.0.0.1"):
     connection = factory.buildProtocol(None)
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
     connection.makeConnection(transport)
     return connection, transport
 
@@ -688,11 +687,20 @@ def answer_push(clock, index=-1) -> StringTransport:
     return transport
 
 
+def callback_login(factory, name, port, host="127.0.0.1"):
+    """``name`` logs in from ``host`` as the original client does: a request naming the port
+    to push to."""
+    connection, transport = connected(factory, host)
+    connection.dataReceived(b"password:pw:port:%d:type:auth:username:%s\n" % (port, name.encode()))
+    assert transport.value() == b"result:ok\n"
+    return factory.callbacks[factory.service.user(name).id]
+
+
 def test_silent_logins_end_and_their_peers_are_told(chatroom):
     service, clock = chatroom.service, chatroom.clock
     alice, bob = service.user("alice"), service.user("bob")
-    chatroom.open_callback(alice, "127.0.0.1", 5001, KeyValueWire, b"\n")
-    bob_login = chatroom.open_callback(bob, "127.0.0.1", 5002, KeyValueWire, b"\n")
+    callback_login(chatroom, "alice", 5001)
+    bob_login = callback_login(chatroom, "bob", 5002)
     chatroom.pair(alice, bob)
 
     clock.advance(59)

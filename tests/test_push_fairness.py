@@ -10,9 +10,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.model import LOBBY
-from chatserv.protocols.chatroom import KeyValueWire, Pusher, PushFailed
+from chatserv.protocols.chatroom import Pusher, PushFailed
 from tests.support import TIMEOUT, Daemon, connect
-from tests.test_chatroom import kv, kv_login, listener, new_chatroom, users
+from tests.test_chatroom import callback_login, kv, kv_login, listener, new_chatroom, users
 
 TARPITS = "203.0.113.66"  # one address, many listening ports that never answer
 ALICE = "198.51.100.7"
@@ -54,10 +54,9 @@ def test_tarpits_on_one_address_never_delay_a_direct_message():
     service, clock = chatroom.service, chatroom.clock
     alice, bob = service.user("alice"), service.user("bob")
     for n in range(40):
-        tarpit = service.register(f"tarpit{n}", "pw").result
-        chatroom.open_callback(tarpit, TARPITS, 7000 + n, KeyValueWire, b"\n")
-        service.join_room(tarpit, LOBBY)
-    chatroom.open_callback(alice, ALICE, 5001, KeyValueWire, b"\n")
+        service.register(f"tarpit{n}", "pw")
+        callback_login(chatroom, f"tarpit{n}", 7000 + n, TARPITS)
+    callback_login(chatroom, "alice", 5001, ALICE)
     for user in (alice, bob):
         service.join_room(user, LOBBY)
     far = Far(clock)

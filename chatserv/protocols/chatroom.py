@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -460,7 +462,8 @@ class CallbackLogin:
     # delivered once the client answers.
     subscribes = Subscription.PRESENCE | Subscription.DIRECT_PUSHED
 
-    def __init__(self, factory: ChatroomFactory, user: User, host: str, port: int, wire, terminator: bytes):
+    def __init__(self, factory: ChatroomFactory, host: str, port: int, wire, terminator: bytes,
+                 on_admit: Callable[[], None]):
         self.factory = factory
         self.host = host
         self.port = port
@@ -472,8 +475,20 @@ class CallbackLogin:
         self._sending = False
         self._stopped = False
         self._heard: set[int] | None = set()  # direct messages pushed before the waiting ones are
-        self.session: Session = factory.service.attach(user, self, PROTOCOL, host)
-        self._alive = factory.clock.callLater(factory.alive_timeout, self._expired)
+        self._on_admit = on_admit
+        self.session: Session | None = None  # ChatService.log_in attaches it
+        self._alive: IDelayedCall | None = None
+
+    def admit(self, user) -> bool:
+        """``ChatService.log_in`` asks once the credentials passed: the connection that asked
+        for this login gives up its own, and this one takes the user's place on its port."""
+        self._on_admit()
+        self.factory.register_callback(user, self)
+        return True
+
+    def attached(self, session: Session):
+        self.session = session
+        self._alive = self.factory.clock.callLater(self.factory.alive_timeout, self._expired)
 
     @property
     def user(self) -> User:
@@ -499,7 +514,7 @@ class CallbackLogin:
                 self.enqueue(QueuedPush(message_push(self.wire, message), message))
 
     def touch(self):
-        if self._alive.active():
+        if self._alive is not None and self._alive.active():
             self._alive.reset(self.factory.alive_timeout)
 
     def _expired(self):
@@ -509,7 +524,7 @@ class CallbackLogin:
 
     def end(self):
         """Log out (pushes already queued, such as a kill, still go out)."""
-        if self._alive.active():
+        if self._alive is not None and self._alive.active():
             self._alive.cancel()
         self.factory.forget(self)
 
@@ -517,7 +532,7 @@ class CallbackLogin:
         """The daemon stops: no timer and no push outlives it."""
         self._stopped = True
         self._queue.clear()
-        if self._alive.active():
+        if self._alive is not None and self._alive.active():
             self._alive.cancel()
 
     def ask_consent(self, asker: User) -> defer.Deferred:
@@ -766,7 +781,9 @@ class ChatroomConnection(ChatConnection):
                 self._auth_wire = wire
                 result = await self.log_in(credentials, waiting=True)
             else:
-                result = await self.service.log_in(credentials, address=self.peer_host)
+                terminator = b"" if self._unterminated else b"\n"
+                login = CallbackLogin(self.factory, self.peer_host, port, wire, terminator, self.logout)
+                result = await self.service.log_in(credentials, login, PROTOCOL, self.peer_host, waiting=True)
         except errors.BadCredentials:
             self._close_after_reply = self.login_failed()
             return FAIL
@@ -779,11 +796,8 @@ class ChatroomConnection(ChatConnection):
             self._after_reply = [message_push(wire, m) for m in result.waiting]
             await self.service.mark_delivered(user, result.waiting)
         else:
-            self.logout()
-            terminator = b"" if self._unterminated else b"\n"
-            login = self.factory.open_callback(user, self.peer_host, port, wire, terminator)
-            session = login.session
-            login.push_waiting(await self.service.undelivered(user))
+            session = result.session
+            login.push_waiting(result.waiting)
         self.service.kick_others(session, KILL_REASON)
         await self.service.join_room(user, LOBBY)
         return OK
@@ -884,12 +898,11 @@ class ChatroomFactory(ChatFactory):
         self.callbacks: dict[int, CallbackLogin] = {}
         self._peers: dict[int, set[int]] = collections.defaultdict(set)
 
-    def open_callback(self, user, host, port, wire, terminator) -> CallbackLogin:
+    def register_callback(self, user, login: CallbackLogin):
         old = self.callbacks.get(user.id)
-        if old is not None and (old.host, old.port) == (host, port):
+        if old is not None and (old.host, old.port) == (login.host, login.port):
             old.end()  # the same client logging in again: nobody to kill
-        login = self.callbacks[user.id] = CallbackLogin(self, user, host, port, wire, terminator)
-        return login
+        self.callbacks[user.id] = login
 
     def stopFactory(self):
         """The port stops with the daemon: callback logins end with it, without pushes."""
