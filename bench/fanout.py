@@ -15,8 +15,13 @@ on the same connections:
   probe fails (p99 at or over MS, less than 98% of the rate delivered, or messages shed),
   then halves the gap ``--ceiling-steps`` times. Each probe is a ``rate`` phase.
 
-Latency: each received chunk contributes one sample, the age of its first (oldest)
-message, weighted by the number of messages in the chunk: an upper bound per chunk.
+Latency: each received chunk contributes one sample for its first (oldest) message, weighted
+by the number of messages in the chunk: an upper bound per chunk. ``p50_ms``/``p99_ms`` are
+the server's, socket to socket: from the moment the sender wrote the message to the moment the
+member's kernel received the chunk (``SO_TIMESTAMPING``, read with ``recvmsg``; on loopback,
+when the server sent it). ``client_p50_ms``/``client_p99_ms`` are what the generator saw: from
+the time the message was due to the time the generator got round to reading it, so its own lag
+on either side counts (the only figure before the kernel's stamps were used).
 ``client_cpu`` is the generator's own CPU (cores) over the phase: one asyncio process tops
 out at one core, and near there the figure measures the generator, not the server. With
 ``--processes N`` the rooms are dealt out among N generator processes that start every
@@ -48,27 +53,36 @@ class Stats:
     def __init__(self):
         self.active = False
         self.deliveries = 0
-        self.latencies: list[int] = []
+        self.latencies: list[int] = []  # written to received by the kernel, ns
+        self.lags: list[int] = []  # due to read by the generator, ns
         self.weights: list[int] = []
 
     def reset(self):
         self.deliveries = 0
         self.latencies = []
+        self.lags = []
         self.weights = []
 
+    def add(self, other: Stats):
+        self.deliveries += other.deliveries
+        self.latencies += other.latencies
+        self.lags += other.lags
+        self.weights += other.weights
 
-MARK = b"~@"  # a message body is ~@<seq>~<stamp ns>~<padding>: the same on every wire
+
+# A message body is ~@<seq>~<written ns>~<due ns>~<padding>, the same on every wire.
+MARK = b"~@"
 
 
 def _body(buf: bytes, start: int, end: int):
-    """(seq, stamp_ns) of the message in the line ``buf[start:end]``, or None."""
+    """(seq, written_ns, due_ns) of the message in the line ``buf[start:end]``, or None."""
     line = buf[start:end]
     at = line.find(MARK)
     if at < 0:
         return None
-    fields = line[at + 2:].split(b"~", 2)
+    fields = line[at + 2:].split(b"~", 3)
     try:
-        return int(fields[0]), int(fields[1])
+        return int(fields[0]), int(fields[1]), int(fields[2])
     except (ValueError, IndexError):
         return None
 
@@ -81,7 +95,7 @@ class Counting:
     stats: Stats
     _tail = b""
 
-    def count(self, data: bytes):
+    def count(self, data: bytes, arrived: int | None = None):
         buf = self._tail + data if self._tail else data
         end = buf.rfind(b"\n")
         if end < 0:
@@ -96,7 +110,9 @@ class Counting:
             stats.deliveries += count
             first = _body(buf, 0, buf.find(b"\n"))
             if first is not None:
-                stats.latencies.append(now_ns() - first[1])
+                now = now_ns()
+                stats.latencies.append((arrived or now) - first[1])
+                stats.lags.append(now - first[2])
                 stats.weights.append(count)
         last = _body(buf, buf.rfind(b"\n", 0, end) + 1, end)
         if last is not None:
@@ -107,15 +123,17 @@ class Counting:
 
 
 class Member(Counting, IrcConnection):
-    def on_chunk(self, data: bytes):
+    def on_chunk(self, data: bytes, arrived: int | None = None):
         if data.startswith(b"PING") or b"\nPING" in data:
             self._answer_pings(data)
-        self.count(data)
+        self.count(data, arrived)
 
 
 class Room:
-    def __init__(self, channel: str, sender: IrcConnection, members: list[Counting], window: int, pad: bytes):
+    def __init__(self, channel: str, sender: IrcConnection, members: list[Counting], window: int, pad: bytes,
+                 phase: float = 0.0):
         self.channel = channel.encode()
+        self.phase = phase  # where in each step of the open loop this room's messages fall due
         self.sender = sender
         self.members = members
         self.window = window
@@ -138,10 +156,10 @@ class Room:
         if free >= self.refill:
             self.send(free, now_ns(), 0)
 
-    def send(self, count: int, first_stamp: int, step_ns: int):
-        channel, pad, seq = self.channel, self.pad, self.sent
+    def send(self, count: int, first_due: int, step_ns: int):
+        channel, pad, seq, written = self.channel, self.pad, self.sent, now_ns()
         self.sender.transport.write(b"".join(
-            b"PRIVMSG %s :~@%d~%d~%s\r\n" % (channel, seq + i, first_stamp + i * step_ns, pad)
+            b"PRIVMSG %s :~@%d~%d~%d~%s\r\n" % (channel, seq + i, written, first_due + i * step_ns, pad)
             for i in range(1, count + 1)
         ))
         self.sent += count
@@ -175,6 +193,8 @@ def figures(stats: Stats, elapsed: float) -> dict:
         "deliveries_per_s": round(stats.deliveries / elapsed),
         "p50_ms": percentile(stats.latencies, stats.weights, 0.50),
         "p99_ms": percentile(stats.latencies, stats.weights, 0.99),
+        "client_p50_ms": percentile(stats.lags, stats.weights, 0.50),
+        "client_p99_ms": percentile(stats.lags, stats.weights, 0.99),
         "samples": len(stats.latencies),
     }
 
@@ -197,9 +217,7 @@ async def measure(rooms: list[Room], groups: dict[str, Stats], warmup: float, du
     elapsed = time.monotonic() - t0
     total = Stats()
     for stats in groups.values():
-        total.deliveries += stats.deliveries
-        total.latencies += stats.latencies
-        total.weights += stats.weights
+        total.add(stats)
     result = {
         "seconds": round(elapsed, 2),
         **figures(total, elapsed),
@@ -226,22 +244,25 @@ async def drain(rooms: list[Room], timeout: float) -> bool:
 
 
 async def open_loop(rooms: list[Room], per_room_rate: float, max_backlog: int, stop: asyncio.Event):
-    """Send on schedule: message k of a room is due at start + k / rate and stamped so."""
+    """Send on schedule: message k of a room is due at its start + k / rate and stamped so.
+    The rooms' schedules are spread over one step (``Room.phase``), as independent senders
+    would be, rather than every room's message falling due at the same instant."""
     step_ns = int(1e9 / per_room_rate)
-    start_ns = now_ns()
+    begin_ns = now_ns()
+    starts = [begin_ns + int(room.phase * step_ns) for room in rooms]
     issued = [0] * len(rooms)  # messages due so far: sent, or shed because the backlog was full
     while not stop.is_set():
-        due = (now_ns() - start_ns) // step_ns
+        now = now_ns()
         for k, room in enumerate(rooms):
-            count = due - issued[k]
+            count = max(0, (now - starts[k]) // step_ns) - issued[k]
             if count <= 0:
                 continue
             allowed = max(0, min(count, max_backlog - room.backlog()))
             if allowed:
-                room.send(allowed, start_ns + issued[k] * step_ns, step_ns)
+                room.send(allowed, starts[k] + issued[k] * step_ns, step_ns)
             room.shed += count - allowed
             issued[k] += count
-        next_due_ns = start_ns + (min(issued) + 1) * step_ns
+        next_due_ns = min(start + (n + 1) * step_ns for start, n in zip(starts, issued, strict=True))
         await asyncio.sleep(min(0.005, max(0.0, (next_due_ns - now_ns()) / 1e9)))
 
 
@@ -265,7 +286,7 @@ async def open_rooms(args, numbers, stats: Stats) -> tuple[list[Room], list[IrcC
         rooms = []
         for k, (r, sender) in enumerate(zip(numbers, senders, strict=True)):
             mine = members[k * args.members:(k + 1) * args.members]
-            rooms.append(Room(f"#{prefix}room{r}", sender, mine, args.window, pad))
+            rooms.append(Room(f"#{prefix}room{r}", sender, mine, args.window, pad, phase=r / args.rooms))
         joins = [room.sender.join(room.channel.decode()) for room in rooms]
         if args.member_port or args.cluster:  # the rooms exist (on every node) before members join
             await asyncio.wait_for(asyncio.gather(*joins), args.timeout)
@@ -280,6 +301,9 @@ async def open_rooms(args, numbers, stats: Stats) -> tuple[list[Room], list[IrcC
         conn._tail = conn._buffer
         conn.measuring = True
         conn.stats = stats
+    for room in rooms:
+        for member in room.members:
+            member.read_stamped()
     return rooms, everyone
 
 
@@ -383,7 +407,7 @@ async def run(args) -> dict:
 async def worker(args, numbers: list[int], pipe) -> None:
     """One generator process: its share of the rooms, each phase when the driver says go.
 
-    Sends ("ready", connections), then per phase ("done", figures, latencies, weights);
+    Sends ("ready", connections), then per phase ("done", figures, stats);
     the driver merges them and measures the server.
     """
     loop = asyncio.get_running_loop()
@@ -400,7 +424,7 @@ async def worker(args, numbers: list[int], pipe) -> None:
                 break
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
             result = await PHASES[name](rooms, groups, args, None)
-            pipe.send(("done", result, stats.latencies, stats.weights))
+            pipe.send(("done", result, stats))
     finally:
         gc.enable()
         await close_all(everyone)
@@ -426,11 +450,9 @@ def _receive(pipe, timeout: float, expected: str):
 def merge(parts: list, elapsed: float, server_cpu: float | None) -> dict:
     """One phase's figures from every process's: sums, and percentiles over all the samples."""
     total = Stats()
-    for result, latencies, weights in parts:
-        total.deliveries += result["deliveries"]
-        total.latencies += latencies
-        total.weights += weights
-    results = [result for result, _, _ in parts]
+    for _, stats in parts:
+        total.add(stats)
+    results = [result for result, _ in parts]
     merged = {
         "seconds": round(elapsed, 2),
         **figures(total, elapsed),

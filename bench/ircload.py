@@ -9,9 +9,21 @@ sample and its last one for the sequence number that drives the sender's window.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import struct
 import time
 
 PRIVMSG = b" PRIVMSG "
+
+# Linux's SO_TIMESTAMPING with software receive stamps: the kernel notes when each chunk reached
+# the socket, on TCP too (on loopback, that is when the server sent it).
+SO_TIMESTAMPING = 37
+_RX_SOFTWARE = (1 << 3) | (1 << 4)  # SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
+_STAMPS = socket.CMSG_SPACE(48)  # struct scm_timestamping: three timespecs, the first one ours
+_READ_BUFFER = bytearray(65536)  # one for every connection of the process: each read is copied out
+_READ_VIEW = memoryview(_READ_BUFFER)
+_READ_INTO = [_READ_BUFFER]
 
 
 class IrcConnection(asyncio.Protocol):
@@ -30,6 +42,7 @@ class IrcConnection(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.measuring = False
         self._buffer = b""
+        self._raw: socket.socket | None = None  # while reading_stamped: the socket, read directly
 
     # life
 
@@ -54,8 +67,55 @@ class IrcConnection(asyncio.Protocol):
         return self.joined
 
     def quit(self):
+        self.stop_stamped()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"QUIT :bench done\r\n")
+
+    # reading with the kernel's receive times
+
+    def read_stamped(self):
+        """From now on read the socket directly and hand ``on_chunk`` the time the kernel
+        received each chunk, so a busy generator does not count its own lag as the server's.
+        Where the kernel gives no such stamps, chunks are timed when read, as before."""
+        try:
+            raw = socket.socket(fileno=os.dup(self.transport.get_extra_info("socket").fileno()))
+            raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _RX_SOFTWARE)
+        except (OSError, AttributeError):
+            return
+        raw.setblocking(False)
+        self._raw = raw
+        self._realtime_offset = time.time_ns() - now_ns()  # kernel stamps are CLOCK_REALTIME
+        self.transport.pause_reading()
+        asyncio.get_running_loop().add_reader(raw.fileno(), self._read_stamped)
+
+    def stop_stamped(self):
+        """Back to reading through the transport (which then sees the end of the connection)."""
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        asyncio.get_running_loop().remove_reader(raw.fileno())
+        raw.close()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _read_stamped(self):
+        try:
+            size, ancillary, _, _ = self._raw.recvmsg_into(_READ_INTO, _STAMPS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            size = 0
+        if not size:
+            self.stop_stamped()
+            return
+        data = _READ_VIEW[:size].tobytes()
+        arrived = None
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(payload) >= 16:
+                seconds, nanoseconds = struct.unpack_from("qq", payload)
+                if seconds:
+                    arrived = seconds * 1_000_000_000 + nanoseconds - self._realtime_offset
+        self.on_chunk(data, arrived)
 
     # reading
 
@@ -87,8 +147,9 @@ class IrcConnection(asyncio.Protocol):
             if not self.joined.done():
                 self.joined.set_exception(ConnectionError(f"{self.nick}: {line.decode(errors='replace')}"))
 
-    def on_chunk(self, data: bytes):
-        """Data after the join: ignored here (members override it)."""
+    def on_chunk(self, data: bytes, arrived: int | None = None):
+        """Data after the join (``arrived``: when the kernel received it, if known): ignored
+        here (members override it)."""
         if b"PING " in data:
             self._answer_pings(data)
 
