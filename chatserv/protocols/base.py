@@ -23,7 +23,15 @@ from chatserv.limits import Limits, QuietLog, TokenBucket
 from chatserv.options import from_options
 from chatserv.protocols.framing import FrameError
 from chatserv.service import ChatService, ISink, Session
-from chatserv.wire import ConnectionTracker, Deadline, ErrorTable, RequestQueue, SendQueue, WriteTurns
+from chatserv.wire import (
+    ConnectionTracker,
+    Deadline,
+    ErrorTable,
+    RequestQueue,
+    SendQueue,
+    WriteTurns,
+    write_through,
+)
 
 log = Logger()
 quiet = QuietLog(log)  # what a client can make us log: a flood of it writes one line a minute
@@ -244,7 +252,7 @@ class ChatConnection(protocol.Protocol):
         if self._closing:
             return
         if not self._write_paused:
-            self.transport.write(data)
+            write_through(self.transport, data)
             return
         if not self.unsent.hold(data):
             quiet.info("{proto}: disconnecting {peer}, a slow reader", proto=self.protocol_name,
