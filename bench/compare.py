@@ -34,7 +34,8 @@ from bench import servers
 from bench.run_all import progress, run_json
 
 # Which way is better, per figure; figures not named here are shown but not judged.
-LOWER = {"kib_per_connection", "server_us_per_delivery", "p99_ms", "rate_p99_ms"}
+LOWER = {"kib_per_connection", "server_us_per_delivery", "p99_ms", "rate_p50_ms", "rate_p99_ms",
+         "rate_client_p99_ms", "rate_server_cpu"}
 SHOWN_FIRST = ("kib_per_connection", "last_over_first_tenth", "deliveries_per_s", "server_us_per_delivery")
 
 
@@ -61,7 +62,10 @@ def fanout(source: Path, workdir: Path, args) -> dict:
         figures["fanout_server_cpu"] = m.get("server_cpu")
         figures["fanout_generator_cpu"] = m.get("client_cpu")
         if report.get("rate"):
-            figures["rate_p99_ms"] = report["rate"]["p99_ms"]
+            rate = report["rate"]
+            figures.update(rate_p50_ms=rate["p50_ms"], rate_p99_ms=rate["p99_ms"],
+                           rate_client_p99_ms=rate.get("client_p99_ms"),
+                           rate_server_cpu=rate.get("server_cpu"))
         return figures
 
     return with_daemon(source, workdir, work)
