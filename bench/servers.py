@@ -8,6 +8,7 @@ and ngIRCd with flood penalties off.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -128,26 +129,32 @@ class Server:
             return ""
 
 
-def chatserv_options() -> set[str]:
-    """The long options ``twistd chatserv`` accepts now (the IRC port may be new)."""
-    from chatserv.tap import Options
+def chatserv_options(source: Path | None = None) -> set[str]:
+    """The long options ``twistd chatserv`` of ``source`` (this tree by default) accepts: an
+    older tree lacks some, and is measured without them."""
+    return set(_of_tree(source, "[p[0] for p in __import__('chatserv.tap').tap.Options.optParameters]"))
 
-    return {p[0] for p in Options.optParameters}
+
+def chatserv_ports(source: Path | None = None) -> list[str]:
+    """The port options of ``source``'s ``twistd chatserv``."""
+    return _of_tree(source, "[p.option for p in __import__('chatserv.tap').tap.PORTS]")
 
 
-def chatserv_ports() -> list[str]:
-    from chatserv.tap import PORTS
-
-    return [p.option for p in PORTS]
+def _of_tree(source: Path | None, expression: str) -> list[str]:
+    """A list of names from the chatserv of ``source``, asked in a process of its own."""
+    done = subprocess.run([PYTHON, "-c", f"import json; print(json.dumps({expression}))"],
+                          capture_output=True, text=True, check=True, timeout=60, cwd=str(source or SOURCE),
+                          env=dict(os.environ, PYTHONPATH=str(source or SOURCE)))
+    return json.loads(done.stdout)
 
 
 def chatserv(workdir: Path, ports: dict[str, int], db: str, *, profile_to: Path | None = None,
              extra: list[str] = (), source: Path | None = None) -> Server:
     """``twistd -n chatserv`` listening only on ``ports`` ({option: port}), flood control off;
     ``source``: the tree to run (``SOURCE`` by default)."""
-    accepted = chatserv_options()
+    accepted = chatserv_options(source)
     argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "chatserv", "--db", db]
-    for option in chatserv_ports():
+    for option in chatserv_ports(source):
         if option in ports:
             argv += [f"--{option}", f"tcp:{ports[option]}:interface=127.0.0.1"]
         else:
