@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chatserv.errors import StoreUnavailable
 from chatserv.store.migrations import migrate_postgresql
-from chatserv.store.sql import ID_BLOCK, SQLStore, one_line
+from chatserv.store.sql import ID_BLOCK, NewId, SQLStore, one_line
 
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise (libpq waits forever by default)
 _COPY_FROM = 8  # a COPY costs a round trip of its own: worth it for a run of rows, not for one
@@ -112,6 +112,29 @@ class PostgresStore(SQLStore):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             return super()._load(conn)
+
+    def _id(self, new):
+        """Other nodes insert too: the writer takes the id from the shared sequence."""
+        return new
+
+    def _assign_ids(self, conn, batch):
+        """The batch with a real id in place of each ``NewId``, in its statement and as the
+        id the write fires with (``_take_ids``)."""
+        wanted: dict[str, int] = {}
+        for _, _, new in batch:
+            if type(new) is NewId:
+                wanted[new.table] = wanted.get(new.table, 0) + 1
+        if not wanted:
+            return batch
+        fresh = {table: iter(self._take_ids(conn, table, count)) for table, count in wanted.items()}
+        assigned = []
+        for statements, d, new in batch:
+            if type(new) is NewId:
+                new = next(fresh[new.table])
+                (sql, params), *rest = statements
+                statements = ((sql, (new, *params[1:])), *rest)
+            assigned.append((statements, d, new))
+        return assigned
 
     def _take_ids(self, conn, table, count):
         """From the table's identity sequence, which every node shares. A busy writer reserves

@@ -16,12 +16,12 @@ engines read alike (``ON CONFLICT``, ``TRUE``/``FALSE``, ``CAST``, an alias on e
 an engine translates the placeholders for its driver.
 
 Ids: the store gives every new user, room and message its id, and the write's Deferred fires
-with it. SQLite, whose one writer is in this process, counts from past the highest stored id
-on the reactor thread (``_id``), so its writer thread does no per-row work for ids. PostgreSQL's
-inserts name a ``NewId`` as their first parameter, and the writer swaps in ``nextval`` of each
-table's identity sequence as the batch commits; sequences are not transactional, so ids stay
-unique across nodes and are never reused (a rolled-back insert leaves a gap); a busy
-PostgreSQL writer reserves them in blocks (``postgres.py``). A room
+with it. Here (SQLite: the one writer is in this process) ids are counted from past the highest
+stored one on the reactor thread (``_id``), so the writer thread does no per-row work for them.
+PostgreSQL's inserts name a ``NewId`` as their first parameter instead, and its writer swaps in
+``nextval`` of each table's identity sequence as the batch commits (``_assign_ids`` in
+``postgres.py``); sequences are not transactional, so ids stay unique across nodes and are
+never reused (a rolled-back insert leaves a gap). A room
 that is not stored (a guest's) still takes its id from the rooms' counter, since its messages
 are stored. Guest ids count down from the
 lowest ever handed out (``counters``), so none is reused across restarts.
@@ -180,7 +180,6 @@ class SQLStore:
     reader_threads = 1
     refused_values: tuple[type[Exception], ...] = ()  # the driver's "this value cannot be stored"
     json_ids = "json_each(:rooms)"  # rows whose ``value`` is each element of the JSON array :rooms
-    ids_from_writer = True  # new rows' ids are taken in the writer thread (``_take_ids``)
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -197,7 +196,7 @@ class SQLStore:
         self._batch: list = []  # the writes the writer thread is committing
         self._stopped: Failure | None = None  # why the writer thread stopped, if it did unasked
         self._broken: list[Deferred] = []
-        self._next: dict[str, int] = {}  # the next id of each of ID_TABLES (see ``_id``)
+        self._next: dict[str, int] = {}  # the next id of each of ID_TABLES (the reactor thread's)
         self._last_guest_id = 0  # the lowest guest id handed out (the reactor thread's)
         self._guest_blocks: list[tuple[int, int]] = []  # claimed guest ids (guest_id_block > 1)
 
@@ -235,14 +234,16 @@ class SQLStore:
         return free
 
     def _id(self, new: NewId):
-        """What a new row's insert names as its id, on the reactor thread: here the placeholder
-        the writer replaces with ``_take_ids``; an engine whose only writer is this process
-        counts the id itself."""
-        return new
+        """What a new row's insert names as its id (on the reactor thread): counted here, where
+        this process holds the database's only writer."""
+        table = new.table
+        self._next[table] = (taken := self._next[table]) + 1
+        return taken
 
-    def _take_ids(self, conn, table: str, count: int) -> list[int]:
-        """``count`` new ids of ``table``, in increasing order (in the writer thread)."""
-        raise NotImplementedError
+    def _assign_ids(self, conn, batch):
+        """In the writer thread, before ``batch`` is applied: the batch as it goes to the
+        database. Here every write already names its ids."""
+        return batch
 
     def _describe(self) -> str:
         """The database, for log lines (never a password)."""
@@ -379,8 +380,7 @@ class SQLStore:
             if conn is None:
                 conn = self._connect()
                 self._reactor.callFromThread(log.info, "store: connected to {db} again", db=self._describe())
-            if self.ids_from_writer:
-                batch = self._assign_ids(conn, batch)
+            batch = self._assign_ids(conn, batch)
             self._apply(conn, list(chain.from_iterable(map(_STATEMENTS, batch))))
             self._reactor.callFromThread(_fire, batch)
         except Exception:
@@ -403,8 +403,7 @@ class SQLStore:
                 self._reactor.callFromThread(_fire, [write], gone)
                 continue
             try:
-                if self.ids_from_writer:
-                    [write] = self._assign_ids(conn, [write])
+                [write] = self._assign_ids(conn, [write])
                 self._apply(conn, write[0])
                 self._reactor.callFromThread(_fire, [write])
             except Exception:
@@ -414,25 +413,6 @@ class SQLStore:
                     failure = gone = self._unavailable(failure)
                 self._reactor.callFromThread(_fire, [write], self._refused(failure))
         return conn
-
-    def _assign_ids(self, conn, batch):
-        """The batch with a real id in place of each ``NewId``, in its statement and as the
-        id the write fires with."""
-        wanted: dict[str, int] = {}
-        for _, _, new in batch:
-            if type(new) is NewId:
-                wanted[new.table] = wanted.get(new.table, 0) + 1
-        if not wanted:
-            return batch
-        fresh = {table: iter(self._take_ids(conn, table, count)) for table, count in wanted.items()}
-        assigned = []
-        for statements, d, new in batch:
-            if type(new) is NewId:
-                new = next(fresh[new.table])
-                (sql, params), *rest = statements
-                statements = ((sql, (new, *params[1:])), *rest)
-            assigned.append((statements, d, new))
-        return assigned
 
     def _refused(self, failure: Failure) -> Failure:
         """Text the database cannot hold is input, not a fault: the sender gets its port's

@@ -21,13 +21,6 @@ log = Logger()
 
 class SQLiteStore(SQLStore):
     engine = "sqlite"
-    ids_from_writer = False
-
-    def _id(self, new):
-        """Counted here, on the reactor thread: this process holds the database's only writer."""
-        table = new.table
-        self._next[table] = (taken := self._next[table]) + 1
-        return taken
 
     def __init__(self, path: str, reactor):
         super().__init__(reactor)
