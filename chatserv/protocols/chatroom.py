@@ -524,14 +524,16 @@ class CallbackLogin:
 
     def end(self):
         """Log out (pushes already queued, such as a kill, still go out)."""
-        if self._alive is not None and self._alive.active():
-            self._alive.cancel()
+        self._stop_alive()
         self.factory.forget(self)
 
     def stop(self):
         """The daemon stops: no timer and no push outlives it."""
         self._stopped = True
         self._queue.clear()
+        self._stop_alive()
+
+    def _stop_alive(self):
         if self._alive is not None and self._alive.active():
             self._alive.cancel()
 
