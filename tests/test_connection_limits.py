@@ -1,10 +1,11 @@
 """The shared connection limits, driven by a fake clock and an in-memory transport."""
 
+import socket
 import weakref
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, protocol, reactor, task, tcp
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from chatserv.limits import Limits, TokenBucket
@@ -12,7 +13,7 @@ from chatserv.protocols.framing import LengthPrefixFramer
 from chatserv.protocols.skype import SkypeFactory
 from chatserv.service import ChatService
 from chatserv.store.memory import MemoryStore
-from chatserv.wire import ConnectionTracker, Deadline
+from chatserv.wire import ConnectionTracker, Deadline, write_through
 from tests.support import Daemon, cheap_hasher, connect
 
 
@@ -241,3 +242,44 @@ async def test_a_client_gone_while_its_password_is_checked_is_not_left_online():
         await _turn()
     assert not chat.is_online(chat.user("alice"))
     assert chat.sessions_of(chat.user("alice")) == []
+
+
+class Collect(protocol.Protocol):
+    """Gathers what arrives; ``whole`` fires once ``size`` bytes are in."""
+
+    def __init__(self, size):
+        self.size = size
+        self.received = bytearray()
+        self.whole = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.received += data
+        if len(self.received) >= self.size and not self.whole.called:
+            self.whole.callback(bytes(self.received))
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_straight_to_a_socket_that_takes_only_part_arrive_whole_once_and_in_order():
+    """write_through sends at once what the socket takes; the rest, and everything written
+    while some waits, goes out through Twisted's queue after it, nothing twice."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for sock in (ours, theirs):
+        sock.setblocking(False)
+    sending = tcp.Connection(ours, protocol.Protocol(), reactor)
+    sending.connected = True
+    payload = bytes(range(256)) * 8192  # 2 MiB: far more than the socket's buffers take
+    far = Collect(len(payload) + 1)  # and the "!" written last
+    receiving = tcp.Connection(theirs, far, reactor)
+    receiving.connected = True
+    receiving.startReading()
+    try:
+        for start in range(0, len(payload), 256 * 1024):  # the first goes straight out, in part
+            write_through(sending, payload[start:start + 256 * 1024])
+        write_through(sending, b"!")
+        assert bytes(await far.whole.addTimeout(10, reactor)) == payload + b"!"
+    finally:
+        receiving.stopReading()
+        sending.stopWriting()
+        ours.close()
+        theirs.close()
