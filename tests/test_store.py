@@ -15,6 +15,7 @@ from twisted.internet import reactor
 from chatserv import errors
 from chatserv.model import HistoryBounds, Message, Room, User
 from chatserv.store import open_store
+from chatserv.store import sqlite as sqlite_store
 from chatserv.store.memory import MemoryStore
 from chatserv.store.migrations import MIGRATIONS, script
 from chatserv.store.postgres import PostgresStore
@@ -407,6 +408,28 @@ async def test_sqlite_close_leaves_the_main_file_a_complete_backup(tmp_path):
     finally:
         conn.close()
     assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_checkpoints_into_the_main_file_while_the_writer_goes_on(tmp_path, monkeypatch):
+    """Without waiting for the WAL to reach SQLite's own threshold, nor for a close: the
+    reader thread has copied the committed messages into the main file."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 0)  # after every commit
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    await store.add_user(user(1, "alice"))
+    await store.add_room(Room(1, "r", 1, 1.0))
+    await store.add_message(message(1, 1, room_id=1))
+    await store.room_history(1, 10)  # a read, queued on the reader thread after the checkpoint
+    main_file_alone = tmp_path / "copy.sqlite3"
+    shutil.copyfile(path, main_file_alone)
+    conn = sqlite3.connect(main_file_alone)
+    try:
+        assert conn.execute("SELECT body FROM messages").fetchall() == [("body 1",)]
+    finally:
+        conn.close()
+    await store.close()
 
 
 @pytest_twisted.ensureDeferred
