@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import sqlite3
+from contextlib import contextmanager
 
 import attrs
 import psycopg
@@ -386,27 +387,40 @@ async def test_a_writer_that_stops_anyway_fails_every_waiting_write_and_still_cl
     await store.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_sqlite_close_leaves_the_main_file_a_complete_backup(tmp_path):
-    """Both connections closed and the WAL checkpointed: a copy of the one file has everything."""
-    path = tmp_path / "s.sqlite3"
+async def sqlite_with_one_message(path) -> SQLiteStore:
+    """An open SQLite store at ``path`` holding alice, her room 1 and one message in it."""
     store = SQLiteStore(str(path), reactor)
     await store.open()
     await store.add_user(user(1, "alice"))
     await store.add_room(Room(1, "r", 1, 1.0))
     await store.add_message(message(1, 1, room_id=1))
+    return store
+
+
+@contextmanager
+def main_file_copied(path, copy):
+    """A connection to a copy of the database's main file alone, without the WAL beside it."""
+    shutil.copyfile(path, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_close_leaves_the_main_file_a_complete_backup(tmp_path):
+    """Both connections closed and the WAL checkpointed: a copy of the one file has everything."""
+    path = tmp_path / "s.sqlite3"
+    store = await sqlite_with_one_message(path)
     assert [m.id for m in await store.room_history(1, 10)] == [1]  # the reader has a connection
     await store.close()
     backup = tmp_path / "backup" / "copy.sqlite3"
     backup.parent.mkdir()
-    shutil.copyfile(path, backup)
-    conn = sqlite3.connect(backup)
-    try:
+    with main_file_copied(path, backup) as conn:
         assert conn.execute("SELECT username FROM users").fetchall() == [("alice",)]
         assert conn.execute("SELECT body FROM messages").fetchall() == [("body 1",)]
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    finally:
-        conn.close()
     assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
 
 
@@ -416,19 +430,10 @@ async def test_sqlite_checkpoints_into_the_main_file_while_the_writer_goes_on(tm
     reader thread has copied the committed messages into the main file."""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 0)  # after every commit
     path = tmp_path / "s.sqlite3"
-    store = SQLiteStore(str(path), reactor)
-    await store.open()
-    await store.add_user(user(1, "alice"))
-    await store.add_room(Room(1, "r", 1, 1.0))
-    await store.add_message(message(1, 1, room_id=1))
+    store = await sqlite_with_one_message(path)
     await store.room_history(1, 10)  # a read, queued on the reader thread after the checkpoint
-    main_file_alone = tmp_path / "copy.sqlite3"
-    shutil.copyfile(path, main_file_alone)
-    conn = sqlite3.connect(main_file_alone)
-    try:
+    with main_file_copied(path, tmp_path / "copy.sqlite3") as conn:
         assert conn.execute("SELECT body FROM messages").fetchall() == [("body 1",)]
-    finally:
-        conn.close()
     await store.close()
 
 
